@@ -1,0 +1,13 @@
+"""invae: statistical inverse problems by amortized variational empirical Bayes."""
+
+from .baselines import Naive, complete_data_floor, rank_matching
+from .em import EM
+from .forward import ForwardOperator, LinearOperator
+from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
+from .priors import GaussianGraphicalModel, Prior
+from .simulate import Problem, simulate_problem
+
+__all__ = ["EM", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "LinearOperator",
+           "GaussianLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
+           "Problem", "simulate_problem"]
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""Exact EM for the linear-Gaussian Gaussian-graphical model (DESIGN §2.5).
+
+E-step (exact):  μ_i = Σ_post Aᵀ D⁻¹ x_i,   S = Σ_post + (1/n) Σ_i μ_i μ_iᵀ
+M-step:          Λ ← argmax log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
+
+Each iteration cannot decrease the penalised marginal log-likelihood
+``(1/n) Σ_i log p(x_i; Λ) − (α/2) ‖Λ‖_{1,off}``: this is the estimate the variational
+estimators chase. It stops when that objective rises by less than ``tol`` (relative).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .base import EmpiricalBayesEstimator
+from .exact import exact_posterior, penalized_log_likelihood
+
+__all__ = ["EM"]
+
+
+class EM(EmpiricalBayesEstimator):
+    """Penalised maximum marginal likelihood by exact EM.
+
+    Parameters
+    ----------
+    prior : GaussianGraphicalModel
+        Start value of Λ and the penalty α.
+    likelihood : GaussianLikelihood
+        Linear-Gaussian measurement ``x = A z + σ ε``.
+    max_iter : int
+        Iteration cap; a :class:`~sklearn.exceptions.ConvergenceWarning` if reached.
+    tol : float
+        Stop when the objective rises by at most ``tol · max(1, |objective|)``.
+    verbose : bool
+        A progress bar on stderr when it is a terminal.
+
+    Attributes
+    ----------
+    prior_ : GaussianGraphicalModel
+        The fitted prior; ``precision_`` is its Λ̂ as a NumPy array.
+    history_ : dict
+        ``objective`` (the penalised log-likelihood after each iteration, the start
+        first) and ``time`` (seconds since the start of ``fit``).
+    n_iter_ : int
+    converged_ : bool
+    """
+
+    def __init__(self, prior, likelihood, *, max_iter: int = 1000, tol: float = 1e-9,
+                 verbose: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float64):
+        super().__init__(prior, likelihood, device=device, dtype=dtype)
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+
+    def fit(self, X) -> EM:
+        x = self._tensor(X)
+        prior, likelihood = self._models()
+        start = time.perf_counter()
+        objective = [penalized_log_likelihood(x, prior, likelihood)]
+        elapsed = [0.0]
+        converged = False
+        with tqdm(total=self.max_iter, desc="EM", disable=None if self.verbose else True, leave=False) as bar:
+            for _ in range(self.max_iter):
+                mean, cov = exact_posterior(x, prior, likelihood)
+                prior = prior.m_step_gaussian(mean, cov)
+                objective.append(penalized_log_likelihood(x, prior, likelihood))
+                elapsed.append(time.perf_counter() - start)
+                change = objective[-1] - objective[-2]
+                bar.update()
+                bar.set_postfix(objective=f"{objective[-1]:.6g}", change=f"{change:.2e}")
+                if abs(change) <= self.tol * max(1.0, abs(objective[-1])):
+                    converged = True
+                    break
+        if not converged:
+            warnings.warn(f"EM stopped at max_iter={self.max_iter} before the objective settled "
+                          f"(last change {change:.3g}); raise max_iter or tol", ConvergenceWarning)
+        self.prior_, self.likelihood_ = prior, likelihood
+        self.history_ = {"objective": objective, "time": elapsed}
+        self.n_iter_ = len(objective) - 1
+        self.converged_ = converged
+        return self
+
+    def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mean, cov = exact_posterior(x, self.prior_, self.likelihood_)
+        return mean, torch.diagonal(cov).sqrt().expand_as(mean)

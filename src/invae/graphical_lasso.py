@@ -1,0 +1,70 @@
+"""The Λ-step of the Gaussian graphical model: a (penalised) Gaussian maximum likelihood.
+
+Given a second-moment matrix ``S`` (p, p), solve (DESIGN §2.4, per-sample scale)
+
+    Λ̂ = argmax_{Λ ≻ 0}  log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
+
+With ``α = 0`` the answer is the closed form ``Λ̂ = S⁻¹``. Otherwise scikit-learn's
+coordinate-descent graphical lasso solves it; issue #5 adds a faster warm-started solver.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.covariance import graphical_lasso as _sklearn_graphical_lasso
+from sklearn.exceptions import ConvergenceWarning
+
+__all__ = ["solve_precision", "glasso_objective"]
+
+# scikit-learn's default enet_tol=1e-4 stalls at max_iter for p >= 100 with the same answer;
+# 1e-6 converges in a few sweeps and is 20-40x faster (DESIGN §2.4, measured facts).
+_ENET_TOL = 1e-6
+_TOL = 1e-6
+_MAX_ITER = 200
+# Ridges tried, relative to mean(diag S), when the solver meets an ill-conditioned S.
+_RIDGES = (0.0, 1e-8, 1e-6, 1e-4)
+
+
+def glasso_objective(precision: np.ndarray, second_moment: np.ndarray, alpha: float) -> float:
+    """``log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}`` for Λ, S of shape (p, p); −inf if Λ is not PD."""
+    sign, logdet = np.linalg.slogdet(precision)
+    if sign <= 0:
+        return -np.inf
+    off = np.abs(precision).sum() - np.abs(np.diag(precision)).sum()
+    return float(logdet - np.sum(precision * second_moment) - alpha * off)
+
+
+def solve_precision(second_moment: np.ndarray, alpha: float) -> np.ndarray:
+    """Maximiser Λ̂ (p, p) of :func:`glasso_objective` for a symmetric PSD ``S`` (p, p).
+
+    ``alpha = 0`` returns ``S⁻¹`` (a Cholesky inverse). scikit-learn raises
+    ``FloatingPointError`` on ill-conditioned input; we retry with a small ridge on S
+    (at most 1e-4 of its mean diagonal), which moves the answer by as much.
+    """
+    s = 0.5 * (second_moment + second_moment.T)
+    scale = float(np.mean(np.diag(s)))
+    last_error: Exception | None = None
+    for ridge in _RIDGES:
+        s_r = s + ridge * scale * np.eye(len(s)) if ridge else s
+        try:
+            if alpha == 0.0:
+                return _cholesky_inverse(s_r)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                _, precision = _sklearn_graphical_lasso(
+                    s_r, alpha, mode="cd", tol=_TOL, enet_tol=_ENET_TOL, max_iter=_MAX_ITER
+                )
+            return 0.5 * (precision + precision.T)
+        except (FloatingPointError, np.linalg.LinAlgError) as error:
+            last_error = error
+    raise FloatingPointError(
+        f"the Λ-step failed even with a ridge of {_RIDGES[-1]:g}·mean(diag S) on S: {last_error}"
+    )
+
+
+def _cholesky_inverse(s: np.ndarray) -> np.ndarray:
+    chol = np.linalg.cholesky(s)
+    inv_chol = np.linalg.solve(chol, np.eye(len(s)))
+    return inv_chol.T @ inv_chol

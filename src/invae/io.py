@@ -1,0 +1,74 @@
+"""Reading data from disk and writing results so that a failure leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_array", "write_results"]
+
+
+def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
+    """A numeric array from ``.npy`` (no pickles) or ``.csv`` (comma-separated numbers).
+
+    Raises ``ValueError`` naming the file and the problem; it does not check shapes or
+    values (see :mod:`invae.validation`).
+    """
+    path = Path(path)
+    label = name or str(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read {label}: no such file {str(path)!r}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".csv":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # numpy warns (not raises) on an empty file
+                return np.loadtxt(path, delimiter=",", ndmin=2)
+    except UserWarning:
+        raise ValueError(f"cannot read {label}: the file {str(path)!r} holds no data") from None
+    except (OSError, ValueError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"cannot read {label} ({str(path)!r}) as a numeric array: {reason}") from None
+    raise ValueError(f"cannot read {label}: {str(path)!r} is neither .npy nor .csv")
+
+
+def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict) -> Path:
+    """Write ``NAME.npy`` for each array and ``summary.json`` into the folder ``out``.
+
+    Everything is written into a temporary folder next to ``out`` first and moved into
+    place only when all files are complete: an error leaves ``out`` as it was. Files of
+    ``out`` that we do not write are left alone.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for key, value in arrays.items():
+            np.save(staging / f"{key}.npy", value)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+        if not out.exists():
+            os.replace(staging, out)
+            return out
+        for file in staging.iterdir():
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (Path,)):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

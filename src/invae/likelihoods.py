@@ -1,0 +1,90 @@
+"""Known measurement models ``p(x | z)``: a forward operator plus a noise model.
+
+``likelihood.log_prob(x, z)`` takes ``x`` of shape (..., m) and ``z`` of shape (..., p)
+(broadcasting over leading dimensions, e.g. (S, n, ·) Monte Carlo draws against (n, ·)
+data) and returns (...). ``distribution(z)`` returns a ``torch.distributions`` object
+with event shape (m,).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from .forward import ForwardOperator, LinearOperator
+
+__all__ = ["Likelihood", "GaussianLikelihood", "linear_gaussian"]
+
+
+class Likelihood(abc.ABC):
+    """``p(x | z)`` for a known forward operator and noise model."""
+
+    forward: ForwardOperator
+
+    @abc.abstractmethod
+    def distribution(self, z: Tensor) -> Distribution:
+        """The law of ``x`` given ``z`` (..., p): batch shape (...), event shape (m,)."""
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x | z)``, shape (...)."""
+        return self.distribution(z).log_prob(x)
+
+    @abc.abstractmethod
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One observation per signal: (..., p) → (..., m)."""
+
+    @abc.abstractmethod
+    def to(self, device=None, dtype=None) -> Likelihood:
+        """The same likelihood on ``device`` / in ``dtype``."""
+
+
+class GaussianLikelihood(Likelihood):
+    """``x = G(z) + σ ε``, ``ε ~ N(0, I_m)``.
+
+    ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): shape
+    (n, 1) gives a known noise level per observation, (m,) one per sensor.
+    """
+
+    def __init__(self, forward: ForwardOperator, noise_std: float | Tensor):
+        noise_std = torch.as_tensor(noise_std, dtype=torch.float64)
+        if not (torch.isfinite(noise_std).all() and (noise_std > 0).all()):
+            raise ValueError(f"the noise standard deviation must be finite and > 0, got {_short(noise_std)}")
+        self.forward = forward
+        self.noise_std = noise_std
+
+    def __repr__(self) -> str:
+        return f"GaussianLikelihood({self.forward!r}, noise_std={_short(self.noise_std)})"
+
+    @property
+    def is_linear(self) -> bool:
+        return isinstance(self.forward, LinearOperator)
+
+    def _std(self, like: Tensor) -> Tensor:
+        return self.noise_std.to(device=like.device, dtype=like.dtype)
+
+    def distribution(self, z: Tensor) -> Distribution:
+        """``N(G(z), σ² I_m)``; its log-density is ``−‖x − G(z)‖²/(2σ²) − Σ_j log σ_j − (m/2) log 2π``."""
+        mean = self.forward(z)
+        return Independent(Normal(mean, self._std(mean).expand_as(mean), validate_args=False), 1,
+                           validate_args=False)
+
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        mean = self.forward(z)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + self._std(mean) * eps
+
+    def to(self, device=None, dtype=None) -> GaussianLikelihood:
+        return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
+
+
+def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> GaussianLikelihood:
+    """The linear-Gaussian measurement ``x = A z + σ ε`` with ``A`` of shape (m, p)."""
+    return GaussianLikelihood(LinearOperator(matrix), noise_std)
+
+
+def _short(t: Tensor) -> str:
+    return f"{t.item():g}" if t.numel() == 1 else f"tensor of shape {tuple(t.shape)}"

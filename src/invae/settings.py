@@ -1,0 +1,90 @@
+"""Settings of ``invae fit``, one frozen dataclass shared by the config file, the CLI and Python.
+
+A TOML config file holds the same names as the flags (``noise-std = 0.5`` or
+``noise_std = 0.5``); flags given on the command line override it. Relative paths in
+a config file are read relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .validation import check_noise_std, check_penalty
+
+__all__ = ["FitSettings", "METHODS", "PRIORS"]
+
+METHODS = ("em", "naive")
+PRIORS = ("ggm",)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything ``invae fit`` needs; validated on creation."""
+
+    data: Path
+    noise_std: float
+    out: Path = Path("invae-out")
+    forward: Path | None = None
+    prior: str = "ggm"
+    penalty: float = 0.0
+    method: str = "em"
+    seed: int = 0
+    max_iter: int = 1000
+    tol: float = 1e-9
+    device: str = "cpu"
+    quiet: bool = False
+
+    def __post_init__(self):
+        for name in ("data", "out", "forward"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
+        object.__setattr__(self, "penalty", check_penalty(self.penalty))
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not self.tol > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol!r}")
+
+    @classmethod
+    def from_sources(cls, config: str | Path | None, overrides: dict) -> FitSettings:
+        """Settings from a TOML file (or none), then ``overrides`` (None values ignored)."""
+        values = _read_config(config) if config is not None else {}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+            raise ValueError(f"missing required setting(s): {flags} (a flag or a key of --config)")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {key: (str(value) if isinstance(value, Path) else value)
+                for key, value in dataclasses.asdict(self).items()}
+
+
+def _read_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read the config file {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"the config file {str(path)!r} is not valid TOML: {error}") from None
+    known = {f.name for f in dataclasses.fields(FitSettings)}
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    for key in ("data", "forward", "out"):  # paths in a config file are relative to it
+        if isinstance(values.get(key), str):
+            values[key] = path.parent / values[key]
+    return values

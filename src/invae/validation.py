@@ -1,0 +1,53 @@
+"""Checks at the door: every public entry point validates its input here, with a
+``ValueError`` that says what was expected and what was found (never ``assert``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["check_data", "check_noise_std", "check_penalty"]
+
+
+def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
+    """``X`` as a finite float64 array of shape (n, m) with n ≥ 2 (and m == ``columns``)."""
+    array = np.asarray(X)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real, got complex dtype {array.dtype}")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n observations, m features), got shape {array.shape}")
+    if array.shape[0] < 2:
+        raise ValueError(f"{name} has {array.shape[0]} row(s); empirical Bayes needs at least 2 observations")
+    if array.shape[1] < 1:
+        raise ValueError(f"{name} has no columns")
+    if columns is not None and array.shape[1] != columns:
+        raise ValueError(
+            f"{name} has {array.shape[1]} columns but the forward model expects {columns} "
+            "(the rows of A); check --forward / the data file"
+        )
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float64)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} NaN/inf value(s), the first at row {row}, column {col}; "
+            "remove or impute them first"
+        )
+    return array
+
+
+def check_noise_std(noise_std: float) -> float:
+    """A finite σ > 0."""
+    if not (isinstance(noise_std, (int, float, np.floating, np.integer)) and np.isfinite(noise_std)
+            and noise_std > 0):
+        raise ValueError(f"the noise standard deviation must be a finite number > 0, got {noise_std!r}")
+    return float(noise_std)
+
+
+def check_penalty(alpha: float) -> float:
+    """A finite penalty α ≥ 0."""
+    if not (isinstance(alpha, (int, float, np.floating, np.integer)) and np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"the penalty must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
