@@ -91,7 +91,9 @@ class GaussianGraphicalModel(Prior):
         self.precision = 0.5 * (precision + precision.T)
         self.alpha = float(alpha)
         self.dim = precision.shape[0]
-        self._chol = torch.linalg.cholesky(self.precision)  # raises if Λ is not PD
+        self._chol, info = torch.linalg.cholesky_ex(self.precision)
+        if info.item() != 0:
+            raise ValueError("the precision matrix must be symmetric positive-definite")
 
     def __repr__(self) -> str:
         return f"GaussianGraphicalModel(dim={self.dim}, alpha={self.alpha:g})"

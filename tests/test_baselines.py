@@ -1,0 +1,51 @@
+import numpy as np
+from scipy.stats import norm
+
+from invae import GaussianGraphicalModel, Naive, linear_gaussian, simulate_problem
+from invae.baselines import complete_data_floor, rank_matching
+
+
+def test_naive_is_least_squares_with_its_sampling_spread(rng):
+    a = rng.standard_normal((7, 3))
+    x = rng.standard_normal((5, 7))
+    naive = Naive(GaussianGraphicalModel(dim=3), linear_gaussian(a, 0.4)).fit(x)
+    mean, std = naive.posterior(x)
+    np.testing.assert_allclose(mean, np.linalg.lstsq(a, x.T, rcond=None)[0].T, rtol=1e-10)
+    # Cov(ẑ) = σ²(AᵀA)⁻¹ for full column rank A
+    np.testing.assert_allclose(std, np.tile(0.4 * np.sqrt(np.diag(np.linalg.inv(a.T @ a))), (5, 1)))
+
+
+def test_naive_marks_undetermined_coordinates_as_infinitely_uncertain():
+    a = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])  # z_1 is seen alone; z_2, z_3 only summed
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    std = Naive(GaussianGraphicalModel(dim=3), linear_gaussian(a, 1.0)).fit(x).posterior_std(x)
+    assert np.isfinite(std[:, 0]).all() and np.isinf(std[:, 1:]).all()
+
+
+def test_naive_precision_is_the_plug_in_m_step(rng):
+    x = rng.standard_normal((50, 3))
+    naive = Naive(GaussianGraphicalModel(dim=3), linear_gaussian(np.eye(3), 1.0)).fit(x)
+    np.testing.assert_allclose(naive.precision_, np.linalg.inv(x.T @ x / 50), rtol=1e-10)
+
+
+def test_rank_matching_keeps_order_and_takes_prior_quantiles(rng):
+    estimates = rng.standard_normal((9, 2))
+    matched = rank_matching(estimates, np.array([1.0, 3.0]))
+    for j, scale in enumerate((1.0, 3.0)):
+        order = np.argsort(estimates[:, j])
+        np.testing.assert_array_equal(np.argsort(matched[:, j]), order)
+        np.testing.assert_allclose(matched[order, j], scale * norm.ppf((np.arange(9) + 0.5) / 9))
+
+
+def test_complete_data_floor_is_the_m_step_on_true_signals():
+    problem = simulate_problem(p=5, n=400, seed=0)
+    floor = complete_data_floor(problem.Z, GaussianGraphicalModel(dim=5))
+    np.testing.assert_allclose(floor.precision.numpy(), np.linalg.inv(problem.Z.T @ problem.Z / 400))
+
+
+def test_naive_shrinks_nothing_so_rank_matching_beats_it_at_high_noise():
+    # The order-statistics estimator's marginal spread is the prior's, not prior + noise.
+    problem = simulate_problem(p=5, n=2000, noise_std=1.0, seed=3)
+    naive_mean = problem.X
+    matched = rank_matching(naive_mean, np.sqrt(np.diag(np.linalg.inv(problem.precision))))
+    assert np.mean((matched - problem.Z) ** 2) < np.mean((naive_mean - problem.Z) ** 2)
