@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .demo import run_demo
 from .io import write_results
@@ -111,11 +112,15 @@ def _demo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    try:
-        {"fit": _fit, "simulate": _simulate, "demo": _demo}[args.command](args)
-    except ValueError as error:
-        print(f"invae {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    prefix = f"invae {args.command}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
+        try:
+            {"fit": _fit, "simulate": _simulate, "demo": _demo}[args.command](args)
+        except ValueError as error:
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+            return 2
     return 0
 
 

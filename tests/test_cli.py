@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from invae.cli import main
+from invae.metrics import relative_frobenius_error
+from invae.simulate import Problem
+
+from .test_em import numpy_em
+
+
+@pytest.fixture
+def problem_dir(tmp_path):
+    assert main(["simulate", "--p", "6", "--n", "300", "--forward", "gaussian", "--m", "12", "--noise-std", "0.5",
+                 "--out", str(tmp_path / "pb")]) == 0
+    return tmp_path / "pb"
+
+
+def _fit(problem_dir, out, *extra):
+    return main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std", "0.5", "--out", str(out), "--quiet", *extra])
+
+
+@pytest.mark.parametrize("method", ["em", "naive"])
+def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05") == 0
+    out = tmp_path / "fit"
+    assert np.load(out / "precision.npy").shape == (6, 6)
+    assert np.load(out / "posterior_mean.npy").shape == (300, 6)
+    assert np.load(out / "posterior_std.npy").shape == (300, 6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["method"] == method and summary["settings"]["penalty"] == 0.05
+    assert summary["n"] == 300 and summary["p"] == 6 and summary["converged"]
+    assert not list(tmp_path.glob(".fit.partial-*"))
+
+
+def test_csv_data_and_identity_forward(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "x.csv", rng.standard_normal((50, 3)) * 2, delimiter=",")
+    assert main(["fit", "--data", str(tmp_path / "x.csv"), "--noise-std", "1", "--out",
+                 str(tmp_path / "fit"), "--quiet"]) == 0
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (50, 3)
+
+
+def test_config_file_with_flags_overriding(problem_dir, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{problem_dir / "X.npy"}"\nforward = "{problem_dir / "A.npy"}"\n'
+                      'noise-std = 0.5\npenalty = 0.3\nmethod = "naive"\nout = "from-config"\n')
+    assert main(["fit", "--config", str(config), "--penalty", "0.1", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "from-config" / "summary.json").read_text())  # relative to config
+    assert summary["settings"]["penalty"] == 0.1 and summary["settings"]["method"] == "naive"
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('data = "x.npy"\nnoise = 1.0\n')
+    assert main(["fit", "--config", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s)" in err and ": noise;" in err
+
+
+def _write(tmp_path, name, array):
+    path = tmp_path / name
+    path.write_text(array) if isinstance(array, str) else np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d, t: ["--data", _write(t, "nan.npy", np.array([[1.0, np.nan]] * 3))], "NaN/inf"),
+    (lambda d, t: ["--data", _write(t, "inf.npy", np.array([[1.0, np.inf]] * 3))], "NaN/inf"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--forward", _write(t, "a.npy", np.eye(4))], "columns"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "0"], "noise standard deviation"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "-1"], "noise standard deviation"),
+    (lambda d, t: ["--data", _write(t, "empty.csv", "")], "no data"),
+    (lambda d, t: ["--data", _write(t, "one.csv", "1,2,3\n")], "at least 2"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--penalty", "-0.1"], "penalty"),
+    (lambda d, t: ["--data", str(t / "missing.npy")], "no such file"),
+    (lambda d, t: ["--data", _write(t, "junk.npy", "not an array")], "cannot read"),
+    (lambda d, t: ["--data", _write(t, "text.npy", np.array([["a", "b"]] * 3))], "must hold numbers"),
+    (lambda d, t: ["--data", _write(t, "words.csv", "a,b\nc,d\n")], "cannot read"),
+])
+def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path, capsys, make_args, message):
+    args = ["fit", "--noise-std", "0.5", "--out", str(tmp_path / "never"), *make_args(problem_dir, tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "never").exists()
+
+
+def test_missing_noise_level_is_named(problem_dir, capsys):
+    assert main(["fit", "--data", str(problem_dir / "X.npy")]) == 2
+    assert "--noise-std" in capsys.readouterr().err
+
+
+def test_console_script_exit_status_and_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "invae.cli", "fit", "--data", str(tmp_path / "none.npy"),
+                             "--noise-std", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+    usage = subprocess.run([sys.executable, "-m", "invae.cli", "fit", "--method", "magic"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.count("\n") == 1
+
+
+def test_failed_fit_leaves_an_existing_results_folder_as_it_was(problem_dir, tmp_path):
+    out = tmp_path / "fit"
+    assert _fit(problem_dir, out) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std", "0.5", "--penalty", "-1", "--out", str(out)]) == 2
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_em_fit_agrees_with_an_independent_em_within_two_percent(tmp_path):
+    # The issue's acceptance check: p = 20, n = 10 000, σ = 0.5, through the CLI, against a
+    # NumPy/scikit-learn EM run for 300 iterations from the same start.
+    assert main(["simulate", "--p", "20", "--n", "10000", "--noise-std", "0.5", "--seed", "3",
+                 "--out", str(tmp_path / "pb")]) == 0
+    problem = Problem.load(tmp_path / "pb")
+    assert main(["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--forward", str(tmp_path / "pb" / "A.npy"),
+                 "--noise-std", "0.5", "--penalty", "0.02", "--method", "em", "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    ours = relative_frobenius_error(np.load(tmp_path / "fit" / "precision.npy"), problem.precision)
+    theirs = relative_frobenius_error(numpy_em(problem.X, problem.A, 0.5, 0.02, 300), problem.precision)
+    assert abs(ours - theirs) / theirs < 0.02
+
+
+def test_warnings_print_as_one_line(problem_dir, tmp_path, capsys):
+    assert _fit(problem_dir, tmp_path / "fit", "--max-iter", "2") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("invae fit: warning: EM stopped at max_iter=2") and err.count("\n") == 1
