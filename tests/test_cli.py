@@ -24,7 +24,7 @@ def _fit(problem_dir, out, *extra):
                  "--noise-std", "0.5", "--out", str(out), "--quiet", *extra])
 
 
-@pytest.mark.parametrize("method", ["em", "naive"])
+@pytest.mark.parametrize("method", ["em", "naive", "vae", "mean-field"])
 def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
     assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05") == 0
     out = tmp_path / "fit"
@@ -34,6 +34,8 @@ def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["method"] == method and summary["settings"]["penalty"] == 0.05
     assert summary["n"] == 300 and summary["p"] == 6 and summary["converged"]
+    if method in ("vae", "mean-field"):  # a lower bound on the exact evidence (3 standard errors)
+        assert summary["elbo_per_obs"] <= summary["log_likelihood_per_obs"] + 3 * summary["elbo_standard_error"]
     assert not list(tmp_path.glob(".fit.partial-*"))
 
 
@@ -105,7 +107,7 @@ def test_console_script_exit_status_and_one_line(tmp_path):
 
 def test_failed_fit_leaves_an_existing_results_folder_as_it_was(problem_dir, tmp_path):
     out = tmp_path / "fit"
-    assert _fit(problem_dir, out) == 0
+    assert _fit(problem_dir, out, "--method", "em") == 0
     before = {f.name: f.read_bytes() for f in out.iterdir()}
     assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
                  "--noise-std", "0.5", "--penalty", "-1", "--out", str(out)]) == 2
@@ -127,6 +129,6 @@ def test_em_fit_agrees_with_an_independent_em_within_two_percent(tmp_path):
 
 
 def test_warnings_print_as_one_line(problem_dir, tmp_path, capsys):
-    assert _fit(problem_dir, tmp_path / "fit", "--max-iter", "2") == 0
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--max-iter", "2") == 0
     err = capsys.readouterr().err
     assert err.startswith("invae fit: warning: EM stopped at max_iter=2") and err.count("\n") == 1

@@ -12,7 +12,7 @@ import warnings
 from .demo import run_demo
 from .io import write_results
 from .pipeline import run_fit
-from .settings import METHODS, PRIORS, FitSettings
+from .settings import METHODS, PRESETS, PRIORS, FitSettings
 from .simulate import FORWARDS, GRAPHS, simulate_problem
 
 __all__ = ["main"]
@@ -75,7 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--noise-std", type=float, help="known noise standard deviation σ > 0")
     fit.add_argument("--prior", choices=PRIORS, help="prior family (default: ggm)")
     fit.add_argument("--penalty", type=_penalty, help="graphical-lasso α, per-sample scale (default: 0)")
-    fit.add_argument("--method", choices=METHODS, help="estimator (default: em)")
+    fit.add_argument("--method", choices=METHODS, help="estimator (default: vae)")
+    fit.add_argument("--preset", choices=PRESETS,
+                     help="optimiser settings of vae / mean-field: default (measured best) or paper")
     fit.add_argument("--seed", type=int)
     fit.add_argument("--max-iter", type=int)
     fit.add_argument("--tol", type=float)

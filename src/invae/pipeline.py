@@ -15,6 +15,7 @@ from . import __version__
 from .base import EmpiricalBayesEstimator
 from .baselines import Naive
 from .em import EM
+from .estimator import VariationalEB
 from .exact import marginal_log_likelihood
 from .io import load_array
 from .likelihoods import Likelihood, linear_gaussian
@@ -25,11 +26,20 @@ from .validation import check_data
 __all__ = ["make_estimator", "load_problem", "run_fit"]
 
 
-def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, max_iter: int = 1000,
-                   tol: float = 1e-9, verbose: bool = False, device: str = "cpu") -> EmpiricalBayesEstimator:
-    """The estimator named ``method`` (see :data:`invae.settings.METHODS`)."""
+def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
+                   max_iter: int | None = None, tol: float | None = None, seed: int = 0,
+                   verbose: bool = False, device: str = "cpu") -> EmpiricalBayesEstimator:
+    """The estimator named ``method`` (see :data:`invae.settings.METHODS`).
+
+    ``max_iter`` / ``tol`` left as None take each estimator's own default.
+    """
+    limits = {key: value for key, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
+    if method in ("vae", "mean-field"):
+        family = "diagonal" if method == "vae" else "mean-field"
+        return VariationalEB(prior, likelihood, family=family, preset=preset, random_state=seed,
+                             verbose=verbose, device=device, **limits)
     if method == "em":
-        return EM(prior, likelihood, max_iter=max_iter, tol=tol, verbose=verbose, device=device)
+        return EM(prior, likelihood, verbose=verbose, device=device, **limits)
     if method == "naive":
         return Naive(prior, likelihood, device=device)
     raise ValueError(f"unknown method {method!r}")
@@ -54,9 +64,9 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
 def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:
     """Fit as ``settings`` say; return the estimator, the result arrays and the summary."""
     x, prior, likelihood = load_problem(settings)
-    torch.manual_seed(settings.seed)
-    estimator = make_estimator(settings.method, prior, likelihood, max_iter=settings.max_iter,
-                               tol=settings.tol, verbose=not settings.quiet, device=settings.device)
+    estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
+                               max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
+                               verbose=not settings.quiet, device=settings.device)
     start = time.perf_counter()
     estimator.fit(x)
     seconds = time.perf_counter() - start
@@ -75,4 +85,6 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "edges": int(np.count_nonzero(np.triu(estimator.precision_, k=1))),
         "fit_seconds": seconds,
     }
+    if isinstance(estimator, VariationalEB):
+        summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
     return estimator, arrays, summary

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .validation import check_noise_std, check_penalty
 
-__all__ = ["FitSettings", "METHODS", "PRIORS"]
+__all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS"]
 
-METHODS = ("em", "naive")
+METHODS = ("vae", "mean-field", "em", "naive")
+PRESETS = ("default", "paper")
 PRIORS = ("ggm",)
 
 
@@ -30,10 +31,11 @@ class FitSettings:
     forward: Path | None = None
     prior: str = "ggm"
     penalty: float = 0.0
-    method: str = "em"
+    method: str = "vae"
+    preset: str = "default"
     seed: int = 0
-    max_iter: int = 1000
-    tol: float = 1e-9
+    max_iter: int | None = None
+    tol: float | None = None
     device: str = "cpu"
     quiet: bool = False
 
@@ -46,11 +48,13 @@ class FitSettings:
         object.__setattr__(self, "penalty", check_penalty(self.penalty))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if not self.tol > 0:
+        if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
 
     @classmethod

@@ -1,0 +1,112 @@
+"""Benchmark of issue #3: the VAE-like estimator against exact EM, the Bayes oracle and baselines.
+
+For p ∈ {20, 50}, σ ∈ {0.5, 1}, A ∈ {identity, compressive m = p/2} and several seeds
+(n = 10 000, chain graph, penalty α = 0.02): Λ relative error and its ratio to EM's, edge F1,
+signal MSE over the Bayes oracle's, the ELBO gap log p(x; Λ̂) − ELBO (exact evidence at the
+method's own Λ̂), and wall time as a ratio to EM's measured in the same run.
+
+    .venv/bin/python benchmarks/bench_vae.py [--seeds 2] [--quick] [--out benchmarks/results/vae.json]
+
+Prints one table of medians over seeds and writes every row as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
+from invae.evaluation import evaluate, reference_rows
+from invae.exact import marginal_log_likelihood
+from invae.pipeline import make_estimator
+
+METHODS = {  # label: (method, preset, max_iter)
+    "vae": ("vae", "default", None),
+    "vae (paper preset, capped)": ("vae", "paper", 300),
+    "mean-field": ("mean-field", "default", None),
+    "em": ("em", "default", None),
+    "naive": ("naive", "default", None),
+}
+
+
+def run_case(p: int, sigma: float, forward: str, seed: int, alpha: float, n: int) -> list[dict]:
+    problem = simulate_problem(p=p, n=n, graph="chain", forward=forward, noise_std=sigma, seed=seed)
+    likelihood = linear_gaussian(problem.A, sigma)
+    _, oracle_mse = reference_rows(problem, alpha)
+    rows = []
+    for label, (method, preset, max_iter) in METHODS.items():
+        estimator = make_estimator(method, GaussianGraphicalModel(dim=p, alpha=alpha), likelihood,
+                                   preset=preset, max_iter=max_iter, seed=seed)
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            estimator.fit(problem.X)
+        row = evaluate(label, estimator, problem, oracle_mse, time.perf_counter() - start)
+        row.update(p=p, sigma=sigma, forward=forward, seed=seed, n_iter=estimator.n_iter_,
+                   converged=estimator.converged_ and not caught)
+        if hasattr(estimator, "elbo"):
+            elbo, se = estimator.elbo(problem.X, n_samples=20)
+            exact = row["log_lik_gap"] + _true_log_lik(problem)
+            row.update(elbo=elbo, elbo_se=se, elbo_gap=exact - elbo)
+        rows.append(row)
+    em = next(r for r in rows if r["method"] == "em")
+    for row in rows:
+        row["error_ratio_to_em"] = row["precision_error"] / em["precision_error"]
+        row["time_ratio_to_em"] = row["seconds"] / em["seconds"]
+    return rows
+
+
+def _true_log_lik(problem) -> float:
+    return float(marginal_log_likelihood(torch.as_tensor(problem.X), GaussianGraphicalModel(problem.precision),
+                                         linear_gaussian(problem.A, problem.noise_std)).mean())
+
+
+def summarize(rows: list[dict]) -> str:
+    keys = ("precision_error", "error_ratio_to_em", "edge_f1", "mse_ratio", "elbo_gap", "time_ratio_to_em")
+    header = f"{'p':>3} {'σ':>4} {'A':<11} {'method':<27}" + "".join(f"{k[:14]:>15}" for k in keys) + "  conv"
+    lines = [header, "-" * len(header)]
+    cases = sorted({(r["p"], r["sigma"], r["forward"]) for r in rows})
+    for case in cases:
+        for label in METHODS:
+            group = [r for r in rows if (r["p"], r["sigma"], r["forward"]) == case and r["method"] == label]
+            values = [statistics.median(r[k] for r in group) if k in group[0] else float("nan") for k in keys]
+            conv = sum(r["converged"] for r in group)
+            lines.append(f"{case[0]:>3} {case[1]:>4} {case[2]:<11} {label:<27}"
+                         + "".join(f"{v:>15.3f}" for v in values) + f"  {conv}/{len(group)}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--alpha", type=float, default=0.02)
+    parser.add_argument("--quick", action="store_true", help="p = 20, σ = 1, identity only")
+    parser.add_argument("--out", default="benchmarks/results/vae.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    grid = [(20, 1.0, "identity")] if args.quick else [
+        (p, s, f) for p in (20, 50) for s in (0.5, 1.0) for f in ("identity", "compressive")]
+    rows = []
+    for p, sigma, forward in grid:
+        for seed in range(args.seeds):
+            rows += run_case(p, sigma, forward, seed, args.alpha, args.n)
+            print(f"done p={p} σ={sigma} {forward} seed={seed}", flush=True)
+    table = summarize(rows)
+    print(f"\nmedians over {args.seeds} seed(s); n = {args.n}, chain graph, α = {args.alpha}; "
+          "elbo_gap = log p(x; Λ̂) − ELBO per observation\n" + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": vars(args), "rows": rows, "table": table}, indent=1))
+    print(f"\nrows: {out}")
+
+
+if __name__ == "__main__":
+    main()
