@@ -94,17 +94,17 @@ def main() -> None:
     torch.set_num_threads(2)
     grid = [(20, 1.0, "identity")] if args.quick else [
         (p, s, f) for p in (20, 50) for s in (0.5, 1.0) for f in ("identity", "compressive")]
-    rows = []
-    for p, sigma, forward in grid:
-        for seed in range(args.seeds):
-            rows += run_case(p, sigma, forward, seed, args.alpha, args.n)
-            print(f"done p={p} σ={sigma} {forward} seed={seed}", flush=True)
-    table = summarize(rows)
-    print(f"\nmedians over {args.seeds} seed(s); n = {args.n}, chain graph, α = {args.alpha}; "
-          "elbo_gap = log p(x; Λ̂) − ELBO per observation\n" + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "rows": rows, "table": table}, indent=1))
+    rows = []
+    for seed in range(args.seeds):
+        for p, sigma, forward in grid:
+            rows += run_case(p, sigma, forward, seed, args.alpha, args.n)
+            table = summarize(rows)
+            out.write_text(json.dumps({"settings": vars(args), "rows": rows, "table": table}, indent=1))
+            print(f"done p={p} σ={sigma} {forward} seed={seed}", flush=True)
+    print(f"\nmedians over {args.seeds} seed(s); n = {args.n}, chain graph, α = {args.alpha}; "
+          "elbo_gap = log p(x; Λ̂) − ELBO per observation\n" + table)
     print(f"\nrows: {out}")
 
 

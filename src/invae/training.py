@@ -10,7 +10,8 @@
 Convergence, checked after each Λ-step over the last ``window`` outer iterations: the
 largest relative change of Λ, ‖ΔΛ‖_F/‖Λ‖_F, is below ``tol`` and the ELBO on a fixed
 evaluation set with fixed noise (common random numbers: no Monte Carlo jitter between
-checks) rose by less than ``tol`` relative. Both are needed: Λ can sit still while the
+checks) has not beaten its best by more than ``tol`` relative. (Comparing against the best,
+not the value ``window`` steps ago, keeps a fluctuating ELBO from passing for a flat one.) Both are needed: Λ can sit still while the
 encoder is still improving, and the reverse. With a constant step size, Adam's gradient
 noise keeps Λ moving by more than any small ``tol``; so the step size is cut by
 ``lr_decay`` whenever that ELBO has not beaten its best by ``tol`` (relative) for
@@ -117,7 +118,8 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             plateau.step(history["elbo"][-1])
             bar.update()
             bar.set_postfix(elbo=f"{history['elbo'][-1]:.4f}", dLambda=f"{change:.1e}")
-            if _converged(history, settings):
+            recent_change = max(history["precision_change"][-settings.window:])
+            if plateau.since_best >= settings.window and recent_change < settings.tol:
                 converged = True
                 break
     return prior, history, iteration, converged
@@ -128,13 +130,14 @@ class _Plateau:
 
     def __init__(self, optimizer: torch.optim.Optimizer, decay: float, patience: int, tol: float):
         self.optimizer, self.decay, self.patience, self.tol = optimizer, decay, patience, tol
-        self.best, self.waited = -math.inf, 0
+        self.best, self.waited, self.since_best = -math.inf, 0, 0
 
     def step(self, value: float) -> None:
         if value > self.best + self.tol * max(1.0, abs(value)):
-            self.best, self.waited = value, 0
+            self.best, self.waited, self.since_best = value, 0, 0
             return
         self.waited += 1
+        self.since_best += 1
         if self.waited >= self.patience and self.decay < 1:
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.decay
@@ -162,12 +165,3 @@ def _fixed_noise_elbo(x, index, noise, posterior, prior, likelihood) -> float:
     gaussian = isinstance(q, Independent) and isinstance(q.base_dist, Normal)
     z = (q.mean + q.stddev * noise)[None] if gaussian else None
     return float(elbo(x[index], q, prior, likelihood, z=z).mean())
-
-
-def _converged(history: dict, settings: TrainingSettings) -> bool:
-    w = settings.window
-    if len(history["elbo"]) <= w:
-        return False
-    elbo_now, elbo_then = history["elbo"][-1], history["elbo"][-1 - w]
-    gain = (elbo_now - elbo_then) / max(1.0, abs(elbo_now))
-    return max(history["precision_change"][-w:]) < settings.tol and gain < settings.tol

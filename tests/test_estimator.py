@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+
+from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
+from invae.estimator import VariationalEB
+from invae.exact import exact_posterior, marginal_log_likelihood
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return simulate_problem(p=5, n=2000, graph="chain", forward="gaussian", m=8, noise_std=0.5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(problem):
+    return VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.01), linear_gaussian(problem.A, 0.5),
+                         random_state=1).fit(problem.X)
+
+
+def test_fit_converges_and_raises_the_elbo(fitted):
+    assert fitted.converged_
+    assert fitted.history_["elbo"][-1] > fitted.history_["elbo"][0]
+    assert len(fitted.history_["precision_change"]) == fitted.n_iter_
+
+
+def test_elbo_does_not_exceed_the_exact_evidence(fitted, problem):
+    elbo, se = fitted.elbo(problem.X, n_samples=20)
+    exact = marginal_log_likelihood(torch.as_tensor(problem.X), fitted.prior_.to(dtype=torch.float64),
+                                    linear_gaussian(problem.A, 0.5)).mean()
+    assert elbo <= float(exact) + 3 * se  # a lower bound, up to 3 Monte Carlo standard errors
+    assert fitted.score(problem.X) == pytest.approx(elbo, abs=5 * se)
+
+
+def test_encoder_reaches_the_mean_field_optimum(fitted, problem):
+    # For a Gaussian posterior N(μ, P⁻¹) the best diagonal Gaussian has mean μ and variances
+    # 1/P_jj. Under the fitted Λ̂ the encoder should be there up to optimiser noise: means
+    # within 0.1 posterior sd (RMS), sds within 10%.
+    x = torch.as_tensor(problem.X)
+    prior64 = fitted.prior_.to(dtype=torch.float64)
+    mean, cov = exact_posterior(x, prior64, linear_gaussian(problem.A, 0.5))
+    mf_sd = 1 / torch.sqrt(torch.linalg.inv(cov).diagonal())
+    got_mean, got_sd = fitted.posterior(problem.X)
+    assert np.sqrt(np.mean(((got_mean - mean.numpy()) / mf_sd.numpy()) ** 2)) < 0.1
+    np.testing.assert_allclose(got_sd, np.broadcast_to(mf_sd.numpy(), got_sd.shape), rtol=0.1)
+
+
+def test_same_random_state_same_fit_bit_for_bit(problem):
+    def fit(seed):
+        return VariationalEB(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), max_iter=15,
+                             random_state=seed)
+    with pytest.warns(Warning):
+        first, again, other = fit(3).fit(problem.X), fit(3).fit(problem.X), fit(4).fit(problem.X)
+    np.testing.assert_array_equal(first.precision_, again.precision_)
+    np.testing.assert_array_equal(first.transform(problem.X), again.transform(problem.X))
+    assert not np.array_equal(first.precision_, other.precision_)
+
+
+def test_samples_and_shapes(fitted, problem):
+    draws = fitted.sample_posterior(problem.X[:7], n_samples=3)
+    assert draws.shape == (3, 7, 5)
+    assert fitted.transform(problem.X[:7]).shape == fitted.posterior_std(problem.X[:7]).shape == (7, 5)
+
+
+def test_mean_field_fits_new_factors_for_new_data(problem):
+    x = problem.X[:400]
+    mf = VariationalEB(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), family="mean-field",
+                       random_state=0).fit(x)
+    # Fitted and fresh factors (for unseen rows) both sit at the mean-field optimum under Λ̂:
+    # the exact posterior means, within 0.1 of the mean-field sd 1/√P_jj (RMS), as the encoder.
+    for rows in (x, problem.X[400:500]):
+        mean, cov = exact_posterior(torch.as_tensor(rows), mf.prior_.to(dtype=torch.float64),
+                                    linear_gaussian(problem.A, 0.5))
+        mf_sd = (1 / torch.linalg.inv(cov).diagonal().sqrt()).numpy()
+        assert np.sqrt(np.mean(((mf.transform(rows) - mean.numpy()) / mf_sd) ** 2)) < 0.1
+
+
+@pytest.mark.parametrize("kwargs, X, message", [
+    ({}, np.ones((10, 3)), "columns"),
+    ({}, np.full((10, 8), np.nan), "NaN"),
+    ({}, np.array([["1"] * 8] * 10), "numbers"),
+    ({}, np.ones((10, 8, 1)), "2-D"),
+    ({"preset": "fast"}, np.ones((10, 8)), "preset"),
+    ({"family": "flow"}, np.ones((10, 8)), "family"),
+    ({"learning_rate": -1.0}, np.ones((10, 8)), "learning_rate"),
+    ({"lambda_step": "mean"}, np.ones((10, 8)), "lambda_step"),
+])
+def test_bad_input_raises_value_error_naming_it(problem, kwargs, X, message):
+    with pytest.raises(ValueError, match=message):
+        VariationalEB(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), **kwargs).fit(X)
