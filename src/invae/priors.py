@@ -54,6 +54,10 @@ class Prior(abc.ABC):
         """The penalty on θ, in the per-observation scale of the objective above."""
 
     @abc.abstractmethod
+    def relative_change(self, previous: Prior) -> float:
+        """How far θ moved from ``previous``'s parameters, relative to their size."""
+
+    @abc.abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
         """The same prior with its parameters on ``device`` / in ``dtype``."""
 
@@ -136,6 +140,10 @@ class GaussianGraphicalModel(Prior):
         """``(α/2) ‖Λ‖_{1,off}``."""
         off = self.precision.abs().sum() - self.precision.diagonal().abs().sum()
         return 0.5 * self.alpha * float(off)
+
+    def relative_change(self, previous: GaussianGraphicalModel) -> float:
+        """``‖Λ − Λ_prev‖_F / ‖Λ_prev‖_F``."""
+        return float(torch.linalg.norm(self.precision - previous.precision) / torch.linalg.norm(previous.precision))
 
     def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
         return GaussianGraphicalModel(self.precision.to(device=device, dtype=dtype), alpha=self.alpha)

@@ -109,7 +109,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             if update_prior:
                 with torch.no_grad():
                     new = _lambda_step(prior, posterior, x, batch, settings.lambda_step)
-                change = _relative_change(new, prior)
+                change = new.relative_change(prior)
                 prior = new
             history["train_elbo"].append(train_elbo)
             history["elbo"].append(_fixed_noise_elbo(x, eval_index, eval_noise, posterior, prior, likelihood))
@@ -149,13 +149,6 @@ def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, batch: int, mode
         index = torch.randint(len(x), (batch,), device=x.device)
         return prior.m_step(posterior(x[index], index).rsample())
     return lambda_step(prior, posterior_all(posterior, x))
-
-
-def _relative_change(new: Prior, old: Prior) -> float:
-    old_params = getattr(old, "precision", None)
-    if old_params is None:
-        return float("nan")
-    return float(torch.linalg.norm(new.precision - old_params) / torch.linalg.norm(old_params))
 
 
 @torch.no_grad()
