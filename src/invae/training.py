@@ -4,8 +4,9 @@
         n_critic times:  batch of B observations, z = reparameterised draws of q_φ(z|x),
                          one Adam step on  −(1/B) Σ_b ELBO_b(φ; Λ)
         Λ-step:          "batch":    Λ ← M-step on one sampled batch of z (the source)
-                         "expected": Λ ← M-step on expected statistics over all data,
-                                      in closed form for Gaussian q (variational EM)
+                         "expected": Λ ← M-step on expected statistics over all data:
+                                      closed form for Gaussian q (variational EM), else
+                                      ``lambda_draws`` draws per observation
 
 Convergence, checked after each Λ-step over the last ``window`` outer iterations: the
 largest relative change of Λ, ‖ΔΛ‖_F/‖Λ‖_F, is below ``tol`` and the ELBO on a fixed
@@ -17,24 +18,30 @@ noise keeps Λ moving by more than any small ``tol``; so the step size is cut by
 ``lr_decay`` whenever that ELBO has not beaten its best by ``tol`` (relative) for
 ``window // 2`` outer iterations. (torch's ``ReduceLROnPlateau`` does this with a relative
 threshold ``best·(1 ± tol)`` that points the wrong way for a negative ELBO.)
+
+Draws that are compared between iterations — the evaluation ELBO, and the Λ-step draws of
+a family without closed-form moments (flows) — reuse the same random numbers at every
+iteration (:func:`seeded`), so they change only as φ and Λ change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 from tqdm.auto import tqdm
 
 from .likelihoods import Likelihood
 from .objectives import elbo
 from .priors import Prior
 
-__all__ = ["TrainingSettings", "train", "lambda_step"]
+__all__ = ["TrainingSettings", "train", "lambda_step", "seeded"]
 
 _EVAL_SIZE = 2048
 
@@ -50,11 +57,12 @@ class TrainingSettings:
     window: int
     n_samples: int = 1
     lr_decay: float = 0.3
+    lambda_draws: int = 8
 
     def __post_init__(self):
         if self.lambda_step not in ("batch", "expected"):
             raise ValueError(f"lambda_step must be 'batch' or 'expected', got {self.lambda_step!r}")
-        for name in ("batch_size", "n_critic", "max_iter", "window", "n_samples"):
+        for name in ("batch_size", "n_critic", "max_iter", "window", "n_samples", "lambda_draws"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -71,11 +79,27 @@ def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:
     return posterior(x, torch.arange(len(x), device=x.device))
 
 
-def lambda_step(prior: Prior, q: Distribution) -> Prior:
-    """M-step on the expected statistics of q: closed form for a diagonal Gaussian q."""
+def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
+    """M-step on the expected statistics of q (batch (n,), event (p,)) over all rows.
+
+    Closed form for Gaussian q: ``E[z zᵀ] = μμᵀ + Σ_q`` (diagonal Σ_q, or the average of
+    full ones); otherwise the M-step on ``n_draws`` draws per observation, (n_draws, n, p).
+    """
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         return prior.m_step_gaussian(q.mean, var=q.variance)
-    return prior.m_step(q.rsample())
+    if isinstance(q, MultivariateNormal):
+        tril = q.scale_tril
+        return prior.m_step_gaussian(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
+    return prior.m_step(q.rsample((n_draws,)))
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Run the block with torch's generator (CPU, and ``device``'s if CUDA) seeded, then restore it."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
@@ -90,7 +114,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     optimizer = torch.optim.Adam(posterior.parameters(), lr=settings.learning_rate)
     plateau = _Plateau(optimizer, settings.lr_decay, patience=max(1, settings.window // 2), tol=settings.tol)
     eval_index = torch.randperm(n, device=x.device)[: min(n, _EVAL_SIZE)]
-    eval_noise = torch.randn(len(eval_index), prior.dim, dtype=x.dtype, device=x.device)
+    eval_seed, lambda_seed = torch.randint(2**62, (2,)).tolist()
     history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [], "time": []}
     start = time.perf_counter()
     converged = False
@@ -108,11 +132,11 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             change = 0.0
             if update_prior:
                 with torch.no_grad():
-                    new = _lambda_step(prior, posterior, x, batch, settings.lambda_step)
+                    new = _lambda_step(prior, posterior, x, batch, settings, lambda_seed)
                 change = new.relative_change(prior)
                 prior = new
             history["train_elbo"].append(train_elbo)
-            history["elbo"].append(_fixed_noise_elbo(x, eval_index, eval_noise, posterior, prior, likelihood))
+            history["elbo"].append(_fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood))
             history["precision_change"].append(change)
             history["time"].append(time.perf_counter() - start)
             plateau.step(history["elbo"][-1])
@@ -144,17 +168,17 @@ class _Plateau:
             self.waited = 0
 
 
-def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, batch: int, mode: str) -> Prior:
-    if mode == "batch":
+def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, batch: int, settings: TrainingSettings,
+                 seed: int) -> Prior:
+    if settings.lambda_step == "batch":
         index = torch.randint(len(x), (batch,), device=x.device)
         return prior.m_step(posterior(x[index], index).rsample())
-    return lambda_step(prior, posterior_all(posterior, x))
+    with seeded(seed, x.device):
+        return lambda_step(prior, posterior_all(posterior, x), settings.lambda_draws)
 
 
 @torch.no_grad()
-def _fixed_noise_elbo(x, index, noise, posterior, prior, likelihood) -> float:
-    """Mean ELBO over a fixed subset, with the same standard-normal draws at every call."""
-    q = posterior(x[index], index)
-    gaussian = isinstance(q, Independent) and isinstance(q.base_dist, Normal)
-    z = (q.mean + q.stddev * noise)[None] if gaussian else None
-    return float(elbo(x[index], q, prior, likelihood, z=z).mean())
+def _fixed_noise_elbo(x, index, seed, posterior, prior, likelihood) -> float:
+    """Mean ELBO over a fixed subset, with the same random numbers at every call."""
+    with seeded(seed, x.device):
+        return float(elbo(x[index], posterior(x[index], index), prior, likelihood).mean())
