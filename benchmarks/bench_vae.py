@@ -1,10 +1,12 @@
-"""Benchmark of issue #3: the VAE-like estimator against exact EM, the Bayes oracle and baselines.
+"""Benchmark of issues #3 and #4: the VAE-like estimators against exact EM, the Bayes oracle and baselines.
 
 For p ∈ {20, 50}, σ ∈ {0.5, 1}, A ∈ {identity, compressive m = p/2} and several seeds
 (n = 10 000, chain graph, penalty α = 0.02): Λ relative error and its ratio to EM's, edge F1,
 signal MSE over the Bayes oracle's, the ELBO gap log p(x; Λ̂) − ELBO (exact evidence at the
-method's own Λ̂), and wall time as a ratio to EM's measured in the same run. "em (diagonal
-E-step)" is the exact optimum of the diagonal family: the floor for vae and mean-field.
+method's own Λ̂), and wall time as a ratio to EM's measured in the same run, for the posterior
+families diagonal (``vae``), ``iaf`` and ``full-covariance`` (exact for these models) and
+the baselines. "em (diagonal E-step)" is the exact optimum of the diagonal family: the
+floor for vae and mean-field.
 
     .venv/bin/python benchmarks/bench_vae.py [--seeds 2] [--quick] [--out benchmarks/results/vae.json]
 
@@ -32,6 +34,8 @@ METHODS = {  # label: a function (prior, likelihood, seed) -> estimator
     "vae": lambda prior, lik, seed: make_estimator("vae", prior, lik, seed=seed),
     "vae (paper preset, capped)": lambda prior, lik, seed: make_estimator("vae", prior, lik, preset="paper",
                                                                           max_iter=300, seed=seed),
+    "iaf": lambda prior, lik, seed: make_estimator("iaf", prior, lik, seed=seed),
+    "full-covariance": lambda prior, lik, seed: make_estimator("full-covariance", prior, lik, seed=seed),
     "mean-field": lambda prior, lik, seed: make_estimator("mean-field", prior, lik, seed=seed),
     "em (diagonal E-step)": lambda prior, lik, seed: EM(prior, lik, mean_field=True),
     "em": lambda prior, lik, seed: make_estimator("em", prior, lik),

@@ -27,18 +27,19 @@ def _flow_map(q: TransformedDistribution, eps: torch.Tensor) -> torch.Tensor:
     return z
 
 
-@pytest.fixture
-def iaf(generator):
+@pytest.fixture(params=[1, 2, 3], ids=lambda t: f"T={t}")
+def iaf(request, generator):
     torch.manual_seed(0)
-    encoder = IAFEncoder(m=4, p=3, hidden=(8,), n_steps=3, context=5)
+    encoder = IAFEncoder(m=4, p=3, hidden=(8,), n_steps=request.param, context=5)
     _randomize(encoder, generator)
     return encoder
 
 
-def test_iaf_log_density_is_the_change_of_variables_formula(iaf, generator):
+@pytest.mark.parametrize("row", range(3))
+def test_iaf_log_density_is_the_change_of_variables_formula(iaf, generator, row):
     # log q(z) = log N(ε_0; 0, I) − log |det ∂z_T/∂ε_0|, the Jacobian by autograd (brute force).
-    x = torch.randn(1, 4, generator=generator)
-    eps = torch.randn(3, generator=generator)
+    x = torch.randn(3, 4, generator=generator)[row : row + 1]
+    eps = torch.randn(3, 3, generator=generator)[row]
     q = iaf(x)
     jacobian = torch.autograd.functional.jacobian(lambda e: _flow_map(q, e[None])[0], eps)
     expected = Normal(0.0, 1.0).log_prob(eps).sum() - torch.linalg.slogdet(jacobian).logabsdet
@@ -48,6 +49,21 @@ def test_iaf_log_density_is_the_change_of_variables_formula(iaf, generator):
     log_scales = q.base_dist.stddev.log().sum() + sum(step._cached_log_scale.sum() for step in q.transforms)
     closed_form = -0.5 * eps @ eps - 1.5 * math.log(2 * math.pi) - log_scales
     assert expected.item() == pytest.approx(closed_form.item(), abs=1e-10)
+
+
+def test_iaf_samples_and_density_agree(generator):
+    # Importance sampling: E_q[f(z) / q(z)] = ∫ f = 1 for any density f inside q's support.
+    # f = N(z; E_q z, (0.5·sd_q)²) keeps the weights bounded; 4 standard errors of the mean.
+    torch.manual_seed(0)
+    encoder = IAFEncoder(m=4, p=3, hidden=(8,), n_steps=2, context=5)
+    _randomize(encoder, generator, scale=0.3)
+    q = encoder(torch.randn(1, 4, generator=generator))
+    with torch.no_grad():
+        z = q.rsample((40_000,))[:, 0]
+        log_q = q.log_prob(z[:, None])[:, 0]
+    target = Independent(Normal(z.mean(0), 0.5 * z.std(0)), 1)
+    weights = (target.log_prob(z) - log_q).exp()
+    assert abs(weights.mean().item() - 1) < 4 * weights.std().item() / math.sqrt(len(weights))
 
 
 def test_each_iaf_step_is_triangular_in_alternating_orders(iaf, generator):

@@ -77,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--penalty", type=_penalty, help="graphical-lasso α, per-sample scale (default: 0)")
     fit.add_argument("--method", choices=METHODS, help="estimator (default: vae)")
     fit.add_argument("--preset", choices=PRESETS,
-                     help="optimiser settings of vae / mean-field: default (measured best) or paper")
+                     help="optimiser settings of the variational methods: default (measured best) or paper")
     fit.add_argument("--seed", type=int)
     fit.add_argument("--max-iter", type=int)
     fit.add_argument("--tol", type=float)

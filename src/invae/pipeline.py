@@ -23,7 +23,11 @@ from .priors import GaussianGraphicalModel, Prior
 from .settings import FitSettings
 from .validation import check_data
 
-__all__ = ["make_estimator", "load_problem", "run_fit"]
+__all__ = ["make_estimator", "load_problem", "run_fit", "FAMILY_OF_METHOD"]
+
+#: The variational methods and their posterior family (:data:`invae.estimator.FAMILIES`).
+FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-covariance",
+                    "mean-field": "mean-field"}
 
 
 def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
@@ -34,10 +38,9 @@ def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset:
     ``max_iter`` / ``tol`` left as None take each estimator's own default.
     """
     limits = {key: value for key, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
-    if method in ("vae", "mean-field"):
-        family = "diagonal" if method == "vae" else "mean-field"
-        return VariationalEB(prior, likelihood, family=family, preset=preset, random_state=seed,
-                             verbose=verbose, device=device, **limits)
+    if method in FAMILY_OF_METHOD:
+        return VariationalEB(prior, likelihood, family=FAMILY_OF_METHOD[method], preset=preset,
+                             random_state=seed, verbose=verbose, device=device, **limits)
     if method == "em":
         return EM(prior, likelihood, verbose=verbose, device=device, **limits)
     if method == "naive":

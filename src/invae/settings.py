@@ -16,7 +16,7 @@ from .validation import check_noise_std, check_penalty
 
 __all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS"]
 
-METHODS = ("vae", "mean-field", "em", "naive")
+METHODS = ("vae", "iaf", "full-covariance", "mean-field", "em", "naive")
 PRESETS = ("default", "paper")
 PRIORS = ("ggm",)
 
