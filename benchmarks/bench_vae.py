@@ -8,7 +8,7 @@ families diagonal (``vae``), ``iaf`` and ``full-covariance`` (exact for these mo
 the baselines. "em (diagonal E-step)" is the exact optimum of the diagonal family: the
 floor for vae and mean-field.
 
-    .venv/bin/python benchmarks/bench_vae.py [--seeds 2] [--quick] [--out benchmarks/results/vae.json]
+    .venv/bin/python benchmarks/bench_vae.py [--seeds 2] [--quick] [--resume] [--out benchmarks/results/vae.json]
 
 Prints one table of medians over seeds and writes every row as JSON.
 """
@@ -51,9 +51,14 @@ def run_case(p: int, sigma: float, forward: str, seed: int, alpha: float, n: int
     for label, build in METHODS.items():
         estimator = build(GaussianGraphicalModel(dim=p, alpha=alpha), likelihood, seed)
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(problem.X)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                estimator.fit(problem.X)
+        except (FloatingPointError, ValueError) as error:  # e.g. Λ diverging when m < p
+            rows.append({"method": label, "p": p, "sigma": sigma, "forward": forward, "seed": seed,
+                         "failed": f"{type(error).__name__}: {error}", "seconds": time.perf_counter() - start})
+            continue
         row = evaluate(label, estimator, problem, oracle_mse, time.perf_counter() - start)
         row.update(p=p, sigma=sigma, forward=forward, seed=seed, n_iter=estimator.n_iter_,
                    converged=estimator.converged_ and not caught)
@@ -64,8 +69,9 @@ def run_case(p: int, sigma: float, forward: str, seed: int, alpha: float, n: int
         rows.append(row)
     em = next(r for r in rows if r["method"] == "em")
     for row in rows:
-        row["error_ratio_to_em"] = row["precision_error"] / em["precision_error"]
         row["time_ratio_to_em"] = row["seconds"] / em["seconds"]
+        if "failed" not in row:
+            row["error_ratio_to_em"] = row["precision_error"] / em["precision_error"]
     return rows
 
 
@@ -74,18 +80,25 @@ def _true_log_lik(problem) -> float:
                                          linear_gaussian(problem.A, problem.noise_std)).mean())
 
 
+COLUMNS = (  # (row key, header)
+    ("precision_error", "Λ err"), ("error_ratio_to_em", "Λ err/EM"), ("edge_f1", "edge F1"),
+    ("mse_ratio", "MSE/oracle"), ("elbo_gap", "ELBO gap"), ("seconds", "time s"), ("time_ratio_to_em", "time/EM"))
+
+
 def summarize(rows: list[dict]) -> str:
-    keys = ("precision_error", "error_ratio_to_em", "edge_f1", "mse_ratio", "elbo_gap", "time_ratio_to_em")
-    header = f"{'p':>3} {'σ':>4} {'A':<11} {'method':<27}" + "".join(f"{k[:14]:>15}" for k in keys) + "  conv"
+    header = f"{'p':>3} {'σ':>4} {'A':<11} {'method':<27}" + "".join(f"{h:>11}" for _, h in COLUMNS) + "  converged"
     lines = [header, "-" * len(header)]
-    cases = sorted({(r["p"], r["sigma"], r["forward"]) for r in rows})
+    order = {"identity": 0, "compressive": 1}
+    cases = sorted({(r["p"], r["sigma"], r["forward"]) for r in rows}, key=lambda c: (c[0], order[c[2]], c[1]))
     for case in cases:
         for label in METHODS:
             group = [r for r in rows if (r["p"], r["sigma"], r["forward"]) == case and r["method"] == label]
-            values = [statistics.median(r[k] for r in group) if k in group[0] else float("nan") for k in keys]
-            conv = sum(r["converged"] for r in group)
+            ok = [r for r in group if "failed" not in r]
+            values = [statistics.median(r[k] for r in ok) if ok and k in ok[0] else float("nan") for k, _ in COLUMNS]
+            conv = sum(r["converged"] for r in ok)
             lines.append(f"{case[0]:>3} {case[1]:>4} {case[2]:<11} {label:<27}"
-                         + "".join(f"{v:>15.3f}" for v in values) + f"  {conv}/{len(group)}")
+                         + "".join(f"{v:>11.3f}" if v == v else f"{'—':>11}" for v in values)
+                         + f"  {conv}/{len(group)}" + (f", {len(group) - len(ok)} failed" if len(ok) < len(group) else ""))
     return "\n".join(lines)
 
 
@@ -96,21 +109,24 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.02)
     parser.add_argument("--quick", action="store_true", help="p = 20, σ = 1, identity only")
     parser.add_argument("--out", default="benchmarks/results/vae.json")
+    parser.add_argument("--resume", action="store_true", help="keep the rows in --out, run only missing cases")
     args = parser.parse_args()
     torch.set_num_threads(2)
     grid = [(20, 1.0, "identity")] if args.quick else [
         (p, s, f) for p in (20, 50) for s in (0.5, 1.0) for f in ("identity", "compressive")]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(out.read_text())["rows"] if args.resume and out.exists() else []
+    done = {(r["p"], r["sigma"], r["forward"], r["seed"]) for r in rows}
     for seed in range(args.seeds):
         for p, sigma, forward in grid:
+            if (p, sigma, forward, seed) in done:
+                continue
             rows += run_case(p, sigma, forward, seed, args.alpha, args.n)
-            table = summarize(rows)
-            out.write_text(json.dumps({"settings": vars(args), "rows": rows, "table": table}, indent=1))
+            out.write_text(json.dumps({"settings": vars(args), "rows": rows, "table": summarize(rows)}, indent=1))
             print(f"done p={p} σ={sigma} {forward} seed={seed}", flush=True)
     print(f"\nmedians over {args.seeds} seed(s); n = {args.n}, chain graph, α = {args.alpha}; "
-          "elbo_gap = log p(x; Λ̂) − ELBO per observation\n" + table)
+          "ELBO gap = log p(x; Λ̂) − ELBO per observation\n" + summarize(rows))
     print(f"\nrows: {out}")
 
 
