@@ -203,4 +203,3 @@ class VariationalEB(EmpiricalBayesEstimator):
     def score(self, X) -> float:
         """Mean ELBO per observation (higher is better), a lower bound on mean log p(x; Λ̂)."""
         return self.elbo(X)[0]
-

@@ -139,7 +139,8 @@ class IAFEncoder(_Encoder):
     Each step is Pyro's ``ConditionalAffineAutoregressive(stable=True)``, which is exactly
     this sigmoid-gated update (the +2 is its ``sigmoid_bias``: each step starts close to the
     identity, σ_t ≈ 0.88); Pyro is maintained and zuko has no gated IAF, so we use it
-    rather than rewrite a MADE. The autoregressive order is reversed between steps.
+    rather than rewrite a MADE. The autoregressive order is reversed between steps, and each
+    MADE has a linear skip connection, so one step already holds every Gaussian q.
     ``log_prob`` is exact (change of variables) for draws from ``rsample``, whose
     per-step scales Pyro caches; the test suite checks it against an autograd Jacobian.
     Any other point would need Pyro's sequential inversion (p passes per step, and
