@@ -115,6 +115,19 @@ def test_failed_fit_leaves_an_existing_results_folder_as_it_was(problem_dir, tmp
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
+def test_numerical_breakdown_is_one_line_and_writes_nothing(problem_dir, tmp_path, monkeypatch, capsys):
+    # A diverging fit (measured: the diagonal family with m < p) raises FloatingPointError from
+    # the Λ-step; the CLI reports it in one line with exit status 1 and leaves no results.
+    def diverge(settings):
+        raise FloatingPointError("the Λ-step failed even with a ridge")
+    monkeypatch.setattr("invae.cli.run_fit", diverge)
+    out = tmp_path / "fit"
+    assert _fit(problem_dir, out, "--method", "vae") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed numerically" in err and "Λ-step" in err
+    assert not out.exists()
+
+
 def test_em_fit_agrees_with_an_independent_em_within_two_percent(tmp_path):
     # The acceptance check: p = 20, n = 10 000, σ = 0.5, through the CLI, against a
     # NumPy/scikit-learn EM run for 300 iterations from the same start.

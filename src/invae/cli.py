@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2
+        except FloatingPointError as error:  # the fit itself broke down (e.g. Λ diverging when m < p)
+            print(f"{prefix}: error: the fit failed numerically: {error}. A richer posterior "
+                  "(--method iaf or full-covariance) or a larger --penalty may help; nothing was written",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
