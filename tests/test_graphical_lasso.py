@@ -57,3 +57,5 @@ def test_singular_second_moment_is_solved_with_a_ridge(rng):
 
 def test_objective_is_minus_infinity_off_the_cone():
     assert glasso_objective(-np.eye(3), np.eye(3), 0.1) == -np.inf
+    # two negative eigenvalues: the determinant is positive, the matrix is not PD
+    assert glasso_objective(np.diag([-1.0, -2.0, 3.0]), np.eye(3), 0.1) == -np.inf

@@ -37,9 +37,11 @@ _RIDGES = (0.0, 1e-8, 1e-6, 1e-4)
 
 def glasso_objective(precision: np.ndarray, second_moment: np.ndarray, alpha: float) -> float:
     """``log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}`` for Λ, S of shape (p, p); −inf if Λ is not PD."""
-    sign, logdet = np.linalg.slogdet(precision)
-    if sign <= 0:
+    try:  # a Cholesky factor exists iff Λ is PD (a positive determinant does not say so)
+        chol = np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
         return -np.inf
+    logdet = 2 * np.log(np.diag(chol)).sum()
     off = np.abs(precision).sum() - np.abs(np.diag(precision)).sum()
     return float(logdet - np.sum(precision * second_moment) - alpha * off)
 
