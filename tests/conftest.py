@@ -19,3 +19,9 @@ def random_spd(rng: np.random.Generator, p: int, condition: float = 10.0) -> np.
     """A random symmetric positive-definite (p, p) matrix with eigenvalues in [1, condition]."""
     q, _ = np.linalg.qr(rng.standard_normal((p, p)))
     return (q * np.linspace(1.0, condition, p)) @ q.T
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from the same global torch stream: Monte Carlo checks do not depend on test order."""
+    torch.manual_seed(0)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.estimator import VariationalEB
@@ -93,18 +94,24 @@ def test_richer_families_close_the_mean_field_gap(family, max_share, problem, fi
     assert -3 * se < shortfall < max_share * diagonal + 3 * se
 
 
-def test_full_covariance_elbo_reaches_the_exact_evidence(problem, fit_family):
-    # The family holds the exact posterior, so at the fitted Λ̂ the ELBO equals log p(x; Λ̂)
-    # up to the encoder's optimisation error and Monte Carlo noise: within 3 standard errors
-    # of the per-row differences (n = 2000 rows, 50 draws each).
-    full = fit_family("full-covariance")
-    x = torch.as_tensor(problem.X, dtype=torch.float32)
-    with torch.no_grad():
-        values = elbo(x, full.posterior_(x), full.prior_, full.likelihood_, 50).double()
-    exact = marginal_log_likelihood(torch.as_tensor(problem.X), full.prior_.to(dtype=torch.float64),
-                                    linear_gaussian(problem.A, 0.5))
-    gap = exact - values
-    assert abs(gap.mean()) < 3 * gap.std() / np.sqrt(len(gap))
+def test_full_covariance_elbo_reaches_the_exact_evidence(problem, fitted, fit_family):
+    # log p(x_i; Λ̂) − ELBO_i = KL(q(·|x_i) ‖ p(·|x_i; Λ̂)) exactly (checked by Monte Carlo in
+    # test_objectives); for Gaussian q and a linear-Gaussian model the KL has a closed form,
+    # so the gap is measured here without Monte Carlo noise. The family holds the exact
+    # posterior: what is left is the encoder's optimisation error at tol = 1e-4 (measured
+    # 0.003 nats per row; the diagonal family's gap, its mean-field KL, is 0.14).
+    x = torch.as_tensor(problem.X)
+
+    def gap(estimator):
+        mean, cov = exact_posterior(x, estimator.prior_.to(dtype=torch.float64), linear_gaussian(problem.A, 0.5))
+        with torch.no_grad():
+            q = estimator.posterior_(x.float())
+        q_cov = q.covariance_matrix if isinstance(q, MultivariateNormal) else torch.diag_embed(q.variance)
+        exact = MultivariateNormal(mean, cov.expand(len(x), *cov.shape))
+        return float(kl_divergence(MultivariateNormal(q.mean.double(), q_cov.double()), exact).mean())
+
+    assert gap(fitted) > 0.1
+    assert gap(fit_family("full-covariance")) < 0.01
 
 
 def test_full_covariance_reaches_the_em_estimate(fitted, em, fit_family):
