@@ -6,6 +6,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.estimator import VariationalEB
 from invae.exact import exact_posterior, marginal_log_likelihood
+from invae.metrics import relative_frobenius_error
 from invae.objectives import elbo
 
 
@@ -56,10 +57,6 @@ def _shortfall(estimator, problem, em, n_samples=50):
     ceiling = marginal_log_likelihood(torch.as_tensor(problem.X), em.prior_, em.likelihood_) - em.prior_.penalty()
     shortfall = ceiling - (values - estimator.prior_.penalty())
     return float(shortfall.mean()), float(shortfall.std() / np.sqrt(len(shortfall)))
-
-
-def _relative_distance(a, b):
-    return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +116,9 @@ def test_full_covariance_reaches_the_em_estimate(fitted, em, fit_family):
     # Frobenius). The likelihood is flat here (EM is 0.3 from the truth): optimiser noise left
     # the full-covariance Λ̂ 0.007–0.033 from EM's over seeds 1–3. Bound: a tenth of the diagonal's.
     full = fit_family("full-covariance")
-    diagonal_distance = _relative_distance(fitted.precision_, em.precision_)
+    diagonal_distance = relative_frobenius_error(fitted.precision_, em.precision_)
     assert diagonal_distance > 0.8
-    assert _relative_distance(full.precision_, em.precision_) < diagonal_distance / 10
+    assert relative_frobenius_error(full.precision_, em.precision_) < diagonal_distance / 10
 
 
 def test_same_random_state_same_fit_bit_for_bit(problem):
