@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .graphical_lasso import solve_precision
+from .graphical_lasso import SOLVERS, solve_precision
 
 __all__ = ["Prior", "GaussianGraphicalModel"]
 
@@ -79,10 +79,13 @@ class GaussianGraphicalModel(Prior):
         Λ; ``None`` with ``dim`` given means the identity (an uninformed start).
     alpha : float
         Off-diagonal ℓ1 penalty α ≥ 0 of the M-step.
+    solver : {"newton", "sklearn"}
+        The graphical-lasso solver of the M-step (:func:`invae.graphical_lasso.solve_precision`);
+        ``"newton"`` starts from this prior's Λ, the previous Λ-step's answer.
     """
 
     def __init__(self, precision: Tensor | np.ndarray | None = None, *, alpha: float = 0.0,
-                 dim: int | None = None):
+                 dim: int | None = None, solver: str = "newton"):
         if precision is None:
             if dim is None:
                 raise ValueError("GaussianGraphicalModel needs a precision matrix or its dim")
@@ -92,8 +95,11 @@ class GaussianGraphicalModel(Prior):
             raise ValueError(f"precision must be a square (p, p) matrix, got shape {tuple(precision.shape)}")
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"the penalty alpha must be a finite number >= 0, got {alpha}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
         self.precision = 0.5 * (precision + precision.T)
         self.alpha = float(alpha)
+        self.solver = solver
         self.dim = precision.shape[0]
         self._chol, info = torch.linalg.cholesky_ex(self.precision)
         if info.item() != 0:
@@ -146,11 +152,14 @@ class GaussianGraphicalModel(Prior):
         return float(torch.linalg.norm(self.precision - previous.precision) / torch.linalg.norm(previous.precision))
 
     def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
-        return GaussianGraphicalModel(self.precision.to(device=device, dtype=dtype), alpha=self.alpha)
+        return self._with(self.precision.to(device=device, dtype=dtype))
 
     def _solve(self, second_moment: Tensor) -> GaussianGraphicalModel:
         s = second_moment.detach().to("cpu", torch.float64).numpy()
-        precision = torch.from_numpy(solve_precision(s, self.alpha))
-        return GaussianGraphicalModel(
-            precision.to(self.precision.device, self.precision.dtype), alpha=self.alpha
-        )
+        start = self.precision.detach().to("cpu", torch.float64).numpy()
+        precision = torch.from_numpy(solve_precision(s, self.alpha, initial=start, solver=self.solver))
+        return self._with(precision.to(self.precision.device, self.precision.dtype))
+
+    def _with(self, precision: Tensor) -> GaussianGraphicalModel:
+        """This prior's settings with another Λ."""
+        return GaussianGraphicalModel(precision, alpha=self.alpha, solver=self.solver)
