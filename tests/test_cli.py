@@ -146,3 +146,22 @@ def test_warnings_print_as_one_line(problem_dir, tmp_path, capsys):
     assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--max-iter", "2") == 0
     err = capsys.readouterr().err
     assert err.startswith("invae fit: warning: EM stopped at max_iter=2") and err.count("\n") == 1
+
+
+def test_auto_penalty_lands_in_the_summary(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "auto") == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    path = summary["penalty_path"]
+    assert summary["settings"]["penalty"] == "auto" and path["criterion"] == "held-out"
+    assert summary["penalty"] == path["alpha"] in path["alphas"]
+    assert len(path["alphas"]) == len(path["score"]) == len(path["ebic"]) == len(path["edges"]) == 8
+    assert path["alphas"] == sorted(path["alphas"], reverse=True)
+    assert path["score"][path["alphas"].index(path["alpha"])] == max(path["score"])
+
+
+def test_auto_penalty_by_ebic(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "auto",
+                "--penalty-criterion", "ebic") == 0
+    path = json.loads((tmp_path / "fit" / "summary.json").read_text())["penalty_path"]
+    assert path["score"] == [None] * 8  # no held-out rows under EBIC: null in JSON, not NaN
+    assert path["ebic"][path["alphas"].index(path["alpha"])] == min(path["ebic"])

@@ -2,6 +2,8 @@
 
 ``__init__`` stores settings only; ``fit(X)`` returns ``self``; fitted state ends in ``_``
 (``prior_``, ``likelihood_``, ``history_``, ``n_iter_``, ``converged_``); NumPy in and out.
+``warm_start=True`` makes the next ``fit`` start from the last fit's parameters (with the
+settings, e.g. the penalty, of ``prior``), as in scikit-learn.
 Subclasses implement ``fit`` and ``_posterior(x) -> (mean, std)`` on tensors.
 """
 
@@ -23,10 +25,11 @@ __all__ = ["EmpiricalBayesEstimator"]
 class EmpiricalBayesEstimator(abc.ABC):
     """Estimates a prior's parameters from ``X`` (n, m) and each signal's posterior (n, p)."""
 
-    def __init__(self, prior: Prior, likelihood: Likelihood, *, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64):
+    def __init__(self, prior: Prior, likelihood: Likelihood, *, warm_start: bool = False,
+                 device: str = "cpu", dtype: torch.dtype = torch.float64):
         self.prior = prior
         self.likelihood = likelihood
+        self.warm_start = warm_start
         self.device = device
         self.dtype = dtype
 
@@ -63,7 +66,14 @@ class EmpiricalBayesEstimator(abc.ABC):
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
     def _models(self) -> tuple[Prior, Likelihood]:
-        return (self.prior.to(self.device, self.dtype), self.likelihood.to(self.device, self.dtype))
+        """The prior to start from (warm-started if asked and fitted) and the likelihood, on device."""
+        prior = self.prior.to(self.device, self.dtype)
+        if self._warm():
+            prior = prior.with_parameters_from(self.prior_)
+        return prior, self.likelihood.to(self.device, self.dtype)
+
+    def _warm(self) -> bool:
+        return self.warm_start and hasattr(self, "prior_")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "prior_"):

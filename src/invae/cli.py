@@ -11,6 +11,7 @@ import warnings
 
 from .demo import run_demo
 from .io import write_results
+from .penalty import CRITERIA
 from .pipeline import run_fit
 from .settings import METHODS, PRESETS, PRIORS, FitSettings
 from .simulate import FORWARDS, GRAPHS, simulate_problem
@@ -28,11 +29,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _penalty(text: str) -> float:
+def _penalty(text: str) -> float | str:
+    if text == "auto":
+        return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {text!r}") from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -74,7 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity)")
     fit.add_argument("--noise-std", type=float, help="known noise standard deviation σ > 0")
     fit.add_argument("--prior", choices=PRIORS, help="prior family (default: ggm)")
-    fit.add_argument("--penalty", type=_penalty, help="graphical-lasso α, per-sample scale (default: 0)")
+    fit.add_argument("--penalty", type=_penalty,
+                     help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
+    fit.add_argument("--penalty-criterion", choices=CRITERIA,
+                     help="how auto chooses: held-out likelihood (or ELBO), or ebic (default: held-out)")
     fit.add_argument("--method", choices=METHODS, help="estimator (default: vae)")
     fit.add_argument("--preset", choices=PRESETS,
                      help="optimiser settings of the variational methods: default (measured best) or paper")
@@ -94,7 +100,8 @@ def _fit(args: argparse.Namespace) -> None:
     _, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
     if not settings.quiet:
-        print(f"{settings.method}: {summary['n_iter']} iteration(s), {summary['edges']} edges, "
+        chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
+        print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "
               f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}; results in {folder}/")
 
 

@@ -47,6 +47,8 @@ class EM(EmpiricalBayesEstimator):
         A progress bar on stderr when it is a terminal.
     mean_field : bool
         Diagonal-Gaussian E-step (the diagonal family's optimum) instead of the exact one.
+    warm_start : bool
+        Start the next ``fit`` from the last fit's Λ̂ (with ``prior``'s penalty).
 
     Attributes
     ----------
@@ -60,9 +62,9 @@ class EM(EmpiricalBayesEstimator):
     """
 
     def __init__(self, prior, likelihood, *, max_iter: int = 1000, tol: float = 1e-9,
-                 verbose: bool = False, mean_field: bool = False, device: str = "cpu",
-                 dtype: torch.dtype = torch.float64):
-        super().__init__(prior, likelihood, device=device, dtype=dtype)
+                 verbose: bool = False, mean_field: bool = False, warm_start: bool = False,
+                 device: str = "cpu", dtype: torch.dtype = torch.float64):
+        super().__init__(prior, likelihood, warm_start=warm_start, device=device, dtype=dtype)
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose

@@ -77,6 +77,9 @@ class VariationalEB(EmpiricalBayesEstimator):
     n_moment_draws : int
         Monte Carlo draws for the posterior means and sds of ``iaf``
         (:func:`invae.posteriors.moments`); exact for the Gaussian families.
+    warm_start : bool
+        Start the next ``fit`` from the last fit's Λ̂ and posterior network (with ``prior``'s
+        penalty): how :func:`invae.penalty.select_penalty` walks its path.
     random_state : int
         Seeds every draw (initialisation, batches, noise): a CPU fit is bit-for-bit repeatable.
 
@@ -94,9 +97,9 @@ class VariationalEB(EmpiricalBayesEstimator):
                  lr_decay: float | None = None, max_iter: int = 2000,
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, lambda_draws: int = 8,
-                 n_moment_draws: int = 256, random_state: int = 0, verbose: bool = False, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(prior, likelihood, device=device, dtype=dtype)
+                 n_moment_draws: int = 256, warm_start: bool = False, random_state: int = 0,
+                 verbose: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(prior, likelihood, warm_start=warm_start, device=device, dtype=dtype)
         self.family = family
         self.preset = preset
         self.learning_rate = learning_rate
@@ -144,7 +147,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         x = self._tensor(X)
         prior, likelihood = self._models()
         with seeded(self.random_state, x.device):
-            posterior = self._new_posterior(x)
+            reuse = self._warm() and (self.family != "mean-field" or len(x) == len(self._fitted_data))
+            posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
                                                       verbose=self.verbose)
         if not converged:

@@ -19,13 +19,18 @@ from torch import Tensor
 from .likelihoods import GaussianLikelihood
 from .priors import GaussianGraphicalModel
 
-__all__ = ["exact_posterior", "marginal_log_likelihood", "penalized_log_likelihood"]
+__all__ = ["exact_posterior", "marginal_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
+
+
+def has_exact_evidence(prior, likelihood) -> bool:
+    """Whether this module applies: a Gaussian graphical prior and a linear-Gaussian likelihood."""
+    return (isinstance(prior, GaussianGraphicalModel) and isinstance(likelihood, GaussianLikelihood)
+            and likelihood.is_linear)
 
 
 def _linear_gaussian_parts(prior, likelihood, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(Λ (p, p), A (m, p), σ² as a vector (m,)) in ``like``'s dtype and device."""
-    if not (isinstance(prior, GaussianGraphicalModel) and isinstance(likelihood, GaussianLikelihood)
-            and likelihood.is_linear):
+    if not has_exact_evidence(prior, likelihood):
         raise ValueError(
             "the exact references need a Gaussian graphical prior and a linear-Gaussian "
             f"likelihood, got {prior!r} and {likelihood!r}"

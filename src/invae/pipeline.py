@@ -19,6 +19,7 @@ from .estimator import VariationalEB
 from .exact import marginal_log_likelihood
 from .io import load_array
 from .likelihoods import Likelihood, linear_gaussian
+from .penalty import select_penalty
 from .priors import GaussianGraphicalModel, Prior
 from .settings import FitSettings
 from .validation import check_data
@@ -60,7 +61,8 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
         a = np.eye(x.shape[1] if x.ndim == 2 else 1)
     x = check_data(x, name="the data (--data)", columns=a.shape[0])
     likelihood = linear_gaussian(a, settings.noise_std)
-    prior = GaussianGraphicalModel(dim=a.shape[1], alpha=settings.penalty)
+    alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
+    prior = GaussianGraphicalModel(dim=a.shape[1], alpha=alpha)
     return x, prior, likelihood
 
 
@@ -71,7 +73,12 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
                                verbose=not settings.quiet, device=settings.device)
     start = time.perf_counter()
-    estimator.fit(x)
+    path = None
+    if settings.penalty == "auto":
+        estimator, path = select_penalty(estimator, x, criterion=settings.penalty_criterion, seed=settings.seed,
+                                         verbose=not settings.quiet)
+    else:
+        estimator.fit(x)
     seconds = time.perf_counter() - start
     mean, std = estimator.posterior(x)
     arrays = {"precision": estimator.precision_, "posterior_mean": mean, "posterior_std": std}
@@ -82,12 +89,15 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "invae_version": __version__,
         "settings": settings.to_dict(),
         "n": x.shape[0], "m": x.shape[1], "p": prior.dim,
+        "penalty": estimator.prior_.alpha,
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
         "log_likelihood_per_obs": float(log_lik.mean()),
         "penalized_log_likelihood_per_obs": float(log_lik.mean()) - estimator.prior_.penalty(),
         "edges": int(np.count_nonzero(np.triu(estimator.precision_, k=1))),
         "fit_seconds": seconds,
     }
+    if path is not None:
+        summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
     return estimator, arrays, summary

@@ -58,6 +58,14 @@ class Prior(abc.ABC):
         """How far θ moved from ``previous``'s parameters, relative to their size."""
 
     @abc.abstractmethod
+    def with_penalty(self, alpha: float) -> Prior:
+        """The same prior (parameters, solver) with penalty strength ``alpha``."""
+
+    @abc.abstractmethod
+    def with_parameters_from(self, other: Prior) -> Prior:
+        """This prior's settings (penalty, solver) with ``other``'s parameters θ: a warm start."""
+
+    @abc.abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
         """The same prior with its parameters on ``device`` / in ``dtype``."""
 
@@ -150,6 +158,12 @@ class GaussianGraphicalModel(Prior):
     def relative_change(self, previous: GaussianGraphicalModel) -> float:
         """``‖Λ − Λ_prev‖_F / ‖Λ_prev‖_F``."""
         return float(torch.linalg.norm(self.precision - previous.precision) / torch.linalg.norm(previous.precision))
+
+    def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
+        return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver)
+
+    def with_parameters_from(self, other: GaussianGraphicalModel) -> GaussianGraphicalModel:
+        return self._with(other.precision.to(self.precision))
 
     def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
         return self._with(self.precision.to(device=device, dtype=dtype))

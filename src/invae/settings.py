@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .penalty import CRITERIA
 from .validation import check_noise_std, check_penalty
 
 __all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS"]
@@ -30,7 +31,8 @@ class FitSettings:
     out: Path = Path("invae-out")
     forward: Path | None = None
     prior: str = "ggm"
-    penalty: float = 0.0
+    penalty: float | str = 0.0
+    penalty_criterion: str = "held-out"
     method: str = "vae"
     preset: str = "default"
     seed: int = 0
@@ -46,6 +48,9 @@ class FitSettings:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
         object.__setattr__(self, "penalty", check_penalty(self.penalty))
+        if self.penalty_criterion not in CRITERIA:
+            raise ValueError(f"unknown penalty criterion {self.penalty_criterion!r}; "
+                             f"choose one of {', '.join(CRITERIA)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:

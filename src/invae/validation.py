@@ -46,8 +46,10 @@ def check_noise_std(noise_std: float) -> float:
     return float(noise_std)
 
 
-def check_penalty(alpha: float) -> float:
-    """A finite penalty α ≥ 0."""
+def check_penalty(alpha: float | str) -> float | str:
+    """A finite penalty α ≥ 0, or ``"auto"`` (chosen from the data, :mod:`invae.penalty`)."""
+    if alpha == "auto":
+        return alpha
     if not (isinstance(alpha, (int, float, np.floating, np.integer)) and np.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"the penalty must be a finite number >= 0, got {alpha!r}")
+        raise ValueError(f"the penalty must be a finite number >= 0 or 'auto', got {alpha!r}")
     return float(alpha)
