@@ -23,7 +23,7 @@ def _em(problem, alpha=0.0):
 
 
 def test_grid_starts_at_the_smallest_penalty_with_a_diagonal_answer(problem):
-    alphas = penalty_grid(problem.X, _em(problem), n_alphas=5, ratio=0.01)
+    alphas = penalty_grid(problem.X, linear_gaussian(problem.A, 0.5), n_alphas=5, ratio=0.01)
     assert alphas[0] > alphas[-1] and alphas[-1] == pytest.approx(0.01 * alphas[0])
     s = problem.X.T @ problem.X / len(problem.X)  # A = I: the naive reconstruction is x itself
     off = ~np.eye(8, dtype=bool)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .base import EmpiricalBayesEstimator
 from .exact import has_exact_evidence, marginal_log_likelihood
+from .likelihoods import Likelihood
 from .validation import check_data
 
 __all__ = ["PenaltyPath", "penalty_grid", "select_penalty", "CRITERIA"]
@@ -63,10 +64,13 @@ class PenaltyPath:
                 for key, value in asdict(self).items()}
 
 
-def penalty_grid(X, estimator: EmpiricalBayesEstimator, n_alphas: int = 8, ratio: float = 0.01) -> np.ndarray:
-    """``n_alphas`` penalties from ``α_max`` down to ``ratio · α_max``, geometric, shape (n_alphas,)."""
-    x = torch.as_tensor(check_data(X, columns=estimator.likelihood.forward.out_dim), dtype=torch.float64)
-    z = estimator.likelihood.to("cpu", torch.float64).forward.pinv(x)
+def penalty_grid(X, likelihood: Likelihood, n_alphas: int = 8, ratio: float = 0.01) -> np.ndarray:
+    """``n_alphas`` penalties from ``α_max`` down to ``ratio · α_max``, geometric, shape (n_alphas,).
+
+    ``α_max = max_{i≠j} |S_ij|`` for ``S = (1/n) Σ_i ẑ_i ẑ_iᵀ``, ``ẑ_i = A⁺ x_i``; X is (n, m).
+    """
+    x = torch.as_tensor(check_data(X, columns=likelihood.forward.out_dim), dtype=torch.float64)
+    z = likelihood.to("cpu", torch.float64).forward.pinv(x)
     s = (z.mT @ z / len(z)).numpy()
     largest = np.abs(s - np.diag(np.diag(s))).max()
     if not largest > 0:
@@ -107,32 +111,26 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
     x = check_data(X, columns=estimator.likelihood.forward.out_dim)
-    alphas = np.sort(np.asarray(penalty_grid(x, estimator) if alphas is None else alphas, dtype=float))[::-1]
+    alphas = np.sort(np.asarray(penalty_grid(x, estimator.likelihood) if alphas is None else alphas, dtype=float))[::-1]
     if len(alphas) == 0 or not np.all(alphas >= 0):
         raise ValueError("alphas must be a non-empty sequence of penalties >= 0")
-    if criterion == "held-out":
-        order = np.random.default_rng(seed).permutation(len(x))
-        n_test = max(1, round(holdout * len(x)))
-        if len(x) - n_test < 2:
-            raise ValueError(f"{len(x)} rows are too few to hold {holdout:.0%} out")
-        train, test = x[order[n_test:]], x[order[:n_test]]
-    else:
-        train, test = x, None
+    train, test = _split(x, holdout, seed) if criterion == "held-out" else (x, None)
 
     walker = copy.deepcopy(estimator)
     walker.warm_start = True
-    fits, scores, ebics, edges = [], [], [], []
-    for alpha in tqdm(alphas, desc="penalty path", disable=None if verbose else True, leave=False):
+    scores, ebics, edges = [], [], []
+    best, chosen, best_value = 0, None, -math.inf
+    for k, alpha in enumerate(tqdm(alphas, desc="penalty path", disable=None if verbose else True, leave=False)):
         walker.prior = estimator.prior.with_penalty(alpha)
         walker.fit(train)
-        fits.append(copy.deepcopy(walker))
         edge_count = int(np.count_nonzero(np.triu(walker.precision_, k=1)))
         total = len(train) * _mean_log_likelihood(walker, train)
         ebics.append(-2 * total + edge_count * (math.log(len(train)) + 4 * gamma * math.log(walker.prior.dim)))
         edges.append(edge_count)
         scores.append(_mean_log_likelihood(walker, test) if test is not None else math.nan)
-    best = int(np.argmax(scores)) if criterion == "held-out" else int(np.argmin(ebics))
-    chosen = fits[best]
+        value = scores[-1] if criterion == "held-out" else -ebics[-1]
+        if chosen is None or value > best_value:
+            best, chosen, best_value = k, copy.deepcopy(walker), value
     if criterion == "held-out":
         chosen.fit(x)  # refit on all rows, warm-started from its Λ̂ (and posterior network)
     chosen.warm_start = estimator.warm_start
@@ -142,6 +140,15 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
                        score_name="log-likelihood" if exact else "ELBO", alpha=float(alphas[best]))
     chosen.alpha_, chosen.penalty_path_ = path.alpha, path
     return chosen, path
+
+
+def _split(x: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): a random ``holdout`` share of x held out."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, round(holdout * len(x)))
+    if len(x) - n_test < 2:
+        raise ValueError(f"{len(x)} rows are too few to hold {holdout:.0%} out")
+    return x[order[n_test:]], x[order[:n_test]]
 
 
 def _mean_log_likelihood(estimator: EmpiricalBayesEstimator, x: np.ndarray) -> float:
