@@ -46,7 +46,7 @@ def _fit(method, problem, sigma, alpha, seed):
 
 def run_case(p, graph, forward, sigma, seed, methods) -> list[dict]:
     problem = simulate_problem(p=p, n=2000, graph=graph, forward=forward, noise_std=sigma, seed=seed)
-    grid = penalty_grid(problem.X, linear_gaussian(problem.A, sigma))
+    grid = penalty_grid(problem.X, GaussianGraphicalModel(dim=p), linear_gaussian(problem.A, sigma))
     errors = [relative_frobenius_error(_fit("em", problem, sigma, a, seed).fit(problem.X).precision_,
                                        problem.precision) for a in grid]
     best = min(errors)

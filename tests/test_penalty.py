@@ -23,9 +23,12 @@ def _em(problem, alpha=0.0):
 
 
 def test_grid_starts_at_the_smallest_penalty_with_a_diagonal_answer(problem):
-    alphas = penalty_grid(problem.X, linear_gaussian(problem.A, 0.5), n_alphas=5, ratio=0.01)
+    alphas = penalty_grid(problem.X, GaussianGraphicalModel(dim=8), linear_gaussian(problem.A, 0.5), n_alphas=5,
+                          ratio=0.01)
     assert alphas[0] > alphas[-1] and alphas[-1] == pytest.approx(0.01 * alphas[0])
-    s = problem.X.T @ problem.X / len(problem.X)  # A = I: the naive reconstruction is x itself
+    # A = I, Λ = I, σ² = 1/4: posterior mean x/(1 + σ²), covariance σ²/(1 + σ²) I (EM's first E-step)
+    shrink = 1 / 1.25
+    s = shrink**2 * problem.X.T @ problem.X / len(problem.X) + 0.25 * shrink * np.eye(8)
     off = ~np.eye(8, dtype=bool)
     assert np.all(solve_precision(s, alphas[0])[off] == 0)
     assert np.any(solve_precision(s, 0.95 * alphas[0])[off] != 0)

@@ -10,7 +10,7 @@ Given a second-moment matrix ``S`` (p, p), solve (DESIGN §2.4, per-sample scale
 - ``"newton"`` (default): orthant-wise Newton with conjugate gradients on the free set
   (Oztoprak, Nocedal, Rennie & Olsen, "Newton-like methods for sparse inverse covariance
   estimation", NIPS 2012; the free set is QUIC's, Hsieh et al., JMLR 2014). It starts
-  from the previous Λ̂ when that is better than the diagonal start.
+  from the previous Λ̂ when that beats the starts ``diag(1/S_ii)`` and ``(S + αI)⁻¹``.
 - ``"sklearn"``: scikit-learn's coordinate descent from scratch, the reference; also the
   fallback should Newton end without meeting the optimality conditions.
 
@@ -19,8 +19,11 @@ iteration, hundreds of times, for an S that drifts little. A warm start pays the
 Newton's quadratic convergence turns a good start into one or two steps. scikit-learn's
 public solver takes no warm start (``cov_init`` went in 1.5) and its duality-gap test
 stalls at p ≥ 200; QUIC's Python wrapper (skggm 0.2.8) is a source distribution that
-needs Cython and a C++ build; gglasso's ADMM warm-starts but is first order. The numbers
-behind the choice are in benchmarks/bench_lambda_step.py and the README.
+needs Cython and a C++ build; gglasso's ADMM warm-starts but is first order.
+Measured (benchmarks/bench_lambda_step.py, 2-core CPU, chain graph, α = 0.05), as time
+over scikit-learn's from scratch in the same run: one solve 0.27 at p = 200 and 0.02 at
+p = 500; 50 warm-started solves along a drifting S 0.013 at p = 200 (gglasso 0.31);
+objectives equal to 1e-13 (relative). The README has the table.
 """
 
 from __future__ import annotations
