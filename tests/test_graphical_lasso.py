@@ -156,3 +156,13 @@ def test_newton_falls_back_to_sklearn_when_it_runs_out_of_steps(rng, monkeypatch
 def test_unknown_solver_is_refused():
     with pytest.raises(ValueError, match="solver"):
         solve_precision(np.eye(3), 0.1, solver="quic")
+
+
+def test_a_coordinate_without_signal_gets_a_finite_answer_from_the_ridge():
+    s = np.eye(4)
+    s[0, 0] = 0.0  # no finite Λ̂_00 without the ridge
+    s[1, 2] = s[2, 1] = 0.5
+    for solver in ("newton", "sklearn"):
+        precision = solve_precision(s, 0.1, solver=solver)
+        assert np.all(np.isfinite(precision)) and np.all(np.linalg.eigvalsh(precision) > 0)
+        assert precision[0, 0] > 1e6  # 1 / (ridge · mean diag S) with the smallest ridge, 1e-8

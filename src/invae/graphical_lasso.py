@@ -106,9 +106,10 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
         See the module docstring. Both stop at a relative KKT residual
         (:func:`optimality_violation` with ``relative=True``) of 1e-6.
 
-    An ill-conditioned S (scikit-learn raises ``FloatingPointError``; Newton's steps stall)
-    is retried with a small ridge on S, at most 1e-4 of its mean diagonal, which moves the
-    answer by as much.
+    An ill-conditioned S (scikit-learn raises ``FloatingPointError``; Newton's steps stall),
+    or one with a zero on its diagonal (a coordinate without signal, whose Λ̂_jj is
+    unbounded), is retried with a small ridge on S, at most 1e-4 of its mean diagonal,
+    which moves the answer by as much.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -117,6 +118,8 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
     last_error: Exception | None = None
     for ridge in _RIDGES:
         s_r = s + ridge * scale * np.eye(len(s)) if ridge else s
+        if not np.all(np.diag(s_r) > 0):
+            continue
         try:
             if alpha == 0.0:
                 return _cholesky_inverse(s_r)
@@ -127,9 +130,8 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
             return _sklearn(s_r, alpha, _KKT_TOL)
         except (FloatingPointError, np.linalg.LinAlgError) as error:
             last_error = error
-    raise FloatingPointError(
-        f"the Λ-step failed even with a ridge of {_RIDGES[-1]:g}·mean(diag S) on S: {last_error}"
-    )
+    reason = last_error or "S has a diagonal entry <= 0"
+    raise FloatingPointError(f"the Λ-step failed even with a ridge of {_RIDGES[-1]:g}·mean(diag S) on S: {reason}")
 
 
 def _minimum_norm_subgradient(precision: np.ndarray, gradient: np.ndarray, alpha: float) -> np.ndarray:
@@ -158,11 +160,12 @@ def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: fl
     Each step: ``W = Λ⁻¹``, smooth gradient ``G = S − W``. The free set F holds the upper
     triangle's diagonal, its nonzero entries, and the zero entries with ``|G_ij| > α``;
     the orthant ξ fixes each free entry's sign (its own, or ``−sign G_ij`` for a zero).
-    On F, preconditioned CG solves the Newton system ``P_F(W D W) = −(G + α ξ)`` to
-    relative accuracy 0.1 (measured: looser forcing terms such as ``min(½, √‖g‖)`` took
-    gradient-like steps and hundreds of iterations on ill-conditioned S), D symmetric and supported on F. A backtracking
-    (Armijo) line search projects entries that leave their orthant to zero and rejects
-    points that are not positive definite. Returns None if it does not converge.
+    On F, preconditioned CG solves the Newton system ``P_F(W D W) = −(G + α ξ)`` for a
+    symmetric D supported on F, to relative accuracy 0.1 (measured: the looser
+    ``min(½, √‖g‖)`` took gradient-like steps and hundreds of iterations on
+    ill-conditioned S). A backtracking (Armijo) line search projects entries that leave
+    their orthant to zero and rejects points that are not positive definite. Returns None
+    if it does not converge or stops making progress.
     """
     p = len(s)
     starts = [np.diag(1.0 / np.diag(s)), _cholesky_inverse(s + alpha * np.eye(p))]
@@ -236,8 +239,9 @@ def _newton_direction(w: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.n
 def _hessian_product(w: np.ndarray, values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``(W D W)_ij`` on F for the symmetric D with ``D_ij = D_ji = values``: (|F|,).
 
-    Dense products: measured faster than a sparse D with gathered rows up to p = 500
-    (the gathers cost as much as the BLAS products they save).
+    Dense products, O(p³). Measured against a sparse D with gathered rows (O(|F| p)): at
+    p = 200 dense was 10% faster, at p = 500 with a sparse answer (700 edges) 15% slower,
+    and with a dense answer (47 000 edges) 7× faster; one code path, the dense one.
     """
     d = np.zeros_like(w)
     d[rows, cols] = values
