@@ -3,13 +3,15 @@
 ``__init__`` stores settings only; ``fit(X)`` returns ``self``; fitted state ends in ``_``
 (``prior_``, ``likelihood_``, ``history_``, ``n_iter_``, ``converged_``); NumPy in and out.
 ``warm_start=True`` makes the next ``fit`` start from the last fit's parameters (with the
-settings, e.g. the penalty, of ``prior``), as in scikit-learn.
+settings, e.g. the penalty, of ``prior``), as in scikit-learn. ``callback(iteration, prior)``,
+when given, is called after each outer iteration of an iterative ``fit`` (to monitor it).
 Subclasses implement ``fit`` and ``_posterior(x) -> (mean, std)`` on tensors.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,10 +28,12 @@ class EmpiricalBayesEstimator(abc.ABC):
     """Estimates a prior's parameters from ``X`` (n, m) and each signal's posterior (n, p)."""
 
     def __init__(self, prior: Prior, likelihood: Likelihood, *, warm_start: bool = False,
-                 device: str = "cpu", dtype: torch.dtype = torch.float64):
+                 callback: Callable[[int, Prior], None] | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float64):
         self.prior = prior
         self.likelihood = likelihood
         self.warm_start = warm_start
+        self.callback = callback
         self.device = device
         self.dtype = dtype
 

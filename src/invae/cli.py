@@ -13,6 +13,7 @@ from .demo import run_demo
 from .io import write_results
 from .penalty import CRITERIA
 from .pipeline import run_fit
+from .report import write_report
 from .settings import METHODS, PRESETS, PRIORS, FitSettings
 from .simulate import FORWARDS, GRAPHS, simulate_problem
 
@@ -91,6 +92,11 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
     fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
+
+    report = commands.add_parser("report", help="draw the figures and report.html of a results folder",
+                                 epilog="example:\n  invae report invae-demo    # then open invae-demo/report.html\n",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("folder", help="a folder written by invae demo or invae fit")
     return parser
 
 
@@ -114,6 +120,10 @@ def _simulate(args: argparse.Namespace) -> None:
           "problem.json)")
 
 
+def _report(args: argparse.Namespace) -> None:
+    print(f"report: {write_report(args.folder)}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
              penalty=args.penalty, seed=args.seed, verbose=not args.quiet)
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            {"fit": _fit, "simulate": _simulate, "demo": _demo}[args.command](args)
+            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report}[args.command](args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2

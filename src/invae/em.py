@@ -49,6 +49,8 @@ class EM(EmpiricalBayesEstimator):
         Diagonal-Gaussian E-step (the diagonal family's optimum) instead of the exact one.
     warm_start : bool
         Start the next ``fit`` from the last fit's Λ̂ (with ``prior``'s penalty).
+    callback : callable, optional
+        ``callback(iteration, prior)`` after each iteration.
 
     Attributes
     ----------
@@ -63,8 +65,8 @@ class EM(EmpiricalBayesEstimator):
 
     def __init__(self, prior, likelihood, *, max_iter: int = 1000, tol: float = 1e-9,
                  verbose: bool = False, mean_field: bool = False, warm_start: bool = False,
-                 device: str = "cpu", dtype: torch.dtype = torch.float64):
-        super().__init__(prior, likelihood, warm_start=warm_start, device=device, dtype=dtype)
+                 callback=None, device: str = "cpu", dtype: torch.dtype = torch.float64):
+        super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
@@ -99,6 +101,8 @@ class EM(EmpiricalBayesEstimator):
                     prior = prior.m_step_gaussian(mean, cov)
                 objective.append(self._objective(x, prior, likelihood))
                 elapsed.append(time.perf_counter() - start)
+                if self.callback is not None:
+                    self.callback(len(objective) - 1, prior)
                 change = objective[-1] - objective[-2]
                 bar.update()
                 bar.set_postfix(objective=f"{objective[-1]:.6g}", change=f"{change:.2e}")

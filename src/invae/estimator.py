@@ -80,6 +80,8 @@ class VariationalEB(EmpiricalBayesEstimator):
     warm_start : bool
         Start the next ``fit`` from the last fit's Λ̂ and posterior network (with ``prior``'s
         penalty): how :func:`invae.penalty.select_penalty` walks its path.
+    callback : callable, optional
+        ``callback(iteration, prior)`` after each outer iteration (Λ-step).
     random_state : int
         Seeds every draw (initialisation, batches, noise): a CPU fit is bit-for-bit repeatable.
 
@@ -97,9 +99,9 @@ class VariationalEB(EmpiricalBayesEstimator):
                  lr_decay: float | None = None, max_iter: int = 2000,
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, lambda_draws: int = 8,
-                 n_moment_draws: int = 256, warm_start: bool = False, random_state: int = 0,
+                 n_moment_draws: int = 256, warm_start: bool = False, callback=None, random_state: int = 0,
                  verbose: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        super().__init__(prior, likelihood, warm_start=warm_start, device=device, dtype=dtype)
+        super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.family = family
         self.preset = preset
         self.learning_rate = learning_rate
@@ -150,7 +152,7 @@ class VariationalEB(EmpiricalBayesEstimator):
             reuse = self._warm() and (self.family != "mean-field" or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
-                                                      verbose=self.verbose)
+                                                      verbose=self.verbose, callback=self.callback)
         if not converged:
             warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before Λ and the ELBO "
                           "settled; raise max_iter or tol", ConvergenceWarning)

@@ -19,7 +19,7 @@ from .metrics import coverage, edge_scores, relative_frobenius_error, signal_mse
 from .priors import GaussianGraphicalModel
 from .simulate import Problem
 
-__all__ = ["COLUMNS", "reference_rows", "evaluate", "rank_matching_row", "format_table"]
+__all__ = ["COLUMNS", "reference_rows", "evaluate", "rank_matching_row", "format_table", "format_cell", "log_likelihood"]
 
 # (key, header, format)
 COLUMNS = (
@@ -42,7 +42,8 @@ def _precision_metrics(estimate: np.ndarray, problem: Problem) -> dict:
             "edge_f1": edges["f1"], "edge_auroc": edges["auroc"]}
 
 
-def _log_lik(problem: Problem, precision: np.ndarray) -> float:
+def log_likelihood(problem: Problem, precision: np.ndarray) -> float:
+    """Mean exact ``log p(x_i; Λ)`` over the problem's observations, for Λ (p, p)."""
     likelihood = linear_gaussian(problem.A, problem.noise_std)
     x = torch.as_tensor(problem.X)
     return float(marginal_log_likelihood(x, GaussianGraphicalModel(precision), likelihood).mean())
@@ -62,19 +63,22 @@ def reference_rows(problem: Problem, alpha: float) -> tuple[list[dict], float]:
     floor = complete_data_floor(problem.Z, GaussianGraphicalModel(dim=problem.Z.shape[1], alpha=alpha))
     floor_precision = floor.precision.numpy()
     floor_row = {"method": "complete-data floor", **_precision_metrics(floor_precision, problem),
-                 "log_lik_gap": _log_lik(problem, floor_precision) - _log_lik(problem, problem.precision)}
+                 "log_lik_gap": log_likelihood(problem, floor_precision) - log_likelihood(problem, problem.precision)}
     return [oracle, floor_row], oracle_mse
 
 
 def evaluate(name: str, estimator: EmpiricalBayesEstimator, problem: Problem, oracle_mse: float,
-             seconds: float) -> dict:
-    """Metrics of a fitted ``estimator`` on ``problem``: Λ̂, edges, signals, evidence."""
-    mean, std = estimator.posterior(problem.X)
+             seconds: float, posterior: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Metrics of a fitted ``estimator`` on ``problem``: Λ̂, edges, signals, evidence.
+
+    ``posterior``: the (means, sds) of ``problem.X``, each (n, p), if already computed.
+    """
+    mean, std = estimator.posterior(problem.X) if posterior is None else posterior
     precision = estimator.precision_
     mse = signal_mse(mean, problem.Z)
     return {"method": name, **_precision_metrics(precision, problem), "mse": mse,
             "mse_ratio": mse / oracle_mse, "coverage90": coverage(mean, std, problem.Z),
-            "log_lik_gap": _log_lik(problem, precision) - _log_lik(problem, problem.precision),
+            "log_lik_gap": log_likelihood(problem, precision) - log_likelihood(problem, problem.precision),
             "seconds": seconds}
 
 
@@ -90,7 +94,7 @@ def format_table(rows: list[dict]) -> str:
     """A fixed-width text table of ``rows`` over :data:`COLUMNS`; missing values print as —."""
     cells = [[header for _, header, _ in COLUMNS]]
     for row in rows:
-        cells.append([_cell(row.get(key), fmt) for key, _, fmt in COLUMNS])
+        cells.append([format_cell(row.get(key), fmt) for key, _, fmt in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
              for line in cells]
@@ -98,7 +102,8 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value, fmt: str) -> str:
+def format_cell(value, fmt: str) -> str:
+    """``value`` formatted by ``fmt``; a missing value (None or NaN) as —."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return fmt.format(value)

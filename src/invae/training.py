@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -103,11 +103,13 @@ def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
 
 
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
-          *, update_prior: bool = True, verbose: bool = False) -> tuple[Prior, dict, int, bool]:
+          *, update_prior: bool = True, verbose: bool = False,
+          callback: Callable[[int, Prior], None] | None = None) -> tuple[Prior, dict, int, bool]:
     """Run Algorithm 1 on data x (n, m); return (prior, history, n_iter, converged).
 
     ``update_prior=False`` keeps Λ fixed and trains q alone (inference on new data for a
-    non-amortized family). Randomness comes from torch's global generator: seed it.
+    non-amortized family). ``callback(iteration, prior)`` runs after each outer iteration.
+    Randomness comes from torch's global generator: seed it.
     """
     n = len(x)
     batch = min(settings.batch_size, n)
@@ -139,6 +141,8 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             history["elbo"].append(_fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood))
             history["precision_change"].append(change)
             history["time"].append(time.perf_counter() - start)
+            if callback is not None:
+                callback(iteration, prior)
             plateau.step(history["elbo"][-1])
             bar.update()
             bar.set_postfix(elbo=f"{history['elbo'][-1]:.4f}", dLambda=f"{change:.1e}")
