@@ -41,7 +41,7 @@ from sklearn.exceptions import ConvergenceWarning
 import invae.priors
 from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.graphical_lasso import glasso_objective, optimality_violation, solve_precision
-from invae.pipeline import make_estimator
+from invae.methods import make_estimator
 from invae.simulate import sparse_precision
 
 ALPHA = 0.05

@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.metrics import edge_scores, relative_frobenius_error
 from invae.penalty import penalty_grid, select_penalty
-from invae.pipeline import make_estimator
+from invae.methods import make_estimator
 
 CASES = [  # (p, graph, forward, σ)
     (20, "chain", "identity", 1.0),

@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.evaluation import evaluate, reference_rows
 from invae.exact import marginal_log_likelihood
-from invae.pipeline import make_estimator
+from invae.methods import make_estimator
 
 METHODS = {  # label: a function (prior, likelihood, seed) -> estimator
     "vae": lambda prior, lik, seed: make_estimator("vae", prior, lik, seed=seed),

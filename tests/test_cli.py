@@ -7,10 +7,11 @@ import pytest
 
 from invae.cli import main
 from invae.metrics import relative_frobenius_error
-from invae.pipeline import FAMILY_OF_METHOD
+from invae.methods import FAMILY_OF_METHOD
 from invae.simulate import Problem
 
 from .test_em import numpy_em
+from .test_report import check_report
 
 
 @pytest.fixture
@@ -27,7 +28,8 @@ def _fit(problem_dir, out, *extra):
 
 @pytest.mark.parametrize("method", ["em", "naive", "vae", "iaf", "full-covariance", "mean-field"])
 def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
-    assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05") == 0
+    model = tmp_path / "model.pt"
+    assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05", "--save", str(model)) == 0
     out = tmp_path / "fit"
     assert np.load(out / "precision.npy").shape == (6, 6)
     assert np.load(out / "posterior_mean.npy").shape == (300, 6)
@@ -38,6 +40,18 @@ def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
     if method in FAMILY_OF_METHOD:  # a lower bound on the exact evidence (3 standard errors)
         assert summary["elbo_per_obs"] <= summary["log_likelihood_per_obs"] + 3 * summary["elbo_standard_error"]
     assert not list(tmp_path.glob(".fit.partial-*"))
+    # predict with the saved model, on the same rows: the fit's answers (mean-field refits
+    # its per-row factors for data given anew, so only shapes are comparable there)
+    assert main(["predict", "--model", str(model), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    for name in ("posterior_mean", "posterior_std"):
+        predicted, fitted = np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy")
+        assert predicted.shape == fitted.shape == (300, 6)
+        if method != "mean-field":
+            np.testing.assert_array_equal(predicted, fitted)
+    for folder, figures in ((out, {"precision", "signals"}), (tmp_path / "pred", {"signals"})):
+        assert main(["report", str(folder)]) == 0
+        check_report(folder, figures)
 
 
 def test_csv_data_and_identity_forward(tmp_path):
@@ -165,3 +179,11 @@ def test_auto_penalty_by_ebic(problem_dir, tmp_path):
     path = json.loads((tmp_path / "fit" / "summary.json").read_text())["penalty_path"]
     assert path["score"] == [None] * 8  # no held-out rows under EBIC: null in JSON, not NaN
     assert path["ebic"][path["alphas"].index(path["alpha"])] == min(path["ebic"])
+
+
+def test_predict_with_a_missing_model_is_one_line_status_2(problem_dir, tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "none.pt"), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+    assert not (tmp_path / "never").exists()

@@ -12,7 +12,8 @@ import warnings
 from .demo import run_demo
 from .io import write_results
 from .penalty import CRITERIA
-from .pipeline import run_fit
+from .persistence import save_model
+from .pipeline import run_fit, run_predict
 from .report import write_report
 from .settings import METHODS, PRESETS, PRIORS, FitSettings
 from .simulate import FORWARDS, GRAPHS, simulate_problem
@@ -92,6 +93,16 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
     fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
+    fit.add_argument("--save", help="also write the fitted model to this file (for invae predict)")
+
+    predict = commands.add_parser("predict", help="posterior means and sds of new observations from a saved model",
+                                  epilog="example:\n  invae fit --data X.npy --noise-std 0.5 --save model.pt --out fit\n"
+                                         "  invae predict --model model.pt --data X_new.npy --out new\n",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--model", required=True, help="a file written by invae fit --save")
+    predict.add_argument("--data", required=True, help="new observations X (n, m): .npy or .csv")
+    predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
+    predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
     report = commands.add_parser("report", help="draw the figures and report.html of a results folder",
                                  epilog="example:\n  invae report invae-demo    # then open invae-demo/report.html\n",
@@ -103,8 +114,10 @@ def _build_parser() -> argparse.ArgumentParser:
 def _fit(args: argparse.Namespace) -> None:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     settings = FitSettings.from_sources(args.config, overrides)
-    _, arrays, summary = run_fit(settings)
+    estimator, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
+    if settings.save is not None:
+        save_model(estimator, settings.save)
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
         print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "
@@ -118,6 +131,12 @@ def _simulate(args: argparse.Namespace) -> None:
     problem.save(args.out)
     print(f"wrote {args.out}/ (X.npy {problem.X.shape}, A.npy {problem.A.shape}, Z.npy, precision.npy, "
           "problem.json)")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    arrays, summary = run_predict(args.model, args.data, device=args.device)
+    folder = write_results(args.out, arrays, summary)
+    print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -136,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report}[args.command](args)
+            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report,
+             "predict": _predict}[args.command](args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2

@@ -16,7 +16,7 @@ from .evaluation import evaluate, format_table, log_likelihood, rank_matching_ro
 from .io import write_results
 from .likelihoods import linear_gaussian
 from .metrics import relative_frobenius_error
-from .pipeline import make_estimator
+from .methods import make_estimator
 from .priors import GaussianGraphicalModel
 from .report import write_report
 from .settings import METHODS

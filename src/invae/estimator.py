@@ -133,16 +133,21 @@ class VariationalEB(EmpiricalBayesEstimator):
                                 n_samples=self.n_samples, lambda_draws=self.lambda_draws, **chosen)
 
     def _new_posterior(self, x: Tensor) -> torch.nn.Module:
-        m, p = x.shape[1], self.prior.dim
-        if self.family == "mean-field":
-            module = MeanFieldFactors(len(x), p)
-        elif self.family in _ENCODERS:
-            options = {"n_steps": self.flow_steps} if self.family == "iaf" else {}
-            module = _ENCODERS[self.family](m, p, tuple(self.hidden), **options)
+        """A fresh posterior module for the rows x (n, m): encoders standardised by x."""
+        module = self._build_posterior(n=len(x), m=x.shape[1])
+        if self.family != "mean-field":
             module.standardize_with(x.to(torch.float64))
-        else:
-            raise ValueError(f"unknown family {self.family!r}; choose one of {', '.join(FAMILIES)}")
         return module.to(self.device, self.dtype)
+
+    def _build_posterior(self, n: int, m: int) -> torch.nn.Module:
+        """The untrained module of this family for n rows (mean-field) of m observed values."""
+        p = self.prior.dim
+        if self.family == "mean-field":
+            return MeanFieldFactors(n, p)
+        if self.family in _ENCODERS:
+            options = {"n_steps": self.flow_steps} if self.family == "iaf" else {}
+            return _ENCODERS[self.family](m, p, tuple(self.hidden), **options)
+        raise ValueError(f"unknown family {self.family!r}; choose one of {', '.join(FAMILIES)}")
 
     def fit(self, X) -> VariationalEB:
         settings = self._settings()

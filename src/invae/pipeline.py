@@ -1,54 +1,27 @@
-"""From settings to results: what ``invae fit`` does, callable from Python.
-
-The method registry lives here: a method name builds an estimator from a prior and a
-likelihood.
-"""
+"""From settings to results: what ``invae fit`` and ``invae predict`` do, callable from Python."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
 from .base import EmpiricalBayesEstimator
-from .baselines import Naive
-from .em import EM
 from .estimator import VariationalEB
 from .exact import marginal_log_likelihood
 from .io import load_array
 from .likelihoods import Likelihood, linear_gaussian
+from .methods import make_estimator, method_name
 from .penalty import select_penalty
+from .persistence import load_model
 from .priors import GaussianGraphicalModel, Prior
 from .settings import FitSettings
 from .validation import check_data
 
-__all__ = ["make_estimator", "load_problem", "run_fit", "FAMILY_OF_METHOD"]
-
-#: The variational methods and their posterior family (:data:`invae.estimator.FAMILIES`).
-FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-covariance",
-                    "mean-field": "mean-field"}
-
-
-def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
-                   max_iter: int | None = None, tol: float | None = None, seed: int = 0,
-                   verbose: bool = False, callback=None, device: str = "cpu") -> EmpiricalBayesEstimator:
-    """The estimator named ``method`` (see :data:`invae.settings.METHODS`).
-
-    ``max_iter`` / ``tol`` left as None take each estimator's own default; ``callback``
-    (iterative methods only) is called as ``callback(iteration, prior)``.
-    """
-    limits = {key: value for key, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
-    if method in FAMILY_OF_METHOD:
-        return VariationalEB(prior, likelihood, family=FAMILY_OF_METHOD[method], preset=preset,
-                             random_state=seed, verbose=verbose, callback=callback, device=device, **limits)
-    if method == "em":
-        return EM(prior, likelihood, verbose=verbose, callback=callback, device=device, **limits)
-    if method == "naive":
-        return Naive(prior, likelihood, device=device)
-    raise ValueError(f"unknown method {method!r}")
-
+__all__ = ["load_problem", "run_fit", "run_predict"]
 
 def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
     """Data X (n, m), the prior template and the likelihood that ``settings`` describe."""
@@ -102,3 +75,14 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
     return estimator, arrays, summary
+
+
+def run_predict(model: str | Path, data: str | Path, *, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
+    """Posterior means and sds of the observations in ``data`` under a saved model, and a summary."""
+    estimator = load_model(model, device=device)
+    m = estimator.likelihood.forward.out_dim
+    x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
+    mean, std = estimator.posterior(x)
+    summary = {"invae_version": __version__, "model": str(model), "data": str(data),
+               "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}
+    return {"posterior_mean": mean, "posterior_std": std}, summary

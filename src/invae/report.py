@@ -1,8 +1,9 @@
 """A results folder's figures and one self-contained HTML report (``invae report DIR``).
 
 Works on the folders ``invae demo`` writes (the truth is known: Λ_true beside each Λ̂,
-signals against the true z, convergence curves) and those ``invae fit`` writes (Λ̂, the
-posterior bands, the penalty path where ``--penalty auto`` chose α). The figures are saved
+signals against the true z, convergence curves), those ``invae fit`` writes (Λ̂, the
+posterior bands, the penalty path where ``--penalty auto`` chose α) and those
+``invae predict`` writes (the posterior bands). The figures are saved
 as PNG files beside the results and embedded in ``report.html``, which needs no other file.
 """
 
@@ -45,7 +46,7 @@ def write_report(folder: str | Path) -> Path:
         sections.append(f'<figure id="{name}"><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}" '
                         f'data-file="{name}.png"><figcaption>{html.escape(caption)}</figcaption></figure>')
     table = _demo_table(summary["rows"]) if demo else _fit_table(summary)
-    title = "invae demo" if demo else f"invae fit ({summary['settings']['method']})"
+    title = "invae demo" if demo else f"invae {'fit' if 'settings' in summary else 'predict'} ({_method(summary)})"
     page = _PAGE.format(title=html.escape(title), settings=html.escape(json.dumps(_settings(summary))),
                         table=table, figures="\n".join(sections))
     out = folder / REPORT_NAME
@@ -74,9 +75,11 @@ def _demo_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
 
 
 def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
-    method = summary["settings"]["method"]
-    figures = {"precision": (precision_heatmaps({f"Λ̂ ({method})": np.load(folder / "precision.npy")}),
-                             "The estimated precision matrix (the graph: nonzero off-diagonal entries).")}
+    method = _method(summary)
+    figures = {}
+    if (folder / "precision.npy").is_file():
+        figures["precision"] = (precision_heatmaps({f"Λ̂ ({method})": np.load(folder / "precision.npy")}),
+                                "The estimated precision matrix (the graph: nonzero off-diagonal entries).")
     mean, std = folder / "posterior_mean.npy", folder / "posterior_std.npy"
     if mean.is_file() and std.is_file():
         figures["signals"] = (signal_bands({method: np.load(mean)}, {method: np.load(std)}),
@@ -102,10 +105,14 @@ def _fit_table(summary: dict) -> str:
     return f"<table><tbody>{body}</tbody></table>"
 
 
+def _method(summary: dict) -> str:
+    return summary["settings"]["method"] if "settings" in summary else summary["method"]
+
+
 def _settings(summary: dict) -> dict:
     if "rows" in summary:
         return {"problem": summary.get("problem"), "penalty": summary.get("penalty")}
-    return summary["settings"]
+    return summary.get("settings") or {key: summary[key] for key in ("model", "data") if key in summary}
 
 
 _PAGE = """<!DOCTYPE html>

@@ -40,9 +40,10 @@ class FitSettings:
     tol: float | None = None
     device: str = "cpu"
     quiet: bool = False
+    save: Path | None = None
 
     def __post_init__(self):
-        for name in ("data", "out", "forward"):
+        for name in ("data", "out", "forward", "save"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -93,7 +94,7 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out"):  # paths in a config file are relative to it
+    for key in ("data", "forward", "out", "save"):  # paths in a config file are relative to it
         if isinstance(values.get(key), str):
             values[key] = path.parent / values[key]
     return values

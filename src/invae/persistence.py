@@ -1,0 +1,97 @@
+"""Saving a fitted estimator and loading it back (``invae fit --save``, ``invae predict``).
+
+A model file holds plain data only (numbers, strings, lists and tensors). It is written by
+``torch.save`` and read with ``torch.load(weights_only=True)``, which refuses arbitrary
+Python objects, so loading a model file cannot run code. It keeps what posterior questions
+on new data need: the method and the options make_estimator takes, Λ̂ and α, the likelihood (A and σ), and an
+amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
+data get factors fitted afresh under Λ̂, as they do in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .base import EmpiricalBayesEstimator
+from .estimator import VariationalEB
+from .likelihoods import GaussianLikelihood, linear_gaussian
+from .methods import make_estimator, method_name
+from .priors import GaussianGraphicalModel
+
+__all__ = ["save_model", "load_model"]
+
+FORMAT = "invae-model"
+VERSION = 1
+
+
+def save_model(estimator: EmpiricalBayesEstimator, path: str | Path) -> Path:
+    """Write the fitted ``estimator`` (one that :func:`invae.methods.make_estimator` builds)
+    to ``path``, atomically: a failure leaves an existing file as it was."""
+    estimator._check_fitted()
+    method = method_name(estimator)
+    prior, likelihood = estimator.prior_, estimator.likelihood_
+    if not (isinstance(prior, GaussianGraphicalModel) and isinstance(likelihood, GaussianLikelihood)
+            and likelihood.is_linear):
+        raise ValueError("only a Gaussian graphical prior with a linear-Gaussian likelihood can be saved so far")
+    amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
+    record = {
+        "format": FORMAT, "version": VERSION, "invae_version": __version__,
+        "method": method, "preset": getattr(estimator, "preset", "default"),
+        "seed": getattr(estimator, "random_state", 0),
+        "max_iter": getattr(estimator, "max_iter", None), "tol": getattr(estimator, "tol", None),
+        "precision": prior.precision.detach().cpu(), "alpha": prior.alpha, "solver": prior.solver,
+        "forward": likelihood.forward.matrix.detach().cpu(), "noise_std": likelihood.noise_std.detach().cpu(),
+        "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
+                      if amortized else None),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(record, staging)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return path
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstimator:
+    """The estimator saved by :func:`save_model`, ready for ``posterior``/``transform``.
+
+    Raises ``ValueError`` for a missing file, a file that is not an invae model, or a
+    format version this invae does not read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read the model {str(path)!r}: no such file")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a file that is not its own
+        raise ValueError(f"cannot read the model {str(path)!r}: not an invae model file ({type(error).__name__})") \
+            from None
+    if not (isinstance(record, dict) and record.get("format") == FORMAT):
+        raise ValueError(f"cannot read the model {str(path)!r}: not an invae model file")
+    if record["version"] != VERSION:
+        raise ValueError(f"the model {str(path)!r} has format version {record['version']}; "
+                         f"this invae reads version {VERSION}")
+    prior = GaussianGraphicalModel(record["precision"], alpha=record["alpha"], solver=record["solver"])
+    likelihood = linear_gaussian(record["forward"], record["noise_std"])
+    estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
+                               max_iter=record["max_iter"], tol=record["tol"], device=device)
+    estimator.prior_, estimator.likelihood_ = estimator._models()
+    estimator.n_iter_, estimator.converged_, estimator.history_ = 0, True, {}
+    if isinstance(estimator, VariationalEB):
+        m = likelihood.forward.out_dim
+        estimator._fitted_data = torch.empty(0, m, dtype=estimator.dtype, device=device)  # no rows: refit factors
+        if record["posterior"] is not None:
+            module = estimator._build_posterior(n=0, m=m)
+            module.load_state_dict(record["posterior"])
+            estimator.posterior_ = module.to(device, estimator.dtype)
+    return estimator
