@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/invae demo
 
 test: $(STAMP)
+	@bash scripts/install-browser.sh
 	$(VENV)/bin/python -m pytest
 
 slow-tests: $(STAMP)

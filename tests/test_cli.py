@@ -187,3 +187,11 @@ def test_predict_with_a_missing_model_is_one_line_status_2(problem_dir, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file" in err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate", "fit", "predict", "report"])
+def test_every_command_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"example:\n  invae " in capsys.readouterr().out
