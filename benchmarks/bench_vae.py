@@ -27,7 +27,6 @@ from sklearn.exceptions import ConvergenceWarning
 
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.evaluation import evaluate, reference_rows
-from invae.exact import marginal_log_likelihood
 from invae.methods import make_estimator
 
 METHODS = {  # label: a function (prior, likelihood, seed) -> estimator
@@ -62,10 +61,6 @@ def run_case(p: int, sigma: float, forward: str, seed: int, alpha: float, n: int
         row = evaluate(label, estimator, problem, oracle_mse, time.perf_counter() - start)
         row.update(p=p, sigma=sigma, forward=forward, seed=seed, n_iter=estimator.n_iter_,
                    converged=estimator.converged_ and not caught)
-        if hasattr(estimator, "elbo"):
-            elbo, se = estimator.elbo(problem.X, n_samples=20)
-            exact = row["log_lik_gap"] + _true_log_lik(problem)
-            row.update(elbo=elbo, elbo_se=se, elbo_gap=exact - elbo)
         rows.append(row)
     em = next(r for r in rows if r["method"] == "em")
     for row in rows:
@@ -73,11 +68,6 @@ def run_case(p: int, sigma: float, forward: str, seed: int, alpha: float, n: int
         if "failed" not in row:
             row["error_ratio_to_em"] = row["precision_error"] / em["precision_error"]
     return rows
-
-
-def _true_log_lik(problem) -> float:
-    return float(marginal_log_likelihood(torch.as_tensor(problem.X), GaussianGraphicalModel(problem.precision),
-                                         linear_gaussian(problem.A, problem.noise_std)).mean())
 
 
 COLUMNS = (  # (row key, header)

@@ -41,7 +41,7 @@ def test_report_command_rerenders_a_fit_folder(tmp_path, capsys):
                  "--penalty", "auto", "--out", str(fit), "--quiet"]) == 0
     assert main(["report", str(fit)]) == 0
     assert f"report: {fit / 'report.html'}" in capsys.readouterr().out
-    check_report(fit, {"precision", "signals", "penalty_path"})
+    check_report(fit, {"precision", "signals", "penalty_path", "convergence"})
 
 
 def test_report_of_a_folder_without_results_is_refused(tmp_path, capsys):

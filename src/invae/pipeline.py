@@ -70,11 +70,22 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "edges": int(np.count_nonzero(np.triu(estimator.precision_, k=1))),
         "fit_seconds": seconds,
     }
+    if estimator.history_:
+        summary["history"] = _history(estimator)
     if path is not None:
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
     return estimator, arrays, summary
+
+
+def _history(estimator: EmpiricalBayesEstimator) -> dict:
+    """The objective per outer iteration against time, for the report's convergence figure."""
+    if isinstance(estimator, VariationalEB):
+        return {"time": estimator.history_["time"], "objective": estimator.history_["elbo"],
+                "objective_name": "ELBO per observation (fixed noise)"}
+    return {"time": estimator.history_["time"], "objective": estimator.history_["objective"],
+            "objective_name": "penalised log-likelihood per observation"}
 
 
 def run_predict(model: str | Path, data: str | Path, *, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:

@@ -70,26 +70,30 @@ def signal_bands(means: dict[str, np.ndarray], stds: dict[str, np.ndarray], trut
     return figure
 
 
-def convergence_curves(curves: dict[str, dict[str, list[float]]]) -> Figure:
-    """Per method, ``log_lik_gap`` and ``precision_error`` against ``time`` (seconds, log scale).
+#: The demo's panels: (key of a curve, y-axis label); the truth is known there.
+DEMO_PANELS = (("log_lik_gap", "log p(x; Λ̂) − log p(x; Λ), per observation"),
+               ("precision_error", "‖Λ̂ − Λ‖_F / ‖Λ‖_F"))
 
-    ``curves[method]`` holds equal-length lists ``time``, ``log_lik_gap`` (mean log p(x; Λ̂_t)
-    minus that at the true Λ) and ``precision_error`` (‖Λ̂_t − Λ‖_F / ‖Λ‖_F).
+
+def convergence_curves(curves: dict[str, dict[str, list[float]]],
+                       panels: tuple[tuple[str, str], ...] = DEMO_PANELS) -> Figure:
+    """One panel per ``(key, label)`` of ``panels``: each method's ``curve[key]`` against
+    ``curve["time"]`` (seconds since the fit began, log scale).
+
+    ``curves[method]`` holds equal-length lists: ``time`` and one per panel key, e.g. the
+    demo's ``log_lik_gap`` (mean log p(x; Λ̂_t) minus that at the true Λ) and
+    ``precision_error`` (‖Λ̂_t − Λ‖_F / ‖Λ‖_F).
     """
-    figure = Figure(figsize=(10, 3.6), layout="constrained")
-    left, right = figure.subplots(1, 2)
-    for name, curve in curves.items():
-        time = np.maximum(np.asarray(curve["time"]), 1e-3)
-        left.plot(time, curve["log_lik_gap"], label=name, linewidth=1.2)
-        right.plot(time, curve["precision_error"], label=name, linewidth=1.2)
-    left.set_ylabel("log p(x; Λ̂) − log p(x; Λ), per observation")
-    right.set_ylabel("‖Λ̂ − Λ‖_F / ‖Λ‖_F")
-    for ax in (left, right):
+    figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, panels):
+        for name, curve in curves.items():
+            ax.plot(np.maximum(np.asarray(curve["time"]), 1e-3), curve[key], label=name, linewidth=1.2)
+        ax.set_ylabel(label)
         ax.set_xscale("log")
         ax.set_xlabel("seconds")
         ax.grid(alpha=0.3)
-    left.axhline(0.0, color="black", linewidth=0.6)
-    right.legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     return figure
 
 

@@ -85,6 +85,10 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
         figures["signals"] = (signal_bands({method: np.load(mean)}, {method: np.load(std)}),
                               "Posterior means and 90% credible bands for three coordinates of the "
                               "first 60 observations, sorted by the posterior mean.")
+    if summary.get("history"):
+        history = summary["history"]
+        figures["convergence"] = (convergence_curves({method: history}, (("objective", history["objective_name"]),)),
+                                  "Convergence: the fit's objective against the time it had run.")
     if summary.get("penalty_path"):
         figures["penalty_path"] = (penalty_path_plot(summary["penalty_path"]),
                                    "How --penalty auto chose α: the held-out score and EBIC along the path.")
