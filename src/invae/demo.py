@@ -62,7 +62,8 @@ def run_demo(out: str | Path = "invae-demo", *, p: int = 20, n: int = 10_000, gr
           f"σ = {noise_std}, penalty α = {penalty}, seed = {seed}")
     print(format_table(rows))
     print("Λ rel.err = ‖Λ̂ − Λ‖_F/‖Λ‖_F; Δ log p(x)/n = mean marginal log-likelihood of Λ̂ minus that of "
-          "the true Λ; MSE/oracle = signal MSE over the Bayes oracle's.")
+          "the true Λ; ELBO gap = log p(x; Λ̂) − ELBO per observation; MSE/oracle = signal MSE over the "
+          "Bayes oracle's.")
     folder = write_results(out, arrays, {"problem": problem.settings | {"noise_std": noise_std},
                                          "penalty": penalty, "rows": rows, "curves": curves})
     report = write_report(folder)
