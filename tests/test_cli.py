@@ -196,3 +196,13 @@ def test_every_command_help_shows_an_example(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "example:\n  invae " in capsys.readouterr().out
+
+
+def test_progress_shows_on_a_non_terminal_only_when_asked(problem_dir, tmp_path, capsys):
+    args = ["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+            "0.5", "--method", "em", "--penalty", "0.05"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+    assert main([*args, "--out", str(tmp_path / "b"), "--progress"]) == 0
+    assert "EM:" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c"), "--progress", "--quiet"]) == 2

@@ -21,7 +21,15 @@ from .likelihoods import Likelihood
 from .priors import Prior
 from .validation import check_data
 
-__all__ = ["EmpiricalBayesEstimator"]
+__all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
+
+
+def progress_disabled(verbose: bool | int) -> bool | None:
+    """tqdm's ``disable`` for a ``verbose`` level: 0 or False hides the progress bar, 1 or
+    True shows it when stderr is a terminal (None: tqdm decides), 2 shows it always."""
+    if not verbose:
+        return True
+    return None if verbose == 1 else False
 
 
 class EmpiricalBayesEstimator(abc.ABC):

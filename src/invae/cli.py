@@ -58,6 +58,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--penalty", type=float, default=0.02, help="graphical-lasso α (default: 0.02)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--progress", action="store_true",
+                      help="progress bars even when stderr is not a terminal (e.g. a log file)")
 
     sim = commands.add_parser("simulate", help="write a simulated problem to a folder",
                               epilog="example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n",
@@ -93,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
     fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
+    fit.add_argument("--progress", action="store_const", const=True,
+                     help="a progress bar even when stderr is not a terminal (e.g. a log file)")
     fit.add_argument("--save", help="also write the fitted model to this file (for invae predict)")
 
     predict = commands.add_parser("predict", help="posterior means and sds of new observations from a saved model",
@@ -145,7 +149,8 @@ def _report(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
-             penalty=args.penalty, seed=args.seed, verbose=not args.quiet)
+             penalty=args.penalty, seed=args.seed,
+             verbose=0 if args.quiet else 2 if args.progress else 1)
 
 
 def main(argv: list[str] | None = None) -> int:

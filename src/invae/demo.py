@@ -29,7 +29,7 @@ _SHOWN_ROWS = 200  # observations whose posteriors the demo keeps for the signal
 
 def run_demo(out: str | Path = "invae-demo", *, p: int = 20, n: int = 10_000, graph: str = "chain",
              forward: str = "identity", noise_std: float = 1.0, penalty: float = 0.02, seed: int = 0,
-             verbose: bool = True) -> list[dict]:
+             verbose: bool | int = True) -> list[dict]:
     """Run the simulation, print the table, write the results and the report; return the rows.
 
     The folder gets ``summary.json`` (the table's rows and each fit's convergence curve),

@@ -24,7 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .base import EmpiricalBayesEstimator
+from .base import EmpiricalBayesEstimator, progress_disabled
 from .exact import exact_posterior, penalized_log_likelihood
 
 __all__ = ["EM"]
@@ -43,8 +43,8 @@ class EM(EmpiricalBayesEstimator):
         Iteration cap; a :class:`~sklearn.exceptions.ConvergenceWarning` if reached.
     tol : float
         Stop when the objective rises by at most ``tol · max(1, |objective|)``.
-    verbose : bool
-        A progress bar on stderr when it is a terminal.
+    verbose : bool or int
+        A progress bar on stderr: 1 (True) when stderr is a terminal, 2 always, 0 never.
     mean_field : bool
         Diagonal-Gaussian E-step (the diagonal family's optimum) instead of the exact one.
     warm_start : bool
@@ -92,7 +92,8 @@ class EM(EmpiricalBayesEstimator):
         objective = [self._objective(x, prior, likelihood)]
         elapsed = [0.0]
         converged = False
-        with tqdm(total=self.max_iter, desc="EM", disable=None if self.verbose else True, leave=False) as bar:
+        with tqdm(total=self.max_iter, desc="EM", disable=progress_disabled(self.verbose),
+                  leave=False) as bar:
             for _ in range(self.max_iter):
                 mean, cov, _ = self._e_step(x, prior, likelihood)
                 if self.mean_field:

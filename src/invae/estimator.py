@@ -84,6 +84,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         ``callback(iteration, prior)`` after each outer iteration (Λ-step).
     random_state : int
         Seeds every draw (initialisation, batches, noise): a CPU fit is bit-for-bit repeatable.
+    verbose : bool or int
+        A progress bar (iterations, ELBO, Λ change, time left) on stderr: 1 (True) when
+        stderr is a terminal, 2 always, 0 never.
 
     Attributes
     ----------

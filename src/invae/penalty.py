@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .base import EmpiricalBayesEstimator
+from .base import EmpiricalBayesEstimator, progress_disabled
 from .exact import exact_posterior, has_exact_evidence, marginal_log_likelihood
 from .likelihoods import Likelihood
 from .priors import Prior
@@ -108,6 +108,8 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
         EBIC's γ in [0, 1] (0 is BIC; 0.5 is Foygel & Drton's default).
     seed : int
         Seeds the held-out split.
+    verbose : bool or int
+        A progress bar over the path (see :func:`invae.base.progress_disabled`).
 
     Returns
     -------
@@ -130,7 +132,8 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
     walker.warm_start = True
     scores, ebics, edges = [], [], []
     best, chosen, best_value = 0, None, -math.inf
-    for k, alpha in enumerate(tqdm(alphas, desc="penalty path", disable=None if verbose else True, leave=False)):
+    for k, alpha in enumerate(tqdm(alphas, desc="penalty path", disable=progress_disabled(verbose),
+                                      leave=False)):
         walker.prior = estimator.prior.with_penalty(alpha)
         walker.fit(train)
         edge_count = int(np.count_nonzero(np.triu(walker.precision_, k=1)))

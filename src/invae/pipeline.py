@@ -45,12 +45,12 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     x, prior, likelihood = load_problem(settings)
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
-                               verbose=not settings.quiet, device=settings.device)
+                               verbose=settings.verbosity, device=settings.device)
     start = time.perf_counter()
     path = None
     if settings.penalty == "auto":
         estimator, path = select_penalty(estimator, x, criterion=settings.penalty_criterion, seed=settings.seed,
-                                         verbose=not settings.quiet)
+                                         verbose=settings.verbosity)
     else:
         estimator.fit(x)
     seconds = time.perf_counter() - start

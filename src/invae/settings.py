@@ -40,6 +40,7 @@ class FitSettings:
     tol: float | None = None
     device: str = "cpu"
     quiet: bool = False
+    progress: bool = False
     save: Path | None = None
 
     def __post_init__(self):
@@ -60,8 +61,15 @@ class FitSettings:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if self.quiet and self.progress:
+            raise ValueError("quiet and progress contradict each other: choose one")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
+
+    @property
+    def verbosity(self) -> int:
+        """The estimators' ``verbose``: 0 with ``quiet``, 2 with ``progress``, else 1 (on a terminal)."""
+        return 0 if self.quiet else 2 if self.progress else 1
 
     @classmethod
     def from_sources(cls, config: str | Path | None, overrides: dict) -> FitSettings:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 from tqdm.auto import tqdm
 
+from .base import progress_disabled
 from .likelihoods import Likelihood
 from .objectives import elbo
 from .priors import Prior
@@ -120,7 +121,8 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [], "time": []}
     start = time.perf_counter()
     converged = False
-    with tqdm(total=settings.max_iter, desc="fit", disable=None if verbose else True, leave=False) as bar:
+    with tqdm(total=settings.max_iter, desc="fit", disable=progress_disabled(verbose),
+              leave=False) as bar:
         for iteration in range(1, settings.max_iter + 1):
             train_elbo = 0.0
             for _ in range(settings.n_critic):
