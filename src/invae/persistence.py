@@ -3,8 +3,8 @@
 A model file holds plain data only (numbers, strings, lists and tensors). It is written by
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which refuses arbitrary
 Python objects, so loading a model file cannot run code. It keeps what posterior questions
-on new data need: the method and the options make_estimator takes, Λ̂ and α, the likelihood (A and σ), and an
-amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
+on new data need: the method and the options ``make_estimator`` takes, Λ̂ and α, the
+likelihood (A and σ), and an amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
 data get factors fitted afresh under Λ̂, as they do in memory.
 """
 
@@ -19,7 +19,8 @@ import torch
 from . import __version__
 from .base import EmpiricalBayesEstimator
 from .estimator import VariationalEB
-from .likelihoods import GaussianLikelihood, linear_gaussian
+from .exact import has_exact_evidence
+from .likelihoods import linear_gaussian
 from .methods import make_estimator, method_name
 from .priors import GaussianGraphicalModel
 
@@ -35,8 +36,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path) -> Path:
     estimator._check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
-    if not (isinstance(prior, GaussianGraphicalModel) and isinstance(likelihood, GaussianLikelihood)
-            and likelihood.is_linear):
+    if not has_exact_evidence(prior, likelihood):
         raise ValueError("only a Gaussian graphical prior with a linear-Gaussian likelihood can be saved so far")
     amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
     record = {
