@@ -1,5 +1,7 @@
 """invae: statistical inverse problems by amortized variational empirical Bayes."""
 
+__version__ = "0.1.0"  # first: modules imported below record it
+
 from .baselines import Naive, complete_data_floor, rank_matching
 from .em import EM
 from .estimator import VariationalEB
@@ -11,4 +13,3 @@ from .simulate import Problem, simulate_problem
 __all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "LinearOperator",
            "GaussianLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
            "Problem", "simulate_problem"]
-__version__ = "0.1.0"

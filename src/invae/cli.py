@@ -9,6 +9,7 @@ import argparse
 import sys
 import warnings
 
+from .checkpoints import FitInterrupted
 from .demo import run_demo
 from .io import write_results
 from .penalty import CRITERIA
@@ -98,6 +99,11 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--progress", action="store_const", const=True,
                      help="a progress bar even when stderr is not a terminal (e.g. a log file)")
     fit.add_argument("--save", help="also write the fitted model to this file (for invae predict)")
+    fit.add_argument("--checkpoint-dir", help="write the training state here every --checkpoint-every "
+                     "iterations and on Ctrl-C / SIGTERM (variational methods)")
+    fit.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (default: 50)")
+    fit.add_argument("--resume", action="store_const", const=True,
+                     help="continue the fit saved in --checkpoint-dir (same data and settings)")
 
     predict = commands.add_parser("predict", help="posterior means and sds of new observations from a saved model",
                                   epilog="example:\n  invae fit --data X.npy --noise-std 0.5 --save model.pt --out fit\n"
@@ -165,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2
+        except FitInterrupted as interrupted:
+            print(f"{prefix}: {interrupted}; nothing else was written", file=sys.stderr)
+            return 128 + interrupted.signal_number
         except FloatingPointError as error:  # the fit itself broke down (e.g. Λ diverging when m < p)
             print(f"{prefix}: error: the fit failed numerically: {error}. A richer posterior "
                   "(--method iaf or full-covariance) or a larger --penalty may help; nothing was written",

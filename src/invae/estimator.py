@@ -6,6 +6,7 @@ Algorithm 1 (:mod:`invae.training`), then answers posterior questions for any x.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from .base import EmpiricalBayesEstimator, _numpy
 from .objectives import elbo as elbo_values
+from .checkpoints import Checkpointer
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, moments
 from .training import TrainingSettings, seeded, train
 
@@ -82,6 +84,10 @@ class VariationalEB(EmpiricalBayesEstimator):
         penalty): how :func:`invae.penalty.select_penalty` walks its path.
     callback : callable, optional
         ``callback(iteration, prior)`` after each outer iteration (Λ-step).
+    checkpoint_dir : path, optional
+        Write the whole training state to ``checkpoint_dir/checkpoint.pt`` every
+        ``checkpoint_every`` outer iterations and on SIGINT/SIGTERM (:mod:`invae.checkpoints`);
+        ``resume=True`` continues from it, bit for bit on CPU.
     random_state : int
         Seeds every draw (initialisation, batches, noise): a CPU fit is bit-for-bit repeatable.
     verbose : bool or int
@@ -102,8 +108,10 @@ class VariationalEB(EmpiricalBayesEstimator):
                  lr_decay: float | None = None, max_iter: int = 2000,
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, lambda_draws: int = 8,
-                 n_moment_draws: int = 256, warm_start: bool = False, callback=None, random_state: int = 0,
-                 verbose: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32):
+                 n_moment_draws: int = 256, warm_start: bool = False, callback=None,
+                 checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
+                 random_state: int = 0, verbose: bool = False, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.family = family
         self.preset = preset
@@ -120,6 +128,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.flow_steps = flow_steps
         self.lambda_draws = lambda_draws
         self.n_moment_draws = n_moment_draws
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
         self.random_state = random_state
         self.verbose = verbose
 
@@ -160,7 +171,9 @@ class VariationalEB(EmpiricalBayesEstimator):
             reuse = self._warm() and (self.family != "mean-field" or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
-                                                      verbose=self.verbose, callback=self.callback)
+                                                      verbose=self.verbose, callback=self.callback,
+                                                      checkpoint=self._checkpointer(),
+                                                      identity=self._identity(x, settings))
         if not converged:
             warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before Λ and the ELBO "
                           "settled; raise max_iter or tol", ConvergenceWarning)
@@ -168,6 +181,20 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.history_, self.n_iter_, self.converged_ = history, n_iter, converged
         self._fitted_data = x
         return self
+
+    def _checkpointer(self) -> Checkpointer | None:
+        if self.checkpoint_dir is None:
+            if self.resume:
+                raise ValueError("resume needs a checkpoint folder (checkpoint_dir, --checkpoint-dir)")
+            return None
+        return Checkpointer(self.checkpoint_dir, every=self.checkpoint_every, resume=self.resume)
+
+    def _identity(self, x: Tensor, settings: TrainingSettings) -> dict:
+        """What a checkpoint must match to be resumed: the model, the settings and the data."""
+        data = x.to(torch.float64)
+        return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
+                "random_state": self.random_state, "prior": repr(self.prior), "settings": dataclasses.asdict(settings),
+                "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
 
     def _posterior_module(self, x: Tensor) -> torch.nn.Module:
         """The posterior for rows x: the fitted one, or for new data and mean-field factors,

@@ -18,16 +18,22 @@ FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-co
 
 def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
                    max_iter: int | None = None, tol: float | None = None, seed: int = 0,
-                   verbose: bool = False, callback=None, device: str = "cpu") -> EmpiricalBayesEstimator:
+                   verbose: bool = False, callback=None, checkpoint: dict | None = None,
+                   device: str = "cpu") -> EmpiricalBayesEstimator:
     """The estimator named ``method`` (see :data:`invae.settings.METHODS`).
 
     ``max_iter`` / ``tol`` left as None take each estimator's own default; ``callback``
-    (iterative methods only) is called as ``callback(iteration, prior)``.
+    (iterative methods only) is called as ``callback(iteration, prior)``; ``checkpoint``
+    (variational methods only) holds ``checkpoint_dir``, ``checkpoint_every`` and ``resume``.
     """
     limits = {key: value for key, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
     if method in FAMILY_OF_METHOD:
         return VariationalEB(prior, likelihood, family=FAMILY_OF_METHOD[method], preset=preset,
-                             random_state=seed, verbose=verbose, callback=callback, device=device, **limits)
+                             random_state=seed, verbose=verbose, callback=callback, device=device,
+                             **(checkpoint or {}), **limits)
+    if checkpoint:
+        raise ValueError(f"checkpoints apply to the variational methods ({', '.join(FAMILY_OF_METHOD)}), "
+                         f"not to {method!r}")
     if method == "em":
         return EM(prior, likelihood, verbose=verbose, callback=callback, device=device, **limits)
     if method == "naive":

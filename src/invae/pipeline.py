@@ -45,7 +45,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     x, prior, likelihood = load_problem(settings)
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
-                               verbose=settings.verbosity, device=settings.device)
+                               verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device)
     start = time.perf_counter()
     path = None
     if settings.penalty == "auto":

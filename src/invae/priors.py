@@ -62,8 +62,16 @@ class Prior(abc.ABC):
         """The same prior (parameters, solver) with penalty strength ``alpha``."""
 
     @abc.abstractmethod
+    def state(self) -> dict[str, Tensor]:
+        """The parameters θ as named tensors (for checkpoints)."""
+
+    @abc.abstractmethod
+    def with_state(self, state: dict[str, Tensor]) -> Prior:
+        """This prior's settings (penalty, solver) with the parameters ``state``."""
+
     def with_parameters_from(self, other: Prior) -> Prior:
-        """This prior's settings (penalty, solver) with ``other``'s parameters θ: a warm start."""
+        """This prior's settings with ``other``'s parameters θ: a warm start."""
+        return self.with_state(other.state())
 
     @abc.abstractmethod
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
@@ -162,8 +170,11 @@ class GaussianGraphicalModel(Prior):
     def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
         return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver)
 
-    def with_parameters_from(self, other: GaussianGraphicalModel) -> GaussianGraphicalModel:
-        return self._with(other.precision.to(self.precision))
+    def state(self) -> dict[str, Tensor]:
+        return {"precision": self.precision}
+
+    def with_state(self, state: dict[str, Tensor]) -> GaussianGraphicalModel:
+        return self._with(state["precision"].to(self.precision))
 
     def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
         return self._with(self.precision.to(device=device, dtype=dtype))

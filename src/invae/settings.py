@@ -18,6 +18,7 @@ from .validation import check_noise_std, check_penalty
 __all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS"]
 
 METHODS = ("vae", "iaf", "full-covariance", "mean-field", "em", "naive")
+VARIATIONAL = METHODS[:4]  # the methods that train a posterior (and can checkpoint)
 PRESETS = ("default", "paper")
 PRIORS = ("ggm",)
 
@@ -42,9 +43,12 @@ class FitSettings:
     quiet: bool = False
     progress: bool = False
     save: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
 
     def __post_init__(self):
-        for name in ("data", "out", "forward", "save"):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -61,10 +65,28 @@ class FitSettings:
             raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if self.checkpoint_dir is not None and self.method not in VARIATIONAL:
+            raise ValueError(f"--checkpoint-dir applies to the variational methods ({', '.join(VARIATIONAL)}), "
+                             f"not to {self.method!r}")
+        if self.checkpoint_dir is not None and self.penalty == "auto":
+            raise ValueError("--checkpoint-dir does not combine with --penalty auto (a path of fits); "
+                             "choose α first, then checkpoint that fit")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1):
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         if self.quiet and self.progress:
             raise ValueError("quiet and progress contradict each other: choose one")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
+
+    @property
+    def checkpoint(self) -> dict | None:
+        """``make_estimator``'s checkpoint options, or None."""
+        if self.checkpoint_dir is None:
+            return None
+        return {"checkpoint_dir": self.checkpoint_dir, "checkpoint_every": self.checkpoint_every,
+                "resume": self.resume}
 
     @property
     def verbosity(self) -> int:
@@ -102,7 +124,7 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save"):  # paths in a config file are relative to it
+    for key in ("data", "forward", "out", "save", "checkpoint_dir"):  # paths in a config file are relative to it
         if isinstance(values.get(key), str):
             values[key] = path.parent / values[key]
     return values

@@ -27,6 +27,7 @@ iteration (:func:`seeded`), so they change only as φ and Λ change.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from tqdm.auto import tqdm
 
 from .base import progress_disabled
+from .checkpoints import Checkpointer, FitInterrupted
 from .likelihoods import Likelihood
 from .objectives import elbo
 from .priors import Prior
@@ -45,6 +47,7 @@ from .priors import Prior
 __all__ = ["TrainingSettings", "train", "lambda_step", "seeded"]
 
 _EVAL_SIZE = 2048
+_MAX_ROLLBACKS = 3  # divergence: roll back and halve the step size at most this many times
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,20 @@ def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
 
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
           *, update_prior: bool = True, verbose: bool = False,
-          callback: Callable[[int, Prior], None] | None = None) -> tuple[Prior, dict, int, bool]:
+          callback: Callable[[int, Prior], None] | None = None, checkpoint: Checkpointer | None = None,
+          identity: dict | None = None) -> tuple[Prior, dict, int, bool]:
     """Run Algorithm 1 on data x (n, m); return (prior, history, n_iter, converged).
 
     ``update_prior=False`` keeps Λ fixed and trains q alone (inference on new data for a
     non-amortized family). ``callback(iteration, prior)`` runs after each outer iteration.
+    ``checkpoint`` saves the whole state every so many iterations and on SIGINT/SIGTERM
+    (then raises :class:`~invae.checkpoints.FitInterrupted`), and resumes from it;
+    ``identity`` (settings, data fingerprint) guards against resuming another fit.
     Randomness comes from torch's global generator: seed it.
+
+    Divergence (a non-finite ELBO or weight, or a Λ-step that fails) rolls the state back
+    to the end of the last good iteration and halves Adam's step size, at most
+    ``_MAX_ROLLBACKS`` times; then a ``FloatingPointError`` says what diverged.
     """
     n = len(x)
     batch = min(settings.batch_size, n)
@@ -119,33 +130,54 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     eval_index = torch.randperm(n, device=x.device)[: min(n, _EVAL_SIZE)]
     eval_seed, lambda_seed = torch.randint(2**62, (2,)).tolist()
     history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [], "time": []}
-    start = time.perf_counter()
-    converged = False
-    with tqdm(total=settings.max_iter, desc="fit", disable=progress_disabled(verbose),
-              leave=False) as bar:
-        for iteration in range(1, settings.max_iter + 1):
-            train_elbo = 0.0
-            for _ in range(settings.n_critic):
-                index = torch.randint(n, (batch,), device=x.device)
-                q = posterior(x[index], index)
-                loss = -elbo(x[index], q, prior, likelihood, settings.n_samples).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                train_elbo -= loss.item() / settings.n_critic
-            change = 0.0
-            if update_prior:
-                with torch.no_grad():
-                    new = _lambda_step(prior, posterior, x, batch, settings, lambda_seed)
-                change = new.relative_change(prior)
-                prior = new
+    iteration = 0
+    saved = checkpoint.load(identity or {}) if checkpoint is not None else None
+    if saved is not None:
+        eval_index, (eval_seed, lambda_seed) = saved["eval_index"].to(x.device), saved["seeds"]
+        prior, history, iteration = _restore(saved, posterior, optimizer, plateau, prior)
+    good = _capture(posterior, optimizer, plateau, prior, history, iteration)
+    start = time.perf_counter() - (history["time"][-1] if history["time"] else 0.0)
+    converged, rollbacks = False, 0
+    with (tqdm(total=settings.max_iter, initial=iteration, desc="fit", disable=progress_disabled(verbose),
+               leave=False) as bar, checkpoint if checkpoint is not None else contextlib.nullcontext()):
+        while iteration < settings.max_iter:
+            iteration += 1
+            try:
+                train_elbo = _adam_steps(x, posterior, prior, likelihood, optimizer, settings, batch)
+                change = 0.0
+                if update_prior:
+                    with torch.no_grad():
+                        new = _lambda_step(prior, posterior, x, batch, settings, lambda_seed)
+                    change = new.relative_change(prior)
+                    prior = new
+                value = _fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood)
+                if not math.isfinite(value):
+                    raise _Diverged("the evaluation ELBO is not finite")
+            except (_Diverged, FloatingPointError, ValueError) as error:
+                rollbacks += 1
+                where = checkpoint.path if checkpoint is not None and checkpoint.path.is_file() else None
+                if rollbacks > _MAX_ROLLBACKS:
+                    raise FloatingPointError(
+                        f"the fit diverged at outer iteration {iteration} ({error}) after {_MAX_ROLLBACKS} "
+                        f"rollbacks with a halved step size each; last good checkpoint: "
+                        f"{str(where) if where else 'none (see --checkpoint-dir)'}") from None
+                prior, history, iteration = _restore(good, posterior, optimizer, plateau, prior)
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                continue
             history["train_elbo"].append(train_elbo)
-            history["elbo"].append(_fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood))
+            history["elbo"].append(value)
             history["precision_change"].append(change)
             history["time"].append(time.perf_counter() - start)
             if callback is not None:
                 callback(iteration, prior)
             plateau.step(history["elbo"][-1])
+            good = _capture(posterior, optimizer, plateau, prior, history, iteration)
+            if checkpoint is not None and checkpoint.due(iteration):
+                checkpoint.save({**good, "eval_index": eval_index.cpu(), "seeds": [eval_seed, lambda_seed]},
+                                identity or {})
+                if checkpoint.received is not None:
+                    raise FitInterrupted(checkpoint.received, iteration, checkpoint.path)
             bar.update()
             bar.set_postfix(elbo=f"{history['elbo'][-1]:.4f}", dLambda=f"{change:.1e}")
             recent_change = max(history["precision_change"][-settings.window:])
@@ -153,6 +185,51 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
                 converged = True
                 break
     return prior, history, iteration, converged
+
+
+class _Diverged(Exception):
+    """A non-finite quantity in an outer iteration (the message says which)."""
+
+
+def _adam_steps(x, posterior, prior, likelihood, optimizer, settings, batch) -> float:
+    """``n_critic`` Adam steps on the batch ELBO; their mean ELBO. Raises _Diverged if a loss
+    or a weight stops being finite."""
+    train_elbo = 0.0
+    for _ in range(settings.n_critic):
+        index = torch.randint(len(x), (batch,), device=x.device)
+        loss = -elbo(x[index], posterior(x[index], index), prior, likelihood, settings.n_samples).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_elbo -= loss.item() / settings.n_critic
+    if not math.isfinite(train_elbo):
+        raise _Diverged("the training ELBO is not finite")
+    if not all(bool(torch.isfinite(weight).all()) for weight in posterior.parameters()):
+        raise _Diverged("a posterior weight is not finite")
+    return train_elbo
+
+
+def _capture(posterior, optimizer, plateau, prior, history, iteration) -> dict:
+    """A copy of the state at the end of an outer iteration (also a checkpoint's body)."""
+    return {"posterior": {key: value.detach().clone() for key, value in posterior.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "plateau": [plateau.best, plateau.waited, plateau.since_best],
+            "prior": {key: value.detach().clone() for key, value in prior.state().items()},
+            "history": {key: list(values) for key, values in history.items()},
+            "iteration": iteration, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore(state, posterior, optimizer, plateau, prior) -> tuple[Prior, dict, int]:
+    """Put a :func:`_capture` back; returns (prior, history, iteration)."""
+    posterior.load_state_dict(state["posterior"])
+    optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+    plateau.best, plateau.waited, plateau.since_best = state["plateau"]
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history = {key: list(values) for key, values in state["history"].items()}
+    return prior.with_state(state["prior"]), history, state["iteration"]
 
 
 class _Plateau:
