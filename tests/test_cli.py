@@ -85,6 +85,17 @@ def _write(tmp_path, name, array):
     return str(path)
 
 
+def _pickled(tmp_path, name):
+    np.save(tmp_path / name, np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    return str(tmp_path / name)
+
+
+def _renamed_npz(tmp_path, name):
+    np.savez(tmp_path / "archive.npz", x=np.ones((3, 12)))
+    (tmp_path / "archive.npz").rename(tmp_path / name)
+    return str(tmp_path / name)
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda d, t: ["--data", _write(t, "nan.npy", np.array([[1.0, np.nan]] * 3))], "NaN/inf"),
     (lambda d, t: ["--data", _write(t, "inf.npy", np.array([[1.0, np.inf]] * 3))], "NaN/inf"),
@@ -98,6 +109,10 @@ def _write(tmp_path, name, array):
     (lambda d, t: ["--data", _write(t, "junk.npy", "not an array")], "cannot read"),
     (lambda d, t: ["--data", _write(t, "text.npy", np.array([["a", "b"]] * 3))], "must hold numbers"),
     (lambda d, t: ["--data", _write(t, "words.csv", "a,b\nc,d\n")], "cannot read"),
+    (lambda d, t: ["--data", _write(t, "ragged.csv", "1,2,3\n4,5\n6,7,8\n")], "number of columns changed"),
+    (lambda d, t: ["--data", _pickled(t, "objects.npy")], "holds Python objects"),
+    (lambda d, t: ["--data", _renamed_npz(t, "archive.npy")], "not a NumPy .npy array file"),
+    (lambda d, t: ["--data", _write(t, "huge.npy", np.full((5, 12), 1e30))], "too large"),
 ])
 def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path, capsys, make_args, message):
     args = ["fit", "--noise-std", "0.5", "--out", str(tmp_path / "never"), *make_args(problem_dir, tmp_path)]
@@ -206,3 +221,30 @@ def test_progress_shows_on_a_non_terminal_only_when_asked(problem_dir, tmp_path,
     assert main([*args, "--out", str(tmp_path / "b"), "--progress"]) == 0
     assert "EM:" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "c"), "--progress", "--quiet"]) == 2
+
+
+def test_csv_with_a_header_line_and_integer_data_are_read(tmp_path):
+    rows = "\n".join(",".join(str((3 * i + j) % 7) for j in range(3)) for i in range(40))
+    (tmp_path / "x.csv").write_text("a,b,c\n" + rows + "\n")
+    assert main(["fit", "--data", str(tmp_path / "x.csv"), "--noise-std", "1", "--method", "naive",
+                 "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (40, 3)
+
+
+def test_fewer_observations_than_dimensions_still_fit(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 6))  # n = 4 < p = 6
+    np.save(tmp_path / "x.npy", x)
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--noise-std", "1", "--method", "vae", "--penalty", "0.1",
+                 "--max-iter", "30", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    for name in ("precision", "posterior_mean", "posterior_std"):
+        assert np.all(np.isfinite(np.load(tmp_path / "fit" / f"{name}.npy")))
+
+
+def test_a_rank_deficient_forward_matrix_warns_and_fits(tmp_path, capsys):
+    a = np.ones((3, 3))  # rank 1
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((50, 3)))
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--forward", str(tmp_path / "a.npy"), "--noise-std", "1",
+                 "--method", "em", "--penalty", "0.1", "--max-iter", "50", "--out", str(tmp_path / "fit")]) == 0
+    assert "has rank 1 < 3" in capsys.readouterr().err
+    assert np.all(np.isfinite(np.load(tmp_path / "fit" / "precision.npy")))

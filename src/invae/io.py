@@ -15,7 +15,8 @@ __all__ = ["load_array", "write_results"]
 
 
 def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
-    """A numeric array from ``.npy`` (no pickles) or ``.csv`` (comma-separated numbers).
+    """A numeric array from ``.npy`` (no pickles) or ``.csv`` (comma-separated numbers, with
+    or without one header line of column names).
 
     Raises ``ValueError`` naming the file and the problem; it does not check shapes or
     values (see :mod:`invae.validation`).
@@ -27,17 +28,47 @@ def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return _load_npy(path)
         if suffix == ".csv":
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")  # numpy warns (not raises) on an empty file
-                return np.loadtxt(path, delimiter=",", ndmin=2)
+            return _load_csv(path)
+    except _Unreadable as problem:
+        raise ValueError(f"cannot read {label}: {str(path)!r} {problem}") from None
     except UserWarning:
         raise ValueError(f"cannot read {label}: the file {str(path)!r} holds no data") from None
     except (OSError, ValueError, EOFError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"cannot read {label} ({str(path)!r}) as a numeric array: {reason}") from None
     raise ValueError(f"cannot read {label}: {str(path)!r} is neither .npy nor .csv")
+
+
+class _Unreadable(Exception):
+    """A file invae will not read; the message completes "cannot read LABEL: 'PATH' ..."."""
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as file:
+        if file.read(6) != b"\x93NUMPY":  # the .npy magic: without it np.load would try a pickle
+            raise _Unreadable("is not a NumPy .npy array file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise _Unreadable("holds Python objects (a pickle), which invae does not load; save plain numbers") \
+                from None
+        raise
+
+
+def _load_csv(path: Path) -> np.ndarray:
+    """Comma-separated numbers; a first line that does not parse as numbers is a header."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (not raises) on an empty file
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError as first:
+            try:
+                return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+            except (ValueError, UserWarning):
+                raise first from None
 
 
 def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict) -> Path:

@@ -9,6 +9,7 @@ with event shape (m,).
 from __future__ import annotations
 
 import abc
+import warnings
 
 import numpy as np
 import torch
@@ -82,8 +83,18 @@ class GaussianLikelihood(Likelihood):
 
 
 def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> GaussianLikelihood:
-    """The linear-Gaussian measurement ``x = A z + σ ε`` with ``A`` of shape (m, p)."""
-    return GaussianLikelihood(LinearOperator(matrix), noise_std)
+    """``x = A z + σ ε`` with A of shape (m, p) and σ a scalar or (m,) per sensor.
+
+    Warns when A's rank is below min(m, p): the data then pin z down only in a subspace
+    and the prior alone decides the rest. The model stays proper, so the fit goes on.
+    """
+    operator = LinearOperator(matrix)
+    rank = int(torch.linalg.matrix_rank(operator.matrix.to(torch.float64)))
+    if rank < min(operator.out_dim, operator.in_dim):
+        warnings.warn(f"the forward matrix A ({operator.out_dim} × {operator.in_dim}) has rank {rank} < "
+                      f"{min(operator.out_dim, operator.in_dim)}: the data determine z only in a {rank}-dimensional "
+                      "subspace, the prior the rest", UserWarning, stacklevel=2)
+    return GaussianLikelihood(operator, noise_std)
 
 
 def _short(t: Tensor) -> str:

@@ -7,6 +7,10 @@ import numpy as np
 
 __all__ = ["check_data", "check_noise_std", "check_penalty"]
 
+# Second moments of the data must stay finite in float32, the variational estimators' default
+# precision: |x| ≤ √(float32 max) / 100 ≈ 1.8e17 leaves room for sums over rows and columns.
+_LARGEST = float(np.sqrt(np.finfo(np.float32).max)) / 100
+
 
 def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
     """``X`` as a finite float64 array of shape (n, m) with n ≥ 2 (and m == ``columns``)."""
@@ -35,6 +39,10 @@ def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
             f"{name} holds {int(bad.sum())} NaN/inf value(s), the first at row {row}, column {col}; "
             "remove or impute them first"
         )
+    largest = float(np.abs(array).max())
+    if largest > _LARGEST:
+        raise ValueError(f"{name} holds values up to {largest:.3g}, too large for second moments in floating "
+                         f"point (limit {_LARGEST:g}); rescale the data (and the noise level) first")
     return array
 
 
