@@ -62,3 +62,15 @@ def test_a_newer_format_version_is_named(problem, tmp_path):
     torch.save(record, path)
     with pytest.raises(ValueError, match="version 99"):
         load_model(path)
+
+
+def test_a_model_whose_weights_do_not_match_is_one_clear_error(problem, tmp_path):
+    fitted = make_estimator("vae", GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), max_iter=5)
+    path = save_model(fitted.fit(problem.X), tmp_path / "model.pt", data_shape=problem.X.shape)
+    record = torch.load(path, weights_only=True)
+    assert record["data_shape"] == [300, 7] and record["invae_version"]
+    key = next(k for k in record["posterior"] if k.endswith("weight"))
+    record["posterior"][key] = torch.zeros(3, 3)  # a weight of the wrong shape
+    torch.save(record, path)
+    with pytest.raises(ValueError, match="does not fit its own settings: .*size mismatch"):
+        load_model(path)

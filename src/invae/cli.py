@@ -127,7 +127,7 @@ def _fit(args: argparse.Namespace) -> None:
     estimator, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
     if settings.save is not None:
-        save_model(estimator, settings.save)
+        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]))
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
         print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "

@@ -30,9 +30,11 @@ FORMAT = "invae-model"
 VERSION = 1
 
 
-def save_model(estimator: EmpiricalBayesEstimator, path: str | Path) -> Path:
+def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
+               data_shape: tuple[int, int] | None = None) -> Path:
     """Write the fitted ``estimator`` (one that :func:`invae.methods.make_estimator` builds)
-    to ``path``, atomically: a failure leaves an existing file as it was."""
+    to ``path``, atomically: a failure leaves an existing file as it was. ``settings`` (plain
+    values) and the (n, m) ``data_shape`` of the fit are recorded with it."""
     estimator._check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
@@ -41,6 +43,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path) -> Path:
     amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
+        "settings": settings or {}, "data_shape": list(data_shape) if data_shape else None,
         "method": method, "preset": getattr(estimator, "preset", "default"),
         "seed": getattr(estimator, "random_state", 0),
         "max_iter": getattr(estimator, "max_iter", None), "tol": getattr(estimator, "tol", None),
@@ -92,6 +95,10 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
         estimator._fitted_data = torch.empty(0, m, dtype=estimator.dtype, device=device)  # no rows: refit factors
         if record["posterior"] is not None:
             module = estimator._build_posterior(n=0, m=m)
-            module.load_state_dict(record["posterior"])
+            try:
+                module.load_state_dict(record["posterior"])
+            except RuntimeError as error:  # missing keys or mismatched shapes
+                reason = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+                raise ValueError(f"the model {str(path)!r} does not fit its own settings: {reason}") from None
             estimator.posterior_ = module.to(device, estimator.dtype)
     return estimator
