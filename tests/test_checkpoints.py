@@ -133,3 +133,18 @@ def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_p
     with pytest.raises(FloatingPointError, match=r"diverged at outer iteration 3 \(the training ELBO is not "
                                                  r"finite\) after 3 rollbacks.*checkpoint: .*checkpoint.pt"):
         _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=1).fit(problem.X)
+
+
+def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
+    # The prior refuses a Λ that is not positive definite: the third Λ-step returns one.
+    original, calls = invae.training._lambda_step, [0]
+
+    def lambda_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            return GaussianGraphicalModel(-torch.eye(5))  # raises ValueError inside
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(invae.training, "_lambda_step", lambda_step)
+    fitted = _vae(problem).fit(problem.X)
+    assert calls[0] == 41 and np.all(np.linalg.eigvalsh(fitted.precision_) > 0)  # 40 + the retried one

@@ -147,13 +147,13 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
                 change = 0.0
                 if update_prior:
                     with torch.no_grad():
-                        new = _lambda_step(prior, posterior, x, batch, settings, lambda_seed)
+                        new = _checked_lambda_step(prior, posterior, x, batch, settings, lambda_seed)
                     change = new.relative_change(prior)
                     prior = new
                 value = _fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood)
                 if not math.isfinite(value):
                     raise _Diverged("the evaluation ELBO is not finite")
-            except (_Diverged, FloatingPointError, ValueError) as error:
+            except (_Diverged, FloatingPointError) as error:
                 rollbacks += 1
                 where = checkpoint.path if checkpoint is not None and checkpoint.path.is_file() else None
                 if rollbacks > _MAX_ROLLBACKS:
@@ -207,6 +207,14 @@ def _adam_steps(x, posterior, prior, likelihood, optimizer, settings, batch) -> 
     if not all(bool(torch.isfinite(weight).all()) for weight in posterior.parameters()):
         raise _Diverged("a posterior weight is not finite")
     return train_elbo
+
+
+def _checked_lambda_step(prior, posterior, x, batch, settings, seed) -> Prior:
+    """The Λ-step; an invalid Λ (not finite, not positive definite) raises _Diverged."""
+    try:
+        return _lambda_step(prior, posterior, x, batch, settings, seed)
+    except ValueError as error:  # the prior refuses the parameters it was given
+        raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
 
 
 def _capture(posterior, optimizer, plateau, prior, history, iteration) -> dict:
