@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from torch.distributions import MultivariateNormal, kl_divergence
 
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
@@ -164,3 +165,13 @@ def test_mean_field_fits_new_factors_for_new_data(problem):
 def test_bad_input_raises_value_error_naming_it(problem, kwargs, X, message):
     with pytest.raises(ValueError, match=message):
         VariationalEB(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), **kwargs).fit(X)
+
+
+def test_elbo_is_repeatable_whatever_the_global_stream():
+    problem = simulate_problem(p=4, n=200, graph="chain", noise_std=0.5, seed=0)
+    fitted = VariationalEB(GaussianGraphicalModel(dim=4), linear_gaussian(problem.A, 0.5), max_iter=3)
+    with pytest.warns(ConvergenceWarning):
+        fitted.fit(problem.X)
+    first = fitted.elbo(problem.X, n_samples=5)
+    torch.rand(7)  # move the global stream
+    assert fitted.elbo(problem.X, n_samples=5) == first

@@ -234,11 +234,13 @@ class VariationalEB(EmpiricalBayesEstimator):
 
         Each observation's ELBO is averaged over ``n_samples`` draws; the standard error is
         that of the mean over observations (sd / √n), which includes the Monte Carlo noise.
+        The draws are seeded by ``random_state``: the same call gives the same answer.
         """
         self._check_fitted()
         x = self._tensor(X)
-        values = torch.cat([elbo_values(x[rows], q, self.prior_, self.likelihood_, n_samples)
-                            for rows, q in self._chunks(x)]).to(torch.float64)
+        with seeded(self.random_state, x.device):
+            values = torch.cat([elbo_values(x[rows], q, self.prior_, self.likelihood_, n_samples)
+                                for rows, q in self._chunks(x)]).to(torch.float64)
         return float(values.mean()), float(values.std() / math.sqrt(len(values)))
 
     def score(self, X) -> float:
