@@ -173,16 +173,16 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
                 callback(iteration, prior)
             plateau.step(history["elbo"][-1])
             good = _capture(posterior, optimizer, plateau, prior, history, iteration)
-            if checkpoint is not None and checkpoint.due(iteration):
-                checkpoint.save({**good, "eval_index": eval_index.cpu(), "seeds": [eval_seed, lambda_seed]},
-                                identity or {})
-                if checkpoint.received is not None:
-                    raise FitInterrupted(checkpoint.received, iteration, checkpoint.path)
             bar.update()
             bar.set_postfix(elbo=f"{history['elbo'][-1]:.4f}", dLambda=f"{change:.1e}")
             recent_change = max(history["precision_change"][-settings.window:])
-            if plateau.since_best >= settings.window and recent_change < settings.tol:
-                converged = True
+            converged = plateau.since_best >= settings.window and recent_change < settings.tol
+            if checkpoint is not None and checkpoint.due(iteration):
+                checkpoint.save({**good, "eval_index": eval_index.cpu(), "seeds": [eval_seed, lambda_seed]},
+                                identity or {})
+                if checkpoint.received is not None and not converged:  # a finished fit just finishes
+                    raise FitInterrupted(checkpoint.received, iteration, checkpoint.path)
+            if converged:
                 break
     return prior, history, iteration, converged
 
