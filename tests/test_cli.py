@@ -248,3 +248,39 @@ def test_a_rank_deficient_forward_matrix_warns_and_fits(tmp_path, capsys):
                  "--method", "em", "--penalty", "0.1", "--max-iter", "50", "--out", str(tmp_path / "fit")]) == 0
     assert "has rank 1 < 3" in capsys.readouterr().err
     assert np.all(np.isfinite(np.load(tmp_path / "fit" / "precision.npy")))
+
+
+_SENSOR = """import torch
+
+A = torch.linspace(-1, 1, 15, dtype=torch.float64).reshape(5, 3)
+
+
+def sensor(z):
+    return torch.tanh(z @ A.to(z).mT)
+"""
+
+
+def test_a_forward_function_from_a_file(tmp_path):
+    (tmp_path / "sensor.py").write_text(_SENSOR)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(-0.9, 0.9, (60, 5)))
+    args = ["fit", "--data", str(tmp_path / "x.npy"), "--forward", f"{tmp_path / 'sensor.py'}:sensor",
+            "--noise-std", "0.3", "--quiet"]
+    assert main([*args, "--latent-dim", "3", "--max-iter", "5", "--out", str(tmp_path / "fit")]) == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (60, 3)
+    assert "elbo_per_obs" in summary and "log_likelihood_per_obs" not in summary  # no exact evidence here
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "needs --latent-dim"),
+    (["--latent-dim", "3", "--method", "naive"], "needs a linear forward matrix"),
+    (["--latent-dim", "3", "--method", "em"], "linear-Gaussian"),
+    (["--latent-dim", "4"], "fails on z of shape (1, 4)"),  # the function's A has 3 columns
+])
+def test_forward_function_errors_are_one_line(tmp_path, capsys, extra, message):
+    (tmp_path / "sensor.py").write_text(_SENSOR)
+    np.save(tmp_path / "x.npy", np.zeros((10, 5)))
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--forward", f"{tmp_path / 'sensor.py'}:sensor",
+                 "--noise-std", "0.3", "--out", str(tmp_path / "never"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -5,11 +5,11 @@ __version__ = "0.1.0"  # first: modules imported below record it
 from .baselines import Naive, complete_data_floor, rank_matching
 from .em import EM
 from .estimator import VariationalEB
-from .forward import ForwardOperator, LinearOperator
+from .forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
 from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
 from .priors import GaussianGraphicalModel, Prior
 from .simulate import Problem, simulate_problem
 
-__all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "LinearOperator",
+__all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "FunctionOperator", "LinearOperator", "saturating",
            "GaussianLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
            "Problem", "simulate_problem"]

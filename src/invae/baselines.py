@@ -15,6 +15,7 @@ from scipy.stats import norm
 from torch import Tensor
 
 from .base import EmpiricalBayesEstimator
+from .forward import LinearOperator
 from .priors import Prior
 
 __all__ = ["Naive", "rank_matching", "complete_data_floor"]
@@ -30,6 +31,8 @@ class Naive(EmpiricalBayesEstimator):
     """
 
     def fit(self, X) -> Naive:
+        if not isinstance(self.likelihood.forward, LinearOperator):
+            raise ValueError("the naive method needs a linear forward matrix A (it computes A⁺x)")
         x = self._tensor(X)
         prior, likelihood = self._models()
         self.likelihood_ = likelihood

@@ -79,7 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
                               epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
                               argument_default=None)
     fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations")
-    fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity)")
+    fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
+                     "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
+    fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
     fit.add_argument("--noise-std", type=float, help="known noise standard deviation σ > 0")
     fit.add_argument("--prior", choices=PRIORS, help="prior family (default: ggm)")
     fit.add_argument("--penalty", type=_penalty,
@@ -130,8 +132,10 @@ def _fit(args: argparse.Namespace) -> None:
         save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]))
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
+        evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
+                    else f"ELBO/n = {summary['elbo_per_obs']:.4f}")
         print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "
-              f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}; results in {folder}/")
+              f"{evidence}; results in {folder}/")
 
 
 def _simulate(args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
 """Known forward operators ``G: R^p → R^m`` of the measurement model ``x = G(z) + noise``.
 
 Every operator maps a batch ``z`` of shape (..., p) to (..., m). The linear one also has
-its matrix, adjoint and pseudo-inverse, which the exact references and baselines use;
-later operators (nonlinear sensors, convolutions) implement only ``__call__``.
+its matrix, adjoint and pseudo-inverse, which the exact references and baselines use
+(a blur is linear: :meth:`LinearOperator.blur`); a nonlinear one (:class:`FunctionOperator`,
+e.g. the saturating sensor :func:`saturating`) implements only ``__call__``, which is all
+the variational estimators need.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ForwardOperator", "LinearOperator"]
+__all__ = ["ForwardOperator", "LinearOperator", "FunctionOperator", "saturating"]
 
 
 class ForwardOperator(abc.ABC):
@@ -47,6 +49,16 @@ class LinearOperator(ForwardOperator):
     def identity(cls, p: int, dtype: torch.dtype = torch.float64) -> LinearOperator:
         return cls(torch.eye(p, dtype=dtype))
 
+    @classmethod
+    def blur(cls, p: int, width: float) -> LinearOperator:
+        """A 1-D Gaussian blur of a length-p signal, ``(Az)_i = Σ_j k(i − j) z_j`` with
+        ``k(d) ∝ exp(−d²/(2 width²))`` normalised over each row (zero outside the signal)."""
+        if not width > 0:
+            raise ValueError(f"the blur width must be > 0, got {width!r}")
+        offsets = torch.arange(p, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * ((offsets[:, None] - offsets[None, :]) / width) ** 2)
+        return cls(kernel / kernel.sum(1, keepdim=True))
+
     def __repr__(self) -> str:
         return f"LinearOperator(m={self.out_dim}, p={self.in_dim})"
 
@@ -63,3 +75,64 @@ class LinearOperator(ForwardOperator):
 
     def to(self, device=None, dtype=None) -> LinearOperator:
         return LinearOperator(self.matrix.to(device=device, dtype=dtype))
+
+
+class FunctionOperator(ForwardOperator):
+    """``G(z) = function(z)`` for any differentiable torch function or ``nn.Module``.
+
+    ``function`` maps (..., p) to (..., m); m is read off one call on zeros (1, p). Every
+    call is checked: a result of the wrong shape is a ``ValueError``; a non-finite one a
+    ``FloatingPointError`` (during training, a divergence that is rolled back).
+    """
+
+    def __init__(self, function, in_dim: int, *, name: str | None = None):
+        if not callable(function):
+            raise ValueError(f"the forward function must be callable, got {type(function).__name__}")
+        if not (isinstance(in_dim, int) and in_dim >= 1):
+            raise ValueError(f"the latent dimension p must be an integer >= 1, got {in_dim!r}")
+        self.function, self.in_dim = function, in_dim
+        self.name = name or getattr(function, "__name__", type(function).__name__)
+        self.out_dim = -1  # unknown until the probe below
+        probe = self._checked(torch.zeros(1, in_dim, dtype=torch.float64), probe=True)
+        self.out_dim = probe.shape[-1]
+
+    def __repr__(self) -> str:
+        return f"FunctionOperator({self.name}, m={self.out_dim}, p={self.in_dim})"
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self._checked(z)
+
+    def _checked(self, z: Tensor, probe: bool = False) -> Tensor:
+        if probe:  # the first call: a user's function that fails here fails for p itself
+            try:
+                out = self.function(z)
+            except Exception as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ValueError(f"the forward function {self.name} fails on z of shape {tuple(z.shape)} "
+                                 f"(p = {self.in_dim}): {reason}") from None
+        else:
+            out = self.function(z)
+        if not isinstance(out, Tensor):
+            raise ValueError(f"the forward function {self.name} must return a tensor, got {type(out).__name__}")
+        expected = (*z.shape[:-1], out.shape[-1] if probe else self.out_dim)
+        if out.ndim != z.ndim or tuple(out.shape) != expected:
+            raise ValueError(f"the forward function {self.name} maps z of shape {tuple(z.shape)} to "
+                             f"{tuple(out.shape)}; expected {expected} (it must keep the leading dimensions)")
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"the forward function {self.name} returned non-finite values")
+        return out
+
+    def to(self, device=None, dtype=None) -> FunctionOperator:
+        if isinstance(self.function, torch.nn.Module):
+            self.function.to(device=device, dtype=dtype)
+        return self
+
+
+def saturating(matrix: Tensor | np.ndarray) -> FunctionOperator:
+    """The saturating sensor ``G(z) = tanh(A z)`` for A (m, p): linear for small signals, clipped at ±1."""
+    linear = LinearOperator(matrix)
+
+    def tanh_of_linear(z: Tensor) -> Tensor:
+        return torch.tanh(z @ linear.matrix.to(z).mT)
+
+    return FunctionOperator(tanh_of_linear, linear.in_dim, name="tanh(A z)")

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .base import EmpiricalBayesEstimator, progress_disabled
 from .exact import exact_posterior, has_exact_evidence, marginal_log_likelihood
+from .forward import LinearOperator
 from .likelihoods import Likelihood
 from .priors import Prior
 from .validation import check_data
@@ -79,9 +80,12 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
     if has_exact_evidence(prior, likelihood):
         mean, cov = exact_posterior(x, prior, likelihood)
         s = (cov + mean.mT @ mean / len(mean)).numpy()
-    else:
+    elif isinstance(likelihood.forward, LinearOperator):
         z = likelihood.forward.pinv(x)
         s = (z.mT @ z / len(z)).numpy()
+    else:
+        raise ValueError("the default penalty grid needs a linear forward matrix; give the penalties (alphas) "
+                         "or a fixed --penalty")
     largest = np.abs(s - np.diag(np.diag(s))).max()
     if not largest > 0:
         raise ValueError("the data show no dependence between coordinates: every penalty gives a diagonal Λ̂")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import time
 from pathlib import Path
 
@@ -11,9 +13,10 @@ import torch
 from . import __version__
 from .base import EmpiricalBayesEstimator
 from .estimator import VariationalEB
-from .exact import marginal_log_likelihood
+from .exact import has_exact_evidence, marginal_log_likelihood
+from .forward import FunctionOperator
 from .io import load_array
-from .likelihoods import Likelihood, linear_gaussian
+from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
 from .methods import make_estimator, method_name
 from .penalty import select_penalty
 from .persistence import load_model
@@ -25,19 +28,45 @@ __all__ = ["load_problem", "run_fit", "run_predict"]
 
 def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
     """Data X (n, m), the prior template and the likelihood that ``settings`` describe."""
-    if settings.forward is not None:
+    function = _FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
+    if function is not None:
+        if settings.latent_dim is None:
+            raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
+        operator = FunctionOperator(_load_function(*function.groups()), settings.latent_dim,
+                                    name=str(settings.forward))
+        likelihood = GaussianLikelihood(operator, settings.noise_std)
+    elif settings.forward is not None:
         a = load_array(settings.forward, name="the forward matrix (--forward)")
         if a.ndim != 2:
             raise ValueError(f"the forward matrix (--forward) must be 2-D (m, p), got shape {a.shape}")
-        a = check_data(a, name="the forward matrix (--forward)")
+        likelihood = linear_gaussian(check_data(a, name="the forward matrix (--forward)"), settings.noise_std)
     x = load_array(settings.data, name="the data (--data)")
     if settings.forward is None:
-        a = np.eye(x.shape[1] if x.ndim == 2 else 1)
-    x = check_data(x, name="the data (--data)", columns=a.shape[0])
-    likelihood = linear_gaussian(a, settings.noise_std)
+        likelihood = linear_gaussian(np.eye(x.shape[1] if x.ndim == 2 else 1), settings.noise_std)
+    if function is None and settings.latent_dim not in (None, likelihood.forward.in_dim):
+        raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
+                         f"{likelihood.forward.in_dim} columns (it is for a forward function)")
+    x = check_data(x, name="the data (--data)", columns=likelihood.forward.out_dim)
     alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
-    prior = GaussianGraphicalModel(dim=a.shape[1], alpha=alpha)
+    prior = GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=alpha)
     return x, prior, likelihood
+
+
+# --forward module.py:function — the user's own code, imported and run as a plugin would be.
+_FUNCTION_SPEC = re.compile(r"(.+\.py):([A-Za-z_]\w*)")
+
+
+def _load_function(file: str, name: str):
+    """The attribute ``name`` of the Python file ``file`` (imported: it runs that file)."""
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"cannot read the forward function: no such file {file!r}")
+    spec = importlib.util.spec_from_file_location(f"invae_forward_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, name):
+        raise ValueError(f"{file!r} defines no {name!r} (--forward FILE.py:FUNCTION)")
+    return getattr(module, name)
 
 
 def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:
@@ -56,20 +85,21 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     seconds = time.perf_counter() - start
     mean, std = estimator.posterior(x)
     arrays = {"precision": estimator.precision_, "posterior_mean": mean, "posterior_std": std}
-    x_t = torch.as_tensor(x, dtype=torch.float64)
-    log_lik = marginal_log_likelihood(x_t, estimator.prior_.to("cpu", torch.float64),
-                                      likelihood.to("cpu", torch.float64))
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
         "n": x.shape[0], "m": x.shape[1], "p": prior.dim,
         "penalty": estimator.prior_.alpha,
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
-        "log_likelihood_per_obs": float(log_lik.mean()),
-        "penalized_log_likelihood_per_obs": float(log_lik.mean()) - estimator.prior_.penalty(),
         "edges": int(np.count_nonzero(np.triu(estimator.precision_, k=1))),
         "fit_seconds": seconds,
     }
+    if has_exact_evidence(estimator.prior_, estimator.likelihood_):
+        log_lik = float(marginal_log_likelihood(torch.as_tensor(x, dtype=torch.float64),
+                                                estimator.prior_.to("cpu", torch.float64),
+                                                likelihood.to("cpu", torch.float64)).mean())
+        summary["log_likelihood_per_obs"] = log_lik
+        summary["penalized_log_likelihood_per_obs"] = log_lik - estimator.prior_.penalty()
     if estimator.history_:
         summary["history"] = _history(estimator)
     if path is not None:

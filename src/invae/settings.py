@@ -31,6 +31,7 @@ class FitSettings:
     noise_std: float
     out: Path = Path("invae-out")
     forward: Path | None = None
+    latent_dim: int | None = None
     prior: str = "ggm"
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
