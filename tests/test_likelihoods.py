@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm
+from scipy.stats import bernoulli, norm, poisson
+from scipy.stats import t as student_t
 
-from invae.likelihoods import linear_gaussian
+from invae import GaussianGraphicalModel, VariationalEB, simulate_problem
+from invae.forward import LinearOperator
+from invae.likelihoods import BernoulliLikelihood, PoissonLikelihood, StudentTLikelihood, linear_gaussian
 
 
 def test_log_prob_matches_scipy(rng):
@@ -43,3 +46,53 @@ def test_samples_have_the_noise_level(generator):
 def test_bad_noise_level_is_refused(sigma):
     with pytest.raises(ValueError, match="noise standard deviation"):
         linear_gaussian(np.eye(2), sigma)
+
+
+def _linear(a):
+    return LinearOperator(a)
+
+
+@pytest.mark.parametrize("make, data, scipy_logpdf", [
+    (lambda a: PoissonLikelihood(_linear(a)), lambda r: r.poisson(2.0, (5, 3)).astype(float),
+     lambda eta, x: poisson(np.exp(eta)).logpmf(x)),
+    (lambda a: BernoulliLikelihood(_linear(a)), lambda r: r.integers(0, 2, (5, 3)).astype(float),
+     lambda eta, x: bernoulli(1 / (1 + np.exp(-eta))).logpmf(x)),
+    (lambda a: StudentTLikelihood(_linear(a), df=3.5, scale=0.7), lambda r: r.standard_normal((5, 3)),
+     lambda eta, x: student_t(3.5, loc=eta, scale=0.7).logpdf(x)),
+])
+def test_noise_models_match_scipy(rng, make, data, scipy_logpdf):
+    a = rng.standard_normal((3, 2))
+    z, x = rng.standard_normal((5, 2)), data(rng)
+    expected = scipy_logpdf(z @ a.T, x).sum(-1)
+    got = make(a).log_prob(torch.as_tensor(x), torch.as_tensor(z)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_poisson_samples_have_the_rate(generator):
+    lik = PoissonLikelihood(LinearOperator.identity(2))
+    n = 100_000
+    x = lik.sample(torch.full((n, 2), np.log(3.0)), generator)
+    # the mean of Poisson(3) draws has SE √(3/n); five standard errors
+    assert torch.all((x.mean(0) - 3.0).abs() < 5 * (3.0 / n) ** 0.5)
+    assert torch.equal(x, x.round())
+
+
+def test_student_t_needs_positive_parameters():
+    with pytest.raises(ValueError, match="df > 0"):
+        StudentTLikelihood(LinearOperator.identity(2), df=0.0, scale=1.0)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_poisson_counts_fit_with_a_flow_posterior():
+    # Fixed seeds. Measured: the iaf posterior means correlate 0.77–0.78 with the true z per
+    # coordinate, against 0.68–0.71 for the naive log(x + ½); the check asks iaf's worst to beat
+    # naive's best. (In float32 this fit diverged, even after rollbacks: see issue 8.)
+    problem = simulate_problem(p=3, n=600, graph="chain", forward="identity", noise_std=1.0, seed=0)
+    likelihood = PoissonLikelihood(LinearOperator(np.eye(3)))
+    x = likelihood.sample(torch.as_tensor(problem.Z), torch.Generator().manual_seed(1)).numpy()
+    fit = VariationalEB(GaussianGraphicalModel(dim=3, alpha=0.02), likelihood, family="iaf", max_iter=80,
+                        hidden=(16,), dtype=torch.float64).fit(x)
+    mean = fit.transform(x)
+    flow = [np.corrcoef(mean[:, j], problem.Z[:, j])[0, 1] for j in range(3)]
+    naive = [np.corrcoef(np.log(x[:, j] + 0.5), problem.Z[:, j])[0, 1] for j in range(3)]
+    assert min(flow) > max(naive)

@@ -6,10 +6,11 @@ from .baselines import Naive, complete_data_floor, rank_matching
 from .em import EM
 from .estimator import VariationalEB
 from .forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
-from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
+from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
+                          StudentTLikelihood, linear_gaussian)
 from .priors import GaussianGraphicalModel, Prior
 from .simulate import Problem, simulate_problem
 
 __all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "FunctionOperator", "LinearOperator", "saturating",
-           "GaussianLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
+           "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
            "Problem", "simulate_problem"]

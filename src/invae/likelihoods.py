@@ -9,16 +9,18 @@ with event shape (m,).
 from __future__ import annotations
 
 import abc
+import copy
 import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, Poisson, StudentT
 
 from .forward import ForwardOperator, LinearOperator
 
-__all__ = ["Likelihood", "GaussianLikelihood", "linear_gaussian"]
+__all__ = ["Likelihood", "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood",
+           "linear_gaussian"]
 
 
 class Likelihood(abc.ABC):
@@ -80,6 +82,66 @@ class GaussianLikelihood(Likelihood):
 
     def to(self, device=None, dtype=None) -> GaussianLikelihood:
         return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
+
+
+class _PointwiseLikelihood(Likelihood):
+    """``x_j`` independent given ``η = G(z)``, each from ``law(η_j)``: batch (...), event (m,)."""
+
+    def __init__(self, forward: ForwardOperator):
+        self.forward = forward
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.forward!r})"
+
+    @abc.abstractmethod
+    def _law(self, eta: Tensor) -> Distribution:
+        """The law of each ``x_j`` given ``η_j``, batch shape of ``eta``."""
+
+    def distribution(self, z: Tensor) -> Distribution:
+        return Independent(self._law(self.forward(z)), 1, validate_args=False)
+
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draws with torch's samplers, seeded from ``generator`` when one is given."""
+        law = self._law(self.forward(z))
+        if generator is None:
+            return law.sample()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            return law.sample()
+
+    def to(self, device=None, dtype=None) -> _PointwiseLikelihood:
+        moved = copy.copy(self)
+        moved.forward = self.forward.to(device, dtype)
+        return moved
+
+
+class PoissonLikelihood(_PointwiseLikelihood):
+    """Counts ``x_j ~ Poisson(exp(η_j))``, ``η = G(z)`` (log link):
+    ``log p(x | z) = Σ_j (x_j η_j − exp(η_j) − log x_j!)``."""
+
+    def _law(self, eta: Tensor) -> Distribution:
+        return Poisson(rate=eta.exp(), validate_args=False)
+
+
+class BernoulliLikelihood(_PointwiseLikelihood):
+    """Binary ``x_j ~ Bernoulli(sigmoid(η_j))``, ``η = G(z)`` (logistic link):
+    ``log p(x | z) = Σ_j (x_j η_j − log(1 + exp(η_j)))``."""
+
+    def _law(self, eta: Tensor) -> Distribution:
+        return Bernoulli(logits=eta, validate_args=False)
+
+
+class StudentTLikelihood(_PointwiseLikelihood):
+    """Heavy-tailed noise ``x = G(z) + s·t_ν``: ``x_j ~ StudentT(ν, loc=η_j, scale=s)``."""
+
+    def __init__(self, forward: ForwardOperator, df: float, scale: float):
+        if not (df > 0 and scale > 0 and np.isfinite(df) and np.isfinite(scale)):
+            raise ValueError(f"Student-t noise needs df > 0 and scale > 0, got df={df!r}, scale={scale!r}")
+        super().__init__(forward)
+        self.df, self.scale = float(df), float(scale)
+
+    def _law(self, eta: Tensor) -> Distribution:
+        return StudentT(self.df, loc=eta, scale=self.scale, validate_args=False)
 
 
 def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> GaussianLikelihood:
