@@ -13,7 +13,7 @@ import torch
 
 from .base import EmpiricalBayesEstimator
 from .baselines import complete_data_floor, rank_matching
-from .exact import exact_posterior, marginal_log_likelihood
+from .exact import exact_posterior, mean_log_likelihood
 from .likelihoods import linear_gaussian
 from .metrics import coverage, edge_scores, relative_frobenius_error, signal_mse, stein_loss
 from .priors import GaussianGraphicalModel
@@ -45,9 +45,8 @@ def _precision_metrics(estimate: np.ndarray, problem: Problem) -> dict:
 
 def log_likelihood(problem: Problem, precision: np.ndarray) -> float:
     """Mean exact ``log p(x_i; Λ)`` over the problem's observations, for Λ (p, p)."""
-    likelihood = linear_gaussian(problem.A, problem.noise_std)
-    x = torch.as_tensor(problem.X)
-    return float(marginal_log_likelihood(x, GaussianGraphicalModel(precision), likelihood).mean())
+    return mean_log_likelihood(problem.X, GaussianGraphicalModel(precision),
+                               linear_gaussian(problem.A, problem.noise_std))
 
 
 def reference_rows(problem: Problem, alpha: float) -> tuple[list[dict], float]:

@@ -19,7 +19,8 @@ from torch import Tensor
 from .likelihoods import GaussianLikelihood
 from .priors import GaussianGraphicalModel
 
-__all__ = ["exact_posterior", "marginal_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
+__all__ = ["exact_posterior", "marginal_log_likelihood", "mean_log_likelihood", "penalized_log_likelihood",
+           "has_exact_evidence"]
 
 
 def has_exact_evidence(prior, likelihood) -> bool:
@@ -66,6 +67,13 @@ def marginal_log_likelihood(x: Tensor, prior: GaussianGraphicalModel,
     white = torch.linalg.solve_triangular(chol, x.mT, upper=False)  # (m, n)
     logdet = 2 * torch.log(torch.diagonal(chol)).sum()
     return -0.5 * (white**2).sum(0) - 0.5 * logdet - 0.5 * a.shape[0] * math.log(2 * math.pi)
+
+
+def mean_log_likelihood(x, prior: GaussianGraphicalModel, likelihood: GaussianLikelihood) -> float:
+    """Mean ``log p(x_i; Λ)`` over the rows of x (n, m), array or tensor, in float64 on the CPU."""
+    x = torch.as_tensor(x, dtype=torch.float64, device="cpu")
+    return float(marginal_log_likelihood(x, prior.to("cpu", torch.float64),
+                                         likelihood.to("cpu", torch.float64)).mean())
 
 
 def penalized_log_likelihood(x: Tensor, prior: GaussianGraphicalModel,

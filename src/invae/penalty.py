@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .base import EmpiricalBayesEstimator, progress_disabled
-from .exact import exact_posterior, has_exact_evidence, marginal_log_likelihood
+from .exact import exact_posterior, has_exact_evidence, mean_log_likelihood
 from .forward import LinearOperator
 from .likelihoods import Likelihood
 from .priors import Prior
@@ -171,7 +171,5 @@ def _split(x: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.nda
 def _mean_log_likelihood(estimator: EmpiricalBayesEstimator, x: np.ndarray) -> float:
     """Mean ``log p(x_i; Λ̂)`` where exact (linear-Gaussian), else the mean ELBO."""
     if has_exact_evidence(estimator.prior_, estimator.likelihood_):
-        x_t = torch.as_tensor(x, dtype=torch.float64)
-        prior, likelihood = estimator.prior_.to("cpu", torch.float64), estimator.likelihood_.to("cpu", torch.float64)
-        return float(marginal_log_likelihood(x_t, prior, likelihood).mean())
+        return mean_log_likelihood(x, estimator.prior_, estimator.likelihood_)
     return estimator.score(x)

@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
 from .base import EmpiricalBayesEstimator
 from .estimator import VariationalEB
-from .exact import has_exact_evidence, marginal_log_likelihood
+from .exact import has_exact_evidence, mean_log_likelihood
 from .forward import FunctionOperator
 from .io import load_array
 from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
@@ -95,9 +94,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "fit_seconds": seconds,
     }
     if has_exact_evidence(estimator.prior_, estimator.likelihood_):
-        log_lik = float(marginal_log_likelihood(torch.as_tensor(x, dtype=torch.float64),
-                                                estimator.prior_.to("cpu", torch.float64),
-                                                likelihood.to("cpu", torch.float64)).mean())
+        log_lik = mean_log_likelihood(x, estimator.prior_, likelihood)
         summary["log_likelihood_per_obs"] = log_lik
         summary["penalized_log_likelihood_per_obs"] = log_lik - estimator.prior_.penalty()
     if estimator.history_:
