@@ -8,9 +8,10 @@ from .estimator import VariationalEB
 from .forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
 from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
                           StudentTLikelihood, linear_gaussian)
+from .mixture import GaussianMixture
 from .priors import GaussianGraphicalModel, Prior
 from .simulate import Problem, simulate_problem
 
 __all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "FunctionOperator", "LinearOperator", "saturating",
-           "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "Prior",
+           "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "GaussianMixture", "Prior",
            "Problem", "simulate_problem"]

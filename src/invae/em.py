@@ -7,6 +7,11 @@ Each iteration cannot decrease the penalised marginal log-likelihood
 ``(1/n) Σ_i log p(x_i; Λ) − (α/2) ‖Λ‖_{1,off}``: this is the estimate the variational
 estimators chase. It stops when that objective rises by less than ``tol`` (relative).
 
+Gaussian-mixture prior (:class:`~invae.mixture.GaussianMixture`): the E-step is the exact
+mixture posterior (responsibilities and per-component Gaussian posteriors, :mod:`invae.exact`)
+and the M-step :meth:`~invae.mixture.GaussianMixture.m_step_weighted`; EM over (z, c) ascends
+the same objective with the penalty ``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
+
 ``mean_field=True`` restricts the E-step to diagonal Gaussians, the family of the ``vae``
 and ``mean-field`` methods. For a Gaussian posterior N(μ, P⁻¹) the best such q has the
 exact means μ and variances 1/P_jj, so this is the exact optimum of the diagonal family
@@ -25,7 +30,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .base import EmpiricalBayesEstimator, progress_disabled
-from .exact import exact_posterior, penalized_log_likelihood
+from .exact import exact_posterior, mixture_posterior, penalized_log_likelihood
+from .mixture import GaussianMixture
 
 __all__ = ["EM"]
 
@@ -35,8 +41,8 @@ class EM(EmpiricalBayesEstimator):
 
     Parameters
     ----------
-    prior : GaussianGraphicalModel
-        Start value of Λ and the penalty α.
+    prior : GaussianGraphicalModel or GaussianMixture
+        Start value of the parameters and the penalty α.
     likelihood : GaussianLikelihood
         Linear-Gaussian measurement ``x = A z + σ ε``.
     max_iter : int
@@ -82,8 +88,21 @@ class EM(EmpiricalBayesEstimator):
         kl = 0.5 * float(torch.log(diag).sum() + torch.logdet(cov))
         return mean, 1 / diag, kl
 
+    def _m_step(self, x: Tensor, prior, likelihood):
+        """One EM iteration: the prior that maximises the expected complete-data objective."""
+        if isinstance(prior, GaussianMixture):
+            if self.mean_field:
+                raise ValueError("mean_field applies to the Gaussian graphical prior, not to a mixture")
+            post = mixture_posterior(x, prior, likelihood)
+            return prior.m_step_weighted(post.responsibilities, post.means, post.cov)
+        mean, cov, _ = self._e_step(x, prior, likelihood)
+        if self.mean_field:
+            return prior.m_step_gaussian(mean, var=cov.expand_as(mean))
+        return prior.m_step_gaussian(mean, cov)
+
     def _objective(self, x: Tensor, prior, likelihood) -> float:
-        return penalized_log_likelihood(x, prior, likelihood) - self._e_step(x, prior, likelihood)[2]
+        kl = self._e_step(x, prior, likelihood)[2] if self.mean_field else 0.0
+        return penalized_log_likelihood(x, prior, likelihood) - kl
 
     def fit(self, X) -> EM:
         x = self._tensor(X)
@@ -95,11 +114,7 @@ class EM(EmpiricalBayesEstimator):
         with tqdm(total=self.max_iter, desc="EM", disable=progress_disabled(self.verbose),
                   leave=False) as bar:
             for _ in range(self.max_iter):
-                mean, cov, _ = self._e_step(x, prior, likelihood)
-                if self.mean_field:
-                    prior = prior.m_step_gaussian(mean, var=cov.expand_as(mean))
-                else:
-                    prior = prior.m_step_gaussian(mean, cov)
+                prior = self._m_step(x, prior, likelihood)
                 objective.append(self._objective(x, prior, likelihood))
                 elapsed.append(time.perf_counter() - start)
                 if self.callback is not None:
@@ -120,6 +135,9 @@ class EM(EmpiricalBayesEstimator):
         return self
 
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(self.prior_, GaussianMixture):
+            post = mixture_posterior(x, self.prior_, self.likelihood_)
+            return post.mean, post.variance.sqrt()
         mean, cov, _ = self._e_step(x, self.prior_, self.likelihood_)
         variance = cov if self.mean_field else torch.diagonal(cov)
         return mean, variance.sqrt().expand_as(mean)

@@ -7,34 +7,45 @@ value per sensor). Then, for every observation,
     x ~ N(0, A Λ⁻¹ Aᵀ + D)             (the marginal, so log p(x; Λ) is exact).
 
 With the true Λ the posterior mean is the Bayes oracle, the floor for signal MSE.
+
+Gaussian-mixture prior ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` (:class:`~invae.mixture.GaussianMixture`):
+the posterior is a mixture of the components' Gaussian posteriors,
+
+    p(c = k | x) ∝ π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D),      V_k = (Λ_k + Aᵀ D⁻¹ A)⁻¹,
+    z | x, c = k ~ N(m_k(x), V_k),   m_k(x) = V_k (Λ_k μ_k + Aᵀ D⁻¹ x),
+
+and ``log p(x) = log Σ_k π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D)``: exact EM is tractable.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .likelihoods import GaussianLikelihood
+from .mixture import GaussianMixture
 from .priors import GaussianGraphicalModel
 
-__all__ = ["exact_posterior", "marginal_log_likelihood", "mean_log_likelihood", "penalized_log_likelihood",
-           "has_exact_evidence"]
+__all__ = ["exact_posterior", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
+           "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
 
 
 def has_exact_evidence(prior, likelihood) -> bool:
-    """Whether this module applies: a Gaussian graphical prior and a linear-Gaussian likelihood."""
-    return (isinstance(prior, GaussianGraphicalModel) and isinstance(likelihood, GaussianLikelihood)
-            and likelihood.is_linear)
+    """Whether this module applies: a Gaussian graphical or Gaussian-mixture prior and a
+    linear-Gaussian likelihood."""
+    return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
+            and isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear)
 
 
 def _linear_gaussian_parts(prior, likelihood, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(Λ (p, p), A (m, p), σ² as a vector (m,)) in ``like``'s dtype and device."""
+    """(Λ (p, p) or the Λ_k (K, p, p), A (m, p), σ² as a vector (m,)) in ``like``'s dtype and device."""
     if not has_exact_evidence(prior, likelihood):
         raise ValueError(
-            "the exact references need a Gaussian graphical prior and a linear-Gaussian "
-            f"likelihood, got {prior!r} and {likelihood!r}"
+            "the exact references need a Gaussian graphical or Gaussian-mixture prior and a "
+            f"linear-Gaussian likelihood, got {prior!r} and {likelihood!r}"
         )
     a = likelihood.forward.matrix.to(like)
     m = a.shape[0]
@@ -44,7 +55,8 @@ def _linear_gaussian_parts(prior, likelihood, like: Tensor) -> tuple[Tensor, Ten
             "the exact references take one noise level, or one per sensor (m,) = "
             f"({m},); got noise_std of shape {tuple(std.shape)}"
         )
-    return prior.precision.to(like), a, (std.reshape(-1) ** 2).expand(m)
+    precision = prior.precisions if isinstance(prior, GaussianMixture) else prior.precision
+    return precision.to(like), a, (std.reshape(-1) ** 2).expand(m)
 
 
 def exact_posterior(x: Tensor, prior: GaussianGraphicalModel,
@@ -58,25 +70,74 @@ def exact_posterior(x: Tensor, prior: GaussianGraphicalModel,
     return mean, 0.5 * (cov + cov.mT)
 
 
-def marginal_log_likelihood(x: Tensor, prior: GaussianGraphicalModel,
-                            likelihood: GaussianLikelihood) -> Tensor:
-    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for x (n, m); returns (n,)."""
+def _gaussian_log_density(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
+    """``log N(x_i; mean, cov)`` for x (n, m), mean (m,), cov (m, m); returns (n,)."""
+    chol = torch.linalg.cholesky(cov)
+    white = torch.linalg.solve_triangular(chol, (x - mean).mT, upper=False)  # (m, n)
+    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
+    return -0.5 * (white**2).sum(0) - 0.5 * logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+
+def marginal_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) -> Tensor:
+    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for x (n, m), or its mixture over the
+    components of a Gaussian-mixture prior; returns (n,)."""
+    if isinstance(prior, GaussianMixture):
+        return mixture_posterior(x, prior, likelihood).log_evidence
     precision, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-    chol = torch.linalg.cholesky(a @ cov_z @ a.mT + torch.diag(noise_var))
-    white = torch.linalg.solve_triangular(chol, x.mT, upper=False)  # (m, n)
-    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
-    return -0.5 * (white**2).sum(0) - 0.5 * logdet - 0.5 * a.shape[0] * math.log(2 * math.pi)
+    return _gaussian_log_density(x, torch.zeros_like(x[0]), a @ cov_z @ a.mT + torch.diag(noise_var))
 
 
-def mean_log_likelihood(x, prior: GaussianGraphicalModel, likelihood: GaussianLikelihood) -> float:
+@dataclass(frozen=True)
+class MixturePosterior:
+    """The exact posterior of z given x (n, m) under a Gaussian-mixture prior.
+
+    ``responsibilities`` p(c = k | x_i), (n, K); ``means`` m_k(x_i), (n, K, p); ``cov`` V_k,
+    (K, p, p); ``log_evidence`` log p(x_i), (n,).
+    """
+
+    responsibilities: Tensor
+    means: Tensor
+    cov: Tensor
+    log_evidence: Tensor
+
+    @property
+    def mean(self) -> Tensor:
+        """E[z | x] = Σ_k r_k m_k, shape (n, p)."""
+        return torch.einsum("nk,nkp->np", self.responsibilities, self.means)
+
+    @property
+    def variance(self) -> Tensor:
+        """Var[z_j | x] = Σ_k r_k (V_k,jj + m_k,j²) − E[z_j | x]², shape (n, p)."""
+        second = torch.diagonal(self.cov, dim1=-2, dim2=-1) + self.means**2  # (n, K, p)
+        return (torch.einsum("nk,nkp->np", self.responsibilities, second) - self.mean**2).clamp_min(0)
+
+
+def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
+    """The exact posterior (module docstring) for x (n, m)."""
+    precisions, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    a_scaled = a / noise_var[:, None]  # D⁻¹ A
+    weights, means = prior.weights.to(x), prior.means.to(x)
+    covariances = torch.cholesky_inverse(torch.linalg.cholesky(precisions))
+    log_joint = torch.stack([
+        torch.log(weights[k]) + _gaussian_log_density(x, a @ means[k], a @ covariances[k] @ a.mT + torch.diag(noise_var))
+        for k in range(prior.components)], dim=-1)  # (n, K)
+    chol = torch.linalg.cholesky(precisions + a.mT @ a_scaled)  # (K, p, p)
+    cov = torch.cholesky_inverse(chol)
+    rhs = (precisions @ means[..., None])[None, :, :, 0] + (x @ a_scaled)[:, None, :]  # (n, K, p)
+    post_means = torch.cholesky_solve(rhs.permute(1, 2, 0), chol).permute(2, 0, 1)
+    log_evidence = torch.logsumexp(log_joint, dim=-1)
+    return MixturePosterior(torch.exp(log_joint - log_evidence[:, None]), post_means, 0.5 * (cov + cov.mT),
+                            log_evidence)
+
+
+def mean_log_likelihood(x, prior, likelihood: GaussianLikelihood) -> float:
     """Mean ``log p(x_i; Λ)`` over the rows of x (n, m), array or tensor, in float64 on the CPU."""
     x = torch.as_tensor(x, dtype=torch.float64, device="cpu")
     return float(marginal_log_likelihood(x, prior.to("cpu", torch.float64),
                                          likelihood.to("cpu", torch.float64)).mean())
 
 
-def penalized_log_likelihood(x: Tensor, prior: GaussianGraphicalModel,
-                             likelihood: GaussianLikelihood) -> float:
-    """The objective EM ascends: ``(1/n) Σ_i log p(x_i; Λ) − (α/2) ‖Λ‖_{1,off}``."""
+def penalized_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) -> float:
+    """The objective EM ascends: ``(1/n) Σ_i log p(x_i; Λ) − penalty(Λ)``."""
     return float(marginal_log_likelihood(x, prior, likelihood).mean()) - prior.penalty()

@@ -40,7 +40,10 @@ class Prior(abc.ABC):
     def m_step(self, z: Tensor) -> Prior:
         """The maximiser given draws ``z`` of shape (..., n, p), all weighted equally."""
 
-    @abc.abstractmethod
+    #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
+    #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
+    closed_form_gaussian_m_step: bool = True
+
     def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
                         var: Tensor | None = None) -> Prior:
         """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)``.
@@ -48,6 +51,8 @@ class Prior(abc.ABC):
         ``mean`` is (n, p). Give exactly one of ``cov``, (p, p) shared or (n, p, p) per
         observation, and ``var``, the (n, p) variances of a diagonal Gaussian.
         """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form M-step under a Gaussian q; "
+                                  "use m_step on draws")
 
     @abc.abstractmethod
     def penalty(self) -> float:

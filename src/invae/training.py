@@ -86,9 +86,12 @@ def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:
 def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
     """M-step on the expected statistics of q (batch (n,), event (p,)) over all rows.
 
-    Closed form for Gaussian q: ``E[z zᵀ] = μμᵀ + Σ_q`` (diagonal Σ_q, or the average of
-    full ones); otherwise the M-step on ``n_draws`` draws per observation, (n_draws, n, p).
+    Closed form for Gaussian q and a prior whose M-step needs only q's moments
+    (``E[z zᵀ] = μμᵀ + Σ_q``, diagonal Σ_q or the average of full ones); otherwise the
+    M-step on ``n_draws`` draws per observation, (n_draws, n, p).
     """
+    if not prior.closed_form_gaussian_m_step:
+        return prior.m_step(q.rsample((n_draws,)))
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         return prior.m_step_gaussian(q.mean, var=q.variance)
     if isinstance(q, MultivariateNormal):
