@@ -4,7 +4,7 @@
   plug-in prior estimate (the M-step on the ẑ's).
 - :func:`rank_matching`: the order-statistics estimator: estimates whose empirical
   distribution matches the estimated prior while keeping the order of the data.
-- :func:`complete_data_floor`: the M-step on the true signals; no estimator from x beats it.
+- :func:`complete_data_floor`: the M-step (to convergence) on the true signals; no estimator from x beats it.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def rank_matching(estimates: np.ndarray, marginal_std: np.ndarray) -> np.ndarray
     return norm.ppf((ranks + 0.5) / n) * np.asarray(marginal_std)[None, :]
 
 
-def complete_data_floor(z: Tensor | np.ndarray, prior: Prior) -> Prior:
-    """The prior estimated from the true signals ``z`` (n, p) with ``prior``'s M-step."""
-    return prior.m_step(torch.as_tensor(np.asarray(z, dtype=np.float64)))
+def complete_data_floor(z: Tensor | np.ndarray, prior: Prior, *, tol: float = 1e-8, max_iter: int = 1000) -> Prior:
+    """The prior estimated from the true signals ``z`` (n, p): ``prior``'s M-step on z,
+    repeated from ``prior`` until the parameters move by less than ``tol`` (relative). A
+    Gaussian prior's M-step is exact at once; a mixture's is one EM step on z, so this
+    runs EM on the complete data to its maximum."""
+    z = torch.as_tensor(np.asarray(z, dtype=np.float64))
+    estimate = prior.to("cpu", torch.float64).m_step(z)
+    for _ in range(max_iter):
+        previous, estimate = estimate, estimate.m_step(z)
+        if estimate.relative_change(previous) < tol:
+            break
+    return estimate
