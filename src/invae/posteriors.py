@@ -29,6 +29,16 @@ __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MeanFieldF
 _INIT_LOG_STD = -1.0  # q starts narrower than a unit prior, so early z draws are not all noise
 
 
+def _start_spread_at(linear: nn.Linear, outputs: Tensor | slice) -> None:
+    """Make the trunk's linear map start every x at the spread e^{_INIT_LOG_STD}: zero weights
+    and bias _INIT_LOG_STD on ``outputs``. A random linear start would give an outlying x
+    (10 sds out) a log-scale of ±5: draws ~150 sds wide, which overflow exp(η) in a Poisson
+    likelihood in float32 (measured: a fit of counts then diverged at its second iteration)."""
+    with torch.no_grad():
+        linear.weight[outputs] = 0.0
+        linear.bias[outputs] = _INIT_LOG_STD
+
+
 def _diagonal_normal(mean: Tensor, log_std: Tensor) -> Distribution:
     return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
 
@@ -94,8 +104,7 @@ class GaussianEncoder(_Encoder):
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128)):
         super().__init__(m, p, 2 * p, hidden)
-        with torch.no_grad():
-            self.trunk.linear.bias[p:] = _INIT_LOG_STD
+        _start_spread_at(self.trunk.linear, slice(p, 2 * p))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
         out = self.trunk(x)
@@ -116,8 +125,9 @@ class FullCovarianceEncoder(_Encoder):
         super().__init__(m, p, p + len(rows), hidden)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
+        _start_spread_at(self.trunk.linear, slice(p, None))  # every entry of L starts at x's mean
         with torch.no_grad():
-            self.trunk.linear.bias[p:][rows == cols] = _INIT_LOG_STD
+            self.trunk.linear.bias[p:][rows != cols] = 0.0
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
         out = self.trunk(x)
@@ -175,8 +185,7 @@ class IAFEncoder(_Encoder):
                                             permutation=order if t % 2 == 0 else order.flip(0)),
                 stable=True)
             for t in range(n_steps))
-        with torch.no_grad():
-            self.trunk.linear.bias[p : 2 * p] = _INIT_LOG_STD
+        _start_spread_at(self.trunk.linear, slice(p, 2 * p))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
         out = self.trunk(x)
