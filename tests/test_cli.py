@@ -73,10 +73,10 @@ def test_config_file_with_flags_overriding(problem_dir, tmp_path):
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):
-    (tmp_path / "bad.toml").write_text('data = "x.npy"\nnoise = 1.0\n')
+    (tmp_path / "bad.toml").write_text('data = "x.npy"\nnoise_sd = 1.0\n')
     assert main(["fit", "--config", str(tmp_path / "bad.toml")]) == 2
     err = capsys.readouterr().err
-    assert "unknown key(s)" in err and ": noise;" in err
+    assert "unknown key(s)" in err and ": noise_sd;" in err
 
 
 def _write(tmp_path, name, array):
@@ -120,6 +120,47 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--noise", "poisson", "--noise-std", "1"], "has no scale: leave out --noise-std"),
+    (["--noise", "student-t"], "needs --noise-std"),
+    (["--noise", "student-t", "--noise-std", "1", "--noise-df", "0"], "--noise-df must be"),
+    (["--noise-std", "1", "--noise-df", "3"], "--noise-df is the degrees of freedom of --noise student-t"),
+    (["--noise", "bernoulli", "--method", "em"], "--method em needs Gaussian noise"),
+    (["--noise", "poisson", "--method", "naive"], "--method naive needs Gaussian noise"),
+    (["--noise", "poisson", "--save", "m.pt"], "--save keeps models with Gaussian noise"),
+    (["--noise-std", "1", "--components", "3"], "--components is the number of mixture components"),
+    (["--noise-std", "1", "--prior", "gmm", "--components", "0"], "--components must be"),
+    (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
+])
+def test_noise_and_prior_options_are_checked_before_any_work(problem_dir, tmp_path, capsys, extra, message):
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--out", str(tmp_path / "never"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_mixture_prior_writes_its_parameters(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--prior", "gmm", "--components", "3",
+                "--penalty", "0.05") == 0
+    out = tmp_path / "fit"
+    weights, means, precisions = (np.load(out / f"{name}.npy") for name in ("weights", "means", "precisions"))
+    assert weights.shape == (3,) and means.shape == (3, 6) and precisions.shape == (3, 6, 6)
+    assert not (out / "precision.npy").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["edges"] == int(np.count_nonzero(np.triu(precisions, k=1)))
+    assert summary["settings"]["components"] == 3 and "log_likelihood_per_obs" in summary
+
+
+def test_poisson_counts_through_the_command_line(tmp_path):
+    counts = np.random.default_rng(0).poisson(2.0, size=(200, 3)).astype(float)
+    np.save(tmp_path / "counts.npy", counts)
+    assert main(["fit", "--data", str(tmp_path / "counts.npy"), "--noise", "poisson", "--method", "vae",
+                 "--max-iter", "20", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["settings"]["noise"] == "poisson" and "log_likelihood_per_obs" not in summary
+    assert np.isfinite(np.load(tmp_path / "fit" / "posterior_mean.npy")).all()
 
 
 def test_missing_noise_level_is_named(problem_dir, capsys):

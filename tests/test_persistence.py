@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
+from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian, simulate_problem
 from invae.methods import make_estimator
 from invae.persistence import load_model, save_model
 from invae.settings import METHODS
@@ -74,3 +74,27 @@ def test_a_model_whose_weights_do_not_match_is_one_clear_error(problem, tmp_path
     torch.save(record, path)
     with pytest.raises(ValueError, match="does not fit its own settings: .*size mismatch"):
         load_model(path)
+
+
+@pytest.mark.parametrize("method", ["em", "iaf"])
+def test_a_saved_mixture_model_answers_like_the_fitted_one(problem, tmp_path, method):
+    likelihood = linear_gaussian(problem.A, 0.5)
+    start = GaussianMixture.from_signals(likelihood.forward.pinv(torch.as_tensor(problem.X)), 2, alpha=0.05)
+    fitted = make_estimator(method, start, likelihood, max_iter=20, seed=4).fit(problem.X)
+    loaded = load_model(save_model(fitted, tmp_path / "model.pt"))
+    new = np.random.default_rng(0).standard_normal((40, 7))
+    for got, expected in zip(loaded.posterior(new), fitted.posterior(new)):
+        np.testing.assert_array_equal(got, expected)
+    for key, value in fitted.prior_.state().items():
+        torch.testing.assert_close(loaded.prior_.state()[key], value, rtol=0, atol=0)
+    assert (loaded.prior_.alpha, loaded.prior_.reg_covar) == (0.05, fitted.prior_.reg_covar)
+
+
+def test_a_version_1_file_still_loads(problem, tmp_path):
+    fitted = make_estimator("em", GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5))
+    path = save_model(fitted.fit(problem.X), tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    record.update(version=1, precision=record.pop("parameters")["precision"])  # the layout version 1 wrote
+    del record["prior"], record["reg_covar"]
+    torch.save(record, path)
+    np.testing.assert_array_equal(load_model(path).precision_, fitted.precision_)

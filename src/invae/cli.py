@@ -16,7 +16,7 @@ from .penalty import CRITERIA
 from .persistence import save_model
 from .pipeline import run_fit, run_predict
 from .report import write_report
-from .settings import METHODS, PRESETS, PRIORS, FitSettings
+from .settings import METHODS, NOISES, PRESETS, PRIORS, FitSettings
 from .simulate import FORWARDS, GRAPHS, simulate_problem
 
 __all__ = ["main"]
@@ -82,8 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
     fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
-    fit.add_argument("--noise-std", type=float, help="known noise standard deviation σ > 0")
-    fit.add_argument("--prior", choices=PRIORS, help="prior family (default: ggm)")
+    fit.add_argument("--noise", choices=NOISES, help="noise model: gaussian x = G(z) + σε, poisson counts "
+                     "(log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
+    fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
+    fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
+    fit.add_argument("--prior", choices=PRIORS, help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
+                     "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
+    fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
     fit.add_argument("--penalty", type=_penalty,
                      help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
     fit.add_argument("--penalty-criterion", choices=CRITERIA,

@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from torch import Tensor
 
 from .graphical_lasso import SOLVERS, solve_precision
@@ -81,6 +82,17 @@ class GaussianMixture(Prior):
         means = spread * torch.randn(components, dim, generator=generator, dtype=torch.float64)
         eye = torch.eye(dim, dtype=torch.float64).expand(components, dim, dim)
         return cls(torch.full((components,), 1.0 / components, dtype=torch.float64), means, eye, **options)
+
+    @classmethod
+    def from_signals(cls, z, components: int, *, seed: int = 0, **options) -> GaussianMixture:
+        """The mixture scikit-learn's EM fits to signals z (n, p) (k-means start): a start for
+        an estimator, e.g. from the naive reconstructions A⁺x. Its components are wider than
+        the prior's by the noise in z, which the estimator then removes."""
+        z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu())
+        if len(z) < components:
+            raise ValueError(f"a mixture of {components} components needs at least {components} rows, got {len(z)}")
+        fitted = SkGaussianMixture(components, reg_covar=options.get("reg_covar", 1e-6), random_state=seed).fit(z)
+        return cls(fitted.weights_, fitted.means_, fitted.precisions_, **options)
 
     def __repr__(self) -> str:
         return f"GaussianMixture(dim={self.dim}, components={self.components}, alpha={self.alpha:g})"

@@ -3,7 +3,8 @@
 A model file holds plain data only (numbers, strings, lists and tensors). It is written by
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which refuses arbitrary
 Python objects, so loading a model file cannot run code. It keeps what posterior questions
-on new data need: the method and the options ``make_estimator`` takes, Λ̂ and α, the
+on new data need: the method and the options ``make_estimator`` takes, the prior's kind,
+parameters (Λ̂; or the mixture's weights, means and precisions) and settings (α), the
 likelihood (A and σ), and an amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
 data get factors fitted afresh under Λ̂, as they do in memory.
 """
@@ -22,12 +23,13 @@ from .estimator import VariationalEB
 from .exact import has_exact_evidence
 from .likelihoods import linear_gaussian
 from .methods import make_estimator, method_name
+from .mixture import GaussianMixture
 from .priors import GaussianGraphicalModel
 
 __all__ = ["save_model", "load_model"]
 
 FORMAT = "invae-model"
-VERSION = 1
+VERSION = 2  # 2 added the prior's kind (ggm or gmm); version 1 files hold a ggm's "precision"
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
@@ -39,7 +41,8 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
     if not has_exact_evidence(prior, likelihood):
-        raise ValueError("only a Gaussian graphical prior with a linear-Gaussian likelihood can be saved so far")
+        raise ValueError("only a Gaussian graphical or mixture prior with a linear-Gaussian likelihood can be "
+                         "saved so far")
     amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
@@ -47,7 +50,9 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "method": method, "preset": getattr(estimator, "preset", "default"),
         "seed": getattr(estimator, "random_state", 0),
         "max_iter": getattr(estimator, "max_iter", None), "tol": getattr(estimator, "tol", None),
-        "precision": prior.precision.detach().cpu(), "alpha": prior.alpha, "solver": prior.solver,
+        "prior": "gmm" if isinstance(prior, GaussianMixture) else "ggm",
+        "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
+        "alpha": prior.alpha, "solver": prior.solver, "reg_covar": getattr(prior, "reg_covar", None),
         "forward": likelihood.forward.matrix.detach().cpu(), "noise_std": likelihood.noise_std.detach().cpu(),
         "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
                       if amortized else None),
@@ -81,10 +86,10 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
             from None
     if not (isinstance(record, dict) and record.get("format") == FORMAT):
         raise ValueError(f"cannot read the model {str(path)!r}: not an invae model file")
-    if record["version"] != VERSION:
+    if record["version"] not in (1, VERSION):
         raise ValueError(f"the model {str(path)!r} has format version {record['version']}; "
-                         f"this invae reads version {VERSION}")
-    prior = GaussianGraphicalModel(record["precision"], alpha=record["alpha"], solver=record["solver"])
+                         f"this invae reads versions 1 to {VERSION}")
+    prior = _prior(record)
     likelihood = linear_gaussian(record["forward"], record["noise_std"])
     estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
                                max_iter=record["max_iter"], tol=record["tol"], device=device)
@@ -102,3 +107,14 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
                 raise ValueError(f"the model {str(path)!r} does not fit its own settings: {reason}") from None
             estimator.posterior_ = module.to(device, estimator.dtype)
     return estimator
+
+
+def _prior(record: dict):
+    """The fitted prior a model record holds (version 1: always a ggm, its Λ̂ under "precision")."""
+    if record["version"] == 1:
+        return GaussianGraphicalModel(record["precision"], alpha=record["alpha"], solver=record["solver"])
+    parameters = record["parameters"]
+    if record["prior"] == "gmm":
+        return GaussianMixture(parameters["weights"], parameters["means"], parameters["precisions"],
+                               alpha=record["alpha"], reg_covar=record["reg_covar"], solver=record["solver"])
+    return GaussianGraphicalModel(parameters["precision"], alpha=record["alpha"], solver=record["solver"])

@@ -8,14 +8,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import __version__
 from .base import EmpiricalBayesEstimator
 from .estimator import VariationalEB
 from .exact import has_exact_evidence, mean_log_likelihood
-from .forward import FunctionOperator
+from .forward import ForwardOperator, FunctionOperator, LinearOperator
 from .io import load_array
-from .likelihoods import GaussianLikelihood, Likelihood, linear_gaussian
+from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
+                          StudentTLikelihood, linear_gaussian)
+from .mixture import GaussianMixture
 from .methods import make_estimator, method_name
 from .penalty import select_penalty
 from .persistence import load_model
@@ -26,29 +29,51 @@ from .validation import check_data
 __all__ = ["load_problem", "run_fit", "run_predict"]
 
 def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
-    """Data X (n, m), the prior template and the likelihood that ``settings`` describe."""
+    """Data X (n, m), the prior to start from and the likelihood that ``settings`` describe."""
     function = _FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
     if function is not None:
         if settings.latent_dim is None:
             raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
         operator = FunctionOperator(_load_function(*function.groups()), settings.latent_dim,
                                     name=str(settings.forward))
-        likelihood = GaussianLikelihood(operator, settings.noise_std)
     elif settings.forward is not None:
         a = load_array(settings.forward, name="the forward matrix (--forward)")
         if a.ndim != 2:
             raise ValueError(f"the forward matrix (--forward) must be 2-D (m, p), got shape {a.shape}")
-        likelihood = linear_gaussian(check_data(a, name="the forward matrix (--forward)"), settings.noise_std)
+        operator = LinearOperator(check_data(a, name="the forward matrix (--forward)"))
     x = load_array(settings.data, name="the data (--data)")
     if settings.forward is None:
-        likelihood = linear_gaussian(np.eye(x.shape[1] if x.ndim == 2 else 1), settings.noise_std)
-    if function is None and settings.latent_dim not in (None, likelihood.forward.in_dim):
+        operator = LinearOperator.identity(x.shape[1] if x.ndim == 2 else 1)
+    if function is None and settings.latent_dim not in (None, operator.in_dim):
         raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
-                         f"{likelihood.forward.in_dim} columns (it is for a forward function)")
-    x = check_data(x, name="the data (--data)", columns=likelihood.forward.out_dim)
+                         f"{operator.in_dim} columns (it is for a forward function)")
+    likelihood = _likelihood(operator, settings)
+    x = check_data(x, name="the data (--data)", columns=operator.out_dim)
     alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
-    prior = GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=alpha)
-    return x, prior, likelihood
+    if settings.prior == "gmm":
+        return x, _mixture_start(x, likelihood, settings.components, alpha, settings.seed), likelihood
+    return x, GaussianGraphicalModel(dim=operator.in_dim, alpha=alpha), likelihood
+
+
+def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
+    """The noise model ``settings.noise`` on ``operator``."""
+    if settings.noise == "gaussian":
+        if isinstance(operator, LinearOperator):
+            return linear_gaussian(operator.matrix, settings.noise_std)  # (warns on a rank-deficient A)
+        return GaussianLikelihood(operator, settings.noise_std)
+    if settings.noise == "student-t":
+        return StudentTLikelihood(operator, settings.noise_df, settings.noise_std)
+    return {"poisson": PoissonLikelihood, "bernoulli": BernoulliLikelihood}[settings.noise](operator)
+
+
+def _mixture_start(x: np.ndarray, likelihood: Likelihood, components: int, alpha: float,
+                   seed: int) -> GaussianMixture:
+    """A mixture to start from: fitted to the naive signals A⁺x where the model is linear-Gaussian
+    (components placed by k-means, as scikit-learn starts EM), else spread at random."""
+    if isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear:
+        pilot = likelihood.forward.pinv(torch.as_tensor(x, dtype=torch.float64))
+        return GaussianMixture.from_signals(pilot, components, alpha=alpha, seed=seed)
+    return GaussianMixture.standard(likelihood.forward.in_dim, components, alpha=alpha, seed=seed)
 
 
 # --forward module.py:function — the user's own code, imported and run as a plugin would be.
@@ -83,14 +108,15 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         estimator.fit(x)
     seconds = time.perf_counter() - start
     mean, std = estimator.posterior(x)
-    arrays = {"precision": estimator.precision_, "posterior_mean": mean, "posterior_std": std}
+    parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
+    arrays = {**parameters, "posterior_mean": mean, "posterior_std": std}
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
         "n": x.shape[0], "m": x.shape[1], "p": prior.dim,
         "penalty": estimator.prior_.alpha,
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
-        "edges": int(np.count_nonzero(np.triu(estimator.precision_, k=1))),
+        "edges": int(np.count_nonzero(np.triu(parameters.get("precision", parameters.get("precisions")), k=1))),
         "fit_seconds": seconds,
     }
     if has_exact_evidence(estimator.prior_, estimator.likelihood_):

@@ -15,12 +15,18 @@ from pathlib import Path
 from .penalty import CRITERIA
 from .validation import check_noise_std, check_penalty
 
-__all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS"]
+__all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS", "NOISES"]
 
 METHODS = ("vae", "iaf", "full-covariance", "mean-field", "em", "naive")
 VARIATIONAL = METHODS[:4]  # the methods that train a posterior (and can checkpoint)
 PRESETS = ("default", "paper")
-PRIORS = ("ggm",)
+PRIORS = ("ggm", "gmm")
+#: Noise models: ``x = G(z) + σε`` (gaussian), ``Poisson(exp G(z))``, ``Bernoulli(sigmoid G(z))``,
+#: ``G(z) + σ t_ν`` (student-t). Only gaussian has the exact references (em, naive).
+NOISES = ("gaussian", "poisson", "bernoulli", "student-t")
+_NOISES_WITH_SCALE = ("gaussian", "student-t")
+_DEFAULT_COMPONENTS = 2
+_DEFAULT_DF = 4.0
 
 
 @dataclass(frozen=True)
@@ -28,11 +34,14 @@ class FitSettings:
     """Everything ``invae fit`` needs; validated on creation."""
 
     data: Path
-    noise_std: float
+    noise_std: float | None = None
     out: Path = Path("invae-out")
     forward: Path | None = None
     latent_dim: int | None = None
+    noise: str = "gaussian"
+    noise_df: float | None = None
     prior: str = "ggm"
+    components: int | None = None
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
     method: str = "vae"
@@ -53,7 +62,8 @@ class FitSettings:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
+        self._check_noise()
+        self._check_prior()
         object.__setattr__(self, "penalty", check_penalty(self.penalty))
         if self.penalty_criterion not in CRITERIA:
             raise ValueError(f"unknown penalty criterion {self.penalty_criterion!r}; "
@@ -62,8 +72,6 @@ class FitSettings:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
         if self.checkpoint_dir is not None and self.method not in VARIATIONAL:
@@ -80,6 +88,43 @@ class FitSettings:
             raise ValueError("quiet and progress contradict each other: choose one")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
+        if self.method in ("em", "naive") and self.noise != "gaussian":
+            raise ValueError(f"--method {self.method} needs Gaussian noise (its exact formulas); "
+                             f"for --noise {self.noise} use a variational method ({', '.join(VARIATIONAL)})")
+        if self.penalty == "auto" and self.prior != "ggm":
+            raise ValueError("--penalty auto chooses α for the ggm prior; give --penalty α for a gmm")
+        if self.save is not None and self.noise != "gaussian":
+            raise ValueError(f"--save keeps models with Gaussian noise so far, not --noise {self.noise}")
+
+    def _check_noise(self) -> None:
+        """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
+        if self.noise not in NOISES:
+            raise ValueError(f"unknown noise model {self.noise!r}; choose one of {', '.join(NOISES)}")
+        if self.noise in _NOISES_WITH_SCALE:
+            if self.noise_std is None:
+                raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
+            object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
+        elif self.noise_std is not None:
+            raise ValueError(f"--noise {self.noise} has no scale: leave out --noise-std")
+        if self.noise == "student-t":
+            df = _DEFAULT_DF if self.noise_df is None else self.noise_df
+            if not (isinstance(df, (int, float)) and 0 < df < float("inf")):
+                raise ValueError(f"--noise-df must be a finite number > 0, got {df!r}")
+            object.__setattr__(self, "noise_df", float(df))
+        elif self.noise_df is not None:
+            raise ValueError(f"--noise-df is the degrees of freedom of --noise student-t, not of {self.noise}")
+
+    def _check_prior(self) -> None:
+        """The prior family, and K for a mixture."""
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        if self.prior == "gmm":
+            k = _DEFAULT_COMPONENTS if self.components is None else self.components
+            if not (isinstance(k, int) and k >= 1):
+                raise ValueError(f"--components must be an integer >= 1, got {k!r}")
+            object.__setattr__(self, "components", k)
+        elif self.components is not None:
+            raise ValueError("--components is the number of mixture components of --prior gmm")
 
     @property
     def checkpoint(self) -> dict | None:
