@@ -1,10 +1,11 @@
 import numpy as np
 import torch
 
-from invae import GaussianGraphicalModel, GaussianMixture, PoissonLikelihood, linear_gaussian
+from invae import EM, GaussianGraphicalModel, GaussianMixture, PoissonLikelihood, linear_gaussian, simulate_problem
 from invae.exact import exact_posterior, marginal_log_likelihood, mixture_posterior
 from invae.forward import LinearOperator
-from invae.importance import importance_posterior
+from invae.importance import importance_em, importance_posterior
+from invae.metrics import relative_frobenius_error
 
 from .conftest import random_spd
 
@@ -63,3 +64,15 @@ def test_same_seed_same_answer(rng):
     again = importance_posterior(x, prior, likelihood, n_draws=256, seed=3)
     other = importance_posterior(x, prior, likelihood, n_draws=256, seed=4)
     assert torch.equal(first.mean, again.mean) and not torch.equal(first.mean, other.mean)
+
+
+def test_monte_carlo_em_reaches_exact_em(rng):
+    problem = simulate_problem(p=3, n=1500, graph="chain", forward="identity", noise_std=0.7, seed=5)
+    likelihood = linear_gaussian(problem.A, 0.7)
+    exact = EM(GaussianGraphicalModel(dim=3, alpha=0.02), likelihood, tol=1e-9, max_iter=5000).fit(problem.X).precision_
+    ours, iterations = importance_em(problem.X, GaussianGraphicalModel(dim=3, alpha=0.02), likelihood, tol=1e-4)
+    assert iterations < 100
+    # Each E-step's second moment carries Monte Carlo error ~ sd²/√(n·ESS) ≈ 1/√(1500·900)
+    # ≈ 1e-3 relative; the fixed point moves by a small multiple of that. 1e-2 is ~10 of them.
+    assert relative_frobenius_error(ours.precision.numpy(), exact) < 1e-2
+    assert relative_frobenius_error(ours.precision.numpy(), np.eye(3)) > 0.1  # it moved from the start

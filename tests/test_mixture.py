@@ -10,6 +10,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from invae import EM, GaussianGraphicalModel, complete_data_floor, linear_gaussian
 from invae.exact import marginal_log_likelihood, mixture_posterior
 from invae.graphical_lasso import optimality_violation
+from invae.metrics import mixture_errors
 from invae.mixture import GaussianMixture, match_components
 from invae.training import lambda_step
 
@@ -194,3 +195,11 @@ def test_complete_data_floor_is_the_mixture_mle_on_the_true_signals(rng):
     np.testing.assert_allclose(ours.means[order].numpy(), reference.means_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours.precisions[order].numpy(), reference.precisions_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours.weights[order].numpy(), reference.weights_, rtol=1e-6)
+
+
+def test_mixture_errors_are_label_free(rng):
+    truth = _mixture(rng, k=3)
+    relabelled = GaussianMixture(truth.weights[[1, 2, 0]], truth.means[[1, 2, 0]], 2 * truth.precisions[[1, 2, 0]])
+    errors = mixture_errors(relabelled, truth)
+    assert errors["means_error"] == 0 and errors["weights_error"] == 0
+    assert errors["precision_error"] == pytest.approx(1.0)  # ‖2Λ − Λ‖ / ‖Λ‖

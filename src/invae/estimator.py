@@ -73,9 +73,12 @@ class VariationalEB(EmpiricalBayesEstimator):
         Monte Carlo draws per observation in the training ELBO.
     flow_steps : int
         Number of IAF steps T (``family="iaf"`` only).
-    lambda_draws : int
-        Draws per observation in the expected Λ-step of a family without closed-form
-        moments (``iaf``); the same draws' noise is reused at every Λ-step.
+    lambda_draws : int or None
+        Draws per observation in the expected Λ-step where it has no closed form (``iaf``,
+        or a mixture prior); the same draws' noise is reused at every Λ-step. None: 8, or
+        32 for a mixture prior, whose responsibilities make the draws' M-step noisier
+        (measured, 2-component mixture, p = 5, n = 5000: iaf's precision error 0.0855 with
+        8 draws, 0.0786 with 32, exact EM 0.0733).
     n_moment_draws : int
         Monte Carlo draws for the posterior means and sds of ``iaf``
         (:func:`invae.posteriors.moments`); exact for the Gaussian families.
@@ -107,7 +110,7 @@ class VariationalEB(EmpiricalBayesEstimator):
                  n_critic: int | None = None, lambda_step: str | None = None,
                  lr_decay: float | None = None, max_iter: int = 2000,
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
-                 n_samples: int = 1, flow_steps: int = 2, lambda_draws: int = 8,
+                 n_samples: int = 1, flow_steps: int = 2, lambda_draws: int | None = None,
                  n_moment_draws: int = 256, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
                  random_state: int = 0, verbose: bool = False, device: str = "cpu",
@@ -144,7 +147,12 @@ class VariationalEB(EmpiricalBayesEstimator):
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
         return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window,
-                                n_samples=self.n_samples, lambda_draws=self.lambda_draws, **chosen)
+                                n_samples=self.n_samples, lambda_draws=self._lambda_draws(), **chosen)
+
+    def _lambda_draws(self) -> int:
+        if self.lambda_draws is not None:
+            return self.lambda_draws
+        return 8 if self.prior.closed_form_gaussian_m_step else 32
 
     def _new_posterior(self, x: Tensor) -> torch.nn.Module:
         """A fresh posterior module for the rows x (n, m): encoders standardised by x."""

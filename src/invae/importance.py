@@ -29,19 +29,24 @@ from torch import Tensor
 from .likelihoods import Likelihood
 from .priors import Prior
 
-__all__ = ["ImportancePosterior", "importance_posterior"]
+__all__ = ["ImportancePosterior", "importance_posterior", "importance_em"]
 
 _ROWS_PER_CHUNK = 256  # rows weighted at a time: S × rows × p draws in memory
 
 
 @dataclass(frozen=True)
 class ImportancePosterior:
-    """Per-row estimates: ``mean`` and ``std`` (n, p), ``log_evidence`` and ``ess`` (n,)."""
+    """Per-row estimates: ``mean`` (n, p), ``cov`` (n, p, p), ``log_evidence`` and ``ess`` (n,)."""
 
     mean: Tensor
-    std: Tensor
+    cov: Tensor
     log_evidence: Tensor
     ess: Tensor
+
+    @property
+    def std(self) -> Tensor:
+        """Marginal posterior standard deviations, (n, p)."""
+        return torch.diagonal(self.cov, dim1=-2, dim2=-1).sqrt()
 
 
 def importance_posterior(x, prior: Prior, likelihood: Likelihood, *, n_draws: int = 4096, df: float = 5.0,
@@ -61,6 +66,29 @@ def importance_posterior(x, prior: Prior, likelihood: Likelihood, *, n_draws: in
     parts = [_weighted(x[rows], mode[rows], scale_tril[rows], prior, likelihood, n_draws, df, defensive, generator)
              for rows in (slice(i, i + _ROWS_PER_CHUNK) for i in range(0, len(x), _ROWS_PER_CHUNK))]
     return ImportancePosterior(*(torch.cat(field) for field in zip(*parts)))
+
+
+def importance_em(x, prior: Prior, likelihood: Likelihood, *, max_iter: int = 100, tol: float = 1e-3,
+                  n_draws: int = 1024, seed: int = 0) -> tuple[Prior, int]:
+    """Monte Carlo EM with the importance-sampling E-step: a reference for the (penalised)
+    maximum marginal likelihood where it has no closed form. Returns (prior, iterations).
+
+        E-step:  μ_i, Σ_i = posterior mean and covariance of z_i under the current prior
+        M-step:  prior ← prior.m_step_gaussian(μ, Σ)   (Λ ← glasso on S = (1/n) Σ_i Σ_i + μ_i μ_iᵀ)
+
+    Every E-step reuses ``seed`` (common random numbers). It stops when the parameters move
+    by less than ``tol`` (relative): below that the Monte Carlo error of the E-step, about
+    1/√(n·ESS), dominates the moves. Needs a prior with a closed-form Gaussian M-step.
+    """
+    if not prior.closed_form_gaussian_m_step:
+        raise ValueError(f"importance_em needs a prior with a closed-form Gaussian M-step, not {prior!r}")
+    prior = prior.to("cpu", torch.float64)
+    for iteration in range(1, max_iter + 1):
+        post = importance_posterior(x, prior, likelihood, n_draws=n_draws, seed=seed)
+        previous, prior = prior, prior.m_step_gaussian(post.mean, post.cov)
+        if prior.relative_change(previous) < tol:
+            break
+    return prior, iteration
 
 
 def _negative_log_joint(z: Tensor, x: Tensor, prior: Prior, likelihood: Likelihood) -> Tensor:
@@ -108,7 +136,7 @@ def _student_t_log_density(z: Tensor, loc: Tensor, scale_tril: Tensor, df: float
 
 
 def _weighted(x, mode, scale_tril, prior, likelihood, n_draws, df, defensive, generator):
-    """(mean, std, log evidence, ESS) for one chunk of rows."""
+    """(mean, cov, log evidence, ESS) for one chunk of rows."""
     n, p = mode.shape
     n_prior = int(round(defensive * n_draws))  # stratified: exactly δS draws from the prior
     eps = torch.randn(n_draws - n_prior, n, p, 1, generator=generator, dtype=torch.float64)
@@ -121,8 +149,9 @@ def _weighted(x, mode, scale_tril, prior, likelihood, n_draws, df, defensive, ge
     log_proposal = torch.logaddexp(math.log1p(-defensive) + _student_t_log_density(z, mode, scale_tril, df),
                                    math.log(defensive) + prior.log_prob(z))
     log_w = prior.log_prob(z) + likelihood.log_prob(x, z) - log_proposal  # (S, n)
-    weights = torch.softmax(log_w, dim=0)[..., None]
-    mean = (weights * z).sum(0)
-    std = (weights * (z - mean) ** 2).sum(0).sqrt()
+    weights = torch.softmax(log_w, dim=0)  # (S, n)
+    mean = torch.einsum("sn,snp->np", weights, z)
+    centred = z - mean
+    cov = torch.einsum("sn,sni,snj->nij", weights, centred, centred)
     log_evidence = torch.logsumexp(log_w, dim=0) - math.log(n_draws)
-    return mean, std, log_evidence, 1 / (weights[..., 0] ** 2).sum(0)
+    return mean, cov, log_evidence, 1 / (weights**2).sum(0)

@@ -9,7 +9,9 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["relative_frobenius_error", "stein_loss", "edge_scores", "signal_mse", "coverage"]
+from .mixture import GaussianMixture, match_components
+
+__all__ = ["relative_frobenius_error", "stein_loss", "edge_scores", "signal_mse", "coverage", "mixture_errors"]
 
 
 def relative_frobenius_error(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -57,3 +59,18 @@ def coverage(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, *, level: flo
     """Share of ``z_ij`` inside the central marginal credible interval ``μ_ij ± Φ⁻¹((1+level)/2) s_ij``."""
     half_width = norm.ppf(0.5 + level / 2) * std
     return float(np.mean(np.abs(truth - mean) <= half_width))
+
+
+def mixture_errors(estimate: GaussianMixture, truth: GaussianMixture) -> dict[str, float]:
+    """How far a fitted mixture is from the true one, components matched by their means
+    (:func:`invae.mixture.match_components`; labels are arbitrary):
+
+    ``precision_error`` ``‖Λ̂ − Λ‖_F / ‖Λ‖_F`` over the stacked (K, p, p) precisions;
+    ``means_error`` the same over the (K, p) means; ``weights_error`` ``max_k |π̂_k − π_k|``.
+    """
+    order = match_components(estimate, truth)
+    as_numpy = {name: value.detach().cpu().double().numpy() for name, value in estimate.state().items()}
+    true = {name: value.detach().cpu().double().numpy() for name, value in truth.state().items()}
+    return {"precision_error": relative_frobenius_error(as_numpy["precisions"][order], true["precisions"]),
+            "means_error": relative_frobenius_error(as_numpy["means"][order], true["means"]),
+            "weights_error": float(np.abs(as_numpy["weights"][order] - true["weights"]).max())}
