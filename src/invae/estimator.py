@@ -18,7 +18,7 @@ from torch import Tensor
 from .base import EmpiricalBayesEstimator, _numpy
 from .objectives import elbo as elbo_values
 from .checkpoints import Checkpointer
-from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, moments
+from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder, moments
 from .training import TrainingSettings, seeded, train
 
 __all__ = ["VariationalEB", "PRESETS", "FAMILIES"]
@@ -31,8 +31,9 @@ PRESETS = {
     "paper": {"learning_rate": 1e-6, "batch_size": 128, "n_critic": 30, "lambda_step": "batch",
               "lr_decay": 1.0},
 }
-FAMILIES = ("diagonal", "full-covariance", "iaf", "mean-field")
-_ENCODERS = {"diagonal": GaussianEncoder, "full-covariance": FullCovarianceEncoder, "iaf": IAFEncoder}
+FAMILIES = ("diagonal", "full-covariance", "iaf", "mixture", "mean-field")
+_ENCODERS = {"diagonal": GaussianEncoder, "full-covariance": FullCovarianceEncoder, "iaf": IAFEncoder,
+             "mixture": MixtureEncoder}
 _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a time (memory)
 # Non-amortized factors see each observation only when it is in a batch, so the default
 # preset uses full batches of up to 65 536 with a larger step. Measured (p = 20, n = 10 000,
@@ -50,10 +51,11 @@ class VariationalEB(EmpiricalBayesEstimator):
         The prior family with its start values and penalty (e.g. ``GaussianGraphicalModel``).
     likelihood : Likelihood
         The known measurement model ``p(x | z)``.
-    family : {"diagonal", "full-covariance", "iaf", "mean-field"}
+    family : {"diagonal", "full-covariance", "iaf", "mixture", "mean-field"}
         ``diagonal``: an amortized encoder x ↦ N(μ(x), diag σ(x)²); ``full-covariance``:
         x ↦ N(μ(x), L(x)L(x)ᵀ); ``iaf``: a diagonal encoder followed by ``flow_steps``
-        inverse autoregressive flow steps (DESIGN §2.3); ``mean-field``: free
+        inverse autoregressive flow steps (DESIGN §2.3); ``mixture``: x ↦ a mixture of
+        ``posterior_components`` full-covariance Gaussians (multimodal posteriors); ``mean-field``: free
         per-observation factors (non-amortized; new data need a new optimisation).
         See :mod:`invae.posteriors`.
     preset : {"default", "paper"}
@@ -73,6 +75,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         Monte Carlo draws per observation in the training ELBO.
     flow_steps : int
         Number of IAF steps T (``family="iaf"`` only).
+    posterior_components : int or None
+        Components of q (``family="mixture"`` only); None: the prior's K for a mixture
+        prior, else 2.
     lambda_draws : int or None
         Draws per observation in the expected Λ-step where it has no closed form (``iaf``,
         or a mixture prior); the same draws' noise is reused at every Λ-step. None: 8, or
@@ -110,7 +115,8 @@ class VariationalEB(EmpiricalBayesEstimator):
                  n_critic: int | None = None, lambda_step: str | None = None,
                  lr_decay: float | None = None, max_iter: int = 2000,
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
-                 n_samples: int = 1, flow_steps: int = 2, lambda_draws: int | None = None,
+                 n_samples: int = 1, flow_steps: int = 2, posterior_components: int | None = None,
+                 lambda_draws: int | None = None,
                  n_moment_draws: int = 256, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
                  random_state: int = 0, verbose: bool = False, device: str = "cpu",
@@ -129,6 +135,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.hidden = hidden
         self.n_samples = n_samples
         self.flow_steps = flow_steps
+        self.posterior_components = posterior_components
         self.lambda_draws = lambda_draws
         self.n_moment_draws = n_moment_draws
         self.checkpoint_dir = checkpoint_dir
@@ -167,9 +174,15 @@ class VariationalEB(EmpiricalBayesEstimator):
         if self.family == "mean-field":
             return MeanFieldFactors(n, p)
         if self.family in _ENCODERS:
-            options = {"n_steps": self.flow_steps} if self.family == "iaf" else {}
+            options = ({"n_steps": self.flow_steps} if self.family == "iaf"
+                       else {"components": self._posterior_components()} if self.family == "mixture" else {})
             return _ENCODERS[self.family](m, p, tuple(self.hidden), **options)
         raise ValueError(f"unknown family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+
+    def _posterior_components(self) -> int:
+        if self.posterior_components is not None:
+            return self.posterior_components
+        return getattr(self.prior, "components", 2)
 
     def fit(self, X) -> VariationalEB:
         settings = self._settings()
@@ -201,6 +214,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         """What a checkpoint must match to be resumed: the model, the settings and the data."""
         data = x.to(torch.float64)
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
+                "posterior_components": self._posterior_components(),
                 "random_state": self.random_state, "prior": repr(self.prior), "settings": dataclasses.asdict(settings),
                 "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
 

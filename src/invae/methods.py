@@ -12,7 +12,7 @@ from .priors import Prior
 __all__ = ["make_estimator", "method_name", "FAMILY_OF_METHOD"]
 
 #: The variational methods and their posterior family (:data:`invae.estimator.FAMILIES`).
-FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-covariance",
+FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-covariance", "mixture": "mixture",
                     "mean-field": "mean-field"}
 
 

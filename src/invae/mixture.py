@@ -152,12 +152,10 @@ class GaussianMixture(Prior):
         mean = mean.to(self.means)
         n = resp.shape[0]
         totals = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # N_k, kept off zero as in scikit-learn
-        if mean.ndim == 2:
-            mean = mean[:, None, :]
-        means = torch.einsum("nk,nkp->kp", resp, mean.expand(n, self.components, self.dim)) / totals[:, None]
+        mean = (mean if mean.ndim == 3 else mean[:, None, :]).expand(n, self.components, self.dim)
+        means = torch.einsum("nk,nkp->kp", resp, mean) / totals[:, None]
         diff = mean - means  # (n, K, p)
-        scatter = torch.einsum("nk,nki,nkj->kij", resp, diff.expand(n, self.components, self.dim), diff.expand(
-            n, self.components, self.dim)) / totals[:, None, None]
+        scatter = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / totals[:, None, None]
         if cov is not None:
             scatter = scatter + cov.to(scatter)
         scatter = scatter + self.reg_covar * torch.eye(self.dim, dtype=scatter.dtype, device=scatter.device)

@@ -13,6 +13,7 @@ family                 q(z | x)                               module
 ``full-covariance``    N(μ(x), L(x) L(x)ᵀ), L lower-triang.   :class:`FullCovarianceEncoder`
 ``iaf``                diagonal base + T IAF steps (§2.3)     :class:`IAFEncoder`
 ``mean-field``         N(μ_i, diag σ_i²), free per row        :class:`MeanFieldFactors`
+``mixture``            Σ_c w_c(x) N(μ_c(x), L_c(x)L_c(x)ᵀ)    :class:`MixtureEncoder`
 =====================  =====================================  ===============================
 """
 
@@ -22,9 +23,11 @@ import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, TransformedDistribution
+from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal,
+                                 Normal, TransformedDistribution)
 
-__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MeanFieldFactors", "moments"]
+__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
+           "moments"]
 
 _INIT_LOG_STD = -1.0  # q starts narrower than a unit prior, so early z draws are not all noise
 
@@ -111,6 +114,15 @@ class GaussianEncoder(_Encoder):
         return _diagonal_normal(out[..., : self.p], out[..., self.p :])
 
 
+def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
+    """Lower-triangular (..., p, p) from its p(p+1)/2 raw entries (..., p(p+1)/2); the
+    diagonal is ``exp`` of its raw entries, so L is invertible."""
+    entries = torch.where(rows == cols, entries.exp(), entries)
+    scale_tril = entries.new_zeros(*entries.shape[:-1], p, p)
+    scale_tril[..., rows, cols] = entries
+    return scale_tril
+
+
 class FullCovarianceEncoder(_Encoder):
     """Amortized Gaussian with a full covariance, ``q(z|x) = N(μ(x), L(x) L(x)ᵀ)``.
 
@@ -131,11 +143,54 @@ class FullCovarianceEncoder(_Encoder):
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
         out = self.trunk(x)
-        entries = out[..., self.p :]
-        entries = torch.where(self.rows == self.cols, entries.exp(), entries)
-        scale_tril = out.new_zeros(*out.shape[:-1], self.p, self.p)
-        scale_tril[..., self.rows, self.cols] = entries
+        scale_tril = _scale_tril(out[..., self.p :], self.rows, self.cols, self.p)
         return MultivariateNormal(out[..., : self.p], scale_tril=scale_tril, validate_args=False)
+
+
+class MixtureEncoder(_Encoder):
+    """A mixture of full-covariance Gaussians, ``q(z|x) = Σ_c w_c(x) N(μ_c(x), L_c(x) L_c(x)ᵀ)``.
+
+    It holds multimodal posteriors, e.g. under a Gaussian-mixture prior where x does not
+    tell which component z came from: there the exact posterior of a linear-Gaussian model
+    is a K-component mixture of Gaussians, which this family contains. The trunk emits K
+    logits and, per component, μ_c (p) and L_c's p(p+1)/2 entries. The ELBO sums over c
+    exactly (:func:`invae.objectives.elbo`), so no discrete draw needs a gradient. Components
+    start at means spread by the trunk's random linear map, so they do not coincide.
+
+    Parameters
+    ----------
+    m, p : int
+        Observed and latent dimensions.
+    components : int
+        The number of mixture components of q.
+    hidden : tuple of int
+        Widths of the trunk MLP's hidden layers.
+    """
+
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2):
+        if components < 1:
+            raise ValueError(f"components must be >= 1, got {components}")
+        rows, cols = torch.tril_indices(p, p)
+        self.components, self.per_component = components, p + len(rows)
+        super().__init__(m, p, components * (1 + self.per_component), hidden)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        for c in range(components):
+            first = components + c * self.per_component + p  # this component's L entries
+            _start_spread_at(self.trunk.linear, slice(first, first + len(rows)))
+            with torch.no_grad():
+                self.trunk.linear.bias[first:first + len(rows)][rows != cols] = 0.0
+        with torch.no_grad():
+            self.trunk.linear.weight[:components] = 0.0  # equal weights w_c at the start, for every x
+            self.trunk.linear.bias[:components] = 0.0
+
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
+        out = self.trunk(x)
+        logits = out[..., : self.components]
+        parts = out[..., self.components :].unflatten(-1, (self.components, self.per_component))
+        scale_tril = _scale_tril(parts[..., self.p :], self.rows, self.cols, self.p)
+        component = MultivariateNormal(parts[..., : self.p], scale_tril=scale_tril, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), component, validate_args=False)
 
 
 class IAFEncoder(_Encoder):

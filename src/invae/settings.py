@@ -17,8 +17,8 @@ from .validation import check_noise_std, check_penalty
 
 __all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS", "NOISES"]
 
-METHODS = ("vae", "iaf", "full-covariance", "mean-field", "em", "naive")
-VARIATIONAL = METHODS[:4]  # the methods that train a posterior (and can checkpoint)
+METHODS = ("vae", "iaf", "full-covariance", "mixture", "mean-field", "em", "naive")
+VARIATIONAL = METHODS[:5]  # the methods that train a posterior (and can checkpoint)
 PRESETS = ("default", "paper")
 PRIORS = ("ggm", "gmm")
 #: Noise models: ``x = G(z) + σε`` (gaussian), ``Poisson(exp G(z))``, ``Bernoulli(sigmoid G(z))``,

@@ -91,13 +91,20 @@ def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
     M-step on ``n_draws`` draws per observation, (n_draws, n, p).
     """
     if not prior.closed_form_gaussian_m_step:
-        return prior.m_step(q.rsample((n_draws,)))
+        return prior.m_step(_draw(q, n_draws))
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         return prior.m_step_gaussian(q.mean, var=q.variance)
     if isinstance(q, MultivariateNormal):
         tril = q.scale_tril
         return prior.m_step_gaussian(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
-    return prior.m_step(q.rsample((n_draws,)))
+    return prior.m_step(_draw(q, n_draws))
+
+
+def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:
+    """Draws of q, (n_draws, n, p) or (n, p), for an M-step (no gradient needed): ``rsample``
+    where q has it (the same random numbers as before), else ``sample`` (a mixture)."""
+    shape = () if n_draws is None else (n_draws,)
+    return q.rsample(shape) if q.has_rsample else q.sample(shape)
 
 
 @contextlib.contextmanager
@@ -266,7 +273,7 @@ def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, batch: int, sett
                  seed: int) -> Prior:
     if settings.lambda_step == "batch":
         index = torch.randint(len(x), (batch,), device=x.device)
-        return prior.m_step(posterior(x[index], index).rsample())
+        return prior.m_step(_draw(posterior(x[index], index)))
     with seeded(seed, x.device):
         return lambda_step(prior, posterior_all(posterior, x), settings.lambda_draws)
 
