@@ -117,9 +117,13 @@ def run_case(case: str, seed: int, n: int) -> list[dict]:
         fits["em"] = EM(start, likelihood)
     for label, estimator in fits.items():
         began = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            estimator.fit(x)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                estimator.fit(x)
+        except FloatingPointError as error:  # a fit that diverged even after its rollbacks: a row that says so
+            rows.append({**base, "method": label, "failed": str(error), "seconds": time.perf_counter() - began})
+            continue
         seconds = time.perf_counter() - began
         row = {**base, "method": label, "parameter_error": parameter_error(estimator.prior_, truth),
                "mse": signal_mse(estimator.transform(x), z), "seconds": seconds,
@@ -149,11 +153,16 @@ def summarize(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for case in ("tanh", "poisson", "gmm"):
         for label in ORDER:
-            group = [r for r in rows if r["case"] == case and r["method"] == label]
-            if not group:
+            everything = [r for r in rows if r["case"] == case and r["method"] == label]
+            group = [r for r in everything if "failed" not in r]
+            if not everything:
                 continue
-            values = [statistics.median(r[k] for r in group) if k in group[0] else float("nan") for k, _ in COLUMNS]
-            converged = f"{sum(r['converged'] for r in group)}/{len(group)}" if "converged" in group[0] else ""
+            values = [statistics.median(r[k] for r in group) if group and k in group[0] else float("nan")
+                      for k, _ in COLUMNS]
+            converged = (f"{sum(r['converged'] for r in group)}/{len(everything)}" if "n_iter" in everything[0]
+                         or "failed" in everything[0] else "")
+            if len(group) < len(everything):
+                converged += f", {len(everything) - len(group)} diverged"
             lines.append(f"{case:<8} {label:<22}" + "".join(f"{v:>11.3f}" if v == v else f"{'—':>11}" for v in values)
                          + f"  {converged}")
     return "\n".join(lines)
