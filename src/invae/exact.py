@@ -82,7 +82,7 @@ def marginal_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) ->
     """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for x (n, m), or its mixture over the
     components of a Gaussian-mixture prior; returns (n,)."""
     if isinstance(prior, GaussianMixture):
-        return mixture_posterior(x, prior, likelihood).log_evidence
+        return torch.logsumexp(_component_log_joint(x, prior, likelihood), dim=-1)
     precision, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
     return _gaussian_log_density(x, torch.zeros_like(x[0]), a @ cov_z @ a.mT + torch.diag(noise_var))
@@ -113,15 +113,21 @@ class MixturePosterior:
         return (torch.einsum("nk,nkp->np", self.responsibilities, second) - self.mean**2).clamp_min(0)
 
 
+def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> Tensor:
+    """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for x (n, m); returns (n, K)."""
+    _, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    weights, means, covariances = (t.to(x) for t in (prior.weights, prior.means, prior.covariances))
+    return torch.stack([
+        torch.log(weights[k]) + _gaussian_log_density(x, a @ means[k], a @ covariances[k] @ a.mT + torch.diag(noise_var))
+        for k in range(prior.components)], dim=-1)
+
+
 def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
     """The exact posterior (module docstring) for x (n, m)."""
     precisions, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     a_scaled = a / noise_var[:, None]  # D⁻¹ A
-    weights, means = prior.weights.to(x), prior.means.to(x)
-    covariances = torch.cholesky_inverse(torch.linalg.cholesky(precisions))
-    log_joint = torch.stack([
-        torch.log(weights[k]) + _gaussian_log_density(x, a @ means[k], a @ covariances[k] @ a.mT + torch.diag(noise_var))
-        for k in range(prior.components)], dim=-1)  # (n, K)
+    means = prior.means.to(x)
+    log_joint = _component_log_joint(x, prior, likelihood)  # (n, K)
     chol = torch.linalg.cholesky(precisions + a.mT @ a_scaled)  # (K, p, p)
     cov = torch.cholesky_inverse(chol)
     rhs = (precisions @ means[..., None])[None, :, :, 0] + (x @ a_scaled)[:, None, :]  # (n, K, p)

@@ -33,6 +33,8 @@ from .priors import Prior
 
 __all__ = ["GaussianMixture", "match_components"]
 
+_REG_COVAR = 1e-6  # scikit-learn's GaussianMixture default
+
 
 class GaussianMixture(Prior):
     """``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` with weights π (K,), means μ (K, p), precisions Λ (K, p, p).
@@ -50,7 +52,7 @@ class GaussianMixture(Prior):
 
     closed_form_gaussian_m_step = False
 
-    def __init__(self, weights, means, precisions, *, alpha: float = 0.0, reg_covar: float = 1e-6,
+    def __init__(self, weights, means, precisions, *, alpha: float = 0.0, reg_covar: float = _REG_COVAR,
                  solver: str = "newton"):
         precisions = torch.as_tensor(precisions)
         weights = torch.as_tensor(weights).to(precisions)
@@ -91,7 +93,7 @@ class GaussianMixture(Prior):
         z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu())
         if len(z) < components:
             raise ValueError(f"a mixture of {components} components needs at least {components} rows, got {len(z)}")
-        fitted = SkGaussianMixture(components, reg_covar=options.get("reg_covar", 1e-6), random_state=seed).fit(z)
+        fitted = SkGaussianMixture(components, reg_covar=options.get("reg_covar", _REG_COVAR), random_state=seed).fit(z)
         return cls(fitted.weights_, fitted.means_, fitted.precisions_, **options)
 
     def __repr__(self) -> str:
