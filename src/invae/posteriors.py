@@ -114,6 +114,16 @@ class GaussianEncoder(_Encoder):
         return _diagonal_normal(out[..., : self.p], out[..., self.p :])
 
 
+def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor) -> None:
+    """Start the Cholesky entries ``first : first + p(p+1)/2`` of the trunk's linear map at
+    L = e^{_INIT_LOG_STD} I for every x: zero weights, diagonal raw entries _INIT_LOG_STD,
+    off-diagonal 0 (see :func:`_start_spread_at`)."""
+    entries = slice(first, first + len(rows))
+    _start_spread_at(linear, entries)
+    with torch.no_grad():
+        linear.bias[entries][rows != cols] = 0.0
+
+
 def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
     """Lower-triangular (..., p, p) from its p(p+1)/2 raw entries (..., p(p+1)/2); the
     diagonal is ``exp`` of its raw entries, so L is invertible."""
@@ -137,9 +147,7 @@ class FullCovarianceEncoder(_Encoder):
         super().__init__(m, p, p + len(rows), hidden)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
-        _start_spread_at(self.trunk.linear, slice(p, None))  # every entry of L starts at x's mean
-        with torch.no_grad():
-            self.trunk.linear.bias[p:][rows != cols] = 0.0
+        _start_cholesky_at(self.trunk.linear, p, rows, cols)
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
         out = self.trunk(x)
@@ -176,10 +184,7 @@ class MixtureEncoder(_Encoder):
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         for c in range(components):
-            first = components + c * self.per_component + p  # this component's L entries
-            _start_spread_at(self.trunk.linear, slice(first, first + len(rows)))
-            with torch.no_grad():
-                self.trunk.linear.bias[first:first + len(rows)][rows != cols] = 0.0
+            _start_cholesky_at(self.trunk.linear, components + c * self.per_component + p, rows, cols)
         with torch.no_grad():
             self.trunk.linear.weight[:components] = 0.0  # equal weights w_c at the start, for every x
             self.trunk.linear.bias[:components] = 0.0
