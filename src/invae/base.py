@@ -74,7 +74,7 @@ class EmpiricalBayesEstimator(abc.ABC):
         return _numpy(self.prior_.precision)
 
     def _tensor(self, X) -> Tensor:
-        array = check_data(X, columns=self.likelihood.forward.out_dim)
+        array = check_data(X, columns=self.likelihood.data_dim)
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
     def _models(self) -> tuple[Prior, Likelihood]:

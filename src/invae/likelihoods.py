@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -20,32 +21,49 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, Po
 from .forward import ForwardOperator, LinearOperator
 
 __all__ = ["Likelihood", "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood",
-           "linear_gaussian"]
+           "NoisePerRowGaussianLikelihood", "linear_gaussian"]
 
 
 class Likelihood(abc.ABC):
-    """``p(x | z)`` for a known forward operator and noise model."""
+    """``p(x | z)`` for a known forward operator and noise model.
+
+    A data row is what ``log_prob`` reads: ``data_dim`` numbers, the m = ``forward.out_dim``
+    measurements, followed by whatever else is known about that observation
+    (:class:`NoisePerRowGaussianLikelihood`: its noise level).
+    """
 
     forward: ForwardOperator
 
-    @abc.abstractmethod
-    def distribution(self, z: Tensor) -> Distribution:
-        """The law of ``x`` given ``z`` (..., p): batch shape (...), event shape (m,)."""
+    @property
+    def data_dim(self) -> int:
+        """Columns of a data row."""
+        return self.forward.out_dim
 
+    @abc.abstractmethod
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        """``log p(x | z)``, shape (...)."""
-        return self.distribution(z).log_prob(x)
-
-    @abc.abstractmethod
-    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One observation per signal: (..., p) → (..., m)."""
+        """``log p(x | z)`` for data rows x (..., data_dim) and signals z (..., p); shape (...)."""
 
     @abc.abstractmethod
     def to(self, device=None, dtype=None) -> Likelihood:
         """The same likelihood on ``device`` / in ``dtype``."""
 
 
-class GaussianLikelihood(Likelihood):
+class _LawGivenSignal(Likelihood):
+    """A likelihood whose rows are the measurements alone: ``x | z`` has a law of its own."""
+
+    @abc.abstractmethod
+    def distribution(self, z: Tensor) -> Distribution:
+        """The law of ``x`` given ``z`` (..., p): batch shape (...), event shape (m,)."""
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.distribution(z).log_prob(x)
+
+    @abc.abstractmethod
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One observation per signal: (..., p) → (..., m)."""
+
+
+class GaussianLikelihood(_LawGivenSignal):
     """``x = G(z) + σ ε``, ``ε ~ N(0, I_m)``.
 
     ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): shape
@@ -84,7 +102,7 @@ class GaussianLikelihood(Likelihood):
         return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
 
 
-class _PointwiseLikelihood(Likelihood):
+class _PointwiseLikelihood(_LawGivenSignal):
     """``x_j`` independent given ``η = G(z)``, each from ``law(η_j)``: batch (...), event (m,)."""
 
     def __init__(self, forward: ForwardOperator):
@@ -142,6 +160,47 @@ class StudentTLikelihood(_PointwiseLikelihood):
 
     def _law(self, eta: Tensor) -> Distribution:
         return StudentT(self.df, loc=eta, scale=self.scale, validate_args=False)
+
+
+class NoisePerRowGaussianLikelihood(Likelihood):
+    """``x_i = G(z_i) + σ_i ε_i``, ``ε_i ~ N(0, I_m)``, with a known noise level σ_i per observation.
+
+    σ_i travels in the data: a row is ``(x_i1, …, x_im, σ_i)``, shape (..., m + 1)
+    (:meth:`rows` builds them). So every minibatch carries its own σ_i, an encoder sees σ_i
+    among its inputs (its posterior depends on it), and new data come with theirs, with
+    no change to the trainer or the estimators:
+
+        log p(x_i | z) = −‖x_i − G(z)‖² / (2σ_i²) − m log σ_i − (m/2) log 2π
+    """
+
+    def __init__(self, forward: ForwardOperator):
+        self.forward = forward
+
+    def __repr__(self) -> str:
+        return f"NoisePerRowGaussianLikelihood({self.forward!r})"
+
+    @property
+    def data_dim(self) -> int:
+        return self.forward.out_dim + 1
+
+    @staticmethod
+    def rows(x, noise_std) -> np.ndarray:
+        """Data rows (n, m + 1) from measurements x (n, m) or (n,) and σ (n,) or a scalar."""
+        x = np.asarray(x, dtype=np.float64)
+        x = x[:, None] if x.ndim == 1 else x
+        noise_std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (len(x),))
+        if not (np.isfinite(noise_std).all() and (noise_std > 0).all()):
+            raise ValueError("every noise standard deviation σ_i must be finite and > 0")
+        return np.column_stack([x, noise_std])
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        measured, noise_std = x[..., :-1], x[..., -1:]
+        mean = self.forward(z)
+        return (-0.5 * ((measured - mean) / noise_std) ** 2 - noise_std.log()).sum(-1) \
+            - 0.5 * mean.shape[-1] * math.log(2 * math.pi)
+
+    def to(self, device=None, dtype=None) -> NoisePerRowGaussianLikelihood:
+        return NoisePerRowGaussianLikelihood(self.forward.to(device, dtype))
 
 
 def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> GaussianLikelihood:

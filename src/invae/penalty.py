@@ -75,7 +75,7 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
     ``α_max = max_{i≠j} |S_ij|`` for S (p, p) the second moment of the signals under
     ``prior`` (the start values), see the module docstring; X is (n, m).
     """
-    x = torch.as_tensor(check_data(X, columns=likelihood.forward.out_dim), dtype=torch.float64)
+    x = torch.as_tensor(check_data(X, columns=likelihood.data_dim), dtype=torch.float64)
     prior, likelihood = prior.to("cpu", torch.float64), likelihood.to("cpu", torch.float64)
     if has_exact_evidence(prior, likelihood):
         mean, cov = exact_posterior(x, prior, likelihood)
@@ -126,7 +126,7 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
         raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-    x = check_data(X, columns=estimator.likelihood.forward.out_dim)
+    x = check_data(X, columns=estimator.likelihood.data_dim)
     alphas = np.sort(np.asarray(penalty_grid(x, estimator.prior, estimator.likelihood) if alphas is None else alphas, dtype=float))[::-1]
     if len(alphas) == 0 or not np.all(alphas >= 0):
         raise ValueError("alphas must be a non-empty sequence of penalties >= 0")

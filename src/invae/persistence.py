@@ -96,7 +96,7 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
     estimator.prior_, estimator.likelihood_ = estimator._models()
     estimator.n_iter_, estimator.converged_, estimator.history_ = 0, True, {}
     if isinstance(estimator, VariationalEB):
-        m = likelihood.forward.out_dim
+        m = likelihood.data_dim
         estimator._fitted_data = torch.empty(0, m, dtype=estimator.dtype, device=device)  # no rows: refit factors
         if record["posterior"] is not None:
             module = estimator._build_posterior(n=0, m=m)

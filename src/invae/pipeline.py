@@ -144,7 +144,7 @@ def _history(estimator: EmpiricalBayesEstimator) -> dict:
 def run_predict(model: str | Path, data: str | Path, *, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
     """Posterior means and sds of the observations in ``data`` under a saved model, and a summary."""
     estimator = load_model(model, device=device)
-    m = estimator.likelihood.forward.out_dim
+    m = estimator.likelihood.data_dim
     x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
     mean, std = estimator.posterior(x)
     summary = {"invae_version": __version__, "model": str(model), "data": str(data),

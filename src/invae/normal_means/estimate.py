@@ -1,0 +1,129 @@
+"""One entry point for every normal-means method: ``fit_normal_means(x, sigma, method)``.
+
+``z_i ~ g``, ``x_i | z_i ~ N(z_i, σ_i²)`` with σ_i known; with covariates, g is shifted to
+c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
+
+- ``naive``: ẑ_i = x_i (no prior, posterior sd σ_i);
+- ``james-stein`` / ``normal-ml``: a normal prior by moments / marginal ML
+  (:mod:`~invae.normal_means.normal_prior`);
+- ``npmle``: the Kiefer–Wolfowitz NPMLE (:mod:`~invae.normal_means.npmle`);
+- ``log-spline``: Efron's g-model (:mod:`~invae.normal_means.log_spline`);
+- ``rank-matching``: the source's order-statistics estimator on the NPMLE prior
+  (:mod:`~invae.normal_means.rank_matching`);
+- ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
+  (:mod:`~invae.normal_means.variational`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .covariates import design_matrix, location_fit
+from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
+from .log_spline import log_spline
+from .normal_prior import fit_normal_prior
+from .npmle import npmle
+from .rank_matching import rank_match
+from .variational import mixture_on_grid, variational_normal_means
+
+__all__ = ["NORMAL_MEANS_METHODS", "NormalMeansFit", "fit_normal_means"]
+
+NORMAL_MEANS_METHODS = ("naive", "james-stein", "normal-ml", "npmle", "log-spline", "rank-matching", "vae")
+
+
+@dataclass(frozen=True)
+class NormalMeansFit:
+    """What a method gives, for n observations.
+
+    ``mean`` (n,): the estimates of z_i (posterior means, or rank-matched values);
+    ``std``, ``lfsr``, ``lfdr`` (n,) or None where the method has none (rank matching
+    is a point estimate; lfdr needs an atom at 0 and no covariates); ``prior``: the
+    estimated g on a grid (continuous priors put on it cell by cell), None for naive;
+    ``location`` (n,): c_iᵀβ̂ (zeros without covariates); ``coefficients``: β̂ or None;
+    ``log_likelihood``: the marginal Σ_i log f(x_i) under the estimated prior (None for
+    naive); ``seconds``: the method's wall time; ``details``: solver facts.
+    """
+
+    method: str
+    mean: np.ndarray
+    std: np.ndarray | None
+    lfsr: np.ndarray | None
+    lfdr: np.ndarray | None
+    prior: GridPrior | None
+    location: np.ndarray
+    coefficients: np.ndarray | None
+    log_likelihood: float | None
+    seconds: float
+    details: dict
+
+
+def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: list[np.ndarray] | None = None,
+                     grid: np.ndarray | None = None, seed: int = 0, **options) -> NormalMeansFit:
+    """Estimate g and every z_i from ``x`` (n,) and known noise sds ``sigma`` (n,) or a scalar.
+
+    ``covariates``: columns (each (n,), numbers or text labels) on which g's location
+    depends; ``grid``: the atoms for the grid priors (default: 300 over the data's range);
+    ``options`` go to the method's solver (e.g. ``solver="em"`` for npmle, ``df`` for
+    log-spline, ``components`` or any ``VariationalEB`` setting such as ``max_iter`` for vae).
+    """
+    if method not in NORMAL_MEANS_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(NORMAL_MEANS_METHODS)}")
+    x, sigma = _checked(x, sigma)
+    start = time.perf_counter()
+    coefficients, location = None, np.zeros_like(x)
+    if covariates:
+        coefficients, location = location_fit(x, design_matrix(covariates)[0])
+    residual = x - location
+    atoms = default_grid(residual) if grid is None else np.asarray(grid, dtype=np.float64)
+    shift = location if covariates else None
+    prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options)
+    mean, std, lfsr, lfdr = posterior.mean, posterior.std, posterior.lfsr, posterior.lfdr
+    if method == "rank-matching":
+        mean, std, lfsr, lfdr = location + rank_match(mean - location, prior.quantile), None, None, None
+    log_likelihood = None if prior is None else float(log_marginal(residual, sigma, prior).sum())
+    return NormalMeansFit(method, mean, std, lfsr, lfdr, prior, location, coefficients, log_likelihood,
+                          time.perf_counter() - start, details)
+
+
+def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | None,
+                                                                                NormalMeansPosterior, dict]:
+    """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts)."""
+    residual = x if location is None else x - location
+    if method == "naive":
+        return None, NormalMeansPosterior(x.copy(), sigma.copy(), None, None), {}
+    if method in ("james-stein", "normal-ml"):
+        normal = fit_normal_prior(residual, sigma, "ml" if method == "normal-ml" else "james-stein")
+        mean, std, lfsr = normal.posterior(x, sigma, location)
+        prior = discretize(normal_cdf(normal.mean, normal.variance ** 0.5), atoms)
+        return prior, NormalMeansPosterior(mean, std, lfsr, None), {"prior_mean": normal.mean,
+                                                                     "prior_variance": normal.variance}
+    if method in ("npmle", "rank-matching", "log-spline"):
+        if method == "log-spline":
+            result = log_spline(residual, sigma, atoms, **options)
+            details = {"converged": result.converged}
+        else:
+            result = npmle(residual, sigma, atoms, **options)
+            details = {"solver_iterations": result.n_iter, "optimality_gap": result.gap,
+                       "converged": result.converged}
+        return result.prior, grid_posterior(x, sigma, result.prior, location), details
+    estimator, posterior = variational_normal_means(x, sigma, location=location, seed=seed, **options)
+    details = {"iterations": estimator.n_iter_, "converged": estimator.converged_,
+               "elbo": estimator.history_["elbo"][-1]}
+    return mixture_on_grid(estimator.prior_, atoms), posterior, details
+
+
+def _checked(x, sigma) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 4:
+        raise ValueError(f"x must be one number per observation, at least 4; got shape {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise ValueError(f"x holds a non-finite value (row {bad})")
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), x.shape).copy()
+    if not (np.isfinite(sigma).all() and (sigma > 0).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(sigma) & (sigma > 0)))[0])
+        raise ValueError(f"every noise sd σ_i must be finite and > 0; row {bad} has {sigma[bad]!r}")
+    return x, sigma
