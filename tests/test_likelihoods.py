@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from scipy.stats import bernoulli, norm, poisson
 from scipy.stats import t as student_t
 
 from invae import GaussianGraphicalModel, VariationalEB, simulate_problem
 from invae.forward import LinearOperator
-from invae.likelihoods import BernoulliLikelihood, PoissonLikelihood, StudentTLikelihood, linear_gaussian
+from invae.likelihoods import (BernoulliLikelihood, NoisePerRowGaussianLikelihood, PoissonLikelihood,
+                               StudentTLikelihood, linear_gaussian)
 
 
 def test_log_prob_matches_scipy(rng):
@@ -97,3 +99,29 @@ def test_poisson_counts_fit_with_a_flow_posterior():
     flow = [np.corrcoef(mean[:, j], problem.Z[:, j])[0, 1] for j in range(3)]
     naive = [np.corrcoef(np.log(x[:, j] + 0.5), problem.Z[:, j])[0, 1] for j in range(3)]
     assert min(flow) > max(naive)
+
+
+def test_noise_carried_in_each_row_matches_scipy(rng):
+    a = rng.standard_normal((3, 2))
+    z = rng.standard_normal((4, 5, 2))  # S = 4 draws for each of n = 5 rows
+    x, sigma = rng.standard_normal((5, 3)), rng.uniform(0.5, 2.0, 5)
+    lik = NoisePerRowGaussianLikelihood(LinearOperator(torch.as_tensor(a)))
+    rows = NoisePerRowGaussianLikelihood.rows(x, sigma)
+    assert lik.data_dim == 4 and rows.shape == (5, 4)
+    expected = norm(z @ a.T, sigma[:, None]).logpdf(x).sum(-1)
+    np.testing.assert_allclose(lik.log_prob(torch.as_tensor(rows), torch.as_tensor(z)).numpy(), expected)
+    with pytest.raises(ValueError, match="σ_i"):
+        NoisePerRowGaussianLikelihood.rows(x, np.array([1.0, 1.0, 0.0, 1.0, 1.0]))
+
+
+def test_an_estimator_takes_rows_with_their_noise_level(rng):
+    lik = NoisePerRowGaussianLikelihood(LinearOperator(torch.eye(2)))
+    z = rng.standard_normal((300, 2))
+    sigma = rng.uniform(0.2, 1.0, 300)
+    rows = NoisePerRowGaussianLikelihood.rows(z + sigma[:, None] * rng.standard_normal((300, 2)), sigma)
+    est = VariationalEB(GaussianGraphicalModel(dim=2), lik, max_iter=30, tol=1e-9, hidden=(16,))
+    with pytest.warns(ConvergenceWarning):
+        est.fit(rows)
+    assert est.posterior(rows)[0].shape == (300, 2)
+    with pytest.raises(ValueError, match="2 columns but the model expects 3"):
+        est.posterior(rows[:, :2])

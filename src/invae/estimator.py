@@ -18,7 +18,8 @@ from torch import Tensor
 from .base import EmpiricalBayesEstimator, _numpy
 from .objectives import elbo as elbo_values
 from .checkpoints import Checkpointer
-from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder, moments
+from .posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder,
+                         marginal_cdf, moments)
 from .training import TrainingSettings, seeded, train
 
 __all__ = ["VariationalEB", "PRESETS", "FAMILIES"]
@@ -242,6 +243,19 @@ class VariationalEB(EmpiricalBayesEstimator):
         with seeded(self.random_state, x.device):
             parts = [moments(q, self.n_moment_draws) for _, q in self._chunks(x)]
         return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
+
+    @torch.no_grad()
+    def posterior_cdf(self, X, threshold=0.0) -> np.ndarray:
+        """``P(z_ij ≤ t_i | x_i)`` under q, shape (n, p), for a threshold t that is one number
+        or one per row (n,): exact for the Gaussian and mixture families, from
+        ``n_moment_draws`` draws for ``iaf``. (The local false sign rate is
+        ``min(P(z ≤ 0), P(z ≥ 0))``.)"""
+        self._check_fitted()
+        x = self._tensor(X)
+        t = torch.as_tensor(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(x),)).copy(),
+                            dtype=x.dtype, device=x.device)[:, None]
+        with seeded(self.random_state, x.device):
+            return _numpy(torch.cat([marginal_cdf(q, t[rows], self.n_moment_draws) for rows, q in self._chunks(x)]))
 
     @torch.no_grad()
     def sample_posterior(self, X, n_samples: int = 100) -> np.ndarray:

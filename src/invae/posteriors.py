@@ -287,3 +287,37 @@ def moments(q: Distribution, n_draws: int = 256, chunk: int = 16) -> tuple[Tenso
     mean = total / n_draws
     var = (total_sq / n_draws - mean.square()) * n_draws / (n_draws - 1)
     return shift + mean, var.clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def marginal_cdf(q: Distribution, threshold: float | Tensor = 0.0, n_draws: int = 1024, chunk: int = 16) -> Tensor:
+    """``P(z_j ≤ t)`` under q for every coordinate j, batch shape + (p,); ``threshold`` t is a
+    number or a tensor that broadcasts against batch shape + (p,) (e.g. (n, 1): one per row).
+
+    Exact for the Gaussian families (``Φ((t − μ_j)/σ_j)``) and for a mixture of Gaussians
+    (``Σ_c w_c Φ((t − μ_cj)/σ_cj)``); otherwise the fraction of ``n_draws`` draws at or
+    below t (Monte Carlo sd ≤ 0.5/√n_draws).
+    """
+    if isinstance(q, MixtureSameFamily):
+        component = q.component_distribution
+        weights = q.mixture_distribution.probs.unsqueeze(-1)  # (..., K, 1)
+        per_component = torch.as_tensor(threshold, dtype=weights.dtype, device=weights.device)
+        per_component = per_component.unsqueeze(-2) if per_component.ndim else per_component
+        return (weights * _gaussian_cdf(component, per_component)).sum(-2)
+    try:
+        return _gaussian_cdf(q, threshold)
+    except NotImplementedError:
+        pass
+    below = 0.0
+    for start in range(0, n_draws, chunk):
+        z = q.sample((min(chunk, n_draws - start),))
+        below = below + (z <= threshold).to(z.dtype).sum(0)
+    return below / n_draws
+
+
+def _gaussian_cdf(q: Distribution, threshold: float | Tensor) -> Tensor:
+    """Φ((t − μ)/σ) per coordinate for a Gaussian q (diagonal or full); NotImplementedError otherwise."""
+    if not isinstance(q, (MultivariateNormal, Independent)) or (
+            isinstance(q, Independent) and not isinstance(q.base_dist, Normal)):
+        raise NotImplementedError
+    return Normal(q.mean, q.stddev).cdf(torch.as_tensor(threshold, dtype=q.mean.dtype, device=q.mean.device))

@@ -27,8 +27,8 @@ def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has no columns")
     if columns is not None and array.shape[1] != columns:
         raise ValueError(
-            f"{name} has {array.shape[1]} columns but the forward model expects {columns} "
-            "(the rows of A); check --forward / the data file"
+            f"{name} has {array.shape[1]} columns but the model expects {columns} (the rows of A, "
+            "and σ_i where each row carries its noise level); check --forward / the data file"
         )
     with np.errstate(over="ignore"):
         array = array.astype(np.float64)

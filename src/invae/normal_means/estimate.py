@@ -3,7 +3,7 @@
 ``z_i ~ g``, ``x_i | z_i ~ N(z_i, σ_i²)`` with σ_i known; with covariates, g is shifted to
 c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
 
-- ``naive``: ẑ_i = x_i (no prior, posterior sd σ_i);
+- ``naive``: ẑ_i = x_i (the posterior under a flat prior: sd σ_i, lfsr Φ(−|x_i|/σ_i));
 - ``james-stein`` / ``normal-ml``: a normal prior by moments / marginal ML
   (:mod:`~invae.normal_means.normal_prior`);
 - ``npmle``: the Kiefer–Wolfowitz NPMLE (:mod:`~invae.normal_means.npmle`);
@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtr
 
 from .covariates import design_matrix, location_fit
 from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
@@ -93,7 +94,7 @@ def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | 
     """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts)."""
     residual = x if location is None else x - location
     if method == "naive":
-        return None, NormalMeansPosterior(x.copy(), sigma.copy(), None, None), {}
+        return None, NormalMeansPosterior(x.copy(), sigma.copy(), ndtr(-np.abs(x) / sigma), None), {}
     if method in ("james-stein", "normal-ml"):
         normal = fit_normal_prior(residual, sigma, "ml" if method == "normal-ml" else "james-stein")
         mean, std, lfsr = normal.posterior(x, sigma, location)

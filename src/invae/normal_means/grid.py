@@ -131,7 +131,7 @@ def grid_posterior(x: np.ndarray, sigma: np.ndarray, prior: GridPrior,
         w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
         mean = w @ atoms
-        var = np.clip(w @ atoms**2 - mean**2, 0.0, None)
+        var = (w * (atoms[None, :] - mean[:, None]) ** 2).sum(axis=1)  # centred: no cancellation
         signed = atoms[None, :] + shift[rows, None]  # the atoms of z_i
         below, above = (w * (signed <= 0)).sum(axis=1), (w * (signed >= 0)).sum(axis=1)
         parts.append((mean + shift[rows], np.sqrt(var), np.minimum(below, above), w[:, zero].sum(axis=1)))

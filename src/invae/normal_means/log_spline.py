@@ -50,6 +50,19 @@ def spline_basis(atoms: np.ndarray, df: int) -> np.ndarray:
     return basis / basis.std(axis=0)
 
 
+def negative_objective(alpha: np.ndarray, basis: np.ndarray, scaled: np.ndarray,
+                       penalty: float) -> tuple[float, np.ndarray]:
+    """``−(ℓ(α) − c0 ‖α‖)/n`` and its gradient (df,), with ``scaled`` = L up to a factor per row."""
+    n = len(scaled)
+    masses = np.exp(log_softmax(basis @ alpha))
+    fitted = scaled @ masses
+    derivatives = scaled.T @ (1.0 / fitted)
+    norm = np.sqrt(alpha @ alpha + 1e-12)
+    value = np.log(fitted).sum() - penalty * norm
+    gradient = basis.T @ (masses * derivatives) - n * basis.T @ masses - penalty * alpha / norm
+    return -value / n, -gradient / n
+
+
 def log_spline(x, sigma, grid: np.ndarray | None = None, *, df: int = 5, penalty: float = 1.0) -> LogSplineResult:
     """Efron's g-model fitted to ``x`` (n,) with known noise sds ``sigma`` (n,) or a scalar;
     ``penalty`` is Efron's c0, ``df`` the basis size, ``grid`` the atoms (default 300 over x's range)."""
@@ -60,19 +73,8 @@ def log_spline(x, sigma, grid: np.ndarray | None = None, *, df: int = 5, penalty
     row_max = log_l.max(axis=1)
     scaled = np.exp(log_l - row_max[:, None])
     del log_l
-    n = len(x)
-
-    def negative_objective(alpha: np.ndarray) -> tuple[float, np.ndarray]:
-        masses = np.exp(log_softmax(basis @ alpha))
-        fitted = scaled @ masses
-        derivatives = scaled.T @ (1.0 / fitted)
-        norm = np.sqrt(alpha @ alpha + 1e-12)
-        value = np.log(fitted).sum() - penalty * norm
-        gradient = basis.T @ (masses * derivatives) - n * basis.T @ masses - penalty * alpha / norm
-        return -value / n, -gradient / n
-
-    result = minimize(negative_objective, np.zeros(basis.shape[1]), jac=True, method="L-BFGS-B",
-                      options={"maxiter": 1000, "gtol": 1e-9})
+    result = minimize(negative_objective, np.zeros(basis.shape[1]), args=(basis, scaled, penalty), jac=True,
+                      method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9})
     masses = np.exp(log_softmax(basis @ result.x))
     log_likelihood = float(np.log(scaled @ masses).sum() + row_max.sum())
     return LogSplineResult(GridPrior(atoms, masses), result.x, log_likelihood, bool(result.success))

@@ -21,9 +21,6 @@ from .grid import GridPrior, NormalMeansPosterior, discretize
 
 __all__ = ["variational_normal_means", "mixture_on_grid"]
 
-_LFSR_DRAWS = 2000  # lfsr from this many posterior draws per row: Monte Carlo sd ≤ 0.5/√2000 ≈ 0.011
-_ROWS_PER_DRAW = 2048
-
 
 def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0,
                              **options) -> tuple[VariationalEB, NormalMeansPosterior]:
@@ -39,9 +36,7 @@ def variational_normal_means(x, sigma, *, location=None, components: int = 10, s
     estimator = VariationalEB(prior, likelihood, family="mixture", posterior_components=components,
                               random_state=seed, **options).fit(rows)
     mean, std = estimator.posterior(rows)
-    below = np.concatenate([
-        (estimator.sample_posterior(rows[start:start + _ROWS_PER_DRAW], _LFSR_DRAWS)[..., 0]
-         + shift[start:start + _ROWS_PER_DRAW] <= 0).mean(axis=0) for start in range(0, len(rows), _ROWS_PER_DRAW)])
+    below = estimator.posterior_cdf(rows, -shift)[:, 0]  # P(θ_i ≤ −ℓ_i) = P(z_i ≤ 0)
     return estimator, NormalMeansPosterior(mean[:, 0] + shift, std[:, 0], np.minimum(below, 1 - below), None)
 
 
