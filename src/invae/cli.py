@@ -12,6 +12,8 @@ import warnings
 from .checkpoints import FitInterrupted
 from .demo import run_demo
 from .io import write_results
+from .normal_means import NORMAL_MEANS_METHODS
+from .normal_means.run import run_eb
 from .penalty import CRITERIA
 from .persistence import save_model
 from .pipeline import run_fit, run_predict
@@ -24,6 +26,10 @@ __all__ = ["main"]
 _FIT_EXAMPLE = """example:
   invae simulate --p 20 --n 10000 --noise-std 0.5 --out problem
   invae fit --data problem/X.npy --forward problem/A.npy --noise-std 0.5 --penalty 0.02 --out fit
+"""
+
+_EB_EXAMPLE = """example:
+  invae eb --data scores.csv --x estimate --sigma se --covariates group --method npmle --out eb
 """
 
 
@@ -121,6 +127,28 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
+    eb = commands.add_parser("eb", help="one-dimensional empirical Bayes (normal means): x_i ~ N(z_i, σ_i²), "
+                             "estimate the prior of z and every z_i's posterior",
+                             epilog=_EB_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eb.add_argument("--data", required=True, help="a table: .csv (a header row of names, or none) or .npy (n, k)")
+    eb.add_argument("--x", required=True, help="the column of observations x_i (a name or a 0-based position)")
+    eb.add_argument("--sigma", help="the column of known noise sds σ_i (one per row)")
+    eb.add_argument("--noise-std", type=float, help="one known noise sd σ for every row (instead of --sigma)")
+    eb.add_argument("--covariates", type=lambda text: [key for key in text.split(",") if key],
+                    help="comma-separated columns on which the prior's location depends: numbers enter "
+                         "linearly, text columns are group labels")
+    eb.add_argument("--method", choices=NORMAL_MEANS_METHODS, default="npmle",
+                    help="npmle: Kiefer-Wolfowitz NPMLE; log-spline: Efron's g-model; james-stein / normal-ml: "
+                         "a normal prior; rank-matching: the source's order statistics on the NPMLE; vae: the "
+                         "VAE-like estimator; naive: z = x (default: npmle)")
+    eb.add_argument("--grid-size", type=int, default=300, help="atoms of the prior's grid (default: 300)")
+    eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior (default: 10)")
+    eb.add_argument("--max-iter", type=int, help="outer iterations of vae (default: 2000)")
+    eb.add_argument("--seed", type=int, default=0)
+    eb.add_argument("--device", default="cpu", help="torch device of vae, e.g. cuda (default: cpu)")
+    eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
+    eb.add_argument("--quiet", action="store_true", help="no progress bar")
+
     report = commands.add_parser("report", help="draw the figures and report.html of a results folder",
                                  epilog="example:\n  invae report invae-demo    # then open invae-demo/report.html\n",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +186,18 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 
 
+def _eb(args: argparse.Namespace) -> None:
+    arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
+                                    covariates=args.covariates, method=args.method, grid_size=args.grid_size,
+                                    components=args.components, max_iter=args.max_iter, seed=args.seed,
+                                    device=args.device, verbose=0 if args.quiet else 1)
+    folder = write_results(args.out, arrays, summary, files)
+    if not args.quiet:
+        evidence = f", log-likelihood {summary['log_likelihood']:.2f}" if "log_likelihood" in summary else ""
+        print(f"{args.method}: {summary['n']} observation(s) in {summary['seconds']:.2f} s{evidence}; "
+              f"results in {folder}/ (posterior.csv, prior.png)")
+
+
 def _report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.folder)}")
 
@@ -175,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report,
-             "predict": _predict}[args.command](args)
+            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report, "predict": _predict,
+             "eb": _eb}[args.command](args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2

@@ -71,8 +71,10 @@ def _load_csv(path: Path) -> np.ndarray:
                 raise first from None
 
 
-def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict) -> Path:
-    """Write ``NAME.npy`` for each array and ``summary.json`` into the folder ``out``.
+def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict,
+                  files: dict[str, bytes] | None = None) -> Path:
+    """Write ``NAME.npy`` for each array, ``summary.json`` and the other ``files`` (name →
+    contents, e.g. a table or a figure) into the folder ``out``.
 
     Everything is written into a temporary folder next to ``out`` first and moved into
     place only when all files are complete: an error leaves ``out`` as it was. Files of
@@ -87,6 +89,8 @@ def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict)
         for key, value in arrays.items():
             np.save(staging / f"{key}.npy", value)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+        for name, contents in (files or {}).items():
+            (staging / name).write_bytes(contents)
         if not out.exists():
             os.replace(staging, out)
             return out

@@ -33,6 +33,6 @@ def test_covariates_shift_every_method(rng):
     shifted = fit_normal_means(x, 0.5, "npmle", covariates=[covariate])
     plain = fit_normal_means(x, 0.5, "npmle")
     z = 2.0 * covariate + theta
-    assert shifted.coefficients[1] == pytest.approx(2.0, abs=0.05)  # slope SE ≈ 1.1/(1.15·√n) ≈ 0.015
+    assert shifted.coefficients["c0"] == pytest.approx(2.0, abs=0.05)  # slope SE ≈ 1.1/(1.15·√n) ≈ 0.015
     assert ((shifted.mean - z) ** 2).mean() < 0.5 * ((plain.mean - z) ** 2).mean()
     assert shifted.lfdr is None and shifted.lfsr.shape == (n,)

@@ -14,12 +14,14 @@ import numpy as np
 __all__ = ["design_matrix", "location_fit"]
 
 
-def design_matrix(columns: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+def design_matrix(columns: dict[str, np.ndarray] | list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
     """The design (n, 1 + d) with an intercept, and its column names, from covariate
-    columns (each (n,), numbers or text labels)."""
-    n = len(columns[0])
+    columns (each (n,), numbers or text labels), named by the dict's keys (or c0, c1, …)."""
+    if not isinstance(columns, dict):
+        columns = {f"c{index}": column for index, column in enumerate(columns)}
+    n = len(next(iter(columns.values())))
     parts, names = [np.ones((n, 1))], ["intercept"]
-    for index, column in enumerate(columns):
+    for index, column in columns.items():
         column = np.asarray(column)
         if len(column) != n:
             raise ValueError(f"covariate column {index} has {len(column)} rows, the first has {n}")
@@ -28,11 +30,11 @@ def design_matrix(columns: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
             if not np.isfinite(values).all():
                 raise ValueError(f"covariate column {index} holds a non-finite number")
             parts.append(values[:, None])
-            names.append(f"c{index}")
+            names.append(index)
         else:
             labels = np.unique(column)
             parts.append((column[:, None] == labels[None, 1:]).astype(np.float64))
-            names += [f"c{index}={label}" for label in labels[1:]]
+            names += [f"{index}={label}" for label in labels[1:]]
     design = np.hstack(parts)
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise ValueError("the covariates are collinear (with each other or a constant): drop one")

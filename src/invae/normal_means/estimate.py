@@ -43,7 +43,8 @@ class NormalMeansFit:
     ``std``, ``lfsr``, ``lfdr`` (n,) or None where the method has none (rank matching
     is a point estimate; lfdr needs an atom at 0 and no covariates); ``prior``: the
     estimated g on a grid (continuous priors put on it cell by cell), None for naive;
-    ``location`` (n,): c_iᵀβ̂ (zeros without covariates); ``coefficients``: β̂ or None;
+    ``location`` (n,): c_iᵀβ̂ (zeros without covariates); ``coefficients``: β̂ by design
+    column name (``intercept``, ``c0``, ``c0=label``, …) or None;
     ``log_likelihood``: the marginal Σ_i log f(x_i) under the estimated prior (None for
     naive); ``seconds``: the method's wall time; ``details``: solver facts.
     """
@@ -55,18 +56,19 @@ class NormalMeansFit:
     lfdr: np.ndarray | None
     prior: GridPrior | None
     location: np.ndarray
-    coefficients: np.ndarray | None
+    coefficients: dict[str, float] | None
     log_likelihood: float | None
     seconds: float
     details: dict
 
 
-def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: list[np.ndarray] | None = None,
-                     grid: np.ndarray | None = None, seed: int = 0, **options) -> NormalMeansFit:
+def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, np.ndarray] | list | None = None,
+                     grid: np.ndarray | int = 300, seed: int = 0, **options) -> NormalMeansFit:
     """Estimate g and every z_i from ``x`` (n,) and known noise sds ``sigma`` (n,) or a scalar.
 
-    ``covariates``: columns (each (n,), numbers or text labels) on which g's location
-    depends; ``grid``: the atoms for the grid priors (default: 300 over the data's range);
+    ``covariates``: columns (each (n,), numbers or text labels; a dict names them) on which
+    g's location depends; ``grid``: the atoms for the grid priors, or their number (equally spaced over
+    the range of x − c_iᵀβ̂, 0 among them; :func:`~invae.normal_means.grid.default_grid`);
     ``options`` go to the method's solver (e.g. ``solver="em"`` for npmle, ``df`` for
     log-spline, ``components`` or any ``VariationalEB`` setting such as ``max_iter`` for vae).
     """
@@ -75,11 +77,13 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: list[np.nda
     x, sigma = _checked(x, sigma)
     start = time.perf_counter()
     coefficients, location = None, np.zeros_like(x)
-    if covariates:
-        coefficients, location = location_fit(x, design_matrix(covariates)[0])
+    if covariates is not None and len(covariates):
+        design, names = design_matrix(covariates)
+        beta, location = location_fit(x, design)
+        coefficients = dict(zip(names, beta.tolist()))
     residual = x - location
-    atoms = default_grid(residual) if grid is None else np.asarray(grid, dtype=np.float64)
-    shift = location if covariates else None
+    atoms = _atoms(residual, grid)
+    shift = location if coefficients is not None else None
     prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options)
     mean, std, lfsr, lfdr = posterior.mean, posterior.std, posterior.lfsr, posterior.lfdr
     if method == "rank-matching":
@@ -114,6 +118,14 @@ def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | 
     details = {"iterations": estimator.n_iter_, "converged": estimator.converged_,
                "elbo": estimator.history_["elbo"][-1]}
     return mixture_on_grid(estimator.prior_, atoms), posterior, details
+
+
+def _atoms(residual: np.ndarray, grid: np.ndarray | int) -> np.ndarray:
+    if np.ndim(grid) == 0:
+        if int(grid) < 2:
+            raise ValueError(f"the grid needs at least 2 atoms, got {grid!r}")
+        return default_grid(residual, int(grid))
+    return np.asarray(grid, dtype=np.float64)
 
 
 def _checked(x, sigma) -> tuple[np.ndarray, np.ndarray]:
