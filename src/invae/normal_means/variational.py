@@ -22,7 +22,7 @@ from .grid import GridPrior, NormalMeansPosterior, discretize
 __all__ = ["variational_normal_means", "mixture_on_grid"]
 
 
-def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0,
+def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0, tol: float = 1e-3,
                              **options) -> tuple[VariationalEB, NormalMeansPosterior]:
     """Fit ``VariationalEB`` to ``x`` (n,) with noise sds ``sigma`` (n,) or a scalar; returns the
     fitted estimator and every z_i's posterior mean, sd and lfsr under q (lfdr: None, the
@@ -31,13 +31,22 @@ def variational_normal_means(x, sigma, *, location=None, components: int = 10, s
     shift = np.zeros(np.shape(x)) if location is None else np.asarray(location, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64) - shift
     rows = NoisePerRowGaussianLikelihood.rows(x, sigma)
-    prior = GaussianMixture.from_signals(x[:, None], components, seed=seed)
+    prior = _narrow_start(x, components)
     likelihood = NoisePerRowGaussianLikelihood(LinearOperator(torch.eye(1, dtype=torch.float64)))
     estimator = VariationalEB(prior, likelihood, family="mixture", posterior_components=components,
-                              random_state=seed, **options).fit(rows)
+                              random_state=seed, tol=tol, **options).fit(rows)
     mean, std = estimator.posterior(rows)
     below = estimator.posterior_cdf(rows, -shift)[:, 0]  # P(θ_i ≤ −ℓ_i) = P(z_i ≤ 0)
     return estimator, NormalMeansPosterior(mean[:, 0] + shift, std[:, 0], np.minimum(below, 1 - below), None)
+
+
+def _narrow_start(x: np.ndarray, components: int) -> GaussianMixture:
+    """Equal weights, means at the quantiles (k + ½)/K of x, sds half the spacing (q95 − q5)/K."""
+    means = np.quantile(x, (np.arange(components) + 0.5) / components)
+    spacing = max((np.quantile(x, 0.95) - np.quantile(x, 0.05)) / components, 1e-6)
+    precision = 1.0 / (0.5 * spacing) ** 2
+    return GaussianMixture(np.full(components, 1.0 / components), means[:, None],
+                           np.full((components, 1, 1), precision))
 
 
 def mixture_on_grid(prior: GaussianMixture, atoms: np.ndarray) -> GridPrior:
