@@ -3,6 +3,7 @@ from scipy.stats import norm
 
 from invae import GaussianGraphicalModel, Naive, linear_gaussian, simulate_problem
 from invae.baselines import complete_data_floor, rank_matching
+from invae.normal_means import GridPrior, NormalPrior
 
 
 def test_naive_is_least_squares_with_its_sampling_spread(rng):
@@ -30,7 +31,7 @@ def test_naive_precision_is_the_plug_in_m_step(rng):
 
 def test_rank_matching_keeps_order_and_takes_prior_quantiles(rng):
     estimates = rng.standard_normal((9, 2))
-    matched = rank_matching(estimates, np.array([1.0, 3.0]))
+    matched = rank_matching(estimates, lambda u: np.array([1.0, 3.0]) * norm.ppf(u))
     for j, scale in enumerate((1.0, 3.0)):
         order = np.argsort(estimates[:, j])
         np.testing.assert_array_equal(np.argsort(matched[:, j]), order)
@@ -47,5 +48,22 @@ def test_naive_shrinks_nothing_so_rank_matching_beats_it_at_high_noise():
     # The order-statistics estimator's marginal spread is the prior's, not prior + noise.
     problem = simulate_problem(p=5, n=2000, noise_std=1.0, seed=3)
     naive_mean = problem.X
-    matched = rank_matching(naive_mean, np.sqrt(np.diag(np.linalg.inv(problem.precision))))
+    std = np.sqrt(np.diag(np.linalg.inv(problem.precision)))
+    matched = rank_matching(naive_mean, lambda u: std * norm.ppf(u))
     assert np.mean((matched - problem.Z) ** 2) < np.mean((naive_mean - problem.Z) ** 2)
+
+
+def test_rank_matching_keeps_the_order_and_takes_the_prior_quantiles(rng):
+    scores = rng.normal(0, 1, 1000)
+    prior = GridPrior(np.array([0.0, 3.0]), np.array([0.7, 0.3]))
+    z = rank_matching(scores, prior.quantile)
+    order = np.argsort(scores)
+    assert np.all(np.diff(z[order]) >= 0)  # the data's order
+    assert (z == 3.0).sum() == 300 and (z == 0.0).sum() == 700  # the prior's masses, exactly at n = 1000
+
+
+def test_rank_matching_on_a_normal_prior_gives_its_quantiles(rng):
+    scores = rng.uniform(size=999)
+    z = rank_matching(scores, NormalPrior(1.0, 4.0).quantile)
+    np.testing.assert_allclose(np.sort(z)[499], 1.0, atol=1e-12)  # the middle rank gets the median
+    np.testing.assert_allclose(np.std(z), 2.0, rtol=0.02)

@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-from scipy.stats import norm
 from torch import Tensor
 
 from .base import EmpiricalBayesEstimator
@@ -51,16 +52,19 @@ class Naive(EmpiricalBayesEstimator):
         return x @ a_pinv.mT, std
 
 
-def rank_matching(estimates: np.ndarray, marginal_std: np.ndarray) -> np.ndarray:
-    """Replace each column's values by prior quantiles at the same ranks.
+def rank_matching(estimates: np.ndarray, quantile: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Replace each column's values by the prior's quantiles at the same ranks (DESIGN §2.6).
 
-    ``ẑ_(i),j = sd_j · Φ⁻¹((i − ½) / n)`` for the observation of rank ``i`` in column j
-    of ``estimates`` (n, p); ``marginal_std`` (p,) holds the prior's marginal standard
-    deviations ``sqrt((Λ̂⁻¹)_jj)`` (a centred Gaussian marginal, as in the GGM).
+    ``ẑ_(i),j = Q_j((i − ½) / n)`` for the observation of rank ``i`` (ties by position) in
+    column j of ``estimates`` (n, p) or (n,); ``quantile`` maps levels u of that shape to the
+    prior's marginal quantiles, e.g. ``lambda u: sd * norm.ppf(u)`` for centred Gaussian
+    marginals with sds ``sd`` (p,) (the GGM), or a grid prior's ``quantile`` in one dimension.
+    The estimates' empirical distribution is then the prior's, in the data's order.
     """
+    estimates = np.asarray(estimates, dtype=np.float64)
     n = estimates.shape[0]
-    ranks = np.argsort(np.argsort(estimates, axis=0, kind="stable"), axis=0)
-    return norm.ppf((ranks + 0.5) / n) * np.asarray(marginal_std)[None, :]
+    ranks = np.argsort(np.argsort(estimates, axis=0, kind="stable"), axis=0, kind="stable")
+    return np.asarray(quantile((ranks + 0.5) / n), dtype=np.float64)
 
 
 def complete_data_floor(z: Tensor | np.ndarray, prior: Prior, *, tol: float = 1e-8, max_iter: int = 1000) -> Prior:

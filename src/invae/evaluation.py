@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.stats import norm
 
 from .base import EmpiricalBayesEstimator
 from .baselines import complete_data_floor, rank_matching
@@ -92,7 +93,7 @@ def rank_matching_row(prior_from: EmpiricalBayesEstimator, naive_mean: np.ndarra
                       oracle_mse: float) -> dict:
     """The order-statistics estimator: naive estimates' ranks, the fitted prior's quantiles."""
     marginal_std = np.sqrt(np.diag(np.linalg.inv(prior_from.precision_)))
-    mse = signal_mse(rank_matching(naive_mean, marginal_std), problem.Z)
+    mse = signal_mse(rank_matching(naive_mean, lambda u: marginal_std * norm.ppf(u)), problem.Z)
     return {"method": "rank matching (EM prior)", "mse": mse, "mse_ratio": mse / oracle_mse}
 
 

@@ -11,9 +11,8 @@ from .grid import GridPrior, NormalMeansPosterior, grid_posterior
 from .log_spline import log_spline
 from .normal_prior import NormalPrior, fit_normal_prior
 from .npmle import npmle
-from .rank_matching import rank_match
 from .simulate import simulate_normal_means, true_prior
 
 __all__ = ["NORMAL_MEANS_METHODS", "NormalMeansFit", "fit_normal_means", "GridPrior", "NormalMeansPosterior",
-           "grid_posterior", "log_spline", "NormalPrior", "fit_normal_prior", "npmle", "rank_match",
+           "grid_posterior", "log_spline", "NormalPrior", "fit_normal_prior", "npmle",
            "simulate_normal_means", "true_prior"]

@@ -9,7 +9,8 @@ c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
 - ``npmle``: the Kiefer–Wolfowitz NPMLE (:mod:`~invae.normal_means.npmle`);
 - ``log-spline``: Efron's g-model (:mod:`~invae.normal_means.log_spline`);
 - ``rank-matching``: the source's order-statistics estimator on the NPMLE prior
-  (:mod:`~invae.normal_means.rank_matching`);
+  (:func:`invae.baselines.rank_matching`), ranking the NPMLE's posterior means
+  (with one σ, the data's order; with σ_i varying, they put a noisy x_i where it belongs);
 - ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
   (:mod:`~invae.normal_means.variational`).
 """
@@ -22,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from ..baselines import rank_matching
 from .covariates import design_matrix, location_fit
 from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
 from .log_spline import log_spline
 from .normal_prior import fit_normal_prior
 from .npmle import npmle
-from .rank_matching import rank_match
 from .variational import mixture_on_grid, variational_normal_means
 
 __all__ = ["NORMAL_MEANS_METHODS", "NormalMeansFit", "fit_normal_means"]
@@ -87,7 +88,7 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
     prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options)
     mean, std, lfsr, lfdr = posterior.mean, posterior.std, posterior.lfsr, posterior.lfdr
     if method == "rank-matching":
-        mean, std, lfsr, lfdr = location + rank_match(mean - location, prior.quantile), None, None, None
+        mean, std, lfsr, lfdr = location + rank_matching(mean - location, prior.quantile), None, None, None
     log_likelihood = None if prior is None else float(log_marginal(residual, sigma, prior).sum())
     return NormalMeansFit(method, mean, std, lfsr, lfdr, prior, location, coefficients, log_likelihood,
                           time.perf_counter() - start, details)
