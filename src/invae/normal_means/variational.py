@@ -22,7 +22,7 @@ from .grid import GridPrior, NormalMeansPosterior, discretize
 __all__ = ["variational_normal_means", "mixture_on_grid"]
 
 
-def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0, tol: float = 1e-3,
+def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0, tol: float = 3e-4,
                              **options) -> tuple[VariationalEB, NormalMeansPosterior]:
     """Fit ``VariationalEB`` to ``x`` (n,) with noise sds ``sigma`` (n,) or a scalar; returns the
     fitted estimator and every z_i's posterior mean, sd and lfsr under q (lfdr: None, the
