@@ -46,8 +46,8 @@ class NormalMeansFit:
     estimated g on a grid (continuous priors put on it cell by cell), None for naive;
     ``location`` (n,): c_iᵀβ̂ (zeros without covariates); ``coefficients``: β̂ by design
     column name (``intercept``, ``c0``, ``c0=label``, …) or None;
-    ``log_likelihood``: the marginal Σ_i log f(x_i) under the estimated prior (None for
-    naive); ``seconds``: the method's wall time; ``details``: solver facts.
+    ``log_likelihood``: the marginal Σ_i log f(x_i) under the estimated prior on its grid
+    (None for naive); ``seconds``: the method's wall time; ``details``: solver facts.
     """
 
     method: str
@@ -94,8 +94,7 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
                           time.perf_counter() - start, details)
 
 
-def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | None,
-                                                                                NormalMeansPosterior, dict]:
+def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | None, NormalMeansPosterior, dict]:
     """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts)."""
     residual = x if location is None else x - location
     if method == "naive":

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
 __all__ = ["GridPrior", "NormalMeansPosterior", "default_grid", "discretize", "grid_posterior",
-           "log_likelihood_matrix", "log_marginal", "normal_cdf"]
+           "log_likelihood_matrix", "scaled_likelihood", "log_marginal", "normal_cdf"]
 
 _ROWS_PER_CHUNK = 8192  # posteriors are computed this many rows at a time (memory: rows × K)
 
@@ -99,6 +99,17 @@ def log_likelihood_matrix(x: np.ndarray, sigma: np.ndarray, atoms: np.ndarray) -
     """``log L_ik = log φ((x_i − a_k)/σ_i) − log σ_i``, shape (n, K)."""
     x, sigma = np.asarray(x, dtype=np.float64)[:, None], np.asarray(sigma, dtype=np.float64)[:, None]
     return -0.5 * ((x - atoms[None, :]) / sigma) ** 2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)
+
+
+def scaled_likelihood(x: np.ndarray, sigma, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``L_ik / max_k L_ik`` (n, K), ``log max_k L_ik`` (n,)): each row scaled to a maximum of
+    1, so no observation underflows, however far out; ``log f(x_i) = log (scaled π)_i + row
+    log-max``, and maximising over π is unchanged."""
+    x = np.asarray(x, dtype=np.float64)
+    log_l = log_likelihood_matrix(x, np.broadcast_to(sigma, x.shape), atoms)
+    row_max = log_l.max(axis=1)
+    log_l -= row_max[:, None]
+    return np.exp(log_l, out=log_l), row_max
 
 
 def log_marginal(x: np.ndarray, sigma: np.ndarray, prior: GridPrior) -> np.ndarray:

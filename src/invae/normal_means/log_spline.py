@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 from sklearn.preprocessing import SplineTransformer
 
-from .grid import GridPrior, default_grid, log_likelihood_matrix
+from .grid import GridPrior, default_grid, scaled_likelihood
 
 __all__ = ["LogSplineResult", "log_spline", "spline_basis"]
 
@@ -69,10 +69,7 @@ def log_spline(x, sigma, grid: np.ndarray | None = None, *, df: int = 5, penalty
     x = np.asarray(x, dtype=np.float64)
     atoms = default_grid(x) if grid is None else np.asarray(grid, dtype=np.float64)
     basis = spline_basis(atoms, df)
-    log_l = log_likelihood_matrix(x, np.broadcast_to(sigma, x.shape), atoms)
-    row_max = log_l.max(axis=1)
-    scaled = np.exp(log_l - row_max[:, None])
-    del log_l
+    scaled, row_max = scaled_likelihood(x, sigma, atoms)
     result = minimize(negative_objective, np.zeros(basis.shape[1]), args=(basis, scaled, penalty), jac=True,
                       method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9})
     masses = np.exp(log_softmax(basis @ result.x))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
-from .grid import GridPrior, default_grid, log_likelihood_matrix
+from .grid import GridPrior, default_grid, scaled_likelihood
 
 __all__ = ["NPMLEResult", "npmle", "directional_derivatives"]
 
@@ -64,10 +64,7 @@ def npmle(x, sigma, grid: np.ndarray | None = None, *, solver: str = "sqp", tol:
         raise ValueError(f"unknown NPMLE solver {solver!r}; choose one of {', '.join(_SOLVERS)}")
     x = np.asarray(x, dtype=np.float64)
     atoms = default_grid(x) if grid is None else np.asarray(grid, dtype=np.float64)
-    log_l = log_likelihood_matrix(x, np.broadcast_to(sigma, x.shape), atoms)
-    row_max = log_l.max(axis=1)
-    scaled = np.exp(log_l - row_max[:, None])  # L_ik / max_k L_ik: the same optimum, no underflow
-    del log_l
+    scaled, row_max = scaled_likelihood(x, sigma, atoms)
     if solver == "sqp":
         masses, n_iter = _sqp(scaled, tol, max_iter or 200)
     else:
@@ -80,9 +77,7 @@ def npmle(x, sigma, grid: np.ndarray | None = None, *, solver: str = "sqp", tol:
 
 def directional_derivatives(x, sigma, prior: GridPrior) -> np.ndarray:
     """``D_k = Σ_i L_ik / f_π(x_i)`` for every atom of ``prior``, shape (K,); ≤ n at the NPMLE."""
-    x = np.asarray(x, dtype=np.float64)
-    log_l = log_likelihood_matrix(x, np.broadcast_to(sigma, x.shape), prior.atoms)
-    return _derivatives(np.exp(log_l - log_l.max(axis=1, keepdims=True)), prior.masses)
+    return _derivatives(scaled_likelihood(x, sigma, prior.atoms)[0], prior.masses)
 
 
 def _derivatives(scaled: np.ndarray, masses: np.ndarray) -> np.ndarray:
