@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import copy
-import math
 import warnings
 
 import numpy as np
@@ -196,8 +195,7 @@ class NoisePerRowGaussianLikelihood(Likelihood):
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         measured, noise_std = x[..., :-1], x[..., -1:]
         mean = self.forward(z)
-        return (-0.5 * ((measured - mean) / noise_std) ** 2 - noise_std.log()).sum(-1) \
-            - 0.5 * mean.shape[-1] * math.log(2 * math.pi)
+        return Normal(mean, noise_std.expand_as(mean), validate_args=False).log_prob(measured).sum(-1)
 
     def to(self, device=None, dtype=None) -> NoisePerRowGaussianLikelihood:
         return NoisePerRowGaussianLikelihood(self.forward.to(device, dtype))

@@ -317,7 +317,6 @@ def marginal_cdf(q: Distribution, threshold: float | Tensor = 0.0, n_draws: int 
 
 def _gaussian_cdf(q: Distribution, threshold: float | Tensor) -> Tensor:
     """Φ((t − μ)/σ) per coordinate for a Gaussian q (diagonal or full); NotImplementedError otherwise."""
-    if not isinstance(q, (MultivariateNormal, Independent)) or (
-            isinstance(q, Independent) and not isinstance(q.base_dist, Normal)):
-        raise NotImplementedError
-    return Normal(q.mean, q.stddev).cdf(torch.as_tensor(threshold, dtype=q.mean.dtype, device=q.mean.device))
+    if isinstance(q, MultivariateNormal) or (isinstance(q, Independent) and isinstance(q.base_dist, Normal)):
+        return Normal(q.mean, q.stddev).cdf(torch.as_tensor(threshold, dtype=q.mean.dtype, device=q.mean.device))
+    raise NotImplementedError
