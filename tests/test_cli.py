@@ -325,3 +325,24 @@ def test_forward_function_errors_are_one_line(tmp_path, capsys, extra, message):
                  "--noise-std", "0.3", "--out", str(tmp_path / "never"), *extra]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_fit_takes_one_noise_level_per_row(problem_dir, tmp_path, capsys):
+    sigma = np.random.default_rng(0).uniform(0.3, 0.7, 300)
+    np.save(tmp_path / "sigma.npy", sigma)
+    out = tmp_path / "fit"
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "vae", "--max-iter", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    assert np.load(out / "posterior_mean.npy").shape == (300, 6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["m"] == 12 and "elbo_per_obs" in summary  # no exact evidence with σ_i per row
+    assert "warning" in capsys.readouterr().err  # 5 iterations: not converged, and said so
+    np.save(tmp_path / "short.npy", sigma[:10])
+    for extra, message in ((["--noise-std-file", str(tmp_path / "short.npy")], "10 values for 300 rows"),
+                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "em"], "variational"),
+                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--noise-std", "0.5"], "instead of")):
+        assert main(["fit", "--data", str(problem_dir / "X.npy"), *extra, "--forward", str(problem_dir / "A.npy"),
+                     "--out", str(tmp_path / "never"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

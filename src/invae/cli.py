@@ -91,6 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--noise", choices=NOISES, help="noise model: gaussian x = G(z) + σε, poisson counts "
                      "(log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
     fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
+    fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
+                     "gaussian noise instead of --noise-std; the encoder sees each σ_i")
     fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
     fit.add_argument("--prior", choices=PRIORS, help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
                      "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")

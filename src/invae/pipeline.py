@@ -16,8 +16,8 @@ from .estimator import VariationalEB
 from .exact import has_exact_evidence, mean_log_likelihood
 from .forward import ForwardOperator, FunctionOperator, LinearOperator
 from .io import load_array
-from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
-                          StudentTLikelihood, linear_gaussian)
+from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, NoisePerRowGaussianLikelihood,
+                          PoissonLikelihood, StudentTLikelihood, linear_gaussian)
 from .mixture import GaussianMixture
 from .methods import make_estimator, method_name
 from .penalty import select_penalty
@@ -49,14 +49,26 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
                          f"{operator.in_dim} columns (it is for a forward function)")
     likelihood = _likelihood(operator, settings)
     x = check_data(x, name="the data (--data)", columns=operator.out_dim)
+    if settings.noise_std_file is not None:
+        x = _rows_with_noise(x, settings.noise_std_file)
     alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
     if settings.prior == "gmm":
         return x, _mixture_start(x, likelihood, settings.components, alpha, settings.seed), likelihood
     return x, GaussianGraphicalModel(dim=operator.in_dim, alpha=alpha), likelihood
 
 
+def _rows_with_noise(x: np.ndarray, path: Path) -> np.ndarray:
+    """Rows (x_i, σ_i) (n, m + 1) for :class:`NoisePerRowGaussianLikelihood`, σ from ``path`` (n,)."""
+    sigma = np.ravel(load_array(path, name="the noise sds (--noise-std-file)"))
+    if len(sigma) != len(x):
+        raise ValueError(f"--noise-std-file has {len(sigma)} values for {len(x)} rows of data: one σ_i per row")
+    return NoisePerRowGaussianLikelihood.rows(x, sigma)
+
+
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
-    """The noise model ``settings.noise`` on ``operator``."""
+    """The noise model ``settings.noise`` on ``operator`` (σ_i in each row with --noise-std-file)."""
+    if settings.noise_std_file is not None:
+        return NoisePerRowGaussianLikelihood(operator)
     if settings.noise == "gaussian":
         if isinstance(operator, LinearOperator):
             return linear_gaussian(operator.matrix, settings.noise_std)  # (warns on a rank-deficient A)
@@ -113,7 +125,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
-        "n": x.shape[0], "m": x.shape[1], "p": prior.dim,
+        "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim,
         "penalty": estimator.prior_.alpha,
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
         "edges": int(np.count_nonzero(np.triu(parameters.get("precision", parameters.get("precisions")), k=1))),

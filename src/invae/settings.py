@@ -35,6 +35,7 @@ class FitSettings:
 
     data: Path
     noise_std: float | None = None
+    noise_std_file: Path | None = None
     out: Path = Path("invae-out")
     forward: Path | None = None
     latent_dim: int | None = None
@@ -58,7 +59,7 @@ class FitSettings:
     resume: bool = False
 
     def __post_init__(self):
-        for name in ("data", "out", "forward", "save", "checkpoint_dir"):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -100,7 +101,13 @@ class FitSettings:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
         if self.noise not in NOISES:
             raise ValueError(f"unknown noise model {self.noise!r}; choose one of {', '.join(NOISES)}")
-        if self.noise in _NOISES_WITH_SCALE:
+        if self.noise_std_file is not None:
+            if self.noise != "gaussian" or self.noise_std is not None:
+                raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
+            if self.method in ("em", "naive") or self.save is not None:
+                raise ValueError("with --noise-std-file use a variational method and no --save: em, naive and "
+                                 "saved models take one σ so far")
+        elif self.noise in _NOISES_WITH_SCALE:
             if self.noise_std is None:
                 raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
             object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
@@ -170,7 +177,7 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save", "checkpoint_dir"):  # paths in a config file are relative to it
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file"):  # relative to the config file
         if isinstance(values.get(key), str):
             values[key] = path.parent / values[key]
     return values
