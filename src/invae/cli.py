@@ -197,7 +197,7 @@ def _eb(args: argparse.Namespace) -> None:
     if not args.quiet:
         evidence = f", log-likelihood {summary['log_likelihood']:.2f}" if "log_likelihood" in summary else ""
         print(f"{args.method}: {summary['n']} observation(s) in {summary['seconds']:.2f} s{evidence}; "
-              f"results in {folder}/ (posterior.csv, prior.png)")
+              f"results in {folder}/ ({', '.join(files)})")
 
 
 def _report(args: argparse.Namespace) -> None:
