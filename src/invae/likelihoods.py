@@ -65,8 +65,10 @@ class _LawGivenSignal(Likelihood):
 class GaussianLikelihood(_LawGivenSignal):
     """``x = G(z) + σ ε``, ``ε ~ N(0, I_m)``.
 
-    ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): shape
-    (n, 1) gives a known noise level per observation, (m,) one per sensor.
+    ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): (m,)
+    gives one per sensor; (n, 1) one per observation, but only for ``log_prob`` on exactly
+    those n rows (a fit draws minibatches this σ does not follow): to fit with a known σ_i
+    per observation use :class:`NoisePerRowGaussianLikelihood`.
     """
 
     def __init__(self, forward: ForwardOperator, noise_std: float | Tensor):
