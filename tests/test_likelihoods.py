@@ -125,3 +125,15 @@ def test_an_estimator_takes_rows_with_their_noise_level(rng):
     assert est.posterior(rows)[0].shape == (300, 2)
     with pytest.raises(ValueError, match="2 columns but the model expects 3"):
         est.posterior(rows[:, :2])
+
+
+@pytest.mark.parametrize("eta", [-300.0, 300.0])
+def test_poisson_log_density_stays_finite_with_a_gradient_back_for_wild_rates(eta):
+    # float32: exp(300) overflows and exp(-300) underflows to a rate of 0 (then x log 0 = −∞).
+    # Both must give a finite, very low log-density whose gradient points back to moderate η.
+    lik = PoissonLikelihood(LinearOperator.identity(1)).to(dtype=torch.float32)
+    z = torch.tensor([[eta]], dtype=torch.float32, requires_grad=True)
+    value = lik.log_prob(torch.tensor([[3.0]], dtype=torch.float32), z)
+    value.sum().backward()
+    assert torch.isfinite(value).all() and value.item() < -800
+    assert torch.isfinite(z.grad).all() and z.grad.item() * eta < 0

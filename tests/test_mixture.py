@@ -94,6 +94,17 @@ def test_em_step_on_draws_never_lowers_their_mean_log_density(rng):
     assert np.diff(values).min() > -1e-6 and values[-1] > values[0] + 0.1
 
 
+def test_weighted_m_step_equals_the_m_step_on_replicated_draws(rng):
+    # Integer weights are copies of draws: same responsibilities, N_k/n and moments.
+    z = torch.from_numpy(rng.standard_normal((2, 150, 3)) + 2.0 * rng.integers(0, 2, size=(2, 150, 1)))
+    weights = torch.from_numpy(rng.integers(1, 4, size=(2, 150)).astype(float))
+    prior = GaussianMixture.standard(3, 2, alpha=0.05, seed=1)
+    replicated = torch.repeat_interleave(z.reshape(-1, 3), weights.reshape(-1).long(), dim=0)
+    got, expected = prior.m_step(z, weights), prior.m_step(replicated)
+    for name in ("weights", "means", "precisions"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-9, atol=1e-9)
+
+
 def test_lambda_step_uses_draws_for_a_mixture_under_a_gaussian_q(rng):
     prior = GaussianMixture.standard(2, 2, seed=0)
     mean = torch.from_numpy(rng.standard_normal((100, 2)))

@@ -10,6 +10,7 @@ from invae.exact import exact_posterior, marginal_log_likelihood, mixture_poster
 from invae.objectives import elbo
 from invae.posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder,
                               marginal_cdf, moments)
+from invae.posteriors import _scale_tril
 
 from .conftest import random_spd
 
@@ -98,6 +99,11 @@ def test_iaf_needs_two_dimensions():
         IAFEncoder(m=3, p=1)
 
 
+def _raw_diagonal(d: torch.Tensor) -> torch.Tensor:
+    """The raw entry r whose Cholesky diagonal is d: d = exp(B tanh(r / B)), B = 7."""
+    return 7.0 * torch.atanh(d.log() / 7.0)
+
+
 def test_full_covariance_encoder_can_hold_the_exact_posterior(rng):
     # Set the linear part to x ↦ (Σ_post Aᵀ/σ²) x and the Cholesky entries to chol(Σ_post):
     # then q is the exact posterior and log p(x, z) − log q(z | x) = log p(x) for every z.
@@ -110,7 +116,7 @@ def test_full_covariance_encoder_can_hold_the_exact_posterior(rng):
     encoder = FullCovarianceEncoder(m, p, hidden=(8,))
     tril = torch.linalg.cholesky(cov)
     rows, cols = torch.tril_indices(p, p)
-    raw = torch.where(rows == cols, tril[rows, cols].log(), tril[rows, cols])
+    raw = torch.where(rows == cols, _raw_diagonal(tril[rows, cols]), tril[rows, cols])
     with torch.no_grad():
         encoder.trunk.linear.weight.zero_()
         encoder.trunk.linear.weight[:p] = cov @ torch.as_tensor(a).T / sigma**2
@@ -121,6 +127,30 @@ def test_full_covariance_encoder_can_hold_the_exact_posterior(rng):
     z = q.rsample((5,))
     log_ratio = prior.log_prob(z) + lik.log_prob(x, z) - q.log_prob(z)
     torch.testing.assert_close(log_ratio, marginal_log_likelihood(x, prior, lik).expand(5, n))
+
+
+def test_cholesky_diagonal_is_exp_of_its_raw_entry_within_a_bound():
+    rows, cols = torch.tril_indices(2, 2)
+    raw = torch.tensor([[0.5, 3.0, -1.0], [100.0, 0.0, -100.0]])
+    tril = _scale_tril(raw, rows, cols, 2)
+    # ≈ exp(r) for a moderate r: B tanh(r/B) = r − r³/(3B²) + O(r⁵), so log d is off by at most
+    # |r|³/(3B²) (0.09% at r = 0.5, 0.7% at r = −1) ...
+    r = torch.tensor([0.5, -1.0])
+    assert torch.all((tril[0].diagonal().log() - r).abs() <= r.abs() ** 3 / (3 * 49))
+    assert tril[0, 1, 0] == 3.0 and tril[0, 0, 1] == 0.0
+    # ... and never beyond e^{±7}, whatever the raw entry.
+    torch.testing.assert_close(tril[1].diagonal(), torch.tensor([7.0, -7.0]).exp())
+
+
+def test_encoders_read_counts_on_the_log1p_scale(rng):
+    counts = torch.as_tensor(rng.poisson(3.0, (50, 4)), dtype=torch.float64)
+    on_counts = GaussianEncoder(4, 2, hidden=(8,), log1p=True)
+    on_logs = GaussianEncoder(4, 2, hidden=(8,))
+    on_logs.load_state_dict(on_counts.state_dict())
+    on_counts.standardize_with(counts)
+    on_logs.standardize_with(torch.log1p(counts))
+    torch.testing.assert_close(on_counts.trunk.shift, torch.log1p(counts).mean(0))
+    torch.testing.assert_close(on_counts(counts).mean, on_logs(torch.log1p(counts)).mean)
 
 
 def test_mixture_encoder_can_hold_the_exact_mixture_posterior(rng):
@@ -141,7 +171,7 @@ def test_mixture_encoder_can_hold_the_exact_mixture_posterior(rng):
     encoder = MixtureEncoder(m, p, hidden=(8,), components=2)
     rows, cols = torch.tril_indices(p, p)
     tril = torch.linalg.cholesky(exact.cov[0])
-    raw = torch.where(rows == cols, tril[rows, cols].log(), tril[rows, cols])
+    raw = torch.where(rows == cols, _raw_diagonal(tril[rows, cols]), tril[rows, cols])
     weight, bias = torch.zeros_like(encoder.trunk.linear.weight), torch.zeros_like(encoder.trunk.linear.bias)
     for c in range(2):
         am = a @ centres[c]

@@ -69,3 +69,13 @@ def test_bad_precision_is_refused(precision, message):
 def test_negative_penalty_is_refused():
     with pytest.raises(ValueError, match="alpha"):
         GaussianGraphicalModel(dim=3, alpha=-0.1)
+
+
+def test_weighted_m_step_equals_the_m_step_on_replicated_draws(rng):
+    # Integer weights are copies: S = Σ w z zᵀ / Σ w is the second moment of the replicated draws.
+    z = torch.as_tensor(rng.standard_normal((3, 40, 4)))
+    weights = torch.as_tensor(rng.integers(1, 4, size=(3, 40)), dtype=z.dtype)
+    prior = GaussianGraphicalModel(dim=4, alpha=0.05)
+    replicated = torch.repeat_interleave(z.reshape(-1, 4), weights.reshape(-1).long(), dim=0)
+    torch.testing.assert_close(prior.m_step(z, weights).precision, prior.m_step(replicated).precision,
+                               rtol=1e-9, atol=1e-9)

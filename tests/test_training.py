@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.distributions import AffineTransform, Independent, MultivariateNormal, Normal, TransformedDistribution
 
-from invae import GaussianGraphicalModel
-from invae.training import TrainingSettings, lambda_step, seeded
+from invae import GaussianGraphicalModel, linear_gaussian
+from invae.exact import exact_posterior
+from invae.training import TrainingSettings, importance_lambda_step, lambda_step, seeded
 
 from .conftest import random_spd
 
@@ -54,3 +55,49 @@ def test_settings_are_validated(name, value):
                 "max_iter": 10, "tol": 1e-4, "window": 5, name: value}
     with pytest.raises(ValueError, match=name):
         TrainingSettings(**settings)
+
+
+def _linear_gaussian_problem(rng, n, p=3, m=4, sigma=0.7):
+    """(x (n, m), prior, likelihood, exact posterior mean (n, p) and covariance (p, p))."""
+    prior = GaussianGraphicalModel(random_spd(rng, p, condition=4.0))
+    likelihood = linear_gaussian(rng.standard_normal((m, p)), sigma)
+    z = prior.sample(n, generator=torch.Generator().manual_seed(3))
+    x = likelihood.sample(z, generator=torch.Generator().manual_seed(4))
+    return x, prior, likelihood, *exact_posterior(x, prior, likelihood)
+
+
+def test_importance_lambda_step_with_the_exact_posterior_as_q_is_the_plain_m_step(rng):
+    # q = p(z | x): every draw's weight g p / q is p(x), the same for all draws of a row, so the
+    # self-normalised weights are 1/S and the step is the M-step on the draws, to rounding.
+    x, prior, likelihood, mean, cov = _linear_gaussian_problem(rng, n=50)
+    q = MultivariateNormal(mean, cov.expand(len(x), -1, -1))
+    stepped_prior = prior.with_penalty(0.05)  # the weights use the prior that q is the posterior of
+    torch.manual_seed(1)
+    got = importance_lambda_step(stepped_prior, q, x, likelihood, n_draws=16)
+    torch.manual_seed(1)
+    expected = stepped_prior.m_step(q.rsample((16,)))
+    torch.testing.assert_close(got.precision, expected.precision, rtol=1e-8, atol=1e-8)
+
+
+def test_importance_lambda_step_corrects_a_poor_q_to_the_exact_e_step(rng):
+    # q = p(z | x) with its sds ×1.5 and shifted by half a posterior sd: the plain M-step on
+    # q's draws sees Σ_q = 2.25 Σ_post. With the weights and α = 0, Λ̂⁻¹ = (1/n) Σ_i T_i, where
+    # T_i = Σ_s w̃_is z_is z_isᵀ estimates E[z zᵀ | x_i] = Σ_post + μ_i μ_iᵀ (exact EM's S).
+    # The rows are independent, so the standard error of each entry is sd_i(T_i − E_i)/√n;
+    # self-normalisation adds a bias of order (χ² of q to p)/S per row, ≈ 1.5/2048 here,
+    # below 0.3 of that SE. The check allows 4 SE; the unweighted step is ≥ 20 SE off.
+    n, draws = 1000, 2048
+    x, prior, likelihood, mean, cov = _linear_gaussian_problem(rng, n=n)
+    shift = 0.5 * torch.linalg.cholesky(cov) @ torch.ones(3)
+    q = MultivariateNormal(mean + shift, (2.25 * cov).expand(n, -1, -1))
+    torch.manual_seed(2)
+    z = q.rsample((draws,))
+    weights = torch.softmax(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z), dim=0)
+    per_row = torch.einsum("sn,sni,snj->nij", weights, z, z) - (cov + mean[:, :, None] * mean[:, None, :])
+    se = per_row.std(0) / math.sqrt(n)
+    exact = cov + mean.T @ mean / n
+    torch.manual_seed(2)
+    weighted = torch.linalg.inv(importance_lambda_step(prior.with_penalty(0.0), q, x, likelihood, draws).precision)
+    assert torch.all((weighted - exact).abs() < 4 * se)
+    plain = torch.linalg.inv(prior.with_penalty(0.0).m_step(z).precision)
+    assert (plain - exact).diagonal().abs().min() > 20 * se.diagonal().max()

@@ -138,10 +138,15 @@ class GaussianMixture(Prior):
         offset = torch.linalg.solve_triangular(self._chol[labels].mT, eps, upper=True)[..., 0]
         return self.means[labels] + offset
 
-    def m_step(self, z: Tensor) -> GaussianMixture:
-        """One EM step on draws z (..., n, p), all weighted equally (see the module's docstring)."""
+    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianMixture:
+        """One EM step on draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
+        see the module's docstring): responsibilities ``r_k(z) · w`` with w rescaled to mean 1."""
         flat = z.reshape(-1, self.dim)
-        return self.m_step_weighted(self.responsibilities(flat), flat)
+        resp = self.responsibilities(flat)
+        if weights is not None:
+            w = weights.reshape(-1, 1).to(resp)
+            resp = resp * (w * len(w) / w.sum())
+        return self.m_step_weighted(resp, flat)
 
     def m_step_weighted(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None) -> GaussianMixture:
         """The M-step from responsibilities and per-component moments of z.

@@ -47,16 +47,18 @@ def _diagonal_normal(mean: Tensor, log_std: Tensor) -> Distribution:
 
 
 class _Trunk(nn.Module):
-    """The shared encoder body: ``x ↦ L(x̃) + MLP(x̃)`` with ``x̃ = (x − shift)/scale``, (B, m) → (B, k).
+    """The shared encoder body: ``x ↦ L(x̃) + MLP(x̃)`` with ``x̃ = (u(x) − shift)/scale``, (B, m) → (B, k).
 
     A linear map plus an MLP correction, because for linear-Gaussian models the exact
     posterior mean is linear in x and its (co)variance constant. The MLP's last layer
     starts at zero, so the trunk starts as the linear map alone. ``shift`` and ``scale``
-    standardise x by the training data (:meth:`standardize_with`).
+    standardise u(x) by the training data (:meth:`standardize_with`); u is the identity,
+    or ``log(1 + x)`` with ``log1p=True`` (counts: see ``Likelihood.encoder_log1p``).
     """
 
-    def __init__(self, m: int, k: int, hidden: tuple[int, ...]):
+    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
         super().__init__()
+        self.log1p = log1p
         self.register_buffer("shift", torch.zeros(m))
         self.register_buffer("scale", torch.ones(m))
         self.linear = nn.Linear(m, k)
@@ -71,21 +73,22 @@ class _Trunk(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
 
     def standardize_with(self, x: Tensor) -> None:
-        self.shift.copy_(x.mean(0))
-        self.scale.copy_(x.std(0).clamp_min(1e-12))
+        u = torch.log1p(x) if self.log1p else x
+        self.shift.copy_(u.mean(0))
+        self.scale.copy_(u.std(0).clamp_min(1e-12))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = (x - self.shift) / self.scale
+        h = ((torch.log1p(x) if self.log1p else x) - self.shift) / self.scale
         return self.linear(h) + self.mlp(h)
 
 
 class _Encoder(nn.Module):
     """An amortized family: a :class:`_Trunk` whose k outputs parameterise q(z|x)."""
 
-    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...]):
+    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
         super().__init__()
         self.p = p
-        self.trunk = _Trunk(m, k, hidden)
+        self.trunk = _Trunk(m, k, hidden, log1p)
 
     def standardize_with(self, x: Tensor) -> None:
         """Set the input standardisation from training data x (n, m)."""
@@ -103,10 +106,12 @@ class GaussianEncoder(_Encoder):
         Observed and latent dimensions.
     hidden : tuple of int
         Widths of the trunk MLP's hidden layers (SiLU activations).
+    log1p : bool
+        Read the data as ``log(1 + x)`` (counts); every encoder takes this option.
     """
 
-    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128)):
-        super().__init__(m, p, 2 * p, hidden)
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
+        super().__init__(m, p, 2 * p, hidden, log1p)
         _start_spread_at(self.trunk.linear, slice(p, 2 * p))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
@@ -124,10 +129,18 @@ def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor
         linear.bias[entries][rows != cols] = 0.0
 
 
+_LOG_SCALE_BOUND = 7.0
+
+
 def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
     """Lower-triangular (..., p, p) from its p(p+1)/2 raw entries (..., p(p+1)/2); the
-    diagonal is ``exp`` of its raw entries, so L is invertible."""
-    entries = torch.where(rows == cols, entries.exp(), entries)
+    diagonal is ``exp(B tanh(r / B))`` of its raw entries r, B = 7: L is invertible, and
+    its diagonal stays within e^{±7} (≈ r itself for |r| ≤ 2). The bound keeps an
+    outlying x, on which the trunk's linear map extrapolates, from a collapsed or exploded
+    factor (measured: a mixture posterior on counts, whose outlying row got diagonal
+    entries of 1e-9 and 226 within 60 Adam steps, then a non-finite loss)."""
+    log_diagonal = _LOG_SCALE_BOUND * torch.tanh(entries / _LOG_SCALE_BOUND)
+    entries = torch.where(rows == cols, log_diagonal.exp(), entries)
     scale_tril = entries.new_zeros(*entries.shape[:-1], p, p)
     scale_tril[..., rows, cols] = entries
     return scale_tril
@@ -142,9 +155,9 @@ class FullCovarianceEncoder(_Encoder):
     optimisation alone — the yardstick for the diagonal and IAF families.
     """
 
-    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128)):
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
         rows, cols = torch.tril_indices(p, p)
-        super().__init__(m, p, p + len(rows), hidden)
+        super().__init__(m, p, p + len(rows), hidden, log1p)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         _start_cholesky_at(self.trunk.linear, p, rows, cols)
@@ -175,12 +188,13 @@ class MixtureEncoder(_Encoder):
         Widths of the trunk MLP's hidden layers.
     """
 
-    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2):
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2, *,
+                 log1p: bool = False):
         if components < 1:
             raise ValueError(f"components must be >= 1, got {components}")
         rows, cols = torch.tril_indices(p, p)
         self.components, self.per_component = components, p + len(rows)
-        super().__init__(m, p, components * (1 + self.per_component), hidden)
+        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         for c in range(components):
@@ -231,12 +245,12 @@ class IAFEncoder(_Encoder):
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), n_steps: int = 2,
-                 context: int = 16, made_hidden: tuple[int, ...] | None = None):
+                 context: int = 16, made_hidden: tuple[int, ...] | None = None, log1p: bool = False):
         if p < 2:
             raise ValueError(f"the IAF family needs p >= 2 latent dimensions, got p = {p}")
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        super().__init__(m, p, 2 * p + context, hidden)
+        super().__init__(m, p, 2 * p + context, hidden, log1p)
         made_hidden = list(made_hidden or (4 * p,))
         order = torch.arange(p)
         self.steps = nn.ModuleList(

@@ -37,8 +37,9 @@ class Prior(abc.ABC):
         """``n`` independent draws, shape (n, p)."""
 
     @abc.abstractmethod
-    def m_step(self, z: Tensor) -> Prior:
-        """The maximiser given draws ``z`` of shape (..., n, p), all weighted equally."""
+    def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
+        """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
+        (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
 
     #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
     #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
@@ -146,10 +147,13 @@ class GaussianGraphicalModel(Prior):
                           device=self.precision.device)
         return torch.linalg.solve_triangular(self._chol.mT, eps.mT, upper=True).mT
 
-    def m_step(self, z: Tensor) -> GaussianGraphicalModel:
-        """Graphical lasso on ``S = mean over all draws of z zᵀ``; z is (..., n, p)."""
+    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianGraphicalModel:
+        """Graphical lasso on ``S = Σ w z zᵀ / Σ w`` over all draws z (..., n, p), weights (..., n)."""
         flat = z.reshape(-1, self.dim)
-        return self._solve(flat.mT @ flat / flat.shape[0])
+        if weights is None:
+            return self._solve(flat.mT @ flat / flat.shape[0])
+        w = weights.reshape(-1, 1).to(flat)
+        return self._solve((w * flat).mT @ flat / w.sum())
 
     def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
                         var: Tensor | None = None) -> GaussianGraphicalModel:

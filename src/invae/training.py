@@ -3,10 +3,13 @@
     repeat until converged (or max_iter):
         n_critic times:  batch of B observations, z = reparameterised draws of q_φ(z|x),
                          one Adam step on  −(1/B) Σ_b ELBO_b(φ; Λ)
-        Λ-step:          "batch":    Λ ← M-step on one sampled batch of z (the source)
-                         "expected": Λ ← M-step on expected statistics over all data:
-                                      closed form for Gaussian q (variational EM), else
-                                      ``lambda_draws`` draws per observation
+        Λ-step:          "batch":      Λ ← M-step on one sampled batch of z (the source)
+                         "expected":   Λ ← M-step on expected statistics over all data:
+                                        closed form for Gaussian q (variational EM), else
+                                        ``lambda_draws`` draws per observation
+                         "importance": Λ ← M-step on ``lambda_draws`` draws of q per
+                                        observation, reweighted to the exact posterior
+                                        (:func:`importance_lambda_step`)
 
 Convergence, checked after each Λ-step over the last ``window`` outer iterations: the
 largest relative change of Λ, ‖ΔΛ‖_F/‖Λ‖_F, is below ``tol`` and the ELBO on a fixed
@@ -44,8 +47,9 @@ from .likelihoods import Likelihood
 from .objectives import elbo
 from .priors import Prior
 
-__all__ = ["TrainingSettings", "train", "lambda_step", "seeded"]
+__all__ = ["TrainingSettings", "train", "lambda_step", "importance_lambda_step", "seeded"]
 
+LAMBDA_STEPS = ("batch", "expected", "importance")
 _EVAL_SIZE = 2048
 _MAX_ROLLBACKS = 3  # divergence: roll back and halve the step size at most this many times
 
@@ -64,8 +68,9 @@ class TrainingSettings:
     lambda_draws: int = 8
 
     def __post_init__(self):
-        if self.lambda_step not in ("batch", "expected"):
-            raise ValueError(f"lambda_step must be 'batch' or 'expected', got {self.lambda_step!r}")
+        if self.lambda_step not in LAMBDA_STEPS:
+            raise ValueError(f"lambda_step must be one of {', '.join(map(repr, LAMBDA_STEPS))}, "
+                             f"got {self.lambda_step!r}")
         for name in ("batch_size", "n_critic", "max_iter", "window", "n_samples", "lambda_draws"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -98,6 +103,32 @@ def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
         tril = q.scale_tril
         return prior.m_step_gaussian(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
     return prior.m_step(_draw(q, n_draws))
+
+
+def importance_lambda_step(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
+                           n_draws: int = 32) -> Prior:
+    """M-step on S = ``n_draws`` draws of q per observation, each weighted towards the exact
+    posterior by self-normalised importance sampling (q is the proposal):
+
+        log w_si = log g(z_si; Λ) + log p(x_i | z_si) − log q(z_si | x_i),   w̃_si = w_si / Σ_t w_ti
+        Λ ← argmax_Λ  (1/n) Σ_i Σ_s w̃_si log g(z_si; Λ) − penalty(Λ)
+
+    This is a Monte Carlo EM step whose E-step is importance sampling with q as proposal.
+    The ELBO's own M-step (:func:`lambda_step`) maximises a bound whose gap depends on Λ, so
+    a q family that misses the exact posterior biases Λ̂. Here the weights correct q towards
+    the posterior. Their M-step is the stationary point in Λ of the importance-weighted
+    bound ``Σ_i log (1/S) Σ_s w_si`` (Burda et al., 2016) at these draws; that bound tends to
+    log p(x; Λ) as S grows. So Λ̂ tends to the penalised maximum marginal likelihood, as
+    with exact EM. The self-normalised weights have a bias of order 1/(S·ESS fraction).
+    q is (batch (n,), event (p,)) over the rows x (n, m). A draw with log w = −∞ (e.g. an
+    impossible one) gets weight 0; a NaN or +∞, or a row without a positive weight, raises
+    ``FloatingPointError``.
+    """
+    z = _draw(q, n_draws)  # (S, n, p)
+    log_w = prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)
+    if not bool(torch.isfinite(log_w.amax(0)).all()):  # amax propagates NaN
+        raise FloatingPointError("the importance weights of the Λ-step are not finite for some row")
+    return prior.m_step(z, torch.softmax(log_w, dim=0))
 
 
 def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:
@@ -157,7 +188,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
                 change = 0.0
                 if update_prior:
                     with torch.no_grad():
-                        new = _checked_lambda_step(prior, posterior, x, batch, settings, lambda_seed)
+                        new = _checked_lambda_step(prior, posterior, x, likelihood, batch, settings, lambda_seed)
                     change = new.relative_change(prior)
                     prior = new
                 value = _fixed_noise_elbo(x, eval_index, eval_seed, posterior, prior, likelihood)
@@ -219,10 +250,10 @@ def _adam_steps(x, posterior, prior, likelihood, optimizer, settings, batch) -> 
     return train_elbo
 
 
-def _checked_lambda_step(prior, posterior, x, batch, settings, seed) -> Prior:
+def _checked_lambda_step(prior, posterior, x, likelihood, batch, settings, seed) -> Prior:
     """The Λ-step; an invalid Λ (not finite, not positive definite) raises _Diverged."""
     try:
-        return _lambda_step(prior, posterior, x, batch, settings, seed)
+        return _lambda_step(prior, posterior, x, likelihood, batch, settings, seed)
     except ValueError as error:  # the prior refuses the parameters it was given
         raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
 
@@ -269,13 +300,16 @@ class _Plateau:
             self.waited = 0
 
 
-def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, batch: int, settings: TrainingSettings,
-                 seed: int) -> Prior:
+def _lambda_step(prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood, batch: int,
+                 settings: TrainingSettings, seed: int) -> Prior:
     if settings.lambda_step == "batch":
         index = torch.randint(len(x), (batch,), device=x.device)
         return prior.m_step(_draw(posterior(x[index], index)))
     with seeded(seed, x.device):
-        return lambda_step(prior, posterior_all(posterior, x), settings.lambda_draws)
+        q = posterior_all(posterior, x)
+        if settings.lambda_step == "importance":
+            return importance_lambda_step(prior, q, x, likelihood, settings.lambda_draws)
+        return lambda_step(prior, q, settings.lambda_draws)
 
 
 @torch.no_grad()
