@@ -3,6 +3,8 @@ from scipy.stats import norm
 
 from invae import GaussianGraphicalModel, Naive, linear_gaussian, simulate_problem
 from invae.baselines import complete_data_floor, rank_matching
+from invae.forward import LinearOperator
+from invae.likelihoods import NoisePerRowGaussianLikelihood
 from invae.normal_means import GridPrior, NormalPrior
 
 
@@ -14,6 +16,15 @@ def test_naive_is_least_squares_with_its_sampling_spread(rng):
     np.testing.assert_allclose(mean, np.linalg.lstsq(a, x.T, rcond=None)[0].T, rtol=1e-10)
     # Cov(ẑ) = σ²(AᵀA)⁻¹ for full column rank A
     np.testing.assert_allclose(std, np.tile(0.4 * np.sqrt(np.diag(np.linalg.inv(a.T @ a))), (5, 1)))
+
+
+def test_naive_takes_one_noise_level_per_row(rng):
+    # Cov(ẑ_i) = σ_i²(AᵀA)⁻¹; ẑ does not depend on σ_i.
+    a, x, sigma = rng.standard_normal((7, 3)), rng.standard_normal((5, 7)), rng.uniform(0.2, 2.0, 5)
+    rows = NoisePerRowGaussianLikelihood.rows(x, sigma)
+    mean, std = Naive(GaussianGraphicalModel(dim=3), NoisePerRowGaussianLikelihood(LinearOperator(a))).fit(rows).posterior(rows)
+    np.testing.assert_allclose(mean, np.linalg.lstsq(a, x.T, rcond=None)[0].T, rtol=1e-10)
+    np.testing.assert_allclose(std, sigma[:, None] * np.sqrt(np.diag(np.linalg.inv(a.T @ a))), rtol=1e-10)
 
 
 def test_naive_marks_undetermined_coordinates_as_infinitely_uncertain():

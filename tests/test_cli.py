@@ -336,13 +336,34 @@ def test_fit_takes_one_noise_level_per_row(problem_dir, tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     assert np.load(out / "posterior_mean.npy").shape == (300, 6)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["m"] == 12 and "elbo_per_obs" in summary  # no exact evidence with σ_i per row
+    assert summary["m"] == 12 and "elbo_per_obs" in summary and "log_likelihood_per_obs" in summary
     assert "warning" in capsys.readouterr().err  # 5 iterations: not converged, and said so
     np.save(tmp_path / "short.npy", sigma[:10])
     for extra, message in ((["--noise-std-file", str(tmp_path / "short.npy")], "10 values for 300 rows"),
-                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "em"], "variational"),
+                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "em", "--prior", "gmm"],
+                            "variational"),
                            (["--noise-std-file", str(tmp_path / "sigma.npy"), "--noise-std", "0.5"], "instead of")):
         assert main(["fit", "--data", str(problem_dir / "X.npy"), *extra, "--forward", str(problem_dir / "A.npy"),
                      "--out", str(tmp_path / "never"), "--quiet"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("method", ["em", "naive", "vae"])
+def test_a_model_fitted_with_one_noise_level_per_row_predicts_with_the_new_rows_own(problem_dir, tmp_path, capsys,
+                                                                                    method):
+    sigma = np.random.default_rng(0).uniform(0.3, 0.7, 300)
+    np.save(tmp_path / "sigma.npy", sigma)
+    sigma_file = ["--noise-std-file", str(tmp_path / "sigma.npy")]
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"), *sigma_file,
+                 "--method", method, "--max-iter", "5", "--save", str(tmp_path / "m.pt"), "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(problem_dir / "X.npy"), *sigma_file,
+                 "--out", str(tmp_path / "new")]) == 0
+    for name in ("posterior_mean", "posterior_std"):  # the same rows with the same σ_i: the fit's answers
+        np.testing.assert_allclose(np.load(tmp_path / "new" / f"{name}.npy"),
+                                   np.load(tmp_path / "fit" / f"{name}.npy"), rtol=1e-6, atol=1e-9)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "--noise-std-file" in capsys.readouterr().err and not (tmp_path / "never").exists()

@@ -4,7 +4,8 @@ import torch
 from scipy.stats import multivariate_normal
 
 from invae.exact import exact_posterior, marginal_log_likelihood, penalized_log_likelihood
-from invae.likelihoods import GaussianLikelihood, linear_gaussian
+from invae.forward import LinearOperator
+from invae.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, linear_gaussian
 from invae.priors import GaussianGraphicalModel
 
 from .conftest import random_spd
@@ -40,6 +41,24 @@ def test_marginal_log_likelihood_matches_scipy(rng, m):
     expected = multivariate_normal(np.zeros(m), s_xx).logpdf(x)
     got = marginal_log_likelihood(torch.as_tensor(x), GaussianGraphicalModel(precision), linear_gaussian(a, 0.8))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_one_noise_level_per_row_is_each_rows_own_model(rng):
+    # Row i under NoisePerRowGaussianLikelihood is x_i ~ N(A z, σ_i² I): brute-force conditioning
+    # of each row's joint Gaussian, and scipy's density of its marginal, one row at a time.
+    p, m, n = 3, 5, 6
+    precision, a = random_spd(rng, p), rng.standard_normal((m, p))
+    x, sigma = rng.standard_normal((n, m)), rng.uniform(0.3, 1.5, n)
+    rows = torch.as_tensor(NoisePerRowGaussianLikelihood.rows(x, sigma))
+    lik = NoisePerRowGaussianLikelihood(LinearOperator(a))
+    mean, cov = exact_posterior(rows, GaussianGraphicalModel(precision), lik)
+    log_evidence = marginal_log_likelihood(rows, GaussianGraphicalModel(precision), lik)
+    assert cov.shape == (n, p, p)
+    for i in range(n):
+        s_zz, s_zx, s_xx = _joint(precision, a, np.full(m, sigma[i] ** 2))
+        np.testing.assert_allclose(mean[i].numpy(), np.linalg.solve(s_xx, s_zx.T).T @ x[i], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(cov[i].numpy(), s_zz - s_zx @ np.linalg.solve(s_xx, s_zx.T), rtol=1e-9, atol=1e-12)
+        assert log_evidence[i].item() == pytest.approx(multivariate_normal(np.zeros(m), s_xx).logpdf(x[i]), rel=1e-10)
 
 
 def test_penalized_log_likelihood_subtracts_the_penalty(rng):

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .base import EmpiricalBayesEstimator
 from .forward import LinearOperator
+from .likelihoods import gaussian_measurements
 from .priors import Prior
 
 __all__ = ["Naive", "rank_matching", "complete_data_floor"]
@@ -26,7 +27,8 @@ class Naive(EmpiricalBayesEstimator):
     """Least squares / minimum norm ``ẑ = A⁺ x``; ``Λ̂`` = M-step on the ẑ's.
 
     The standard deviation reported is the sampling spread of ``ẑ`` under the noise,
-    ``sqrt(diag A⁺ D A⁺ᵀ)`` with ``D = diag(σ²)`` — the flat-prior posterior's when A has
+    ``sqrt(diag A⁺ D A⁺ᵀ)`` with ``D = diag(σ²)`` (σ_i² I per row with
+    :class:`~invae.likelihoods.NoisePerRowGaussianLikelihood`) — the flat-prior posterior's when A has
     full column rank; a coordinate that ``A`` does not determine (``e_j`` outside the
     row space of A, e.g. when m < p) gets ``inf``.
     """
@@ -37,15 +39,15 @@ class Naive(EmpiricalBayesEstimator):
         x = self._tensor(X)
         prior, likelihood = self._models()
         self.likelihood_ = likelihood
-        self.prior_ = prior.m_step(likelihood.forward.pinv(x))
+        self.prior_ = prior.m_step(likelihood.forward.pinv(gaussian_measurements(likelihood, x)[0]))
         self.n_iter_, self.converged_, self.history_ = 1, True, {}
         return self
 
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         a = self.likelihood_.forward.matrix
         a_pinv = torch.linalg.pinv(a)  # (p, m)
-        noise_var = self.likelihood_.noise_std.to(x).square().expand_as(x)  # (n, m)
-        var = noise_var @ a_pinv.mT.square()
+        x, noise_var = gaussian_measurements(self.likelihood_, x)
+        var = noise_var.expand_as(x) @ a_pinv.mT.square()
         # e_j lies in the row space of A iff the projector A⁺A keeps it whole.
         determined = torch.diagonal(a_pinv @ a) > 1 - 1e-8
         std = torch.where(determined, var.sqrt(), torch.full_like(var, float("inf")))

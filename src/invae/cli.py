@@ -127,6 +127,8 @@ def _build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="a file written by invae fit --save")
     predict.add_argument("--data", required=True, help="new observations X (n, m): .npy or .csv")
     predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
+    predict.add_argument("--noise-std-file", help="the new rows' known noise sds σ_i (.npy/.csv), for a model "
+                         "fitted with --noise-std-file")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
     eb = commands.add_parser("eb", help="one-dimensional empirical Bayes (normal means): x_i ~ N(z_i, σ_i²), "
@@ -183,7 +185,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    arrays, summary = run_predict(args.model, args.data, device=args.device)
+    arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file, device=args.device)
     folder = write_results(args.out, arrays, summary)
     print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 

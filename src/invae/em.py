@@ -1,6 +1,7 @@
 """Exact EM for the linear-Gaussian Gaussian-graphical model (DESIGN §2.5).
 
 E-step (exact):  μ_i = Σ_post Aᵀ D⁻¹ x_i,   S = Σ_post + (1/n) Σ_i μ_i μ_iᵀ
+                 (with one σ_i per row, Σ_post,i differs by row and S averages them)
 M-step:          Λ ← argmax log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
 
 Each iteration cannot decrease the penalised marginal log-likelihood
@@ -43,8 +44,9 @@ class EM(EmpiricalBayesEstimator):
     ----------
     prior : GaussianGraphicalModel or GaussianMixture
         Start value of the parameters and the penalty α.
-    likelihood : GaussianLikelihood
-        Linear-Gaussian measurement ``x = A z + σ ε``.
+    likelihood : GaussianLikelihood or NoisePerRowGaussianLikelihood
+        Linear-Gaussian measurement ``x = A z + σ ε``; the latter with a known σ_i in each
+        row (Gaussian graphical prior only).
     max_iter : int
         Iteration cap; a :class:`~sklearn.exceptions.ConvergenceWarning` if reached.
     tol : float
@@ -83,9 +85,8 @@ class EM(EmpiricalBayesEstimator):
         mean, cov = exact_posterior(x, prior, likelihood)
         if not self.mean_field:
             return mean, cov, 0.0
-        post_precision = torch.linalg.inv(cov)
-        diag = post_precision.diagonal()
-        kl = 0.5 * float(torch.log(diag).sum() + torch.logdet(cov))
+        diag = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)  # posterior precisions P_jj
+        kl = 0.5 * float((torch.log(diag).sum(-1) + torch.logdet(cov)).mean())
         return mean, 1 / diag, kl
 
     def _m_step(self, x: Tensor, prior, likelihood):
@@ -139,5 +140,5 @@ class EM(EmpiricalBayesEstimator):
             post = mixture_posterior(x, self.prior_, self.likelihood_)
             return post.mean, post.variance.sqrt()
         mean, cov, _ = self._e_step(x, self.prior_, self.likelihood_)
-        variance = cov if self.mean_field else torch.diagonal(cov)
+        variance = cov if self.mean_field else torch.diagonal(cov, dim1=-2, dim2=-1)
         return mean, variance.sqrt().expand_as(mean)

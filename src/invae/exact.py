@@ -1,10 +1,13 @@
 """Exact posterior and evidence of the linear-Gaussian model (DESIGN §2.5).
 
-Model: ``z ~ N(0, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar or one
-value per sensor). Then, for every observation,
+Model: ``z ~ N(0, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar, one
+value per sensor, or — :class:`~invae.likelihoods.NoisePerRowGaussianLikelihood` — one
+known σ_i per observation, so D_i = σ_i² I differs by row). Then, for every observation,
 
     Σ_post = (Λ + Aᵀ D⁻¹ A)⁻¹,        μ_post(x) = Σ_post Aᵀ D⁻¹ x,
     x ~ N(0, A Λ⁻¹ Aᵀ + D)             (the marginal, so log p(x; Λ) is exact).
+
+With D_i per row, Σ_post and the marginal covariance are per row too: (n, p, p), (n, m, m).
 
 With the true Λ the posterior mean is the Bayes oracle, the floor for signal MSE.
 
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .likelihoods import GaussianLikelihood
+from .forward import LinearOperator
+from .likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
 from .mixture import GaussianMixture
 from .priors import GaussianGraphicalModel
 
@@ -35,57 +39,63 @@ __all__ = ["exact_posterior", "mixture_posterior", "MixturePosterior", "marginal
 
 def has_exact_evidence(prior, likelihood) -> bool:
     """Whether this module applies: a Gaussian graphical or Gaussian-mixture prior and a
-    linear-Gaussian likelihood."""
+    linear-Gaussian likelihood (one σ, one per sensor, or one per row)."""
     return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
-            and isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear)
+            and isinstance(likelihood, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
+            and isinstance(likelihood.forward, LinearOperator))
 
 
-def _linear_gaussian_parts(prior, likelihood, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(Λ (p, p) or the Λ_k (K, p, p), A (m, p), σ² as a vector (m,)) in ``like``'s dtype and device."""
+def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Λ (p, p) or the Λ_k (K, p, p), A (m, p), the measurements (n, m), σ² as (m,) or, with
+    one σ_i per row, (n, m)) in x's dtype and device; x (n, data_dim) are the data rows."""
     if not has_exact_evidence(prior, likelihood):
         raise ValueError(
             "the exact references need a Gaussian graphical or Gaussian-mixture prior and a "
             f"linear-Gaussian likelihood, got {prior!r} and {likelihood!r}"
         )
-    a = likelihood.forward.matrix.to(like)
-    m = a.shape[0]
-    std = likelihood.noise_std.to(like)
-    if std.numel() not in (1, m):
-        raise ValueError(
-            "the exact references take one noise level, or one per sensor (m,) = "
-            f"({m},); got noise_std of shape {tuple(std.shape)}"
-        )
-    precision = prior.precisions if isinstance(prior, GaussianMixture) else prior.precision
-    return precision.to(like), a, (std.reshape(-1) ** 2).expand(m)
+    precision = (prior.precisions if isinstance(prior, GaussianMixture) else prior.precision).to(x)
+    return precision, likelihood.forward.matrix.to(x), *gaussian_measurements(likelihood, x)
 
 
-def exact_posterior(x: Tensor, prior: GaussianGraphicalModel,
-                    likelihood: GaussianLikelihood) -> tuple[Tensor, Tensor]:
-    """Posterior mean (n, p) and the covariance Σ_post (p, p) shared by all x (n, m)."""
-    precision, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
-    a_scaled = a / noise_var[:, None]  # D⁻¹ A
-    chol = torch.linalg.cholesky(precision + a.mT @ a_scaled)
+def _posterior_precision(precision: Tensor, a: Tensor, noise_var: Tensor) -> tuple[Tensor, Tensor]:
+    """(``Λ + Aᵀ D⁻¹ A``, ``D⁻¹ A``): (..., p, p) and (..., m, p) for σ² (m,) or per row (n, m)."""
+    a_scaled = a / noise_var[..., :, None]
+    return precision + a.mT @ a_scaled, a_scaled
+
+
+def exact_posterior(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor]:
+    """Posterior mean (n, p) and covariance Σ_post for the data rows x: (p, p), shared by
+    all rows, or (n, p, p) with one σ_i per row."""
+    precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    post_precision, a_scaled = _posterior_precision(precision, a, noise_var)
+    chol = torch.linalg.cholesky(post_precision)
     cov = torch.cholesky_inverse(chol)
-    mean = torch.cholesky_solve((x @ a_scaled).mT, chol).mT
+    if chol.ndim == 2:
+        mean = torch.cholesky_solve((measured @ a_scaled).mT, chol).mT
+    else:
+        mean = torch.cholesky_solve(torch.einsum("nm,nmp->np", measured, a_scaled)[..., None], chol)[..., 0]
     return mean, 0.5 * (cov + cov.mT)
 
 
 def _gaussian_log_density(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
-    """``log N(x_i; mean, cov)`` for x (n, m), mean (m,), cov (m, m); returns (n,)."""
+    """``log N(x_i; mean, cov)`` for x (n, m), mean (m,), cov (m, m) or one per row (n, m, m); returns (n,)."""
     chol = torch.linalg.cholesky(cov)
-    white = torch.linalg.solve_triangular(chol, (x - mean).mT, upper=False)  # (m, n)
-    logdet = 2 * torch.log(torch.diagonal(chol)).sum()
-    return -0.5 * (white**2).sum(0) - 0.5 * logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+    if chol.ndim == 2:  # one triangular solve for all rows
+        white = torch.linalg.solve_triangular(chol, (x - mean).mT, upper=False).mT  # (n, m)
+    else:
+        white = torch.linalg.solve_triangular(chol, (x - mean)[..., None], upper=False)[..., 0]
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (white**2).sum(-1) - 0.5 * logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
 
 
-def marginal_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) -> Tensor:
-    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for x (n, m), or its mixture over the
-    components of a Gaussian-mixture prior; returns (n,)."""
+def marginal_log_likelihood(x: Tensor, prior, likelihood) -> Tensor:
+    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for the data rows x, or its mixture
+    over the components of a Gaussian-mixture prior; returns (n,)."""
     if isinstance(prior, GaussianMixture):
         return torch.logsumexp(_component_log_joint(x, prior, likelihood), dim=-1)
-    precision, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-    return _gaussian_log_density(x, torch.zeros_like(x[0]), a @ cov_z @ a.mT + torch.diag(noise_var))
+    return _gaussian_log_density(measured, torch.zeros_like(measured[0]), a @ cov_z @ a.mT + torch.diag_embed(noise_var))
 
 
 @dataclass(frozen=True)
@@ -113,22 +123,26 @@ class MixturePosterior:
         return (torch.einsum("nk,nkp->np", self.responsibilities, second) - self.mean**2).clamp_min(0)
 
 
-def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> Tensor:
-    """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for x (n, m); returns (n, K)."""
-    _, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood) -> Tensor:
+    """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for the data rows x; returns (n, K)."""
+    _, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     weights, means, covariances = (t.to(x) for t in (prior.weights, prior.means, prior.covariances))
     return torch.stack([
-        torch.log(weights[k]) + _gaussian_log_density(x, a @ means[k], a @ covariances[k] @ a.mT + torch.diag(noise_var))
+        torch.log(weights[k]) + _gaussian_log_density(measured, a @ means[k],
+                                                      a @ covariances[k] @ a.mT + torch.diag_embed(noise_var))
         for k in range(prior.components)], dim=-1)
 
 
 def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
-    """The exact posterior (module docstring) for x (n, m)."""
-    precisions, a, noise_var = _linear_gaussian_parts(prior, likelihood, x)
-    a_scaled = a / noise_var[:, None]  # D⁻¹ A
+    """The exact posterior (module docstring) for x (n, m); one σ, or one per sensor."""
+    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
+        raise ValueError("the exact mixture posterior takes one noise level (or one per sensor), "
+                         "not one per row")
+    precisions, a, _, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    post_precisions, a_scaled = _posterior_precision(precisions, a, noise_var)
     means = prior.means.to(x)
     log_joint = _component_log_joint(x, prior, likelihood)  # (n, K)
-    chol = torch.linalg.cholesky(precisions + a.mT @ a_scaled)  # (K, p, p)
+    chol = torch.linalg.cholesky(post_precisions)  # (K, p, p)
     cov = torch.cholesky_inverse(chol)
     rhs = (precisions @ means[..., None])[None, :, :, 0] + (x @ a_scaled)[:, None, :]  # (n, K, p)
     post_means = torch.cholesky_solve(rhs.permute(1, 2, 0), chol).permute(2, 0, 1)

@@ -20,7 +20,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, Po
 from .forward import ForwardOperator, LinearOperator
 
 __all__ = ["Likelihood", "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood",
-           "NoisePerRowGaussianLikelihood", "linear_gaussian"]
+           "NoisePerRowGaussianLikelihood", "gaussian_measurements", "linear_gaussian"]
 
 
 class Likelihood(abc.ABC):
@@ -230,6 +230,20 @@ class NoisePerRowGaussianLikelihood(Likelihood):
 
     def to(self, device=None, dtype=None) -> NoisePerRowGaussianLikelihood:
         return NoisePerRowGaussianLikelihood(self.forward.to(device, dtype))
+
+
+def gaussian_measurements(likelihood: GaussianLikelihood | NoisePerRowGaussianLikelihood,
+                          x: Tensor) -> tuple[Tensor, Tensor]:
+    """The measurements (..., m) in data rows x and their noise variances σ², in x's dtype:
+    (m,) for one σ or one per sensor, (..., m) for one σ_i per row."""
+    m = likelihood.forward.out_dim
+    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
+        return x[..., :-1], x[..., -1:].square().expand(*x.shape[:-1], m)
+    std = likelihood.noise_std.to(x)
+    if std.numel() not in (1, m):
+        raise ValueError(f"expected one noise level, one per sensor (m,) = ({m},), or one per row "
+                         f"(NoisePerRowGaussianLikelihood); got noise_std of shape {tuple(std.shape)}")
+    return x, (std.reshape(-1) ** 2).expand(m)
 
 
 def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> GaussianLikelihood:

@@ -5,7 +5,7 @@ A model file holds plain data only (numbers, strings, lists and tensors). It is 
 Python objects, so loading a model file cannot run code. It keeps what posterior questions
 on new data need: the method and the options ``make_estimator`` takes, the prior's kind,
 parameters (Λ̂; or the mixture's weights, means and precisions) and settings (α), the
-likelihood (A and σ), and an amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
+likelihood (A, and σ or "one σ_i per row": new rows then come with theirs), and an amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
 data get factors fitted afresh under Λ̂, as they do in memory.
 """
 
@@ -21,7 +21,8 @@ from . import __version__
 from .base import EmpiricalBayesEstimator
 from .estimator import VariationalEB
 from .exact import has_exact_evidence
-from .likelihoods import linear_gaussian
+from .forward import LinearOperator
+from .likelihoods import NoisePerRowGaussianLikelihood, linear_gaussian
 from .methods import make_estimator, method_name
 from .mixture import GaussianMixture
 from .priors import GaussianGraphicalModel
@@ -29,7 +30,7 @@ from .priors import GaussianGraphicalModel
 __all__ = ["save_model", "load_model"]
 
 FORMAT = "invae-model"
-VERSION = 2  # 2 added the prior's kind (ggm or gmm); version 1 files hold a ggm's "precision"
+VERSION = 3  # 3 added "noise_per_row"; 2 the prior's kind (ggm or gmm); version 1 files hold a ggm's "precision"
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
@@ -44,6 +45,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         raise ValueError("only a Gaussian graphical or mixture prior with a linear-Gaussian likelihood can be "
                          "saved so far")
     amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
+    per_row = isinstance(likelihood, NoisePerRowGaussianLikelihood)
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
         "settings": settings or {}, "data_shape": list(data_shape) if data_shape else None,
@@ -53,7 +55,8 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "prior": "gmm" if isinstance(prior, GaussianMixture) else "ggm",
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
         "alpha": prior.alpha, "solver": prior.solver, "reg_covar": getattr(prior, "reg_covar", None),
-        "forward": likelihood.forward.matrix.detach().cpu(), "noise_std": likelihood.noise_std.detach().cpu(),
+        "forward": likelihood.forward.matrix.detach().cpu(), "noise_per_row": per_row,
+        "noise_std": None if per_row else likelihood.noise_std.detach().cpu(),
         "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
                       if amortized else None),
     }
@@ -86,11 +89,12 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
             from None
     if not (isinstance(record, dict) and record.get("format") == FORMAT):
         raise ValueError(f"cannot read the model {str(path)!r}: not an invae model file")
-    if record["version"] not in (1, VERSION):
+    if record["version"] not in range(1, VERSION + 1):
         raise ValueError(f"the model {str(path)!r} has format version {record['version']}; "
                          f"this invae reads versions 1 to {VERSION}")
     prior = _prior(record)
-    likelihood = linear_gaussian(record["forward"], record["noise_std"])
+    likelihood = (NoisePerRowGaussianLikelihood(LinearOperator(record["forward"])) if record.get("noise_per_row")
+                  else linear_gaussian(record["forward"], record["noise_std"]))
     estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
                                max_iter=record["max_iter"], tol=record["tol"], device=device)
     estimator.prior_, estimator.likelihood_ = estimator._models()

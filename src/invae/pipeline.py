@@ -153,11 +153,20 @@ def _history(estimator: EmpiricalBayesEstimator) -> dict:
             "objective_name": "penalised log-likelihood per observation"}
 
 
-def run_predict(model: str | Path, data: str | Path, *, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
-    """Posterior means and sds of the observations in ``data`` under a saved model, and a summary."""
+def run_predict(model: str | Path, data: str | Path, *, noise_std_file: str | Path | None = None,
+                device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
+    """Posterior means and sds of the observations in ``data`` under a saved model, and a
+    summary; ``noise_std_file`` holds the rows' σ_i for a model fitted with one per row."""
     estimator = load_model(model, device=device)
-    m = estimator.likelihood.data_dim
+    per_row = isinstance(estimator.likelihood, NoisePerRowGaussianLikelihood)
+    if per_row != (noise_std_file is not None):
+        raise ValueError("this model was fitted with one noise sd per row: give the new rows' σ_i with "
+                         "--noise-std-file" if per_row else
+                         "this model has its own noise level: leave out --noise-std-file")
+    m = estimator.likelihood.forward.out_dim
     x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
+    if per_row:
+        x = _rows_with_noise(x, Path(noise_std_file))
     mean, std = estimator.posterior(x)
     summary = {"invae_version": __version__, "model": str(model), "data": str(data),
                "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}

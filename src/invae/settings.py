@@ -104,9 +104,8 @@ class FitSettings:
         if self.noise_std_file is not None:
             if self.noise != "gaussian" or self.noise_std is not None:
                 raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
-            if self.method in ("em", "naive") or self.save is not None:
-                raise ValueError("with --noise-std-file use a variational method and no --save: em, naive and "
-                                 "saved models take one σ so far")
+            if self.method == "em" and self.prior == "gmm":
+                raise ValueError("em with --prior gmm takes one σ, not --noise-std-file: use a variational method")
         elif self.noise in _NOISES_WITH_SCALE:
             if self.noise_std is None:
                 raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
