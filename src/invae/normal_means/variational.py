@@ -23,18 +23,23 @@ __all__ = ["variational_normal_means", "mixture_on_grid"]
 
 
 def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0, tol: float = 3e-4,
-                             **options) -> tuple[VariationalEB, NormalMeansPosterior]:
+                             lambda_step: str = "expected", **options) -> tuple[VariationalEB, NormalMeansPosterior]:
     """Fit ``VariationalEB`` to ``x`` (n,) with noise sds ``sigma`` (n,) or a scalar; returns the
     fitted estimator and every z_i's posterior mean, sd and lfsr under q (lfdr: None, the
     mixture prior has no atom). ``location`` (n,) shifts the prior row by row (the
-    estimator sees x − ℓ). ``options`` go to ``VariationalEB`` (e.g. ``max_iter``)."""
+    estimator sees x − ℓ). ``options`` go to ``VariationalEB`` (e.g. ``max_iter``).
+
+    ``lambda_step`` is "expected", not the mixture family's default "importance": here q can
+    hold the exact posterior, and the importance step cost 6 × the time for a small gain
+    (measured, two-point prior, σ = 1, n = 10⁴, seed 1: squared error 1.0259 × the oracle's
+    in 88 s, against 1.0198 in 525 s)."""
     shift = np.zeros(np.shape(x)) if location is None else np.asarray(location, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64) - shift
     rows = NoisePerRowGaussianLikelihood.rows(x, sigma)
     prior = _narrow_start(x, components)
     likelihood = NoisePerRowGaussianLikelihood(LinearOperator(torch.eye(1, dtype=torch.float64)))
     estimator = VariationalEB(prior, likelihood, family="mixture", posterior_components=components,
-                              random_state=seed, tol=tol, **options).fit(rows)
+                              random_state=seed, tol=tol, lambda_step=lambda_step, **options).fit(rows)
     mean, std = estimator.posterior(rows)
     below = estimator.posterior_cdf(rows, -shift)[:, 0]  # P(θ_i ≤ −ℓ_i) = P(z_i ≤ 0)
     return estimator, NormalMeansPosterior(mean[:, 0] + shift, std[:, 0], np.minimum(below, 1 - below), None)
