@@ -39,6 +39,7 @@ def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
     assert summary["n"] == 300 and summary["p"] == 6 and summary["converged"]
     if method in FAMILY_OF_METHOD:  # a lower bound on the exact evidence (3 standard errors)
         assert summary["elbo_per_obs"] <= summary["log_likelihood_per_obs"] + 3 * summary["elbo_standard_error"]
+        assert ("importance_ess" in summary) == (summary["posterior"] != "q") == (method == "iaf")
     assert not list(tmp_path.glob(".fit.partial-*"))
     # predict with the saved model, on the same rows: the fit's answers (mean-field refits
     # its per-row factors for data given anew, so only shapes are comparable there)

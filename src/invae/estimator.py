@@ -20,6 +20,7 @@ from .objectives import elbo as elbo_values
 from .checkpoints import Checkpointer
 from .posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder,
                          marginal_cdf, moments)
+from .reweighting import importance_draws, resample, weighted_cdf, weighted_moments
 from .training import TrainingSettings, seeded, train
 
 __all__ = ["VariationalEB", "PRESETS", "FAMILIES"]
@@ -36,6 +37,7 @@ FAMILIES = ("diagonal", "full-covariance", "iaf", "mixture", "mean-field")
 _ENCODERS = {"diagonal": GaussianEncoder, "full-covariance": FullCovarianceEncoder, "iaf": IAFEncoder,
              "mixture": MixtureEncoder}
 _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a time (memory)
+_DRAWS_PER_CHUNK = 2**18  # reweighted answers: at most this many draws (rows × n_moment_draws) at a time
 # Non-amortized factors see each observation only when it is in a batch, so the default
 # preset uses full batches of up to 65 536 with a larger step. Measured (p = 20, n = 10 000,
 # σ = 1, α = 0.02): fixed-noise ELBO -34.96 and Λ error 0.478 (the mean-field optimum is
@@ -43,10 +45,11 @@ _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a t
 _MEAN_FIELD_DEFAULT = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 20}
 # Families whose Λ-step needs draws of q take the importance-weighted one: it removes the
 # bias of q's family from Λ̂, which then chases the penalised MLE (measured with iaf,
-# benchmarks/bench_general.py, p = 5, n = 5000, seeds 0–1: Gaussian-mixture prior, Λ_k
-# error 1.25 → 1.005 × exact EM's; GGM, p = 20, σ = 1, A = I, seed 0: 1.082 → 1.028 × EM's).
-# Where the MLE itself is poor it follows it: tanh sensor, seed 1, signal MSE 1.47 → 2.15 ×
-# the oracle's, the MLE's own posterior 1.91 × (seed 0: 1.189 → 1.076, MLE 1.079).
+# benchmarks/bench_general.py, p = 5, n = 5000, seeds 0–2: Gaussian-mixture prior, Λ_k
+# error 1.24–1.27 → 1.002–1.008 × exact EM's; GGM, p = 20, σ = 1, A = I, seed 0: 1.082 →
+# 1.028 × EM's). Where the MLE itself is poor it follows it: a tanh sensor whose A has a
+# singular value of 0.019 gave signal MSE 1.47 → 2.15 × the oracle's, the MLE's own
+# posterior 1.91 ×.
 _DRAWN_FAMILY_DEFAULT = {"lambda_step": "importance"}
 
 
@@ -98,8 +101,17 @@ class VariationalEB(EmpiricalBayesEstimator):
         means ±1.5, A = I, σ = 0.5, p = 5, n = 5000: iaf's precision error 0.0855 with 8
         draws, 0.0786 with 32, exact EM 0.0733), else 8.
     n_moment_draws : int
-        Monte Carlo draws for the posterior means and sds of ``iaf``
-        (:func:`invae.posteriors.moments`); exact for the Gaussian families.
+        Monte Carlo draws per row for posterior answers that q has in no closed form: the
+        means and sds of ``iaf`` (:func:`invae.posteriors.moments`), and every answer when
+        ``reweight``.
+    reweight : bool or None
+        Answer the posterior questions (``transform``, ``posterior``, ``posterior_cdf``,
+        ``sample_posterior``) for the exact posterior ``p(z | x; Λ̂)``, from ``n_moment_draws``
+        draws of q (and of q widened) reweighted by importance sampling
+        (:mod:`invae.reweighting`), rather than from q itself. None: where the Λ-step is
+        ``"importance"`` (by default ``iaf`` and ``mixture``), so that Λ̂ and the signals
+        answer to the same posterior. (Measured on a tanh sensor, p = 5, n = 5000: ``iaf``'s
+        signal MSE 1.073 → 1.030 × the oracle's, the exact posterior at its Λ̂ 1.027 ×.)
     warm_start : bool
         Start the next ``fit`` from the last fit's Λ̂ and posterior network (with ``prior``'s
         penalty): how :func:`invae.penalty.select_penalty` walks its path.
@@ -130,7 +142,7 @@ class VariationalEB(EmpiricalBayesEstimator):
                  tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, posterior_components: int | None = None,
                  lambda_draws: int | None = None,
-                 n_moment_draws: int = 256, warm_start: bool = False, callback=None,
+                 n_moment_draws: int = 256, reweight: bool | None = None, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
                  random_state: int = 0, verbose: bool = False, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
@@ -151,6 +163,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.posterior_components = posterior_components
         self.lambda_draws = lambda_draws
         self.n_moment_draws = n_moment_draws
+        self.reweight = reweight
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -241,38 +254,70 @@ class VariationalEB(EmpiricalBayesEstimator):
             train(x, factors, self.prior_, self.likelihood_, self._settings(), update_prior=False)
         return factors
 
-    def _chunks(self, x: Tensor):
+    def _chunks(self, x: Tensor, rows_per_chunk: int = _ROWS_PER_CHUNK):
         """(rows, q(z | x[rows])) in chunks of rows: bounded memory for any n."""
         module = self._posterior_module(x)
         index = torch.arange(len(x), device=x.device)
-        for start in range(0, len(x), _ROWS_PER_CHUNK):
-            rows = slice(start, start + _ROWS_PER_CHUNK)
+        for start in range(0, len(x), rows_per_chunk):
+            rows = slice(start, start + rows_per_chunk)
             yield rows, module(x[rows], index[rows])
+
+    @property
+    def reweighted(self) -> bool:
+        """Whether the posterior answers are the exact posterior's at Λ̂ (q's draws reweighted),
+        rather than q's own: ``reweight``, or by default whether the Λ-step is ``"importance"``."""
+        return self._settings().lambda_step == "importance" if self.reweight is None else bool(self.reweight)
+
+    def _weighted_chunks(self, x: Tensor, n_draws: int | None = None):
+        """(rows, draws (S, r, p), weights (S, r)) of the exact posterior under Λ̂, chunk by chunk;
+        S = ``n_draws``, by default ``n_moment_draws``."""
+        n_draws = n_draws or self.n_moment_draws
+        for rows, q in self._chunks(x, max(1, _DRAWS_PER_CHUNK // n_draws)):
+            yield rows, *importance_draws(q, x[rows], self.prior_, self.likelihood_, n_draws)
 
     @torch.no_grad()
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         with seeded(self.random_state, x.device):
-            parts = [moments(q, self.n_moment_draws) for _, q in self._chunks(x)]
+            parts = ([weighted_moments(z, w) for _, z, w in self._weighted_chunks(x)] if self.reweighted
+                     else [moments(q, self.n_moment_draws) for _, q in self._chunks(x)])
         return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
 
     @torch.no_grad()
     def posterior_cdf(self, X, threshold=0.0) -> np.ndarray:
-        """``P(z_ij ≤ t_i | x_i)`` under q, shape (n, p), for a threshold t that is one number
-        or one per row (n,): exact for the Gaussian and mixture families, from
-        ``n_moment_draws`` draws for ``iaf``. (The local false sign rate is
-        ``min(P(z ≤ 0), P(z ≥ 0))``.)"""
+        """``P(z_ij ≤ t_i | x_i)``, shape (n, p), for a threshold t that is one number or one per
+        row (n,): under q, exact for the Gaussian and mixture families and from
+        ``n_moment_draws`` draws for ``iaf``; with ``reweight``, under the exact posterior from
+        the weighted draws. (The local false sign rate is ``min(P(z ≤ 0), P(z ≥ 0))``.)"""
         self._check_fitted()
         x = self._tensor(X)
         t = torch.as_tensor(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(x),)).copy(),
                             dtype=x.dtype, device=x.device)[:, None]
         with seeded(self.random_state, x.device):
+            if self.reweighted:
+                return _numpy(torch.cat([weighted_cdf(z, w, t[rows]) for rows, z, w in self._weighted_chunks(x)]))
             return _numpy(torch.cat([marginal_cdf(q, t[rows], self.n_moment_draws) for rows, q in self._chunks(x)]))
 
     @torch.no_grad()
-    def sample_posterior(self, X, n_samples: int = 100) -> np.ndarray:
-        """Draws from q(z | x_i) for each row, shape (n_samples, n, p)."""
+    def importance_ess(self, X) -> np.ndarray:
+        """Effective sample size ``1 / Σ_s w̃_s²`` of each row's reweighted draws, shape (n,), out
+        of ``n_moment_draws``: the draws behind ``transform`` and ``posterior`` (the same
+        seed). A small one flags a row whose exact posterior q misses; the Monte Carlo
+        error of its mean is about sd/√ESS."""
         self._check_fitted()
         x = self._tensor(X)
+        with seeded(self.random_state, x.device):
+            return _numpy(torch.cat([1 / w.square().sum(0) for _, _, w in self._weighted_chunks(x)]))
+
+    @torch.no_grad()
+    def sample_posterior(self, X, n_samples: int = 100) -> np.ndarray:
+        """Draws from q(z | x_i) for each row, shape (n_samples, n, p); with ``reweight``, from the
+        exact posterior: resampled (with replacement, so some repeat) from max(``n_samples``,
+        ``n_moment_draws``) weighted draws."""
+        self._check_fitted()
+        x = self._tensor(X)
+        if self.reweighted:
+            pool = max(n_samples, self.n_moment_draws)
+            return _numpy(torch.cat([resample(z, w, n_samples) for _, z, w in self._weighted_chunks(x, pool)], dim=1))
         return _numpy(torch.cat([q.sample((n_samples,)) for _, q in self._chunks(x)], dim=1))
 
     @torch.no_grad()

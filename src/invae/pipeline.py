@@ -141,6 +141,11 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
+        summary["posterior"] = "exact at the estimate, q reweighted" if estimator.reweighted else "q"
+        if estimator.reweighted:
+            ess = estimator.importance_ess(x)
+            summary["importance_ess"] = {"median": float(np.median(ess)), "min": float(ess.min()),
+                                         "of": estimator.n_moment_draws}
     return estimator, arrays, summary
 
 

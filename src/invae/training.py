@@ -46,6 +46,7 @@ from .checkpoints import Checkpointer, FitInterrupted
 from .likelihoods import Likelihood
 from .objectives import elbo
 from .priors import Prior
+from .reweighting import normalised_weights
 
 __all__ = ["TrainingSettings", "train", "lambda_step", "importance_lambda_step", "seeded"]
 
@@ -125,10 +126,7 @@ def importance_lambda_step(prior: Prior, q: Distribution, x: Tensor, likelihood:
     ``FloatingPointError``.
     """
     z = _draw(q, n_draws)  # (S, n, p)
-    log_w = prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)
-    if not bool(torch.isfinite(log_w.amax(0)).all()):  # amax propagates NaN
-        raise FloatingPointError("the importance weights of the Λ-step are not finite for some row")
-    return prior.m_step(z, torch.softmax(log_w, dim=0))
+    return prior.m_step(z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)))
 
 
 def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:
