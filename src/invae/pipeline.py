@@ -141,12 +141,19 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
-        summary["posterior"] = "exact at the estimate, q reweighted" if estimator.reweighted else "q"
-        if estimator.reweighted:
-            ess = estimator.importance_ess(x)
-            summary["importance_ess"] = {"median": float(np.median(ess)), "min": float(ess.min()),
-                                         "of": estimator.n_moment_draws}
-    return estimator, arrays, summary
+    return estimator, arrays, summary | _posterior_summary(estimator, x)
+
+
+def _posterior_summary(estimator: EmpiricalBayesEstimator, x) -> dict:
+    """What a variational fit's posterior answers are, and for reweighted ones the importance
+    weights' effective sample size per row (median, smallest, out of how many draws)."""
+    if not isinstance(estimator, VariationalEB):
+        return {}
+    if not estimator.reweighted:
+        return {"posterior": "q"}
+    ess = estimator.importance_ess(x)
+    return {"posterior": "exact at the estimate, q reweighted",
+            "importance_ess": {"median": float(np.median(ess)), "min": float(ess.min()), "of": estimator.n_moment_draws}}
 
 
 def _history(estimator: EmpiricalBayesEstimator) -> dict:
@@ -175,4 +182,4 @@ def run_predict(model: str | Path, data: str | Path, *, noise_std_file: str | Pa
     mean, std = estimator.posterior(x)
     summary = {"invae_version": __version__, "model": str(model), "data": str(data),
                "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}
-    return {"posterior_mean": mean, "posterior_std": std}, summary
+    return {"posterior_mean": mean, "posterior_std": std}, summary | _posterior_summary(estimator, x)
