@@ -73,6 +73,7 @@ def make_case(case: str, seed: int, n: int):
         likelihood = linear_gaussian(np.eye(P), GMM_NOISE)
     else:
         truth = GaussianGraphicalModel(sparse_precision("chain", P, rng), alpha=ALPHA)
+        # drawn for the count cases too (unused there): every case of a seed shares Λ and z
         a = torch.as_tensor(np.linalg.qr(rng.normal(size=(P, P)))[0])
         likelihood = (GaussianLikelihood(saturating(a), TANH_NOISE) if case == "tanh"
                       else PoissonLikelihood(LinearOperator.identity(P)) if case == "poisson"
