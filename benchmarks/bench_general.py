@@ -16,7 +16,7 @@ For ``vae``, ``iaf`` (2 flow steps, the default, and 4), ``mixture`` (K = 2 full
 Gaussians), ``mean-field`` and ``naive`` it reports the parameter error (relative
 Frobenius of Λ̂, or of the stacked Λ̂_k with components matched) against the complete-data
 floor (the M-step on the true z, to convergence), and the signal MSE against the reference
-posterior under the true parameters: importance sampling (:mod:`invae.importance`, 4096
+posterior under the true parameters: importance sampling (:mod:`invae.references.importance`, 4096
 draws per row) for tanh and the counts, the exact mixture posterior for gmm. The parameter
 error is also given over that of the penalised maximum marginal likelihood, the estimate
 every method chases ("err/MLE"): exact EM for gmm, Monte Carlo EM with the importance-sampling
@@ -51,11 +51,11 @@ from sklearn.exceptions import ConvergenceWarning
 
 from invae import (EM, FunctionOperator, GaussianGraphicalModel, GaussianLikelihood, GaussianMixture, LinearOperator,
                    PoissonLikelihood, VariationalEB, complete_data_floor, linear_gaussian, saturating)
-from invae.exact import mean_log_likelihood, mixture_posterior
-from invae.importance import importance_em, importance_posterior
-from invae.methods import make_estimator
-from invae.metrics import mixture_errors, relative_frobenius_error, signal_mse
-from invae.simulate import sparse_precision
+from invae.app.methods import make_estimator
+from invae.evaluation.metrics import mixture_errors, relative_frobenius_error, signal_mse
+from invae.evaluation.simulate import sparse_precision
+from invae.references.exact import mean_log_likelihood, mixture_posterior
+from invae.references.importance import importance_em, importance_posterior
 
 P, ALPHA, TANH_NOISE, GMM_NOISE, COMPONENTS, COUNT_OFFSET = 5, 0.02, 0.2, 0.5, 2, 2.0
 CASES = ("tanh", "poisson", "poisson-12", "gmm")

@@ -14,8 +14,8 @@ Solvers: "sklearn" is scikit-learn's coordinate descent from scratch (tol = enet
 200 sweeps at most), the reference; "sklearn cov_init" is scikit-learn's private
 ``_graphical_lasso(cov_init=...)``, the warm start its public API no longer offers (it
 shrinks the start's off-diagonal by 0.95); "invae sklearn" is scikit-learn as invae calls it
-(stopped by a KKT test after 16 sweeps when that is met, see invae.graphical_lasso); "newton" is invae's default
-(:func:`invae.graphical_lasso.solve_precision`), warm-started from the previous answer; "gglasso
+(stopped by a KKT test after 16 sweeps when that is met, see invae.model.graphical_lasso); "newton" is invae's default
+(:func:`invae.model.graphical_lasso.solve_precision`), warm-started from the previous answer; "gglasso
 ADMM" (tol = rtol = 1e-8, warm-started) joins when the gglasso package is installed. Prints
 tables (medians of 3 repeats) and writes JSON to benchmarks/results/lambda_step.json.
 """
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import importlib.util
+import io
 import json
 import statistics
 import time
@@ -38,11 +38,11 @@ from sklearn.covariance import graphical_lasso
 from sklearn.covariance._graph_lasso import _graphical_lasso
 from sklearn.exceptions import ConvergenceWarning
 
-import invae.priors
+import invae.model.priors
 from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
-from invae.graphical_lasso import glasso_objective, optimality_violation, solve_precision
-from invae.methods import make_estimator
-from invae.simulate import sparse_precision
+from invae.app.methods import make_estimator
+from invae.evaluation.simulate import sparse_precision
+from invae.model.graphical_lasso import glasso_objective, optimality_violation, solve_precision
 
 ALPHA = 0.05
 
@@ -141,7 +141,7 @@ def lambda_step_share(solver: str, p: int = 100) -> dict:
         spent.append(elapsed)
         return out
 
-    invae.priors.solve_precision = timed_solve  # count every Λ-step the fit makes
+    invae.model.priors.solve_precision = timed_solve  # count every Λ-step the fit makes
     try:
         prior = GaussianGraphicalModel(dim=p, alpha=0.02, solver=solver)
         estimator = make_estimator("vae", prior, linear_gaussian(problem.A, 1.0))
@@ -149,7 +149,7 @@ def lambda_step_share(solver: str, p: int = 100) -> dict:
             warnings.simplefilter("ignore", ConvergenceWarning)
             elapsed, _ = _timed(estimator.fit, problem.X)
     finally:
-        invae.priors.solve_precision = solve_precision
+        invae.model.priors.solve_precision = solve_precision
     return {"p": p, "solver": solver, "fit_seconds": elapsed, "lambda_step_seconds": sum(spent), "n_solves": len(spent),
             "share": sum(spent) / elapsed, "n_iter": estimator.n_iter_}
 

@@ -1,7 +1,7 @@
 """Benchmark of issue #5 (penalty selection): how good is the α that ``--penalty auto`` picks?
 
 For each case (GGM simulation, n = 2000, identity A unless stated) it fits EM on all rows at
-every α of the default grid (:func:`invae.penalty.penalty_grid`, 8 values) to find the grid's
+every α of the default grid (:func:`invae.inference.penalty.penalty_grid`, 8 values) to find the grid's
 best Λ error (an oracle choice: it needs the true Λ), then lets each criterion choose:
 "held-out" (80/20 split, exact held-out log p(x)) and "ebic" (γ = 0.5). Reports the chosen α,
 its Λ error as a ratio to the grid's best, edge F1, and the fixed α = 0.02 for comparison.
@@ -26,9 +26,9 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
-from invae.metrics import edge_scores, relative_frobenius_error
-from invae.penalty import penalty_grid, select_penalty
-from invae.methods import make_estimator
+from invae.app.methods import make_estimator
+from invae.evaluation.metrics import edge_scores, relative_frobenius_error
+from invae.inference.penalty import penalty_grid, select_penalty
 
 CASES = [  # (p, graph, forward, σ)
     (20, "chain", "identity", 1.0),

@@ -26,8 +26,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
-from invae.evaluation import evaluate, reference_rows
-from invae.methods import make_estimator
+from invae.app.methods import make_estimator
+from invae.evaluation.tables import evaluate, reference_rows
 
 METHODS = {  # label: a function (prior, likelihood, seed) -> estimator
     "vae": lambda prior, lik, seed: make_estimator("vae", prior, lik, seed=seed),

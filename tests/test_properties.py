@@ -6,11 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from invae.exact import exact_posterior, marginal_log_likelihood
-from invae.io import load_array
-from invae.likelihoods import GaussianLikelihood
-from invae.forward import LinearOperator
-from invae.priors import GaussianGraphicalModel
+from invae.app.io import load_array
+from invae.model.forward import LinearOperator
+from invae.model.likelihoods import GaussianLikelihood
+from invae.model.priors import GaussianGraphicalModel
+from invae.references.exact import exact_posterior, marginal_log_likelihood
 from invae.validation import check_data
 
 _SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)

@@ -1,17 +1,25 @@
-"""invae: statistical inverse problems by amortized variational empirical Bayes."""
+"""invae: statistical inverse problems by amortized variational empirical Bayes.
 
-__version__ = "0.1.0"  # first: modules imported below record it
+The package is in concept folders (docs/architecture.md): :mod:`invae.model` (priors,
+likelihoods, forward operators), :mod:`invae.inference` (posterior families, the ELBO, the
+Λ-steps, training, :class:`VariationalEB`), :mod:`invae.references` (exact posteriors, EM,
+importance sampling, baselines), :mod:`invae.evaluation` (simulations, metrics, tables),
+:mod:`invae.normal_means` (one-dimensional empirical Bayes) and :mod:`invae.app` (the
+command line and what it reads and writes). The names below are the public API.
+"""
 
-from .baselines import Naive, complete_data_floor, rank_matching
-from .em import EM
-from .estimator import VariationalEB
-from .forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
-from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
-                          StudentTLikelihood, linear_gaussian)
-from .mixture import GaussianMixture
-from .priors import GaussianGraphicalModel, Prior
-from .simulate import Problem, simulate_problem
+from ._version import __version__
+from .evaluation.simulate import Problem, simulate_problem
+from .inference.estimator import VariationalEB
+from .model.forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
+from .model.likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
+                                StudentTLikelihood, linear_gaussian)
+from .model.mixture import GaussianMixture
+from .model.priors import GaussianGraphicalModel, Prior
+from .references.baselines import Naive, complete_data_floor, rank_matching
+from .references.em import EM
 
-__all__ = ["EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching", "ForwardOperator", "FunctionOperator", "LinearOperator", "saturating",
-           "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood", "Likelihood", "linear_gaussian", "GaussianGraphicalModel", "GaussianMixture", "Prior",
-           "Problem", "simulate_problem"]
+__all__ = ["__version__", "EM", "VariationalEB", "Naive", "complete_data_floor", "rank_matching",
+           "ForwardOperator", "FunctionOperator", "LinearOperator", "saturating", "GaussianLikelihood",
+           "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood", "Likelihood", "linear_gaussian",
+           "GaussianGraphicalModel", "GaussianMixture", "Prior", "Problem", "simulate_problem"]

@@ -55,7 +55,7 @@ def check_noise_std(noise_std: float) -> float:
 
 
 def check_penalty(alpha: float | str) -> float | str:
-    """A finite penalty α ≥ 0, or ``"auto"`` (chosen from the data, :mod:`invae.penalty`)."""
+    """A finite penalty α ≥ 0, or ``"auto"`` (chosen from the data, :mod:`invae.inference.penalty`)."""
     if alpha == "auto":
         return alpha
     if not (isinstance(alpha, (int, float, np.floating, np.integer)) and np.isfinite(alpha) and alpha >= 0):

@@ -9,7 +9,7 @@ c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
 - ``npmle``: the Kiefer–Wolfowitz NPMLE (:mod:`~invae.normal_means.npmle`);
 - ``log-spline``: Efron's g-model (:mod:`~invae.normal_means.log_spline`);
 - ``rank-matching``: the source's order-statistics estimator on the NPMLE prior
-  (:func:`invae.baselines.rank_matching`), ranking the NPMLE's posterior means
+  (:func:`invae.references.baselines.rank_matching`), ranking the NPMLE's posterior means
   (with one σ, the data's order; with σ_i varying, they put a noisy x_i where it belongs);
 - ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
   (:mod:`~invae.normal_means.variational`).
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from ..baselines import rank_matching
+from ..references.baselines import rank_matching
 from .covariates import design_matrix, location_fit
 from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
 from .log_spline import log_spline

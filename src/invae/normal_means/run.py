@@ -7,8 +7,8 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-from .. import __version__
-from ..plotting import normal_means_prior_plot
+from .._version import __version__
+from ..app.plotting import normal_means_prior_plot
 from .estimate import NormalMeansFit, fit_normal_means
 from .table import column, load_table
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_array
+from ..app.io import load_array
 
 __all__ = ["load_table", "column"]
 

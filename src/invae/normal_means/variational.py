@@ -2,7 +2,7 @@
 
 The prior is a Gaussian mixture with many components (``z ~ Σ_c π_c N(m_c, v_c)``, a
 flexible g), the likelihood ``x_i ~ N(z_i, σ_i²)`` carries each σ_i in the data row
-(:class:`~invae.likelihoods.NoisePerRowGaussianLikelihood`, so the encoder sees σ_i), and
+(:class:`~invae.model.likelihoods.NoisePerRowGaussianLikelihood`, so the encoder sees σ_i), and
 the posterior family is a mixture of as many Gaussians: with a Gaussian-mixture prior and
 normal noise the exact posterior is such a mixture, so the family can hold it.
 """
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from scipy.special import log_ndtr
 
-from ..estimator import VariationalEB
-from ..forward import LinearOperator
-from ..likelihoods import NoisePerRowGaussianLikelihood
-from ..mixture import GaussianMixture
+from ..inference.estimator import VariationalEB
+from ..model.forward import LinearOperator
+from ..model.likelihoods import NoisePerRowGaussianLikelihood
+from ..model.mixture import GaussianMixture
 from .grid import GridPrior, NormalMeansPosterior, discretize
 
 __all__ = ["variational_normal_means", "mixture_on_grid"]

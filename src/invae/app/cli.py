@@ -1,0 +1,239 @@
+"""The ``invae`` command line: it only builds settings and calls the library.
+
+Errors the user can fix print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from ..evaluation.simulate import FORWARDS, GRAPHS, simulate_problem
+from ..inference.checkpoints import FitInterrupted
+from ..inference.penalty import CRITERIA
+from ..normal_means import NORMAL_MEANS_METHODS
+from ..normal_means.run import run_eb
+from .demo import run_demo
+from .io import write_results
+from .persistence import save_model
+from .pipeline import run_fit, run_predict
+from .report import write_report
+from .settings import METHODS, NOISES, PRESETS, PRIORS, FitSettings
+
+__all__ = ["main"]
+
+_FIT_EXAMPLE = """example:
+  invae simulate --p 20 --n 10000 --noise-std 0.5 --out problem
+  invae fit --data problem/X.npy --forward problem/A.npy --noise-std 0.5 --penalty 0.02 --out fit
+"""
+
+_EB_EXAMPLE = """example:
+  invae eb --data scores.csv --x estimate --sigma se --covariates group --method npmle --out eb
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, status 2 (argparse's own status for usage errors)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _penalty(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {text!r}") from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="invae", description="Statistical inverse problems by amortized variational "
+                     "empirical Bayes, with exact references.", epilog=_FIT_EXAMPLE,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = commands.add_parser("demo", help="simulate the GGM problem, fit every method, print the table",
+                               epilog="example:\n  invae demo --noise-std 0.5 --out invae-demo\n",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--out", default="invae-demo", help="results folder (default: invae-demo)")
+    demo.add_argument("--p", type=int, default=20, help="latent dimension (default: 20)")
+    demo.add_argument("--n", type=int, default=10_000, help="observations (default: 10000)")
+    demo.add_argument("--graph", choices=GRAPHS, default="chain")
+    demo.add_argument("--forward", choices=FORWARDS, default="identity")
+    demo.add_argument("--noise-std", type=float, default=1.0, help="σ (default: 1.0)")
+    demo.add_argument("--penalty", type=float, default=0.02, help="graphical-lasso α (default: 0.02)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--progress", action="store_true",
+                      help="progress bars even when stderr is not a terminal (e.g. a log file)")
+
+    sim = commands.add_parser("simulate", help="write a simulated problem to a folder",
+                              epilog="example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sim.add_argument("--out", required=True, help="folder for X.npy, Z.npy, A.npy, precision.npy, problem.json")
+    sim.add_argument("--p", type=int, default=20)
+    sim.add_argument("--n", type=int, default=10_000)
+    sim.add_argument("--m", type=int, default=None, help="observed dimension (gaussian/compressive A)")
+    sim.add_argument("--graph", choices=GRAPHS, default="chain")
+    sim.add_argument("--forward", choices=FORWARDS, default="identity")
+    sim.add_argument("--noise-std", type=float, default=1.0)
+    sim.add_argument("--condition-number", type=float, default=10.0)
+    sim.add_argument("--seed", type=int, default=0)
+
+    fit = commands.add_parser("fit", help="estimate the prior and the posteriors from data on disk",
+                              epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              argument_default=None)
+    fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations")
+    fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
+                     "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
+    fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
+    fit.add_argument("--noise", choices=NOISES, help="noise model: gaussian x = G(z) + σε, poisson counts "
+                     "(log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
+    fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
+    fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
+                     "gaussian noise instead of --noise-std; the encoder sees each σ_i")
+    fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
+    fit.add_argument("--prior", choices=PRIORS, help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
+                     "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
+    fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
+    fit.add_argument("--penalty", type=_penalty,
+                     help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
+    fit.add_argument("--penalty-criterion", choices=CRITERIA,
+                     help="how auto chooses: held-out likelihood (or ELBO), or ebic (default: held-out)")
+    fit.add_argument("--method", choices=METHODS, help="estimator (default: vae)")
+    fit.add_argument("--preset", choices=PRESETS,
+                     help="optimiser settings of the variational methods: default (measured best) or paper")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--max-iter", type=int)
+    fit.add_argument("--tol", type=float)
+    fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    fit.add_argument("--out", help="results folder (default: invae-out)")
+    fit.add_argument("--config", help="TOML file with the same settings; flags override it")
+    fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
+    fit.add_argument("--progress", action="store_const", const=True,
+                     help="a progress bar even when stderr is not a terminal (e.g. a log file)")
+    fit.add_argument("--save", help="also write the fitted model to this file (for invae predict)")
+    fit.add_argument("--checkpoint-dir", help="write the training state here every --checkpoint-every "
+                     "iterations and on Ctrl-C / SIGTERM (variational methods)")
+    fit.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (default: 50)")
+    fit.add_argument("--resume", action="store_const", const=True,
+                     help="continue the fit saved in --checkpoint-dir (same data and settings)")
+
+    predict = commands.add_parser("predict", help="posterior means and sds of new observations from a saved model",
+                                  epilog="example:\n  invae fit --data X.npy --noise-std 0.5 --save model.pt --out fit\n"
+                                         "  invae predict --model model.pt --data X_new.npy --out new\n",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("--model", required=True, help="a file written by invae fit --save")
+    predict.add_argument("--data", required=True, help="new observations X (n, m): .npy or .csv")
+    predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
+    predict.add_argument("--noise-std-file", help="the new rows' known noise sds σ_i (.npy/.csv), for a model "
+                         "fitted with --noise-std-file")
+    predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+    eb = commands.add_parser("eb", help="one-dimensional empirical Bayes (normal means): x_i ~ N(z_i, σ_i²), "
+                             "estimate the prior of z and every z_i's posterior",
+                             epilog=_EB_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eb.add_argument("--data", required=True, help="a table: .csv (a header row of names, or none) or .npy (n, k)")
+    eb.add_argument("--x", required=True, help="the column of observations x_i (a name or a 0-based position)")
+    eb.add_argument("--sigma", help="the column of known noise sds σ_i (one per row)")
+    eb.add_argument("--noise-std", type=float, help="one known noise sd σ for every row (instead of --sigma)")
+    eb.add_argument("--covariates", type=lambda text: [key for key in text.split(",") if key],
+                    help="comma-separated columns on which the prior's location depends: numbers enter "
+                         "linearly, text columns are group labels")
+    eb.add_argument("--method", choices=NORMAL_MEANS_METHODS, default="npmle",
+                    help="npmle: Kiefer-Wolfowitz NPMLE; log-spline: Efron's g-model; james-stein / normal-ml: "
+                         "a normal prior; rank-matching: the source's order statistics on the NPMLE; vae: the "
+                         "VAE-like estimator; naive: z = x (default: npmle)")
+    eb.add_argument("--grid-size", type=int, default=300, help="atoms of the prior's grid (default: 300)")
+    eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior (default: 10)")
+    eb.add_argument("--max-iter", type=int, help="outer iterations of vae (default: 2000)")
+    eb.add_argument("--seed", type=int, default=0)
+    eb.add_argument("--device", default="cpu", help="torch device of vae, e.g. cuda (default: cpu)")
+    eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
+    eb.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    report = commands.add_parser("report", help="draw the figures and report.html of a results folder",
+                                 epilog="example:\n  invae report invae-demo    # then open invae-demo/report.html\n",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("folder", help="a folder written by invae demo or invae fit")
+    return parser
+
+
+def _fit(args: argparse.Namespace) -> None:
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    settings = FitSettings.from_sources(args.config, overrides)
+    estimator, arrays, summary = run_fit(settings)
+    folder = write_results(settings.out, arrays, summary)
+    if settings.save is not None:
+        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]))
+    if not settings.quiet:
+        chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
+        evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
+                    else f"ELBO/n = {summary['elbo_per_obs']:.4f}")
+        print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "
+              f"{evidence}; results in {folder}/")
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    problem = simulate_problem(p=args.p, n=args.n, graph=args.graph, forward=args.forward, m=args.m,
+                               noise_std=args.noise_std, condition_number=args.condition_number,
+                               seed=args.seed)
+    problem.save(args.out)
+    print(f"wrote {args.out}/ (X.npy {problem.X.shape}, A.npy {problem.A.shape}, Z.npy, precision.npy, "
+          "problem.json)")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file, device=args.device)
+    folder = write_results(args.out, arrays, summary)
+    print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
+
+
+def _eb(args: argparse.Namespace) -> None:
+    arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
+                                    covariates=args.covariates, method=args.method, grid_size=args.grid_size,
+                                    components=args.components, max_iter=args.max_iter, seed=args.seed,
+                                    device=args.device, verbose=0 if args.quiet else 1)
+    folder = write_results(args.out, arrays, summary, files)
+    if not args.quiet:
+        evidence = f", log-likelihood {summary['log_likelihood']:.2f}" if "log_likelihood" in summary else ""
+        print(f"{args.method}: {summary['n']} observation(s) in {summary['seconds']:.2f} s{evidence}; "
+              f"results in {folder}/ ({', '.join(files)})")
+
+
+def _report(args: argparse.Namespace) -> None:
+    print(f"report: {write_report(args.folder)}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
+             penalty=args.penalty, seed=args.seed,
+             verbose=0 if args.quiet else 2 if args.progress else 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    prefix = f"invae {args.command}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
+        try:
+            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report, "predict": _predict,
+             "eb": _eb}[args.command](args)
+        except ValueError as error:
+            print(f"{prefix}: error: {error}", file=sys.stderr)
+            return 2
+        except FitInterrupted as interrupted:
+            print(f"{prefix}: {interrupted}; nothing else was written", file=sys.stderr)
+            return 128 + interrupted.signal_number
+        except FloatingPointError as error:  # the fit itself broke down (e.g. Λ diverging when m < p)
+            print(f"{prefix}: error: the fit failed numerically: {error}. A richer posterior "
+                  "(--method iaf or full-covariance) or a larger --penalty may help; nothing was written",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

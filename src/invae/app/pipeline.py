@@ -1,0 +1,185 @@
+"""From settings to results: what ``invae fit`` and ``invae predict`` do, callable from Python."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..inference.base import EmpiricalBayesEstimator
+from ..inference.estimator import VariationalEB
+from ..inference.penalty import select_penalty
+from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
+from ..model.likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, NoisePerRowGaussianLikelihood,
+                                 PoissonLikelihood, StudentTLikelihood, linear_gaussian)
+from ..model.mixture import GaussianMixture
+from ..model.priors import GaussianGraphicalModel, Prior
+from ..references.exact import has_exact_evidence, mean_log_likelihood
+from ..validation import check_data
+from .io import load_array
+from .methods import make_estimator, method_name
+from .persistence import load_model
+from .settings import FitSettings
+
+__all__ = ["load_problem", "run_fit", "run_predict"]
+
+def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
+    """Data X (n, m), the prior to start from and the likelihood that ``settings`` describe."""
+    function = _FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
+    if function is not None:
+        if settings.latent_dim is None:
+            raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
+        operator = FunctionOperator(_load_function(*function.groups()), settings.latent_dim,
+                                    name=str(settings.forward))
+    elif settings.forward is not None:
+        a = load_array(settings.forward, name="the forward matrix (--forward)")
+        if a.ndim != 2:
+            raise ValueError(f"the forward matrix (--forward) must be 2-D (m, p), got shape {a.shape}")
+        operator = LinearOperator(check_data(a, name="the forward matrix (--forward)"))
+    x = load_array(settings.data, name="the data (--data)")
+    if settings.forward is None:
+        operator = LinearOperator.identity(x.shape[1] if x.ndim == 2 else 1)
+    if function is None and settings.latent_dim not in (None, operator.in_dim):
+        raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
+                         f"{operator.in_dim} columns (it is for a forward function)")
+    likelihood = _likelihood(operator, settings)
+    x = check_data(x, name="the data (--data)", columns=operator.out_dim)
+    if settings.noise_std_file is not None:
+        x = _rows_with_noise(x, settings.noise_std_file)
+    alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
+    if settings.prior == "gmm":
+        return x, _mixture_start(x, likelihood, settings.components, alpha, settings.seed), likelihood
+    return x, GaussianGraphicalModel(dim=operator.in_dim, alpha=alpha), likelihood
+
+
+def _rows_with_noise(x: np.ndarray, path: Path) -> np.ndarray:
+    """Rows (x_i, σ_i) (n, m + 1) for :class:`NoisePerRowGaussianLikelihood`, σ from ``path`` (n,)."""
+    sigma = np.ravel(load_array(path, name="the noise sds (--noise-std-file)"))
+    if len(sigma) != len(x):
+        raise ValueError(f"--noise-std-file has {len(sigma)} values for {len(x)} rows of data: one σ_i per row")
+    return NoisePerRowGaussianLikelihood.rows(x, sigma)
+
+
+def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
+    """The noise model ``settings.noise`` on ``operator`` (σ_i in each row with --noise-std-file)."""
+    if settings.noise_std_file is not None:
+        return NoisePerRowGaussianLikelihood(operator)
+    if settings.noise == "gaussian":
+        if isinstance(operator, LinearOperator):
+            return linear_gaussian(operator.matrix, settings.noise_std)  # (warns on a rank-deficient A)
+        return GaussianLikelihood(operator, settings.noise_std)
+    if settings.noise == "student-t":
+        return StudentTLikelihood(operator, settings.noise_df, settings.noise_std)
+    return {"poisson": PoissonLikelihood, "bernoulli": BernoulliLikelihood}[settings.noise](operator)
+
+
+def _mixture_start(x: np.ndarray, likelihood: Likelihood, components: int, alpha: float,
+                   seed: int) -> GaussianMixture:
+    """A mixture to start from: fitted to the naive signals A⁺x where the model is linear-Gaussian
+    (components placed by k-means, as scikit-learn starts EM), else spread at random."""
+    if isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear:
+        pilot = likelihood.forward.pinv(torch.as_tensor(x, dtype=torch.float64))
+        return GaussianMixture.from_signals(pilot, components, alpha=alpha, seed=seed)
+    return GaussianMixture.standard(likelihood.forward.in_dim, components, alpha=alpha, seed=seed)
+
+
+# --forward module.py:function — the user's own code, imported and run as a plugin would be.
+_FUNCTION_SPEC = re.compile(r"(.+\.py):([A-Za-z_]\w*)")
+
+
+def _load_function(file: str, name: str):
+    """The attribute ``name`` of the Python file ``file`` (imported: it runs that file)."""
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"cannot read the forward function: no such file {file!r}")
+    spec = importlib.util.spec_from_file_location(f"invae_forward_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, name):
+        raise ValueError(f"{file!r} defines no {name!r} (--forward FILE.py:FUNCTION)")
+    return getattr(module, name)
+
+
+def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:
+    """Fit as ``settings`` say; return the estimator, the result arrays and the summary."""
+    x, prior, likelihood = load_problem(settings)
+    estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
+                               max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
+                               verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device)
+    start = time.perf_counter()
+    path = None
+    if settings.penalty == "auto":
+        estimator, path = select_penalty(estimator, x, criterion=settings.penalty_criterion, seed=settings.seed,
+                                         verbose=settings.verbosity)
+    else:
+        estimator.fit(x)
+    seconds = time.perf_counter() - start
+    mean, std = estimator.posterior(x)
+    parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
+    arrays = {**parameters, "posterior_mean": mean, "posterior_std": std}
+    summary = {
+        "invae_version": __version__,
+        "settings": settings.to_dict(),
+        "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim,
+        "penalty": estimator.prior_.alpha,
+        "n_iter": estimator.n_iter_, "converged": estimator.converged_,
+        "edges": int(np.count_nonzero(np.triu(parameters.get("precision", parameters.get("precisions")), k=1))),
+        "fit_seconds": seconds,
+    }
+    if has_exact_evidence(estimator.prior_, estimator.likelihood_):
+        log_lik = mean_log_likelihood(x, estimator.prior_, likelihood)
+        summary["log_likelihood_per_obs"] = log_lik
+        summary["penalized_log_likelihood_per_obs"] = log_lik - estimator.prior_.penalty()
+    if estimator.history_:
+        summary["history"] = _history(estimator)
+    if path is not None:
+        summary["penalty_path"] = path.to_dict()
+    if isinstance(estimator, VariationalEB):
+        summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
+    return estimator, arrays, summary | _posterior_summary(estimator, x)
+
+
+def _posterior_summary(estimator: EmpiricalBayesEstimator, x) -> dict:
+    """What a variational fit's posterior answers are, and for reweighted ones the importance
+    weights' effective sample size per row (median, smallest, out of how many draws)."""
+    if not isinstance(estimator, VariationalEB):
+        return {}
+    if not estimator.reweighted:
+        return {"posterior": "q"}
+    ess = estimator.importance_ess(x)
+    return {"posterior": "exact at the estimate, q reweighted",
+            "importance_ess": {"median": float(np.median(ess)), "min": float(ess.min()), "of": estimator.n_moment_draws}}
+
+
+def _history(estimator: EmpiricalBayesEstimator) -> dict:
+    """The objective per outer iteration against time, for the report's convergence figure."""
+    if isinstance(estimator, VariationalEB):
+        return {"time": estimator.history_["time"], "objective": estimator.history_["elbo"],
+                "objective_name": "ELBO per observation (fixed noise)"}
+    return {"time": estimator.history_["time"], "objective": estimator.history_["objective"],
+            "objective_name": "penalised log-likelihood per observation"}
+
+
+def run_predict(model: str | Path, data: str | Path, *, noise_std_file: str | Path | None = None,
+                device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
+    """Posterior means and sds of the observations in ``data`` under a saved model, and a
+    summary; ``noise_std_file`` holds the rows' σ_i for a model fitted with one per row."""
+    estimator = load_model(model, device=device)
+    per_row = isinstance(estimator.likelihood, NoisePerRowGaussianLikelihood)
+    if per_row != (noise_std_file is not None):
+        raise ValueError("this model was fitted with one noise sd per row: give the new rows' σ_i with "
+                         "--noise-std-file" if per_row else
+                         "this model has its own noise level: leave out --noise-std-file")
+    m = estimator.likelihood.forward.out_dim
+    x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
+    if per_row:
+        x = _rows_with_noise(x, Path(noise_std_file))
+    mean, std = estimator.posterior(x)
+    summary = {"invae_version": __version__, "model": str(model), "data": str(data),
+               "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}
+    return {"posterior_mean": mean, "posterior_std": std}, summary | _posterior_summary(estimator, x)

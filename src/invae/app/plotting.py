@@ -1,0 +1,144 @@
+"""Figures: precision heatmaps, signals with credible bands, convergence, the penalty path.
+
+Each function takes plain arrays and returns a matplotlib ``Figure`` (drawn with the
+non-interactive Agg canvas, so no display is needed); :mod:`invae.app.report` saves them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot"]
+
+_Z90 = 1.6448536269514722  # the standard normal's 95% quantile: a central 90% band is mean ± _Z90·sd
+
+
+def precision_heatmaps(precisions: dict[str, np.ndarray]) -> Figure:
+    """One heatmap per (p, p) matrix, side by side, on one symmetric colour scale.
+
+    The source's figure: the true Λ beside each estimate. The scale is shared and clipped
+    at the largest off-diagonal magnitude, so the diagonal saturates and the graph shows.
+    """
+    names = list(precisions)
+    columns = min(4, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(3.2 * columns + 0.8, 3.2 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    limit = max(np.abs(m - np.diag(np.diag(m))).max() for m in precisions.values()) or 1.0
+    for ax, name in zip(axes.flat, names):
+        image = ax.imshow(precisions[name], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_axis_off()
+    figure.colorbar(image, ax=axes, shrink=0.8, label="Λ_ij (clipped at the largest off-diagonal |Λ_ij|)")
+    return figure
+
+
+def signal_bands(means: dict[str, np.ndarray], stds: dict[str, np.ndarray], truth: np.ndarray | None = None,
+                 coordinates: tuple[int, ...] = (0, 1, 2), n_rows: int = 60) -> Figure:
+    """Posterior means with 90% credible bands (mean ± 1.645 sd) for a few coordinates.
+
+    ``means`` and ``stds`` map a method to (n, p) arrays; ``truth`` (n, p), when known, is
+    drawn as dots and orders the rows. One panel per (coordinate, method).
+    """
+    names = list(means)
+    coordinates = tuple(j for j in coordinates if j < next(iter(means.values())).shape[1])
+    figure = Figure(figsize=(3.6 * len(names), 2.4 * len(coordinates)), layout="constrained")
+    axes = figure.subplots(len(coordinates), len(names), squeeze=False, sharey="row")
+    for row, j in enumerate(coordinates):
+        key = truth[:n_rows, j] if truth is not None else means[names[0]][:n_rows, j]
+        order = np.argsort(key)
+        position = np.arange(len(order))
+        for column, name in enumerate(names):
+            ax = axes[row, column]
+            mean, std = means[name][:n_rows, j][order], stds[name][:n_rows, j][order]
+            finite = np.isfinite(std)
+            ax.fill_between(position[finite], (mean - _Z90 * std)[finite], (mean + _Z90 * std)[finite],
+                            color="tab:blue", alpha=0.25, linewidth=0, label="90% band")
+            ax.plot(position, mean, color="tab:blue", linewidth=1.2, label="posterior mean")
+            if truth is not None:
+                ax.plot(position, truth[:n_rows, j][order], ".", color="black", markersize=3, label="true z")
+            ax.set_title(f"{name}: z_{j}", fontsize=9)
+            if row == len(coordinates) - 1:
+                ax.set_xlabel("observation (sorted by the true value)" if truth is not None else "observation")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    return figure
+
+
+#: The demo's panels: (key of a curve, y-axis label); the truth is known there.
+DEMO_PANELS = (("log_lik_gap", "log p(x; Λ̂) − log p(x; Λ), per observation"),
+               ("precision_error", "‖Λ̂ − Λ‖_F / ‖Λ‖_F"))
+
+
+def convergence_curves(curves: dict[str, dict[str, list[float]]],
+                       panels: tuple[tuple[str, str], ...] = DEMO_PANELS) -> Figure:
+    """One panel per ``(key, label)`` of ``panels``: each method's ``curve[key]`` against
+    ``curve["time"]`` (seconds since the fit began, log scale).
+
+    ``curves[method]`` holds equal-length lists: ``time`` and one per panel key, e.g. the
+    demo's ``log_lik_gap`` (mean log p(x; Λ̂_t) minus that at the true Λ) and
+    ``precision_error`` (‖Λ̂_t − Λ‖_F / ‖Λ‖_F).
+    """
+    figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, panels):
+        for name, curve in curves.items():
+            ax.plot(np.maximum(np.asarray(curve["time"]), 1e-3), curve[key], label=name, linewidth=1.2)
+        ax.set_ylabel(label)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8)
+    return figure
+
+
+def penalty_path_plot(path: dict) -> Figure:
+    """Held-out score and EBIC against α (log scale), the chosen α marked; ``path`` as in summary.json."""
+    figure = Figure(figsize=(10, 3.4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    alphas = np.asarray(path["alphas"])
+    scores = np.array([np.nan if s is None else s for s in path["score"]], dtype=float)
+    for ax, values, label in ((left, scores, f"held-out {path['score_name']} per observation"),
+                              (right, np.asarray(path["ebic"]), "EBIC")):
+        ax.plot(alphas, values, "o-", linewidth=1.2)
+        ax.axvline(path["alpha"], color="tab:red", linewidth=1, label=f"chosen α = {path['alpha']:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("α")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    return figure
+
+
+def normal_means_prior_plot(x: np.ndarray, prior, method: str, label: str = "data x (density)") -> Figure:
+    """The estimated prior over a histogram of the data ``x`` (n,) (one-dimensional EB).
+
+    ``prior`` is a grid prior (``atoms``, ``masses``). A prior with few atoms (an NPMLE) is
+    drawn as stems of its masses on the right axis; a smooth one as the density
+    mass/spacing on the histogram's axis. The data are the signals plus noise, so the
+    histogram is wider than the prior: the gap is what deconvolution removed.
+    """
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = figure.subplots()
+    ax.hist(x, bins=min(100, max(10, len(x) // 20)), density=True, color="0.8", label=label)
+    atoms, masses = prior.atoms, prior.masses
+    if (masses > 1e-4).sum() <= 40:
+        right = ax.twinx()
+        shown = masses > 1e-4
+        right.vlines(atoms[shown], 0, masses[shown], color="tab:red", linewidth=2)
+        right.plot(atoms[shown], masses[shown], "o", color="tab:red", markersize=4, label=f"{method} prior (mass)")
+        right.set_ylim(0, 1.05 * masses.max())
+        right.set_ylabel("prior mass")
+        right.legend(fontsize=8, loc="upper right")
+    else:
+        spacing = np.gradient(atoms)
+        ax.plot(atoms, masses / spacing, color="tab:red", linewidth=1.5, label=f"{method} prior (density)")
+    ax.set_xlabel("z (signal) / x (data)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="upper left")
+    return figure

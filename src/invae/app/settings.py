@@ -1,0 +1,182 @@
+"""Settings of ``invae fit``, one frozen dataclass shared by the config file, the CLI and Python.
+
+A TOML config file holds the same names as the flags (``noise-std = 0.5`` or
+``noise_std = 0.5``); flags given on the command line override it. Relative paths in
+a config file are read relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..inference.penalty import CRITERIA
+from ..validation import check_noise_std, check_penalty
+
+__all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS", "NOISES"]
+
+METHODS = ("vae", "iaf", "full-covariance", "mixture", "mean-field", "em", "naive")
+VARIATIONAL = METHODS[:5]  # the methods that train a posterior (and can checkpoint)
+PRESETS = ("default", "paper")
+PRIORS = ("ggm", "gmm")
+#: Noise models: ``x = G(z) + σε`` (gaussian), ``Poisson(exp G(z))``, ``Bernoulli(sigmoid G(z))``,
+#: ``G(z) + σ t_ν`` (student-t). Only gaussian has the exact references (em, naive).
+NOISES = ("gaussian", "poisson", "bernoulli", "student-t")
+_NOISES_WITH_SCALE = ("gaussian", "student-t")
+_DEFAULT_COMPONENTS = 2
+_DEFAULT_DF = 4.0
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything ``invae fit`` needs; validated on creation."""
+
+    data: Path
+    noise_std: float | None = None
+    noise_std_file: Path | None = None
+    out: Path = Path("invae-out")
+    forward: Path | None = None
+    latent_dim: int | None = None
+    noise: str = "gaussian"
+    noise_df: float | None = None
+    prior: str = "ggm"
+    components: int | None = None
+    penalty: float | str = 0.0
+    penalty_criterion: str = "held-out"
+    method: str = "vae"
+    preset: str = "default"
+    seed: int = 0
+    max_iter: int | None = None
+    tol: float | None = None
+    device: str = "cpu"
+    quiet: bool = False
+    progress: bool = False
+    save: Path | None = None
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+
+    def __post_init__(self):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        self._check_noise()
+        self._check_prior()
+        object.__setattr__(self, "penalty", check_penalty(self.penalty))
+        if self.penalty_criterion not in CRITERIA:
+            raise ValueError(f"unknown penalty criterion {self.penalty_criterion!r}; "
+                             f"choose one of {', '.join(CRITERIA)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if self.checkpoint_dir is not None and self.method not in VARIATIONAL:
+            raise ValueError(f"--checkpoint-dir applies to the variational methods ({', '.join(VARIATIONAL)}), "
+                             f"not to {self.method!r}")
+        if self.checkpoint_dir is not None and self.penalty == "auto":
+            raise ValueError("--checkpoint-dir does not combine with --penalty auto (a path of fits); "
+                             "choose α first, then checkpoint that fit")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1):
+            raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+        if self.quiet and self.progress:
+            raise ValueError("quiet and progress contradict each other: choose one")
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol must be > 0, got {self.tol!r}")
+        if self.method in ("em", "naive") and self.noise != "gaussian":
+            raise ValueError(f"--method {self.method} needs Gaussian noise (its exact formulas); "
+                             f"for --noise {self.noise} use a variational method ({', '.join(VARIATIONAL)})")
+        if self.penalty == "auto" and self.prior != "ggm":
+            raise ValueError("--penalty auto chooses α for the ggm prior; give --penalty α for a gmm")
+        if self.save is not None and self.noise != "gaussian":
+            raise ValueError(f"--save keeps models with Gaussian noise so far, not --noise {self.noise}")
+
+    def _check_noise(self) -> None:
+        """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
+        if self.noise not in NOISES:
+            raise ValueError(f"unknown noise model {self.noise!r}; choose one of {', '.join(NOISES)}")
+        if self.noise_std_file is not None:
+            if self.noise != "gaussian" or self.noise_std is not None:
+                raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
+            if self.method == "em" and self.prior == "gmm":
+                raise ValueError("em with --prior gmm takes one σ, not --noise-std-file: use a variational method")
+        elif self.noise in _NOISES_WITH_SCALE:
+            if self.noise_std is None:
+                raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
+            object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
+        elif self.noise_std is not None:
+            raise ValueError(f"--noise {self.noise} has no scale: leave out --noise-std")
+        if self.noise == "student-t":
+            df = _DEFAULT_DF if self.noise_df is None else self.noise_df
+            if not (isinstance(df, (int, float)) and 0 < df < float("inf")):
+                raise ValueError(f"--noise-df must be a finite number > 0, got {df!r}")
+            object.__setattr__(self, "noise_df", float(df))
+        elif self.noise_df is not None:
+            raise ValueError(f"--noise-df is the degrees of freedom of --noise student-t, not of {self.noise}")
+
+    def _check_prior(self) -> None:
+        """The prior family, and K for a mixture."""
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
+        if self.prior == "gmm":
+            k = _DEFAULT_COMPONENTS if self.components is None else self.components
+            if not (isinstance(k, int) and k >= 1):
+                raise ValueError(f"--components must be an integer >= 1, got {k!r}")
+            object.__setattr__(self, "components", k)
+        elif self.components is not None:
+            raise ValueError("--components is the number of mixture components of --prior gmm")
+
+    @property
+    def checkpoint(self) -> dict | None:
+        """``make_estimator``'s checkpoint options, or None."""
+        if self.checkpoint_dir is None:
+            return None
+        return {"checkpoint_dir": self.checkpoint_dir, "checkpoint_every": self.checkpoint_every,
+                "resume": self.resume}
+
+    @property
+    def verbosity(self) -> int:
+        """The estimators' ``verbose``: 0 with ``quiet``, 2 with ``progress``, else 1 (on a terminal)."""
+        return 0 if self.quiet else 2 if self.progress else 1
+
+    @classmethod
+    def from_sources(cls, config: str | Path | None, overrides: dict) -> FitSettings:
+        """Settings from a TOML file (or none), then ``overrides`` (None values ignored)."""
+        values = _read_config(config) if config is not None else {}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
+            raise ValueError(f"missing required setting(s): {flags} (a flag or a key of --config)")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {key: (str(value) if isinstance(value, Path) else value)
+                for key, value in dataclasses.asdict(self).items()}
+
+
+def _read_config(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read the config file {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"the config file {str(path)!r} is not valid TOML: {error}") from None
+    known = {f.name for f in dataclasses.fields(FitSettings)}
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file"):  # relative to the config file
+        if isinstance(values.get(key), str):
+            values[key] = path.parent / values[key]
+    return values

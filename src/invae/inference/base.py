@@ -1,0 +1,96 @@
+"""What every invae estimator shares (scikit-learn conventions).
+
+``__init__`` stores settings only; ``fit(X)`` returns ``self``; fitted state ends in ``_``
+(``prior_``, ``likelihood_``, ``history_``, ``n_iter_``, ``converged_``); NumPy in and out.
+``warm_start=True`` makes the next ``fit`` start from the last fit's parameters (with the
+settings, e.g. the penalty, of ``prior``), as in scikit-learn. ``callback(iteration, prior)``,
+when given, is called after each outer iteration of an iterative ``fit`` (to monitor it).
+Subclasses implement ``fit`` and ``_posterior(x) -> (mean, std)`` on tensors.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model.likelihoods import Likelihood
+from ..model.priors import Prior
+from ..validation import check_data
+
+__all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
+
+
+def progress_disabled(verbose: bool | int) -> bool | None:
+    """tqdm's ``disable`` for a ``verbose`` level: 0 or False hides the progress bar, 1 or
+    True shows it when stderr is a terminal (None: tqdm decides), 2 shows it always."""
+    if not verbose:
+        return True
+    return None if verbose == 1 else False
+
+
+class EmpiricalBayesEstimator(abc.ABC):
+    """Estimates a prior's parameters from ``X`` (n, m) and each signal's posterior (n, p)."""
+
+    def __init__(self, prior: Prior, likelihood: Likelihood, *, warm_start: bool = False,
+                 callback: Callable[[int, Prior], None] | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float64):
+        self.prior = prior
+        self.likelihood = likelihood
+        self.warm_start = warm_start
+        self.callback = callback
+        self.device = device
+        self.dtype = dtype
+
+    @abc.abstractmethod
+    def fit(self, X) -> EmpiricalBayesEstimator:
+        """Estimate the prior from observations ``X`` of shape (n, m); returns ``self``."""
+
+    @abc.abstractmethod
+    def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior means and marginal standard deviations, each (n, p), for x (n, m)."""
+
+    def transform(self, X) -> np.ndarray:
+        """Posterior means ``E[z_i | x_i]``, shape (n, p)."""
+        return self.posterior(X)[0]
+
+    def posterior_std(self, X) -> np.ndarray:
+        """Marginal posterior standard deviations ``sd(z_ij | x_i)``, shape (n, p)."""
+        return self.posterior(X)[1]
+
+    def posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(means, standard deviations), each of shape (n, p)."""
+        self._check_fitted()
+        mean, std = self._posterior(self._tensor(X))
+        return _numpy(mean), _numpy(std)
+
+    @property
+    def precision_(self) -> np.ndarray:
+        """The estimated precision matrix Λ̂ (p, p), for priors that have one."""
+        self._check_fitted()
+        return _numpy(self.prior_.precision)
+
+    def _tensor(self, X) -> Tensor:
+        array = check_data(X, columns=self.likelihood.data_dim)
+        return torch.as_tensor(array, dtype=self.dtype, device=self.device)
+
+    def _models(self) -> tuple[Prior, Likelihood]:
+        """The prior to start from (warm-started if asked and fitted) and the likelihood, on device."""
+        prior = self.prior.to(self.device, self.dtype)
+        if self._warm():
+            prior = prior.with_parameters_from(self.prior_)
+        return prior, self.likelihood.to(self.device, self.dtype)
+
+    def _warm(self) -> bool:
+        return self.warm_start and hasattr(self, "prior_")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "prior_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X) first")
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()

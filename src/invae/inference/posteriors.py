@@ -1,0 +1,336 @@
+"""Posterior families ``q_φ(z | x)``: modules whose ``forward(x, index)`` returns a distribution.
+
+``x`` is a batch of observations (B, m) and ``index`` (B,) their row numbers in the data;
+an amortized encoder reads ``x`` only, per-observation (mean-field) factors read ``index``
+only. The distribution has batch shape (B,), event shape (p,), and supports ``rsample`` and
+``log_prob``; Gaussian families also give ``mean``, ``stddev`` and ``entropy`` in closed
+form, flows through :func:`moments` by Monte Carlo.
+
+=====================  =====================================  ===============================
+family                 q(z | x)                               module
+=====================  =====================================  ===============================
+``diagonal``           N(μ(x), diag σ(x)²)                    :class:`GaussianEncoder`
+``full-covariance``    N(μ(x), L(x) L(x)ᵀ), L lower-triang.   :class:`FullCovarianceEncoder`
+``iaf``                diagonal base + T IAF steps (§2.3)     :class:`IAFEncoder`
+``mean-field``         N(μ_i, diag σ_i²), free per row        :class:`MeanFieldFactors`
+``mixture``            Σ_c w_c(x) N(μ_c(x), L_c(x)L_c(x)ᵀ)    :class:`MixtureEncoder`
+=====================  =====================================  ===============================
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions.transforms import ConditionalAffineAutoregressive
+from pyro.nn import ConditionalAutoRegressiveNN
+from torch import Tensor, nn
+from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
+                                 TransformedDistribution)
+
+__all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
+           "moments"]
+
+_INIT_LOG_STD = -1.0  # q starts narrower than a unit prior, so early z draws are not all noise
+
+
+def _start_spread_at(linear: nn.Linear, outputs: Tensor | slice) -> None:
+    """Make the trunk's linear map start every x at the spread e^{_INIT_LOG_STD}: zero weights
+    and bias _INIT_LOG_STD on ``outputs``. A random linear start would give an outlying x
+    (10 sds out) a log-scale of ±5: draws ~150 sds wide, which overflow exp(η) in a Poisson
+    likelihood in float32 (measured: a fit of counts then diverged at its second iteration)."""
+    with torch.no_grad():
+        linear.weight[outputs] = 0.0
+        linear.bias[outputs] = _INIT_LOG_STD
+
+
+def _diagonal_normal(mean: Tensor, log_std: Tensor) -> Distribution:
+    return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+
+
+class _Trunk(nn.Module):
+    """The shared encoder body: ``x ↦ L(x̃) + MLP(x̃)`` with ``x̃ = (u(x) − shift)/scale``, (B, m) → (B, k).
+
+    A linear map plus an MLP correction, because for linear-Gaussian models the exact
+    posterior mean is linear in x and its (co)variance constant. The MLP's last layer
+    starts at zero, so the trunk starts as the linear map alone. ``shift`` and ``scale``
+    standardise u(x) by the training data (:meth:`standardize_with`); u is the identity,
+    or ``log(1 + x)`` with ``log1p=True`` (counts: see ``Likelihood.encoder_log1p``).
+    """
+
+    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
+        super().__init__()
+        self.log1p = log1p
+        self.register_buffer("shift", torch.zeros(m))
+        self.register_buffer("scale", torch.ones(m))
+        self.linear = nn.Linear(m, k)
+        layers: list[nn.Module] = []
+        width = m
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.SiLU()]
+            width = size
+        last = nn.Linear(width, k)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(*layers, last)
+
+    def standardize_with(self, x: Tensor) -> None:
+        u = torch.log1p(x) if self.log1p else x
+        self.shift.copy_(u.mean(0))
+        self.scale.copy_(u.std(0).clamp_min(1e-12))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = ((torch.log1p(x) if self.log1p else x) - self.shift) / self.scale
+        return self.linear(h) + self.mlp(h)
+
+
+class _Encoder(nn.Module):
+    """An amortized family: a :class:`_Trunk` whose k outputs parameterise q(z|x)."""
+
+    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
+        super().__init__()
+        self.p = p
+        self.trunk = _Trunk(m, k, hidden, log1p)
+
+    def standardize_with(self, x: Tensor) -> None:
+        """Set the input standardisation from training data x (n, m)."""
+        self.trunk.standardize_with(x)
+
+
+class GaussianEncoder(_Encoder):
+    """Amortized diagonal Gaussian ``q(z|x) = N(μ(x), diag σ(x)²)`` (DESIGN §2.2).
+
+    The trunk emits ``(μ, log σ)``, 2p numbers per observation.
+
+    Parameters
+    ----------
+    m, p : int
+        Observed and latent dimensions.
+    hidden : tuple of int
+        Widths of the trunk MLP's hidden layers (SiLU activations).
+    log1p : bool
+        Read the data as ``log(1 + x)`` (counts); every encoder takes this option.
+    """
+
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
+        super().__init__(m, p, 2 * p, hidden, log1p)
+        _start_spread_at(self.trunk.linear, slice(p, 2 * p))
+
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
+        out = self.trunk(x)
+        return _diagonal_normal(out[..., : self.p], out[..., self.p :])
+
+
+def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor) -> None:
+    """Start the Cholesky entries ``first : first + p(p+1)/2`` of the trunk's linear map at
+    L = e^{_INIT_LOG_STD} I for every x: zero weights, diagonal raw entries _INIT_LOG_STD,
+    off-diagonal 0 (see :func:`_start_spread_at`)."""
+    entries = slice(first, first + len(rows))
+    _start_spread_at(linear, entries)
+    with torch.no_grad():
+        linear.bias[entries][rows != cols] = 0.0
+
+
+_LOG_SCALE_BOUND = 7.0
+
+
+def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
+    """Lower-triangular (..., p, p) from its p(p+1)/2 raw entries (..., p(p+1)/2); the
+    diagonal is ``exp(B tanh(r / B))`` of its raw entries r, B = 7: L is invertible, and
+    its diagonal stays within e^{±7} (≈ r itself for |r| ≤ 2). The bound keeps an
+    outlying x, on which the trunk's linear map extrapolates, from a collapsed or exploded
+    factor (measured: a mixture posterior on counts, whose outlying row got diagonal
+    entries of 1e-9 and 226 within 60 Adam steps, then a non-finite loss)."""
+    log_diagonal = _LOG_SCALE_BOUND * torch.tanh(entries / _LOG_SCALE_BOUND)
+    entries = torch.where(rows == cols, log_diagonal.exp(), entries)
+    scale_tril = entries.new_zeros(*entries.shape[:-1], p, p)
+    scale_tril[..., rows, cols] = entries
+    return scale_tril
+
+
+class FullCovarianceEncoder(_Encoder):
+    """Amortized Gaussian with a full covariance, ``q(z|x) = N(μ(x), L(x) L(x)ᵀ)``.
+
+    The trunk emits μ (p) and the p(p+1)/2 lower-triangular entries of the Cholesky factor
+    L, whose diagonal is ``exp`` of its raw entries (so L is invertible). For a
+    linear-Gaussian model this family holds the exact posterior, so its ELBO gap measures
+    optimisation alone — the yardstick for the diagonal and IAF families.
+    """
+
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
+        rows, cols = torch.tril_indices(p, p)
+        super().__init__(m, p, p + len(rows), hidden, log1p)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        _start_cholesky_at(self.trunk.linear, p, rows, cols)
+
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
+        out = self.trunk(x)
+        scale_tril = _scale_tril(out[..., self.p :], self.rows, self.cols, self.p)
+        return MultivariateNormal(out[..., : self.p], scale_tril=scale_tril, validate_args=False)
+
+
+class MixtureEncoder(_Encoder):
+    """A mixture of full-covariance Gaussians, ``q(z|x) = Σ_c w_c(x) N(μ_c(x), L_c(x) L_c(x)ᵀ)``.
+
+    It holds multimodal posteriors, e.g. under a Gaussian-mixture prior where x does not
+    tell which component z came from: there the exact posterior of a linear-Gaussian model
+    is a K-component mixture of Gaussians, which this family contains. The trunk emits K
+    logits and, per component, μ_c (p) and L_c's p(p+1)/2 entries. The ELBO sums over c
+    exactly (:func:`invae.inference.objectives.elbo`), so no discrete draw needs a gradient. Components
+    start at means spread by the trunk's random linear map, so they do not coincide.
+
+    Parameters
+    ----------
+    m, p : int
+        Observed and latent dimensions.
+    components : int
+        The number of mixture components of q.
+    hidden : tuple of int
+        Widths of the trunk MLP's hidden layers.
+    """
+
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2, *,
+                 log1p: bool = False):
+        if components < 1:
+            raise ValueError(f"components must be >= 1, got {components}")
+        rows, cols = torch.tril_indices(p, p)
+        self.components, self.per_component = components, p + len(rows)
+        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        for c in range(components):
+            _start_cholesky_at(self.trunk.linear, components + c * self.per_component + p, rows, cols)
+        with torch.no_grad():
+            self.trunk.linear.weight[:components] = 0.0  # equal weights w_c at the start, for every x
+            self.trunk.linear.bias[:components] = 0.0
+
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
+        out = self.trunk(x)
+        logits = out[..., : self.components]
+        parts = out[..., self.components :].unflatten(-1, (self.components, self.per_component))
+        scale_tril = _scale_tril(parts[..., self.p :], self.rows, self.cols, self.p)
+        component = MultivariateNormal(parts[..., : self.p], scale_tril=scale_tril, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=logits, validate_args=False), component, validate_args=False)
+
+
+class IAFEncoder(_Encoder):
+    """Inverse autoregressive flow posterior (DESIGN §2.3).
+
+        (μ_0, log σ_0, h) = trunk(x),   z_0 = μ_0 + σ_0 ∘ ε_0,   ε_0 ~ N(0, I)
+        for t = 1..T:  (m_t, s_t) = MADE_t(z_{t−1}, h),  σ_t = sigmoid(s_t + 2),
+                       z_t = σ_t ∘ z_{t−1} + (1 − σ_t) ∘ m_t
+        log q(z_T | x) = − Σ_j [ ½ ε_{0,j}² + ½ log 2π + Σ_{t=0..T} log σ_{t,j} ]
+
+    Each step is Pyro's ``ConditionalAffineAutoregressive(stable=True)``, which is exactly
+    this sigmoid-gated update (the +2 is its ``sigmoid_bias``: each step starts close to the
+    identity, σ_t ≈ 0.88); Pyro is maintained and zuko has no gated IAF, so we use it
+    rather than rewrite a MADE. The autoregressive order is reversed between steps, and each
+    MADE has a linear skip connection, so one step already holds every Gaussian q.
+    ``log_prob`` is exact (change of variables) for draws from ``rsample``, whose
+    per-step scales Pyro caches; the test suite checks it against an autograd Jacobian.
+    Any other point would need Pyro's sequential inversion (p passes per step, and
+    numerically fragile when gates are small): invae only ever scores q's own draws.
+
+    Parameters
+    ----------
+    m, p : int
+        Observed and latent dimensions (p ≥ 2: a 1-D flow step is a mere affine map).
+    hidden : tuple of int
+        Hidden widths of the trunk MLP.
+    n_steps : int
+        T, the number of flow steps.
+    context : int
+        Size of the context h fed to every MADE.
+    made_hidden : tuple of int or None
+        Hidden widths of each MADE (each ≥ p); ``None`` means ``(4p,)``.
+    """
+
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), n_steps: int = 2,
+                 context: int = 16, made_hidden: tuple[int, ...] | None = None, log1p: bool = False):
+        if p < 2:
+            raise ValueError(f"the IAF family needs p >= 2 latent dimensions, got p = {p}")
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        super().__init__(m, p, 2 * p + context, hidden, log1p)
+        made_hidden = list(made_hidden or (4 * p,))
+        order = torch.arange(p)
+        self.steps = nn.ModuleList(
+            ConditionalAffineAutoregressive(
+                ConditionalAutoRegressiveNN(p, context, made_hidden, skip_connections=True,
+                                            permutation=order if t % 2 == 0 else order.flip(0)),
+                stable=True)
+            for t in range(n_steps))
+        _start_spread_at(self.trunk.linear, slice(p, 2 * p))
+
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
+        out = self.trunk(x)
+        base = _diagonal_normal(out[..., : self.p], out[..., self.p : 2 * self.p])
+        context = out[..., 2 * self.p :]
+        return TransformedDistribution(base, [step.condition(context) for step in self.steps],
+                                       validate_args=False)
+
+
+class MeanFieldFactors(nn.Module):
+    """Non-amortized mean-field VI: one free ``N(μ_i, diag σ_i²)`` per observation, (n, p) each."""
+
+    def __init__(self, n: int, p: int):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(n, p))
+        self.log_std = nn.Parameter(torch.full((n, p), _INIT_LOG_STD))
+
+    def forward(self, x: Tensor, index: Tensor) -> Distribution:
+        return _diagonal_normal(self.mean[index], self.log_std[index])
+
+
+@torch.no_grad()
+def moments(q: Distribution, n_draws: int = 256, chunk: int = 16) -> tuple[Tensor, Tensor]:
+    """Means and marginal standard deviations of q, each of batch shape + (p,).
+
+    Exact where q has them in closed form; otherwise Monte Carlo over ``n_draws`` draws,
+    taken ``chunk`` at a time to bound memory (standard error of a mean: sd/√n_draws).
+    """
+    try:
+        return q.mean, q.stddev
+    except NotImplementedError:
+        pass
+    shift = q.sample()  # sums of squares about one draw: no cancellation in float32
+    total = total_sq = 0.0
+    for start in range(0, n_draws, chunk):
+        z = q.sample((min(chunk, n_draws - start),)) - shift
+        total = total + z.sum(0)
+        total_sq = total_sq + z.square().sum(0)
+    mean = total / n_draws
+    var = (total_sq / n_draws - mean.square()) * n_draws / (n_draws - 1)
+    return shift + mean, var.clamp_min(0).sqrt()
+
+
+@torch.no_grad()
+def marginal_cdf(q: Distribution, threshold: float | Tensor = 0.0, n_draws: int = 1024, chunk: int = 16) -> Tensor:
+    """``P(z_j ≤ t)`` under q for every coordinate j, batch shape + (p,); ``threshold`` t is a
+    number or a tensor that broadcasts against batch shape + (p,) (e.g. (n, 1): one per row).
+
+    Exact for the Gaussian families (``Φ((t − μ_j)/σ_j)``) and for a mixture of Gaussians
+    (``Σ_c w_c Φ((t − μ_cj)/σ_cj)``); otherwise the fraction of ``n_draws`` draws at or
+    below t (Monte Carlo sd ≤ 0.5/√n_draws).
+    """
+    if isinstance(q, MixtureSameFamily):
+        component = q.component_distribution
+        weights = q.mixture_distribution.probs.unsqueeze(-1)  # (..., K, 1)
+        per_component = torch.as_tensor(threshold, dtype=weights.dtype, device=weights.device)
+        per_component = per_component.unsqueeze(-2) if per_component.ndim else per_component
+        return (weights * _gaussian_cdf(component, per_component)).sum(-2)
+    try:
+        return _gaussian_cdf(q, threshold)
+    except NotImplementedError:
+        pass
+    below = 0.0
+    for start in range(0, n_draws, chunk):
+        z = q.sample((min(chunk, n_draws - start),))
+        below = below + (z <= threshold).to(z.dtype).sum(0)
+    return below / n_draws
+
+
+def _gaussian_cdf(q: Distribution, threshold: float | Tensor) -> Tensor:
+    """Φ((t − μ)/σ) per coordinate for a Gaussian q (diagonal or full); NotImplementedError otherwise."""
+    if isinstance(q, MultivariateNormal) or (isinstance(q, Independent) and isinstance(q.base_dist, Normal)):
+        return Normal(q.mean, q.stddev).cdf(torch.as_tensor(threshold, dtype=q.mean.dtype, device=q.mean.device))
+    raise NotImplementedError

@@ -1,0 +1,215 @@
+"""The Gaussian-mixture prior (DESIGN §2.7): ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)``, k = 1..K.
+
+The M-step maximises the expected complete-data log-density over (z, c), c the component
+label, given responsibilities ``r_ik = q(c_i = k)`` and the moments of z in each component:
+
+    N_k = Σ_i r_ik,    π_k = N_k / n,    μ_k = (1/N_k) Σ_i r_ik E[z_i | c_i = k],
+    C_k = (1/N_k) Σ_i r_ik E[(z_i − μ_k)(z_i − μ_k)ᵀ | c_i = k] + ε I,
+    Λ_k = argmax  log det Λ − tr(Λ C_k) − (α n / N_k) ‖Λ‖_{1,off}
+
+— the maximiser of ``(1/n) Σ_i E[log π_c + log N(z_i; μ_c, Λ_c⁻¹)] − (α/2) Σ_k ‖Λ_k‖_{1,off}``
+(component k's terms carry the weight N_k/n, hence its penalty α n/N_k). ``ε`` (``reg_covar``)
+keeps a component that holds few points invertible, as in scikit-learn's GaussianMixture.
+
+From draws of z (:meth:`GaussianMixture.m_step`) the responsibilities are the current
+prior's ``r_k(z) ∝ π_k N(z; μ_k, Λ_k⁻¹)``: one EM step on the draws, which cannot lower
+their mean log-density (a generalised M-step; the exact maximiser has no closed form).
+Exact EM for a linear-Gaussian likelihood (:mod:`invae.references.exact`) passes exact
+per-component posterior moments to :meth:`GaussianMixture.m_step_weighted`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from torch import Tensor
+
+from .graphical_lasso import SOLVERS, solve_precision
+from .priors import Prior
+
+__all__ = ["GaussianMixture", "match_components"]
+
+_REG_COVAR = 1e-6  # scikit-learn's GaussianMixture default
+
+
+class GaussianMixture(Prior):
+    """``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` with weights π (K,), means μ (K, p), precisions Λ (K, p, p).
+
+    Parameters
+    ----------
+    weights, means, precisions : arrays or tensors of shapes (K,), (K, p), (K, p, p)
+    alpha : float
+        Off-diagonal ℓ1 penalty on each Λ_k (0: the closed-form M-step Λ_k = C_k⁻¹).
+    reg_covar : float
+        ε ≥ 0 added to the diagonal of each component's covariance in the M-step.
+    solver : {"newton", "sklearn"}
+        The graphical-lasso solver when ``alpha > 0``.
+    """
+
+    closed_form_gaussian_m_step = False
+
+    def __init__(self, weights, means, precisions, *, alpha: float = 0.0, reg_covar: float = _REG_COVAR,
+                 solver: str = "newton"):
+        precisions = torch.as_tensor(precisions)
+        weights = torch.as_tensor(weights).to(precisions)
+        means = torch.as_tensor(means).to(precisions)
+        k, p = means.shape if means.ndim == 2 else (None, None)
+        if k is None or weights.shape != (k,) or precisions.shape != (k, p, p):
+            raise ValueError("a Gaussian mixture needs weights (K,), means (K, p) and precisions (K, p, p); got "
+                             f"{tuple(weights.shape)}, {tuple(means.shape)}, {tuple(precisions.shape)}")
+        if not (torch.isfinite(weights).all() and (weights > 0).all() and abs(float(weights.sum()) - 1) < 1e-6):
+            raise ValueError(f"the mixture weights must be positive and sum to 1, got {weights.tolist()}")
+        if not (alpha >= 0 and math.isfinite(alpha)) or not (reg_covar >= 0 and math.isfinite(reg_covar)):
+            raise ValueError(f"alpha and reg_covar must be finite numbers >= 0, got {alpha}, {reg_covar}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.precisions = 0.5 * (precisions + precisions.mT)
+        self.alpha, self.reg_covar, self.solver = float(alpha), float(reg_covar), solver
+        self.components, self.dim = k, p
+        self._chol, info = torch.linalg.cholesky_ex(self.precisions)
+        if (info != 0).any() or not torch.isfinite(means).all():
+            raise ValueError("each component needs a symmetric positive-definite precision and finite mean")
+
+    @classmethod
+    def standard(cls, dim: int, components: int, *, spread: float = 1.0, seed: int = 0, **options) -> GaussianMixture:
+        """Equal weights, unit precisions and means drawn from N(0, spread² I): a start that
+        breaks the symmetry between components (equal components would stay equal)."""
+        generator = torch.Generator().manual_seed(seed)
+        means = spread * torch.randn(components, dim, generator=generator, dtype=torch.float64)
+        eye = torch.eye(dim, dtype=torch.float64).expand(components, dim, dim)
+        return cls(torch.full((components,), 1.0 / components, dtype=torch.float64), means, eye, **options)
+
+    @classmethod
+    def from_signals(cls, z, components: int, *, seed: int = 0, **options) -> GaussianMixture:
+        """The mixture scikit-learn's EM fits to signals z (n, p) (k-means start): a start for
+        an estimator, e.g. from the naive reconstructions A⁺x. Its components are wider than
+        the prior's by the noise in z, which the estimator then removes."""
+        z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu())
+        if len(z) < components:
+            raise ValueError(f"a mixture of {components} components needs at least {components} rows, got {len(z)}")
+        fitted = SkGaussianMixture(components, reg_covar=options.get("reg_covar", _REG_COVAR), random_state=seed).fit(z)
+        return cls(fitted.weights_, fitted.means_, fitted.precisions_, **options)
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(dim={self.dim}, components={self.components}, alpha={self.alpha:g})"
+
+    @property
+    def covariances(self) -> Tensor:
+        """Λ_k⁻¹, shape (K, p, p)."""
+        return torch.cholesky_inverse(self._chol)
+
+    @property
+    def mean(self) -> Tensor:
+        """E z = Σ_k π_k μ_k, shape (p,)."""
+        return self.weights @ self.means
+
+    @property
+    def covariance(self) -> Tensor:
+        """Cov z = Σ_k π_k (Λ_k⁻¹ + μ_k μ_kᵀ) − E z E zᵀ, shape (p, p)."""
+        second = torch.einsum("k,kij->ij", self.weights, self.covariances + self.means[:, :, None] * self.means[:, None])
+        return second - torch.outer(self.mean, self.mean)
+
+    def component_log_prob(self, z: Tensor) -> Tensor:
+        """``log π_k + log N(z; μ_k, Λ_k⁻¹)`` for z (..., p); returns (..., K)."""
+        diff = z[..., None, :] - self.means  # (..., K, p)
+        white = torch.einsum("...ki,kij->...kj", diff, self._chol)  # (z−μ_k)ᵀ L_k, Λ_k = L_k L_kᵀ
+        half_logdet = torch.log(torch.diagonal(self._chol, dim1=-2, dim2=-1)).sum(-1)
+        return (torch.log(self.weights) + half_logdet - 0.5 * (white**2).sum(-1)
+                - 0.5 * self.dim * math.log(2 * math.pi))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log Σ_k π_k N(z; μ_k, Λ_k⁻¹)`` for z (..., p); returns (...)."""
+        return torch.logsumexp(self.component_log_prob(z), dim=-1)
+
+    def responsibilities(self, z: Tensor) -> Tensor:
+        """``r_k(z) = π_k N(z; μ_k, Λ_k⁻¹) / g(z)`` for z (..., p); returns (..., K)."""
+        return torch.softmax(self.component_log_prob(z), dim=-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Labels c ~ Categorical(π), then ``z = μ_c + L_c⁻ᵀ ε``; shape (n, p)."""
+        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, 1, generator=generator, dtype=self.means.dtype, device=self.means.device)
+        offset = torch.linalg.solve_triangular(self._chol[labels].mT, eps, upper=True)[..., 0]
+        return self.means[labels] + offset
+
+    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianMixture:
+        """One EM step on draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
+        see the module's docstring): responsibilities ``r_k(z) · w`` with w rescaled to mean 1."""
+        flat = z.reshape(-1, self.dim)
+        resp = self.responsibilities(flat)
+        if weights is not None:
+            w = weights.reshape(-1, 1).to(resp)
+            resp = resp * (w * len(w) / w.sum())
+        return self.m_step_weighted(resp, flat)
+
+    def m_step_weighted(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None) -> GaussianMixture:
+        """The M-step from responsibilities and per-component moments of z.
+
+        ``resp`` (n, K) are r_ik; ``mean`` is E[z_i | c_i = k], (n, K, p), or (n, p) when z_i
+        is known (a draw); ``cov`` the within-component posterior covariance Cov[z_i | c_i = k],
+        (K, p, p) shared by all rows, or None when z_i is known.
+        """
+        resp = resp.to(self.means)
+        mean = mean.to(self.means)
+        n = resp.shape[0]
+        totals = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # N_k, kept off zero as in scikit-learn
+        mean = (mean if mean.ndim == 3 else mean[:, None, :]).expand(n, self.components, self.dim)
+        means = torch.einsum("nk,nkp->kp", resp, mean) / totals[:, None]
+        diff = mean - means  # (n, K, p)
+        scatter = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / totals[:, None, None]
+        if cov is not None:
+            scatter = scatter + cov.to(scatter)
+        scatter = scatter + self.reg_covar * torch.eye(self.dim, dtype=scatter.dtype, device=scatter.device)
+        precisions = torch.stack([self._solve(scatter[k], self.alpha * n / float(totals[k]), k)
+                                  for k in range(self.components)])
+        return self._with(totals / totals.sum(), means, precisions)
+
+    def penalty(self) -> float:
+        """``(α/2) Σ_k ‖Λ_k‖_{1,off}``."""
+        off = self.precisions.abs().sum() - torch.diagonal(self.precisions, dim1=-2, dim2=-1).abs().sum()
+        return 0.5 * self.alpha * float(off)
+
+    def relative_change(self, previous: GaussianMixture) -> float:
+        """The largest ``‖θ − θ_prev‖_F / ‖θ_prev‖_F`` over θ = π, the means (if not all 0) and the Λ's."""
+        pairs = [(self.weights, previous.weights), (self.precisions, previous.precisions)]
+        if bool(previous.means.any()):
+            pairs.append((self.means, previous.means))
+        return max(float(torch.linalg.norm(new - old) / torch.linalg.norm(old)) for new, old in pairs)
+
+    def with_penalty(self, alpha: float) -> GaussianMixture:
+        return GaussianMixture(self.weights, self.means, self.precisions, alpha=alpha, reg_covar=self.reg_covar,
+                               solver=self.solver)
+
+    def state(self) -> dict[str, Tensor]:
+        return {"weights": self.weights, "means": self.means, "precisions": self.precisions}
+
+    def with_state(self, state: dict[str, Tensor]) -> GaussianMixture:
+        return self._with(*(state[key].to(self.precisions) for key in ("weights", "means", "precisions")))
+
+    def to(self, device=None, dtype=None) -> GaussianMixture:
+        return self._with(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.precisions)))
+
+    def _solve(self, scatter: Tensor, alpha: float, k: int) -> Tensor:
+        """Λ_k from its covariance C_k: C_k⁻¹ for α = 0, else the graphical lasso warm-started at Λ_k."""
+        s = scatter.detach().to("cpu", torch.float64).numpy()
+        start = self.precisions[k].detach().to("cpu", torch.float64).numpy()
+        return torch.from_numpy(solve_precision(s, alpha, initial=start, solver=self.solver)).to(scatter)
+
+    def _with(self, weights: Tensor, means: Tensor, precisions: Tensor) -> GaussianMixture:
+        """This prior's settings with other parameters."""
+        return GaussianMixture(weights, means, precisions, alpha=self.alpha, reg_covar=self.reg_covar,
+                               solver=self.solver)
+
+
+def match_components(estimate: GaussianMixture, truth: GaussianMixture) -> np.ndarray:
+    """The permutation of ``estimate``'s components that best matches ``truth``'s (labels are
+    arbitrary): ``order[k]`` is the estimated component paired with true component k,
+    minimising the summed squared distance between means (Hungarian algorithm)."""
+    cost = torch.cdist(truth.means.double().cpu(), estimate.means.double().cpu()).square().numpy()
+    return linear_sum_assignment(cost)[1]

@@ -1,0 +1,163 @@
+"""Exact posterior and evidence of the linear-Gaussian model (DESIGN §2.5).
+
+Model: ``z ~ N(0, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar, one
+value per sensor, or — :class:`~invae.model.likelihoods.NoisePerRowGaussianLikelihood` — one
+known σ_i per observation, so D_i = σ_i² I differs by row). Then, for every observation,
+
+    Σ_post = (Λ + Aᵀ D⁻¹ A)⁻¹,        μ_post(x) = Σ_post Aᵀ D⁻¹ x,
+    x ~ N(0, A Λ⁻¹ Aᵀ + D)             (the marginal, so log p(x; Λ) is exact).
+
+With D_i per row, Σ_post and the marginal covariance are per row too: (n, p, p), (n, m, m).
+
+With the true Λ the posterior mean is the Bayes oracle, the floor for signal MSE.
+
+Gaussian-mixture prior ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` (:class:`~invae.model.mixture.GaussianMixture`):
+the posterior is a mixture of the components' Gaussian posteriors,
+
+    p(c = k | x) ∝ π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D),      V_k = (Λ_k + Aᵀ D⁻¹ A)⁻¹,
+    z | x, c = k ~ N(m_k(x), V_k),   m_k(x) = V_k (Λ_k μ_k + Aᵀ D⁻¹ x),
+
+and ``log p(x) = log Σ_k π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D)``: exact EM is tractable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..model.forward import LinearOperator
+from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
+from ..model.mixture import GaussianMixture
+from ..model.priors import GaussianGraphicalModel
+
+__all__ = ["exact_posterior", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
+           "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
+
+
+def has_exact_evidence(prior, likelihood) -> bool:
+    """Whether this module applies: a Gaussian graphical or Gaussian-mixture prior and a
+    linear-Gaussian likelihood (one σ, one per sensor, or one per row)."""
+    return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
+            and isinstance(likelihood, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
+            and isinstance(likelihood.forward, LinearOperator))
+
+
+def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(Λ (p, p) or the Λ_k (K, p, p), A (m, p), the measurements (n, m), σ² as (m,) or, with
+    one σ_i per row, (n, m)) in x's dtype and device; x (n, data_dim) are the data rows."""
+    if not has_exact_evidence(prior, likelihood):
+        raise ValueError(
+            "the exact references need a Gaussian graphical or Gaussian-mixture prior and a "
+            f"linear-Gaussian likelihood, got {prior!r} and {likelihood!r}"
+        )
+    precision = (prior.precisions if isinstance(prior, GaussianMixture) else prior.precision).to(x)
+    return precision, likelihood.forward.matrix.to(x), *gaussian_measurements(likelihood, x)
+
+
+def _posterior_precision(precision: Tensor, a: Tensor, noise_var: Tensor) -> tuple[Tensor, Tensor]:
+    """(``Λ + Aᵀ D⁻¹ A``, ``D⁻¹ A``): (..., p, p) and (..., m, p) for σ² (m,) or per row (n, m)."""
+    a_scaled = a / noise_var[..., :, None]
+    return precision + a.mT @ a_scaled, a_scaled
+
+
+def exact_posterior(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor]:
+    """Posterior mean (n, p) and covariance Σ_post for the data rows x: (p, p), shared by
+    all rows, or (n, p, p) with one σ_i per row."""
+    precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    post_precision, a_scaled = _posterior_precision(precision, a, noise_var)
+    chol = torch.linalg.cholesky(post_precision)
+    cov = torch.cholesky_inverse(chol)
+    if chol.ndim == 2:
+        mean = torch.cholesky_solve((measured @ a_scaled).mT, chol).mT
+    else:
+        mean = torch.cholesky_solve(torch.einsum("nm,nmp->np", measured, a_scaled)[..., None], chol)[..., 0]
+    return mean, 0.5 * (cov + cov.mT)
+
+
+def _gaussian_log_density(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
+    """``log N(x_i; mean, cov)`` for x (n, m), mean (m,), cov (m, m) or one per row (n, m, m); returns (n,)."""
+    chol = torch.linalg.cholesky(cov)
+    if chol.ndim == 2:  # one triangular solve for all rows
+        white = torch.linalg.solve_triangular(chol, (x - mean).mT, upper=False).mT  # (n, m)
+    else:
+        white = torch.linalg.solve_triangular(chol, (x - mean)[..., None], upper=False)[..., 0]
+    logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    return -0.5 * (white**2).sum(-1) - 0.5 * logdet - 0.5 * x.shape[-1] * math.log(2 * math.pi)
+
+
+def marginal_log_likelihood(x: Tensor, prior, likelihood) -> Tensor:
+    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for the data rows x, or its mixture
+    over the components of a Gaussian-mixture prior; returns (n,)."""
+    if isinstance(prior, GaussianMixture):
+        return torch.logsumexp(_component_log_joint(x, prior, likelihood), dim=-1)
+    precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+    return _gaussian_log_density(measured, torch.zeros_like(measured[0]), a @ cov_z @ a.mT + torch.diag_embed(noise_var))
+
+
+@dataclass(frozen=True)
+class MixturePosterior:
+    """The exact posterior of z given x (n, m) under a Gaussian-mixture prior.
+
+    ``responsibilities`` p(c = k | x_i), (n, K); ``means`` m_k(x_i), (n, K, p); ``cov`` V_k,
+    (K, p, p); ``log_evidence`` log p(x_i), (n,).
+    """
+
+    responsibilities: Tensor
+    means: Tensor
+    cov: Tensor
+    log_evidence: Tensor
+
+    @property
+    def mean(self) -> Tensor:
+        """E[z | x] = Σ_k r_k m_k, shape (n, p)."""
+        return torch.einsum("nk,nkp->np", self.responsibilities, self.means)
+
+    @property
+    def variance(self) -> Tensor:
+        """Var[z_j | x] = Σ_k r_k (V_k,jj + m_k,j²) − E[z_j | x]², shape (n, p)."""
+        second = torch.diagonal(self.cov, dim1=-2, dim2=-1) + self.means**2  # (n, K, p)
+        return (torch.einsum("nk,nkp->np", self.responsibilities, second) - self.mean**2).clamp_min(0)
+
+
+def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood) -> Tensor:
+    """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for the data rows x; returns (n, K)."""
+    _, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    weights, means, covariances = (t.to(x) for t in (prior.weights, prior.means, prior.covariances))
+    return torch.stack([
+        torch.log(weights[k]) + _gaussian_log_density(measured, a @ means[k],
+                                                      a @ covariances[k] @ a.mT + torch.diag_embed(noise_var))
+        for k in range(prior.components)], dim=-1)
+
+
+def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
+    """The exact posterior (module docstring) for x (n, m); one σ, or one per sensor."""
+    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
+        raise ValueError("the exact mixture posterior takes one noise level (or one per sensor), "
+                         "not one per row")
+    precisions, a, _, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    post_precisions, a_scaled = _posterior_precision(precisions, a, noise_var)
+    means = prior.means.to(x)
+    log_joint = _component_log_joint(x, prior, likelihood)  # (n, K)
+    chol = torch.linalg.cholesky(post_precisions)  # (K, p, p)
+    cov = torch.cholesky_inverse(chol)
+    rhs = (precisions @ means[..., None])[None, :, :, 0] + (x @ a_scaled)[:, None, :]  # (n, K, p)
+    post_means = torch.cholesky_solve(rhs.permute(1, 2, 0), chol).permute(2, 0, 1)
+    log_evidence = torch.logsumexp(log_joint, dim=-1)
+    return MixturePosterior(torch.exp(log_joint - log_evidence[:, None]), post_means, 0.5 * (cov + cov.mT),
+                            log_evidence)
+
+
+def mean_log_likelihood(x, prior, likelihood: GaussianLikelihood) -> float:
+    """Mean ``log p(x_i; Λ)`` over the rows of x (n, m), array or tensor, in float64 on the CPU."""
+    x = torch.as_tensor(x, dtype=torch.float64, device="cpu")
+    return float(marginal_log_likelihood(x, prior.to("cpu", torch.float64),
+                                         likelihood.to("cpu", torch.float64)).mean())
+
+
+def penalized_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) -> float:
+    """The objective EM ascends: ``(1/n) Σ_i log p(x_i; Λ) − penalty(Λ)``."""
+    return float(marginal_log_likelihood(x, prior, likelihood).mean()) - prior.penalty()

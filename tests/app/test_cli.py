@@ -1,0 +1,372 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from invae.app.cli import main
+from invae.app.methods import FAMILY_OF_METHOD
+from invae.evaluation.metrics import relative_frobenius_error
+from invae.evaluation.simulate import Problem
+
+from ..references.test_em import numpy_em
+from .test_report import check_report
+
+
+@pytest.fixture
+def problem_dir(tmp_path):
+    assert main(["simulate", "--p", "6", "--n", "300", "--forward", "gaussian", "--m", "12", "--noise-std", "0.5",
+                 "--out", str(tmp_path / "pb")]) == 0
+    return tmp_path / "pb"
+
+
+def _fit(problem_dir, out, *extra):
+    return main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std", "0.5", "--out", str(out), "--quiet", *extra])
+
+
+@pytest.mark.parametrize("method", ["em", "naive", "vae", "iaf", "full-covariance", "mean-field"])
+def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
+    model = tmp_path / "model.pt"
+    assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05", "--save", str(model)) == 0
+    out = tmp_path / "fit"
+    assert np.load(out / "precision.npy").shape == (6, 6)
+    assert np.load(out / "posterior_mean.npy").shape == (300, 6)
+    assert np.load(out / "posterior_std.npy").shape == (300, 6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["method"] == method and summary["settings"]["penalty"] == 0.05
+    assert summary["n"] == 300 and summary["p"] == 6 and summary["converged"]
+    if method in FAMILY_OF_METHOD:  # a lower bound on the exact evidence (3 standard errors)
+        assert summary["elbo_per_obs"] <= summary["log_likelihood_per_obs"] + 3 * summary["elbo_standard_error"]
+        assert ("importance_ess" in summary) == (summary["posterior"] != "q") == (method == "iaf")
+    assert not list(tmp_path.glob(".fit.partial-*"))
+    # predict with the saved model, on the same rows: the fit's answers (mean-field refits
+    # its per-row factors for data given anew, so only shapes are comparable there)
+    assert main(["predict", "--model", str(model), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    for name in ("posterior_mean", "posterior_std"):
+        predicted, fitted = np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy")
+        assert predicted.shape == fitted.shape == (300, 6)
+        if method != "mean-field":
+            np.testing.assert_array_equal(predicted, fitted)
+    predicted = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert predicted.get("importance_ess") == summary.get("importance_ess")  # the same draws, the same weights
+    fit_figures = {"precision", "signals"} | ({"convergence"} if method != "naive" else set())
+    for folder, figures in ((out, fit_figures), (tmp_path / "pred", {"signals"})):
+        assert main(["report", str(folder)]) == 0
+        check_report(folder, figures)
+
+
+def test_csv_data_and_identity_forward(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "x.csv", rng.standard_normal((50, 3)) * 2, delimiter=",")
+    assert main(["fit", "--data", str(tmp_path / "x.csv"), "--noise-std", "1", "--out",
+                 str(tmp_path / "fit"), "--quiet"]) == 0
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (50, 3)
+
+
+def test_config_file_with_flags_overriding(problem_dir, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{problem_dir / "X.npy"}"\nforward = "{problem_dir / "A.npy"}"\n'
+                      'noise-std = 0.5\npenalty = 0.3\nmethod = "naive"\nout = "from-config"\n')
+    assert main(["fit", "--config", str(config), "--penalty", "0.1", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "from-config" / "summary.json").read_text())  # relative to config
+    assert summary["settings"]["penalty"] == 0.1 and summary["settings"]["method"] == "naive"
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('data = "x.npy"\nnoise_sd = 1.0\n')
+    assert main(["fit", "--config", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s)" in err and ": noise_sd;" in err
+
+
+def _write(tmp_path, name, array):
+    path = tmp_path / name
+    path.write_text(array) if isinstance(array, str) else np.save(path, array)
+    return str(path)
+
+
+def _pickled(tmp_path, name):
+    np.save(tmp_path / name, np.array([[1, "a"], [2, "b"]], dtype=object), allow_pickle=True)
+    return str(tmp_path / name)
+
+
+def _renamed_npz(tmp_path, name):
+    np.savez(tmp_path / "archive.npz", x=np.ones((3, 12)))
+    (tmp_path / "archive.npz").rename(tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda d, t: ["--data", _write(t, "nan.npy", np.array([[1.0, np.nan]] * 3))], "NaN/inf"),
+    (lambda d, t: ["--data", _write(t, "inf.npy", np.array([[1.0, np.inf]] * 3))], "NaN/inf"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--forward", _write(t, "a.npy", np.eye(4))], "columns"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "0"], "noise standard deviation"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "-1"], "noise standard deviation"),
+    (lambda d, t: ["--data", _write(t, "empty.csv", "")], "no data"),
+    (lambda d, t: ["--data", _write(t, "one.csv", "1,2,3\n")], "at least 2"),
+    (lambda d, t: ["--data", str(d / "X.npy"), "--penalty", "-0.1"], "penalty"),
+    (lambda d, t: ["--data", str(t / "missing.npy")], "no such file"),
+    (lambda d, t: ["--data", _write(t, "junk.npy", "not an array")], "cannot read"),
+    (lambda d, t: ["--data", _write(t, "text.npy", np.array([["a", "b"]] * 3))], "must hold numbers"),
+    (lambda d, t: ["--data", _write(t, "words.csv", "a,b\nc,d\n")], "cannot read"),
+    (lambda d, t: ["--data", _write(t, "ragged.csv", "1,2,3\n4,5\n6,7,8\n")], "number of columns changed"),
+    (lambda d, t: ["--data", _pickled(t, "objects.npy")], "holds Python objects"),
+    (lambda d, t: ["--data", _renamed_npz(t, "archive.npy")], "not a NumPy .npy array file"),
+    (lambda d, t: ["--data", _write(t, "huge.npy", np.full((5, 12), 1e30))], "too large"),
+])
+def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path, capsys, make_args, message):
+    args = ["fit", "--noise-std", "0.5", "--out", str(tmp_path / "never"), *make_args(problem_dir, tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--noise", "poisson", "--noise-std", "1"], "has no scale: leave out --noise-std"),
+    (["--noise", "student-t"], "needs --noise-std"),
+    (["--noise", "student-t", "--noise-std", "1", "--noise-df", "0"], "--noise-df must be"),
+    (["--noise-std", "1", "--noise-df", "3"], "--noise-df is the degrees of freedom of --noise student-t"),
+    (["--noise", "bernoulli", "--method", "em"], "--method em needs Gaussian noise"),
+    (["--noise", "poisson", "--method", "naive"], "--method naive needs Gaussian noise"),
+    (["--noise", "poisson", "--save", "m.pt"], "--save keeps models with Gaussian noise"),
+    (["--noise-std", "1", "--components", "3"], "--components is the number of mixture components"),
+    (["--noise-std", "1", "--prior", "gmm", "--components", "0"], "--components must be"),
+    (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
+])
+def test_noise_and_prior_options_are_checked_before_any_work(problem_dir, tmp_path, capsys, extra, message):
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--out", str(tmp_path / "never"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_mixture_prior_writes_its_parameters(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--prior", "gmm", "--components", "3",
+                "--penalty", "0.05") == 0
+    out = tmp_path / "fit"
+    weights, means, precisions = (np.load(out / f"{name}.npy") for name in ("weights", "means", "precisions"))
+    assert weights.shape == (3,) and means.shape == (3, 6) and precisions.shape == (3, 6, 6)
+    assert not (out / "precision.npy").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["edges"] == int(np.count_nonzero(np.triu(precisions, k=1)))
+    assert summary["settings"]["components"] == 3 and "log_likelihood_per_obs" in summary
+
+
+def test_poisson_counts_through_the_command_line(tmp_path):
+    counts = np.random.default_rng(0).poisson(2.0, size=(200, 3)).astype(float)
+    np.save(tmp_path / "counts.npy", counts)
+    assert main(["fit", "--data", str(tmp_path / "counts.npy"), "--noise", "poisson", "--method", "vae",
+                 "--max-iter", "20", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["settings"]["noise"] == "poisson" and "log_likelihood_per_obs" not in summary
+    assert np.isfinite(np.load(tmp_path / "fit" / "posterior_mean.npy")).all()
+
+
+def test_missing_noise_level_is_named(problem_dir, capsys):
+    assert main(["fit", "--data", str(problem_dir / "X.npy")]) == 2
+    assert "--noise-std" in capsys.readouterr().err
+
+
+def test_console_script_exit_status_and_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "invae.app.cli", "fit", "--data", str(tmp_path / "none.npy"),
+                             "--noise-std", "1"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+    usage = subprocess.run([sys.executable, "-m", "invae.app.cli", "fit", "--method", "magic"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.count("\n") == 1
+
+
+def test_failed_fit_leaves_an_existing_results_folder_as_it_was(problem_dir, tmp_path):
+    out = tmp_path / "fit"
+    assert _fit(problem_dir, out, "--method", "em") == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std", "0.5", "--penalty", "-1", "--out", str(out)]) == 2
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_numerical_breakdown_is_one_line_and_writes_nothing(problem_dir, tmp_path, monkeypatch, capsys):
+    # A diverging fit (measured: the diagonal family with m < p) raises FloatingPointError from
+    # the Λ-step; the CLI reports it in one line with exit status 1 and leaves no results.
+    def diverge(settings):
+        raise FloatingPointError("the Λ-step failed even with a ridge")
+    monkeypatch.setattr("invae.app.cli.run_fit", diverge)
+    out = tmp_path / "fit"
+    assert _fit(problem_dir, out, "--method", "vae") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed numerically" in err and "Λ-step" in err
+    assert not out.exists()
+
+
+def test_em_fit_agrees_with_an_independent_em_within_two_percent(tmp_path):
+    # The issue's acceptance check: p = 20, n = 10 000, σ = 0.5, through the CLI, against a
+    # NumPy/scikit-learn EM run for 300 iterations from the same start.
+    assert main(["simulate", "--p", "20", "--n", "10000", "--noise-std", "0.5", "--seed", "3",
+                 "--out", str(tmp_path / "pb")]) == 0
+    problem = Problem.load(tmp_path / "pb")
+    assert main(["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--forward", str(tmp_path / "pb" / "A.npy"),
+                 "--noise-std", "0.5", "--penalty", "0.02", "--method", "em", "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    ours = relative_frobenius_error(np.load(tmp_path / "fit" / "precision.npy"), problem.precision)
+    theirs = relative_frobenius_error(numpy_em(problem.X, problem.A, 0.5, 0.02, 300), problem.precision)
+    assert abs(ours - theirs) / theirs < 0.02
+
+
+def test_warnings_print_as_one_line(problem_dir, tmp_path, capsys):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--max-iter", "2") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("invae fit: warning: EM stopped at max_iter=2") and err.count("\n") == 1
+
+
+def test_auto_penalty_lands_in_the_summary(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "auto") == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    path = summary["penalty_path"]
+    assert summary["settings"]["penalty"] == "auto" and path["criterion"] == "held-out"
+    assert summary["penalty"] == path["alpha"] in path["alphas"]
+    assert len(path["alphas"]) == len(path["score"]) == len(path["ebic"]) == len(path["edges"]) == 8
+    assert path["alphas"] == sorted(path["alphas"], reverse=True)
+    assert path["score"][path["alphas"].index(path["alpha"])] == max(path["score"])
+
+
+def test_auto_penalty_by_ebic(problem_dir, tmp_path):
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "auto",
+                "--penalty-criterion", "ebic") == 0
+    path = json.loads((tmp_path / "fit" / "summary.json").read_text())["penalty_path"]
+    assert path["score"] == [None] * 8  # no held-out rows under EBIC: null in JSON, not NaN
+    assert path["ebic"][path["alphas"].index(path["alpha"])] == min(path["ebic"])
+
+
+def test_predict_with_a_missing_model_is_one_line_status_2(problem_dir, tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "none.pt"), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "simulate", "fit", "predict", "report"])
+def test_every_command_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "example:\n  invae " in capsys.readouterr().out
+
+
+def test_progress_shows_on_a_non_terminal_only_when_asked(problem_dir, tmp_path, capsys):
+    args = ["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+            "0.5", "--method", "em", "--penalty", "0.05"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal
+    assert main([*args, "--out", str(tmp_path / "b"), "--progress"]) == 0
+    assert "EM:" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c"), "--progress", "--quiet"]) == 2
+
+
+def test_csv_with_a_header_line_and_integer_data_are_read(tmp_path):
+    rows = "\n".join(",".join(str((3 * i + j) % 7) for j in range(3)) for i in range(40))
+    (tmp_path / "x.csv").write_text("a,b,c\n" + rows + "\n")
+    assert main(["fit", "--data", str(tmp_path / "x.csv"), "--noise-std", "1", "--method", "naive",
+                 "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (40, 3)
+
+
+def test_fewer_observations_than_dimensions_still_fit(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 6))  # n = 4 < p = 6
+    np.save(tmp_path / "x.npy", x)
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--noise-std", "1", "--method", "vae", "--penalty", "0.1",
+                 "--max-iter", "30", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+    for name in ("precision", "posterior_mean", "posterior_std"):
+        assert np.all(np.isfinite(np.load(tmp_path / "fit" / f"{name}.npy")))
+
+
+def test_a_rank_deficient_forward_matrix_warns_and_fits(tmp_path, capsys):
+    a = np.ones((3, 3))  # rank 1
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((50, 3)))
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--forward", str(tmp_path / "a.npy"), "--noise-std", "1",
+                 "--method", "em", "--penalty", "0.1", "--max-iter", "50", "--out", str(tmp_path / "fit")]) == 0
+    assert "has rank 1 < 3" in capsys.readouterr().err
+    assert np.all(np.isfinite(np.load(tmp_path / "fit" / "precision.npy")))
+
+
+_SENSOR = """import torch
+
+A = torch.linspace(-1, 1, 15, dtype=torch.float64).reshape(5, 3)
+
+
+def sensor(z):
+    return torch.tanh(z @ A.to(z).mT)
+"""
+
+
+def test_a_forward_function_from_a_file(tmp_path):
+    (tmp_path / "sensor.py").write_text(_SENSOR)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(-0.9, 0.9, (60, 5)))
+    args = ["fit", "--data", str(tmp_path / "x.npy"), "--forward", f"{tmp_path / 'sensor.py'}:sensor",
+            "--noise-std", "0.3", "--quiet"]
+    assert main([*args, "--latent-dim", "3", "--max-iter", "5", "--out", str(tmp_path / "fit")]) == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert np.load(tmp_path / "fit" / "posterior_mean.npy").shape == (60, 3)
+    assert "elbo_per_obs" in summary and "log_likelihood_per_obs" not in summary  # no exact evidence here
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "needs --latent-dim"),
+    (["--latent-dim", "3", "--method", "naive"], "needs a linear forward matrix"),
+    (["--latent-dim", "3", "--method", "em"], "linear-Gaussian"),
+    (["--latent-dim", "4"], "fails on z of shape (1, 4)"),  # the function's A has 3 columns
+])
+def test_forward_function_errors_are_one_line(tmp_path, capsys, extra, message):
+    (tmp_path / "sensor.py").write_text(_SENSOR)
+    np.save(tmp_path / "x.npy", np.zeros((10, 5)))
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--forward", f"{tmp_path / 'sensor.py'}:sensor",
+                 "--noise-std", "0.3", "--out", str(tmp_path / "never"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_fit_takes_one_noise_level_per_row(problem_dir, tmp_path, capsys):
+    sigma = np.random.default_rng(0).uniform(0.3, 0.7, 300)
+    np.save(tmp_path / "sigma.npy", sigma)
+    out = tmp_path / "fit"
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"),
+                 "--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "vae", "--max-iter", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    assert np.load(out / "posterior_mean.npy").shape == (300, 6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["m"] == 12 and "elbo_per_obs" in summary and "log_likelihood_per_obs" in summary
+    assert "warning" in capsys.readouterr().err  # 5 iterations: not converged, and said so
+    np.save(tmp_path / "short.npy", sigma[:10])
+    for extra, message in ((["--noise-std-file", str(tmp_path / "short.npy")], "10 values for 300 rows"),
+                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--method", "em", "--prior", "gmm"],
+                            "variational"),
+                           (["--noise-std-file", str(tmp_path / "sigma.npy"), "--noise-std", "0.5"], "instead of")):
+        assert main(["fit", "--data", str(problem_dir / "X.npy"), *extra, "--forward", str(problem_dir / "A.npy"),
+                     "--out", str(tmp_path / "never"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("method", ["em", "naive", "vae"])
+def test_a_model_fitted_with_one_noise_level_per_row_predicts_with_the_new_rows_own(problem_dir, tmp_path, capsys,
+                                                                                    method):
+    sigma = np.random.default_rng(0).uniform(0.3, 0.7, 300)
+    np.save(tmp_path / "sigma.npy", sigma)
+    sigma_file = ["--noise-std-file", str(tmp_path / "sigma.npy")]
+    assert main(["fit", "--data", str(problem_dir / "X.npy"), "--forward", str(problem_dir / "A.npy"), *sigma_file,
+                 "--method", method, "--max-iter", "5", "--save", str(tmp_path / "m.pt"), "--out", str(tmp_path / "fit"),
+                 "--quiet"]) == 0
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(problem_dir / "X.npy"), *sigma_file,
+                 "--out", str(tmp_path / "new")]) == 0
+    for name in ("posterior_mean", "posterior_std"):  # the same rows with the same σ_i: the fit's answers
+        np.testing.assert_allclose(np.load(tmp_path / "new" / f"{name}.npy"),
+                                   np.load(tmp_path / "fit" / f"{name}.npy"), rtol=1e-6, atol=1e-9)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(problem_dir / "X.npy"),
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "--noise-std-file" in capsys.readouterr().err and not (tmp_path / "never").exists()

@@ -1,0 +1,80 @@
+"""``invae eb``: the one-dimensional empirical-Bayes command."""
+
+import json
+
+import numpy as np
+import pytest
+
+from invae.app.cli import main
+from invae.normal_means import fit_normal_means, simulate_normal_means
+
+
+@pytest.fixture
+def table(tmp_path):
+    problem = simulate_normal_means("spike-slab", 600, "heteroscedastic", seed=5)
+    group = np.where(np.arange(600) % 3 == 0, "north", "south")
+    x = problem.x + 2.0 * (group == "north")
+    path = tmp_path / "scores.csv"
+    path.write_text("estimate,se,region\n" + "".join(f"{a:.17g},{b:.17g},{c}\n" for a, b, c in zip(x, problem.sigma, group)))
+    return path, x, problem.sigma, group
+
+
+def test_eb_writes_posteriors_prior_table_and_figure(table, tmp_path):
+    path, x, sigma, group = table
+    out = tmp_path / "eb"
+    assert main(["eb", "--data", str(path), "--x", "estimate", "--sigma", "se", "--covariates", "region",
+                 "--out", str(out), "--quiet"]) == 0
+    expected = fit_normal_means(x, sigma, "npmle", covariates={"region": group})
+    np.testing.assert_allclose(np.load(out / "posterior_mean.npy"), expected.mean)
+    np.testing.assert_allclose(np.load(out / "posterior_std.npy"), expected.std)
+    masses = np.load(out / "prior_masses.npy")
+    assert masses.shape == np.load(out / "prior_atoms.npy").shape == (300,) and masses.sum() == pytest.approx(1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "npmle" and summary["n"] == 600 and summary["details"]["converged"]
+    assert set(summary["coefficients"]) == {"intercept", "region=south"}
+    rows = np.loadtxt(out / "posterior.csv", delimiter=",", skiprows=1)
+    assert (out / "posterior.csv").read_text().splitlines()[0] == "x,sigma,posterior_mean,posterior_std,lfsr"
+    np.testing.assert_allclose(rows[:, 0], x, rtol=1e-9)
+    assert (out / "prior.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eb_takes_one_noise_level_and_columns_by_position(tmp_path):
+    problem = simulate_normal_means("two-point", 300, seed=6)
+    np.save(tmp_path / "x.npy", problem.x[:, None])
+    out = tmp_path / "eb"
+    assert main(["eb", "--data", str(tmp_path / "x.npy"), "--x", "0", "--noise-std", "1", "--method",
+                 "rank-matching", "--grid-size", "50", "--out", str(out), "--quiet"]) == 0
+    assert not (out / "posterior_std.npy").exists()  # rank matching is a point estimate
+    assert np.load(out / "prior_atoms.npy").shape == (50,)
+    assert set(np.unique(np.load(out / "posterior_mean.npy"))) <= set(np.load(out / "prior_atoms.npy"))
+
+
+def test_eb_runs_the_vae_like_estimator(table, tmp_path, capsys):
+    path = table[0]
+    assert main(["eb", "--data", str(path), "--x", "estimate", "--sigma", "se", "--method", "vae", "--components",
+                 "2", "--max-iter", "3", "--out", str(tmp_path / "v"), "--quiet"]) == 0
+    assert np.load(tmp_path / "v" / "posterior_mean.npy").shape == (600,)
+    assert np.isfinite(np.load(tmp_path / "v" / "lfsr.npy")).all()
+    assert "warning: mixture fit stopped at max_iter=3" in capsys.readouterr().err  # said, not hidden
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--sigma COLUMN"),
+    (["--sigma", "se", "--noise-std", "1"], "not both"),
+    (["--sigma", "stderr"], "--sigma 'stderr' is not a column of the data; it has estimate, se, region"),
+    (["--sigma", "region"], "holds text"),
+    (["--sigma", "se", "--grid-size", "1"], "at least 2 atoms"),
+])
+def test_eb_refuses_bad_requests_in_one_line(table, tmp_path, capsys, extra, message):
+    out = tmp_path / "never"
+    assert main(["eb", "--data", str(table[0]), "--x", "estimate", *extra, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_eb_refuses_a_ragged_table(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    path.write_text("x,se\n1,1\n2\n")
+    assert main(["eb", "--data", str(path), "--x", "x", "--sigma", "se", "--out", str(tmp_path / "o")]) == 2
+    assert "line 3" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian, simulate_problem
+from invae.app.methods import make_estimator
+from invae.app.persistence import load_model, save_model
+from invae.app.settings import METHODS
+
+# Short fits: the round trip is what is tested, not convergence.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return simulate_problem(p=5, n=300, graph="chain", forward="gaussian", m=7, noise_std=0.5, seed=2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_saved_model_answers_like_the_fitted_one(problem, tmp_path, method):
+    likelihood = linear_gaussian(problem.A, 0.5)
+    fitted = make_estimator(method, GaussianGraphicalModel(dim=5, alpha=0.05), likelihood, max_iter=30, seed=4)
+    fitted.fit(problem.X)
+    loaded = load_model(save_model(fitted, tmp_path / "model.pt"))
+    new = np.random.default_rng(0).standard_normal((40, 7))
+    # identical arithmetic on identical parameters (Monte Carlo moments and mean-field
+    # factors use the saved seed), so the answers agree to the last bit
+    for got, expected in zip(loaded.posterior(new), fitted.posterior(new)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(loaded.precision_, fitted.precision_)
+    assert loaded.prior_.alpha == 0.05
+
+
+def test_files_that_are_not_models_are_refused(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones(3))
+    with pytest.raises(ValueError, match="not an invae model"):
+        load_model(tmp_path / "x.npy")
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an invae model"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no such file"):
+        load_model(tmp_path / "missing.pt")
+
+
+class _Payload:  # an arbitrary object: unpickling it would run code a file chose
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path, capsys):
+    torch.save({"format": "invae-model", "payload": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not an invae model"):
+        load_model(tmp_path / "evil.pt")
+    assert "this ran" not in capsys.readouterr().out
+
+
+def test_a_newer_format_version_is_named(problem, tmp_path):
+    fitted = make_estimator("em", GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5)).fit(problem.X)
+    path = save_model(fitted, tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    record["version"] = 99
+    torch.save(record, path)
+    with pytest.raises(ValueError, match="version 99"):
+        load_model(path)
+
+
+def test_a_model_whose_weights_do_not_match_is_one_clear_error(problem, tmp_path):
+    fitted = make_estimator("vae", GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), max_iter=5)
+    path = save_model(fitted.fit(problem.X), tmp_path / "model.pt", data_shape=problem.X.shape)
+    record = torch.load(path, weights_only=True)
+    assert record["data_shape"] == [300, 7] and record["invae_version"]
+    key = next(k for k in record["posterior"] if k.endswith("weight"))
+    record["posterior"][key] = torch.zeros(3, 3)  # a weight of the wrong shape
+    torch.save(record, path)
+    with pytest.raises(ValueError, match="does not fit its own settings: .*size mismatch"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("method", ["em", "iaf"])
+def test_a_saved_mixture_model_answers_like_the_fitted_one(problem, tmp_path, method):
+    likelihood = linear_gaussian(problem.A, 0.5)
+    start = GaussianMixture.from_signals(likelihood.forward.pinv(torch.as_tensor(problem.X)), 2, alpha=0.05)
+    fitted = make_estimator(method, start, likelihood, max_iter=20, seed=4).fit(problem.X)
+    loaded = load_model(save_model(fitted, tmp_path / "model.pt"))
+    new = np.random.default_rng(0).standard_normal((40, 7))
+    for got, expected in zip(loaded.posterior(new), fitted.posterior(new)):
+        np.testing.assert_array_equal(got, expected)
+    for key, value in fitted.prior_.state().items():
+        torch.testing.assert_close(loaded.prior_.state()[key], value, rtol=0, atol=0)
+    assert (loaded.prior_.alpha, loaded.prior_.reg_covar) == (0.05, fitted.prior_.reg_covar)
+
+
+def test_a_version_1_file_still_loads(problem, tmp_path):
+    fitted = make_estimator("em", GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5))
+    path = save_model(fitted.fit(problem.X), tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    record.update(version=1, precision=record.pop("parameters")["precision"])  # the layout version 1 wrote
+    del record["prior"], record["reg_covar"]
+    torch.save(record, path)
+    np.testing.assert_array_equal(load_model(path).precision_, fitted.precision_)

@@ -1,0 +1,150 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import invae.inference.training
+from invae import GaussianGraphicalModel, VariationalEB, linear_gaussian, simulate_problem
+from invae.inference.checkpoints import Checkpointer, FitInterrupted
+
+# Fits here stop on max_iter on purpose (tol=1e-12 keeps them running).
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return simulate_problem(p=5, n=400, graph="chain", forward="identity", noise_std=0.5, seed=1)
+
+
+def _vae(problem, **options):
+    return VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.02), linear_gaussian(problem.A, 0.5),
+                         max_iter=40, tol=1e-12, hidden=(16,), **options)
+
+
+def test_a_resumed_fit_is_bit_for_bit_the_uninterrupted_one(problem, tmp_path):
+    whole = _vae(problem).fit(problem.X)
+
+    def stop_at_17(iteration, prior):  # a real SIGTERM, delivered mid-fit
+        if iteration == 17:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    interrupted = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, callback=stop_at_17)
+    with pytest.raises(FitInterrupted, match="after iteration 17"):
+        interrupted.fit(problem.X)
+    resumed = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, resume=True).fit(problem.X)
+    assert resumed.n_iter_ == whole.n_iter_ == 40
+    np.testing.assert_array_equal(resumed.precision_, whole.precision_)
+    for got, expected in zip(resumed.posterior(problem.X), whole.posterior(problem.X)):
+        np.testing.assert_array_equal(got, expected)
+    assert resumed.history_["elbo"] == whole.history_["elbo"]
+
+
+def test_sigterm_to_the_command_line_then_resume_matches_an_uninterrupted_run(tmp_path):
+    cli = [sys.executable, "-m", "invae.app.cli"]
+    subprocess.run([*cli, "simulate", "--p", "5", "--n", "400", "--out", str(tmp_path / "pb")], check=True,
+                   capture_output=True)
+    fit = [*cli, "fit", "--data", str(tmp_path / "pb" / "X.npy"), "--noise-std", "1", "--method", "vae",
+           "--penalty", "0.02", "--tol", "1e-12", "--max-iter", "150", "--quiet"]
+    subprocess.run([*fit, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
+    checkpoint = tmp_path / "ck" / "checkpoint.pt"
+    run = subprocess.Popen([*fit, "--out", str(tmp_path / "parts"), "--checkpoint-dir", str(tmp_path / "ck"),
+                            "--checkpoint-every", "5"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert "rerun with --resume" in err and not (tmp_path / "parts").exists()
+    subprocess.run([*fit, "--out", str(tmp_path / "parts"), "--checkpoint-dir", str(tmp_path / "ck"),
+                    "--checkpoint-every", "5", "--resume"], check=True, capture_output=True)
+    for name in ("precision", "posterior_mean", "posterior_std"):
+        np.testing.assert_array_equal(np.load(tmp_path / "parts" / f"{name}.npy"),
+                                      np.load(tmp_path / "whole" / f"{name}.npy"))
+
+
+def test_a_checkpoint_of_another_fit_is_refused(problem, tmp_path):
+    _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5).fit(problem.X)
+    with pytest.raises(ValueError, match="belongs to another fit: its data_shape"):
+        _vae(problem, checkpoint_dir=tmp_path, resume=True).fit(problem.X[:300])
+    with pytest.raises(ValueError, match="no checkpoint"):
+        _vae(problem, checkpoint_dir=tmp_path / "empty", resume=True).fit(problem.X)
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save({"iteration": 1}, {})
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def crash(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save({"iteration": 2}, {})
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_unrun(problem, tmp_path, capsys):
+    torch.save({"format": "invae-checkpoint", "payload": _Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="cannot read the checkpoint"):
+        _vae(problem, checkpoint_dir=tmp_path, resume=True).fit(problem.X)
+    assert "this ran" not in capsys.readouterr().out
+
+
+def _poisoned_elbo(monkeypatch, poisoned_calls):
+    """Make the training ELBO NaN on the calls whose number is in ``poisoned_calls``."""
+    original, calls = invae.inference.training.elbo, [0]
+
+    def elbo(*args, **kwargs):
+        calls[0] += 1
+        value = original(*args, **kwargs)
+        return value * float("nan") if calls[0] in poisoned_calls else value
+
+    monkeypatch.setattr(invae.inference.training, "elbo", elbo)
+
+
+def test_one_nan_is_rolled_back_and_the_fit_goes_on(problem, monkeypatch):
+    # calls 1-20 are iteration 1's Adam steps, 21 its evaluation ELBO; poison iteration 3's steps
+    clean = _vae(problem).fit(problem.X)
+    _poisoned_elbo(monkeypatch, {45})
+    fitted = _vae(problem).fit(problem.X)
+    assert fitted.n_iter_ == 40 and np.all(np.isfinite(fitted.precision_))
+    assert all(np.isfinite(fitted.history_["elbo"]))
+    # the rollback halved the step size from iteration 3 on: same start, different path
+    assert fitted.history_["elbo"][:2] == clean.history_["elbo"][:2]
+    assert not np.array_equal(fitted.precision_, clean.precision_)
+
+
+def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_path):
+    _poisoned_elbo(monkeypatch, set(range(60, 10_000)))
+    with pytest.raises(FloatingPointError, match=r"diverged at outer iteration 3 \(the training ELBO is not "
+                                                 r"finite\) after 3 rollbacks.*checkpoint: .*checkpoint.pt"):
+        _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=1).fit(problem.X)
+
+
+def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
+    # The prior refuses a Λ that is not positive definite: the third Λ-step returns one.
+    original, calls = invae.inference.training._lambda_step, [0]
+
+    def lambda_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            return GaussianGraphicalModel(-torch.eye(5))  # raises ValueError inside
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(invae.inference.training, "_lambda_step", lambda_step)
+    fitted = _vae(problem).fit(problem.X)
+    assert calls[0] == 41 and np.all(np.linalg.eigvalsh(fitted.precision_) > 0)  # 40 + the retried one

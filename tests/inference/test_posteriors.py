@@ -1,0 +1,271 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import AffineTransform, Independent, Normal, TransformedDistribution
+
+from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian
+from invae.inference.objectives import elbo
+from invae.inference.posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors,
+                                        MixtureEncoder, _scale_tril, marginal_cdf, moments)
+from invae.references.exact import exact_posterior, marginal_log_likelihood, mixture_posterior
+
+from ..conftest import random_spd
+
+
+def _randomize(module: torch.nn.Module, generator: torch.Generator, scale: float = 0.5) -> None:
+    """Move every parameter away from its (near-identity) start, so nothing is trivially zero."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator))
+
+
+def _flow_map(q: TransformedDistribution, eps: torch.Tensor) -> torch.Tensor:
+    """ε_0 ↦ z_T: the base's reparameterisation, then every flow step."""
+    z = q.base_dist.mean + q.base_dist.stddev * eps
+    for step in q.transforms:
+        z = step(z)
+    return z
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda t: f"T={t}")
+def iaf(request, generator):
+    torch.manual_seed(0)
+    encoder = IAFEncoder(m=4, p=3, hidden=(8,), n_steps=request.param, context=5)
+    _randomize(encoder, generator)
+    return encoder
+
+
+@pytest.mark.parametrize("row", range(3))
+def test_iaf_log_density_is_the_change_of_variables_formula(iaf, generator, row):
+    # log q(z) = log N(ε_0; 0, I) − log |det ∂z_T/∂ε_0|, the Jacobian by autograd (brute force).
+    x = torch.randn(3, 4, generator=generator)[row : row + 1]
+    eps = torch.randn(3, 3, generator=generator)[row]
+    q = iaf(x)
+    jacobian = torch.autograd.functional.jacobian(lambda e: _flow_map(q, e[None])[0], eps)
+    expected = Normal(0.0, 1.0).log_prob(eps).sum() - torch.linalg.slogdet(jacobian).logabsdet
+    z = _flow_map(q, eps[None])
+    assert q.log_prob(z).item() == pytest.approx(expected.item(), abs=1e-10)
+    # DESIGN §2.3's closed form, − Σ_j [½ ε_0j² + ½ log 2π + Σ_t log σ_tj], σ_0 the base scale
+    log_scales = q.base_dist.stddev.log().sum() + sum(step._cached_log_scale.sum() for step in q.transforms)
+    closed_form = -0.5 * eps @ eps - 1.5 * math.log(2 * math.pi) - log_scales
+    assert expected.item() == pytest.approx(closed_form.item(), abs=1e-10)
+
+
+def test_iaf_samples_and_density_agree(generator):
+    # Importance sampling: E_q[f(z) / q(z)] = ∫ f = 1 for any density f inside q's support.
+    # f = N(z; E_q z, (0.5·sd_q)²) keeps the weights bounded; 4 standard errors of the mean.
+    torch.manual_seed(0)
+    encoder = IAFEncoder(m=4, p=3, hidden=(8,), n_steps=2, context=5)
+    _randomize(encoder, generator, scale=0.3)
+    q = encoder(torch.randn(1, 4, generator=generator))
+    with torch.no_grad():
+        z = q.rsample((40_000,))[:, 0]
+        log_q = q.log_prob(z[:, None])[:, 0]
+    target = Independent(Normal(z.mean(0), 0.5 * z.std(0)), 1)
+    weights = (target.log_prob(z) - log_q).exp()
+    assert abs(weights.mean().item() - 1) < 4 * weights.std().item() / math.sqrt(len(weights))
+
+
+def test_each_iaf_step_is_triangular_in_alternating_orders(iaf, generator):
+    # Step t's output j depends on inputs earlier in its order only (and on itself):
+    # order 0,1,2 for even t, 2,1,0 for odd t; so ∂z_t/∂z_{t−1} is lower / upper triangular.
+    q = iaf(torch.randn(1, 4, generator=generator))
+    for t, step in enumerate(q.transforms):
+        z = torch.randn(3, generator=generator)
+        jacobian = torch.autograd.functional.jacobian(lambda v: step(v[None])[0], z)
+        zeros = torch.triu(jacobian, 1) if t % 2 == 0 else torch.tril(jacobian, -1)
+        assert torch.all(zeros == 0)
+        assert torch.all(jacobian.diagonal() > 0)  # σ_t + (1 − σ_t) ∂m/∂z_j with ∂m_j/∂z_j = 0
+
+
+def test_iaf_gates_start_near_sigmoid_of_the_bias():
+    # σ_t = sigmoid(s_t + 2) with s_t from a freshly initialised MADE (outputs of order 0.5):
+    # gates start around sigmoid(2) = 0.881, so each step mostly passes z_{t−1} through.
+    # Over seeds 0–4 the mean gate was 0.869–0.912 and the smallest 0.708.
+    torch.manual_seed(0)
+    q = IAFEncoder(m=4, p=3, n_steps=2)(torch.randn(64, 4))
+    assert q.rsample().shape == (64, 3)
+    for step in q.transforms:
+        gates = step._cached_log_scale.exp()
+        assert gates.min() > 0.6
+        assert gates.mean().item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=0.05)
+
+
+def test_iaf_needs_two_dimensions():
+    with pytest.raises(ValueError, match="p >= 2"):
+        IAFEncoder(m=3, p=1)
+
+
+def _raw_diagonal(d: torch.Tensor) -> torch.Tensor:
+    """The raw entry r whose Cholesky diagonal is d: d = exp(B tanh(r / B)), B = 7."""
+    return 7.0 * torch.atanh(d.log() / 7.0)
+
+
+def test_full_covariance_encoder_can_hold_the_exact_posterior(rng):
+    # Set the linear part to x ↦ (Σ_post Aᵀ/σ²) x and the Cholesky entries to chol(Σ_post):
+    # then q is the exact posterior and log p(x, z) − log q(z | x) = log p(x) for every z.
+    p, m, n, sigma = 3, 4, 6, 0.6
+    prior = GaussianGraphicalModel(random_spd(rng, p))
+    a = rng.standard_normal((m, p))
+    lik = linear_gaussian(a, sigma)
+    x = torch.as_tensor(rng.standard_normal((n, m)))
+    mean, cov = exact_posterior(x, prior, lik)
+    encoder = FullCovarianceEncoder(m, p, hidden=(8,))
+    tril = torch.linalg.cholesky(cov)
+    rows, cols = torch.tril_indices(p, p)
+    raw = torch.where(rows == cols, _raw_diagonal(tril[rows, cols]), tril[rows, cols])
+    with torch.no_grad():
+        encoder.trunk.linear.weight.zero_()
+        encoder.trunk.linear.weight[:p] = cov @ torch.as_tensor(a).T / sigma**2
+        encoder.trunk.linear.bias.copy_(torch.cat([torch.zeros(p), raw]))
+    q = encoder(x)
+    torch.testing.assert_close(q.mean, mean)
+    torch.testing.assert_close(q.covariance_matrix, cov.expand(n, p, p))
+    z = q.rsample((5,))
+    log_ratio = prior.log_prob(z) + lik.log_prob(x, z) - q.log_prob(z)
+    torch.testing.assert_close(log_ratio, marginal_log_likelihood(x, prior, lik).expand(5, n))
+
+
+def test_cholesky_diagonal_is_exp_of_its_raw_entry_within_a_bound():
+    rows, cols = torch.tril_indices(2, 2)
+    raw = torch.tensor([[0.5, 3.0, -1.0], [100.0, 0.0, -100.0]])
+    tril = _scale_tril(raw, rows, cols, 2)
+    # ≈ exp(r) for a moderate r: B tanh(r/B) = r − r³/(3B²) + O(r⁵), so log d is off by at most
+    # |r|³/(3B²) (0.09% at r = 0.5, 0.7% at r = −1) ...
+    r = torch.tensor([0.5, -1.0])
+    assert torch.all((tril[0].diagonal().log() - r).abs() <= r.abs() ** 3 / (3 * 49))
+    assert tril[0, 1, 0] == 3.0 and tril[0, 0, 1] == 0.0
+    # ... and never beyond e^{±7}, whatever the raw entry.
+    torch.testing.assert_close(tril[1].diagonal(), torch.tensor([7.0, -7.0]).exp())
+
+
+def test_encoders_read_counts_on_the_log1p_scale(rng):
+    counts = torch.as_tensor(rng.poisson(3.0, (50, 4)), dtype=torch.float64)
+    on_counts = GaussianEncoder(4, 2, hidden=(8,), log1p=True)
+    on_logs = GaussianEncoder(4, 2, hidden=(8,))
+    on_logs.load_state_dict(on_counts.state_dict())
+    on_counts.standardize_with(counts)
+    on_logs.standardize_with(torch.log1p(counts))
+    torch.testing.assert_close(on_counts.trunk.shift, torch.log1p(counts).mean(0))
+    torch.testing.assert_close(on_counts(counts).mean, on_logs(torch.log1p(counts)).mean)
+
+
+def test_mixture_encoder_can_hold_the_exact_mixture_posterior(rng):
+    # Under a mixture prior whose components share Λ, the exact posterior's log-weights differ
+    # by terms linear in x, its means are linear in x and its covariance V is constant: the
+    # trunk's linear map holds it exactly. Then every draw's log p(x, z) − log q(z | x) is
+    # log p(x), so the ELBO summed over components equals log p(x) to rounding.
+    p, m, n, sigma = 3, 4, 6, 0.6
+    precision = random_spd(rng, p)
+    centres = 2.0 * rng.standard_normal((2, p))
+    prior = GaussianMixture([0.3, 0.7], centres, np.stack([precision, precision]))
+    a = rng.standard_normal((m, p))
+    lik = linear_gaussian(a, sigma)
+    x = torch.as_tensor(rng.standard_normal((n, m)) * 2)
+    exact = mixture_posterior(x, prior, lik)
+    s_inv = np.linalg.inv(a @ np.linalg.inv(precision) @ a.T + sigma**2 * np.eye(m))  # Cov x⁻¹ in each component
+    v = exact.cov[0].numpy()
+    encoder = MixtureEncoder(m, p, hidden=(8,), components=2)
+    rows, cols = torch.tril_indices(p, p)
+    tril = torch.linalg.cholesky(exact.cov[0])
+    raw = torch.where(rows == cols, _raw_diagonal(tril[rows, cols]), tril[rows, cols])
+    weight, bias = torch.zeros_like(encoder.trunk.linear.weight), torch.zeros_like(encoder.trunk.linear.bias)
+    for c in range(2):
+        am = a @ centres[c]
+        weight[c] = torch.as_tensor(s_inv @ am)  # log π_c + (Aμ_c)ᵀ S⁻¹ x − ½ (Aμ_c)ᵀ S⁻¹ (Aμ_c)
+        bias[c] = math.log(prior.weights[c].item()) - 0.5 * am @ s_inv @ am
+        first = 2 + c * encoder.per_component
+        weight[first:first + p] = torch.as_tensor(v @ a.T / sigma**2)  # m_c(x) = V (Λ μ_c + Aᵀ x/σ²)
+        bias[first:first + p] = torch.as_tensor(v @ precision @ centres[c])
+        bias[first + p:first + encoder.per_component] = raw
+    with torch.no_grad():
+        encoder.trunk.linear.weight.copy_(weight)
+        encoder.trunk.linear.bias.copy_(bias)
+    q = encoder(x)
+    torch.testing.assert_close(q.mixture_distribution.probs, exact.responsibilities)
+    torch.testing.assert_close(q.mean, exact.mean)
+    torch.testing.assert_close(elbo(x, q, prior, lik, n_samples=5), exact.log_evidence)
+
+
+def test_mixture_elbo_is_the_expectation_over_the_mixture(generator):
+    # The component-summed estimator and plain Monte Carlo over draws of the mixture estimate
+    # the same expectation; their difference is within 4 standard errors of the latter.
+    torch.manual_seed(1)
+    encoder = MixtureEncoder(3, 2, hidden=(8,), components=3)
+    _randomize(encoder, generator)
+    prior, lik = GaussianGraphicalModel(np.eye(2) * 2), linear_gaussian(np.array([[1.0, 0.5], [0.2, 1.0], [1.0, 1.0]]), 0.8)
+    x = torch.randn(1, 3)
+    q = encoder(x)
+    with torch.no_grad():
+        summed = elbo(x, q, prior, lik, n_samples=20_000)
+        z = q.sample((20_000,))
+        plain = prior.log_prob(z) + lik.log_prob(x, z) - q.log_prob(z)
+    assert abs(float(summed - plain.mean())) < 4 * float(plain.std()) / math.sqrt(20_000)
+
+
+def test_mixture_encoder_starts_with_equal_weights_for_every_x():
+    q = MixtureEncoder(4, 3, hidden=(8,), components=3)(10 * torch.randn(50, 4))
+    torch.testing.assert_close(q.mixture_distribution.probs, torch.full((50, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianEncoder(4, 3, hidden=(8,)),
+    lambda: FullCovarianceEncoder(4, 3, hidden=(8,)),
+    lambda: IAFEncoder(4, 3, hidden=(8,)),
+    lambda: MeanFieldFactors(7, 3),
+])
+def test_every_family_gives_batch_shape_n_and_event_shape_p(make):
+    torch.manual_seed(0)
+    q = make()(torch.randn(7, 4), torch.arange(7))
+    z = q.rsample((2,))
+    assert z.shape == (2, 7, 3)
+    assert q.log_prob(z).shape == (2, 7)
+    mean, std = moments(q, n_draws=32)
+    assert mean.shape == std.shape == (7, 3)
+
+
+def test_moments_monte_carlo_within_standard_errors():
+    # A flow torch cannot take moments of: N(0, 1) pushed through z = loc + scale·ε.
+    # Means and sds within 4 standard errors: se(mean) = sd/√N, se(sd) ≈ sd/√(2N).
+    loc, scale = torch.tensor([[1.0, -2.0, 30.0]]), torch.tensor([[0.5, 2.0, 0.1]])
+    base = Independent(Normal(torch.zeros(1, 3), torch.ones(1, 3)), 1)
+    q = TransformedDistribution(base, [AffineTransform(loc, scale, event_dim=1)])
+    with pytest.raises(NotImplementedError):
+        q.mean
+    n_draws = 4000
+    torch.manual_seed(0)
+    mean, std = moments(q, n_draws=n_draws, chunk=512)
+    assert torch.all((mean - loc).abs() < 4 * scale / math.sqrt(n_draws))
+    assert torch.all((std - scale).abs() < 4 * scale / math.sqrt(2 * n_draws))
+
+
+def test_moments_are_exact_for_gaussians():
+    q = Independent(Normal(torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]])), 1)
+    mean, std = moments(q)
+    np.testing.assert_array_equal(mean.numpy(), [[1.0, 2.0]])
+    np.testing.assert_array_equal(std.numpy(), [[3.0, 4.0]])
+
+
+def test_marginal_cdf_is_exact_for_a_mixture_and_matches_draws_for_a_flow(generator):
+    # The mixture's closed form Σ_c w_c Φ((t − μ_cj)/σ_cj) against the fraction of 40 000
+    # draws below t: within 4 binomial SEs (√(P(1−P)/N) ≤ 0.0025). One threshold per row.
+    torch.manual_seed(2)
+    encoder = MixtureEncoder(3, 2, hidden=(8,), components=3)
+    _randomize(encoder, generator)
+    with torch.no_grad():
+        q = encoder(torch.randn(4, 3))
+        t = torch.tensor([[-0.5], [0.0], [0.3], [1.0]])
+        exact = marginal_cdf(q, t)
+        fraction = (q.sample((40_000,)) <= t).double().mean(0)
+    assert exact.shape == (4, 2)
+    assert torch.all((exact - fraction).abs() < 4 * 0.0025)
+    # A flow has no closed form: the draws' fraction, with the same SE bound.
+    loc, scale = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 2.0]])
+    flow = TransformedDistribution(Independent(Normal(torch.zeros(1, 2), torch.ones(1, 2)), 1),
+                                   [AffineTransform(loc, scale, event_dim=1)])
+    expected = Normal(loc, scale).cdf(torch.tensor(0.0))
+    assert torch.all((marginal_cdf(flow, 0.0, n_draws=40_000, chunk=4000) - expected).abs() < 4 * 0.0025)
+    gaussian = Independent(Normal(loc, scale), 1)
+    torch.testing.assert_close(marginal_cdf(gaussian, 0.0), expected)

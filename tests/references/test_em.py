@@ -1,0 +1,164 @@
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.covariance import graphical_lasso
+from sklearn.exceptions import ConvergenceWarning
+
+from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
+from invae.evaluation.metrics import relative_frobenius_error
+from invae.model.forward import LinearOperator
+from invae.model.likelihoods import NoisePerRowGaussianLikelihood
+from invae.references.baselines import complete_data_floor
+
+
+def numpy_em(x, a, sigma, alpha, iterations):
+    """An independent EM written from the formulas with NumPy and scikit-learn alone."""
+    p = a.shape[1]
+    precision = np.eye(p)
+    for _ in range(iterations):
+        cov = np.linalg.inv(precision + a.T @ a / sigma**2)
+        mean = x @ a @ cov / sigma**2
+        s = cov + mean.T @ mean / len(x)
+        if alpha == 0:
+            precision = np.linalg.inv(s)
+        else:
+            _, precision = graphical_lasso(s, alpha, tol=1e-10, enet_tol=1e-10, max_iter=500)
+    return precision
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("forward, alpha", [("gaussian", 0.0), ("gaussian", 0.05), ("compressive", 0.05)])
+def test_penalised_objective_never_decreases(forward, alpha):
+    problem = simulate_problem(p=10, n=500, graph="erdos-renyi", forward=forward, noise_std=1.0, seed=1)
+    em = EM(GaussianGraphicalModel(dim=10, alpha=alpha), linear_gaussian(problem.A, 1.0),
+            max_iter=100).fit(problem.X)
+    steps = np.diff(em.history_["objective"])
+    # An exact M-step never lowers the objective; the graphical lasso stops at a duality gap
+    # of 1e-8 in the 2/n-scaled objective, so a step can lose at most ~1e-8 per observation.
+    assert steps.min() >= -1e-8
+    assert steps.max() > 1e-3  # it did climb
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("forward, alpha", [("identity", 0.02), ("compressive", 0.05), ("gaussian", 0.0)])
+def test_iterates_agree_with_an_independent_implementation(forward, alpha):
+    problem = simulate_problem(p=8, n=2000, graph="chain", forward=forward, noise_std=0.5, seed=2)
+    em = EM(GaussianGraphicalModel(dim=8, alpha=alpha), linear_gaussian(problem.A, 0.5),
+            max_iter=40, tol=0.0).fit(problem.X)
+    reference = numpy_em(problem.X, problem.A, 0.5, alpha, iterations=40)
+    # Same start (Λ = I), same 40 updates: only the graphical lasso's stopping tolerances
+    # (1e-8 here, 1e-10 in the reference) separate the iterates.
+    assert relative_frobenius_error(em.precision_, reference) < 1e-5
+
+
+def test_unpenalised_identity_model_reaches_the_closed_form_mle():
+    # x ~ N(0, Λ⁻¹ + σ²I) so the MLE is Λ̂ = (S_x − σ²I)⁻¹ whenever that is positive-definite.
+    problem = simulate_problem(p=6, n=5000, noise_std=0.5, seed=3)
+    em = EM(GaussianGraphicalModel(dim=6), linear_gaussian(np.eye(6), 0.5), tol=1e-14,
+            max_iter=5000).fit(problem.X)
+    mle = np.linalg.inv(problem.X.T @ problem.X / 5000 - 0.25 * np.eye(6))
+    assert relative_frobenius_error(em.precision_, mle) < 1e-6
+
+
+def _predicted_squared_error(b: np.ndarray, n: int) -> tuple[float, float]:
+    """Mean and sd of ‖δΛ‖²_F for δΛ ≈ −Λ δS Λ with δS a Wishart fluctuation of Σ_x.
+
+    With B = Λ Σ_x Λ: E‖δΛ‖² = ((tr B)² + tr B²)/n and, for the Gaussian limit,
+    Var‖δΛ‖² = 4((tr B²)² + tr B⁴)/n². Complete data: Σ_x = Λ⁻¹, so B = Λ.
+    """
+    b2 = b @ b
+    return (np.trace(b) ** 2 + np.trace(b2)) / n, 2 * np.sqrt(np.trace(b2) ** 2 + np.trace(b2 @ b2)) / n
+
+
+def test_error_matches_asymptotic_theory_and_stays_near_the_complete_data_floor():
+    # p = 20, n = 10 000, σ = 0.5, no penalty: EM's estimate is the MLE (S_x − σ²I)⁻¹, whose
+    # error δΛ ≈ −Λ(S_x − Σ_x)Λ has the moments above with Σ_x = Λ⁻¹ + σ²I. The floor has
+    # B = Λ. Each realised squared error must lie within 4 sd of its prediction; the predicted
+    # ratio of EM's error to the floor's is ≤ 1 + σ²λ_max(Λ) (two factors √(1+σ²λ)).
+    p, n, sigma = 20, 10_000, 0.5
+    problem = simulate_problem(p=p, n=n, graph="chain", noise_std=sigma, seed=4)
+    truth = problem.precision
+    em = EM(GaussianGraphicalModel(dim=p), linear_gaussian(problem.A, sigma), tol=1e-12).fit(problem.X)
+    floor = complete_data_floor(problem.Z, GaussianGraphicalModel(dim=p)).precision.numpy()
+    sigma_x = np.linalg.inv(truth) + sigma**2 * np.eye(p)
+    for estimate, b in ((em.precision_, truth @ sigma_x @ truth), (floor, truth)):
+        mean, sd = _predicted_squared_error(b, n)
+        assert abs(np.sum((estimate - truth) ** 2) - mean) < 4 * sd
+    ratio = np.sqrt(_predicted_squared_error(truth @ sigma_x @ truth, n)[0] / _predicted_squared_error(truth, n)[0])
+    assert 1 < ratio <= 1 + sigma**2 * np.linalg.eigvalsh(truth)[-1]
+
+
+def test_iteration_cap_warns():
+    problem = simulate_problem(p=5, n=200, noise_std=1.0, seed=5)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        em = EM(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 1.0), max_iter=2).fit(problem.X)
+    assert not em.converged_ and em.n_iter_ == 2
+
+
+def test_posterior_std_is_the_exact_marginal_sd():
+    problem = simulate_problem(p=4, n=100, noise_std=1.0, seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        em = EM(GaussianGraphicalModel(dim=4), linear_gaussian(problem.A, 1.0), max_iter=3).fit(problem.X)
+    cov = np.linalg.inv(em.precision_ + np.eye(4))
+    np.testing.assert_allclose(em.posterior_std(problem.X[:3]), np.tile(np.sqrt(np.diag(cov)), (3, 1)))
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.ones((5, 3)), "columns"),
+    (np.full((5, 4), np.nan), "NaN"),
+    (np.ones((1, 4)), "at least 2"),
+    (np.array([["a"] * 4] * 3), "numbers"),
+])
+def test_bad_data_is_refused(X, message):
+    with pytest.raises(ValueError, match=message):
+        EM(GaussianGraphicalModel(dim=4), linear_gaussian(np.eye(4), 1.0)).fit(X)
+
+
+def test_unfitted_estimator_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        EM(GaussianGraphicalModel(dim=2), linear_gaussian(np.eye(2), 1.0)).transform(np.ones((3, 2)))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_mean_field_em_ascends_its_elbo_and_matches_a_direct_computation(rng):
+    # Coordinate ascent on the ELBO: the objective never decreases (up to the M-step's
+    # 1e-8 duality gap); its E-step is (μ, 1/P_jj), so one step equals this NumPy step.
+    problem = simulate_problem(p=6, n=1000, forward="gaussian", m=9, noise_std=0.7, seed=8)
+    lik = linear_gaussian(problem.A, 0.7)
+    em = EM(GaussianGraphicalModel(dim=6, alpha=0.02), lik, mean_field=True, max_iter=60).fit(problem.X)
+    assert np.diff(em.history_["objective"]).min() >= -1e-8
+    one = EM(GaussianGraphicalModel(dim=6, alpha=0.02), lik, mean_field=True, max_iter=1, tol=0.0).fit(problem.X)
+    p_post = np.eye(6) + problem.A.T @ problem.A / 0.49
+    mean = problem.X @ problem.A @ np.linalg.inv(p_post) / 0.49
+    s = mean.T @ mean / 1000 + np.diag(1 / np.diag(p_post))
+    _, expected = graphical_lasso(s, 0.02, tol=1e-10, enet_tol=1e-10)
+    assert relative_frobenius_error(one.precision_, expected) < 1e-6
+    # and it is a lower bound: the mean-field objective sits below the exact EM's optimum
+    exact = EM(GaussianGraphicalModel(dim=6, alpha=0.02), lik, max_iter=60).fit(problem.X)
+    assert em.history_["objective"][-1] < exact.history_["objective"][-1]
+    fitted_p_post = em.precision_ + problem.A.T @ problem.A / 0.49
+    np.testing.assert_allclose(em.posterior_std(problem.X[:2]), np.tile(1 / np.sqrt(np.diag(fitted_p_post)), (2, 1)))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_em_with_one_noise_level_per_row():
+    # With every σ_i = σ the per-row model is the one-σ model: the same iterates.
+    problem = simulate_problem(p=5, n=400, graph="chain", forward="gaussian", m=8, noise_std=0.5, seed=2)
+    per_row = NoisePerRowGaussianLikelihood(LinearOperator(problem.A))
+    rows = NoisePerRowGaussianLikelihood.rows(problem.X, 0.5)
+    same = EM(GaussianGraphicalModel(dim=5, alpha=0.05), per_row, max_iter=30).fit(rows)
+    one = EM(GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5), max_iter=30).fit(problem.X)
+    np.testing.assert_allclose(same.precision_, one.precision_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(same.history_["objective"], one.history_["objective"], rtol=1e-12)
+    # With different σ_i the objective (exact per-row evidence) still never decreases, and a
+    # row's posterior sd grows with its σ_i.
+    sigma = np.random.default_rng(0).uniform(0.2, 2.0, 400)
+    x = problem.Z @ problem.A.T + sigma[:, None] * np.random.default_rng(1).standard_normal((400, 8))
+    fit = EM(GaussianGraphicalModel(dim=5, alpha=0.05), per_row, max_iter=30).fit(
+        NoisePerRowGaussianLikelihood.rows(x, sigma))
+    assert np.diff(fit.history_["objective"]).min() > -1e-12
+    std = fit.posterior(NoisePerRowGaussianLikelihood.rows(x, sigma))[1]
+    order = np.argsort(sigma)
+    assert np.all(np.diff(std[order], axis=0) > 0)
