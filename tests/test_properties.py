@@ -8,8 +8,8 @@ from hypothesis.extra.numpy import arrays
 
 from invae.app.io import load_array
 from invae.model.forward import LinearOperator
+from invae.model.ggm import GaussianGraphicalModel
 from invae.model.likelihoods import GaussianLikelihood
-from invae.model.priors import GaussianGraphicalModel
 from invae.references.exact import exact_posterior, marginal_log_likelihood
 from invae.validation import check_data
 

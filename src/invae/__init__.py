@@ -12,10 +12,11 @@ from ._version import __version__
 from .evaluation.simulate import Problem, simulate_problem
 from .inference.estimator import VariationalEB
 from .model.forward import ForwardOperator, FunctionOperator, LinearOperator, saturating
+from .model.ggm import GaussianGraphicalModel
 from .model.likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood,
                                 StudentTLikelihood, linear_gaussian)
 from .model.mixture import GaussianMixture
-from .model.priors import GaussianGraphicalModel, Prior
+from .model.prior import Prior
 from .references.baselines import Naive, complete_data_floor, rank_matching
 from .references.em import EM
 

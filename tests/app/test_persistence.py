@@ -3,9 +3,8 @@ import pytest
 import torch
 
 from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian, simulate_problem
-from invae.app.methods import make_estimator
+from invae.app.methods import make_estimator, methods
 from invae.app.persistence import load_model, save_model
-from invae.app.settings import METHODS
 
 # Short fits: the round trip is what is tested, not convergence.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -16,7 +15,7 @@ def problem():
     return simulate_problem(p=5, n=300, graph="chain", forward="gaussian", m=7, noise_std=0.5, seed=2)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", methods().names())
 def test_a_saved_model_answers_like_the_fitted_one(problem, tmp_path, method):
     likelihood = linear_gaussian(problem.A, 0.5)
     fitted = make_estimator(method, GaussianGraphicalModel(dim=5, alpha=0.05), likelihood, max_iter=30, seed=4)
@@ -94,7 +93,21 @@ def test_a_version_1_file_still_loads(problem, tmp_path):
     fitted = make_estimator("em", GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5))
     path = save_model(fitted.fit(problem.X), tmp_path / "model.pt")
     record = torch.load(path, weights_only=True)
-    record.update(version=1, precision=record.pop("parameters")["precision"])  # the layout version 1 wrote
-    del record["prior"], record["reg_covar"]
+    # the layout version 1 wrote: Λ̂ under "precision", the prior's settings under their own keys
+    record.update(version=1, precision=record.pop("parameters")["precision"], **record.pop("prior_config"))
+    del record["prior"]
     torch.save(record, path)
     np.testing.assert_array_equal(load_model(path).precision_, fitted.precision_)
+
+
+def test_a_version_3_mixture_file_still_loads(problem, tmp_path):
+    likelihood = linear_gaussian(problem.A, 0.5)
+    start = GaussianMixture.from_signals(likelihood.forward.pinv(torch.as_tensor(problem.X)), 2, alpha=0.05)
+    fitted = make_estimator("em", start, likelihood, max_iter=5).fit(problem.X)
+    path = save_model(fitted, tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    record.update(version=3, **record.pop("prior_config"))  # version 3 kept α, the solver and ε under their own keys
+    torch.save(record, path)
+    loaded = load_model(path)
+    assert (loaded.prior_.alpha, loaded.prior_.reg_covar) == (0.05, fitted.prior_.reg_covar)
+    np.testing.assert_array_equal(loaded.transform(problem.X), fitted.transform(problem.X))

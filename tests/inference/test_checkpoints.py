@@ -11,6 +11,7 @@ import torch
 import invae.inference.training
 from invae import GaussianGraphicalModel, VariationalEB, linear_gaussian, simulate_problem
 from invae.inference.checkpoints import Checkpointer, FitInterrupted
+from invae.inference.lambda_steps import ExpectedStep
 
 # Fits here stop on max_iter on purpose (tol=1e-12 keeps them running).
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -137,7 +138,7 @@ def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_p
 
 def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
     # The prior refuses a Λ that is not positive definite: the third Λ-step returns one.
-    original, calls = invae.inference.training._lambda_step, [0]
+    original, calls = ExpectedStep.__call__, [0]
 
     def lambda_step(*args, **kwargs):
         calls[0] += 1
@@ -145,6 +146,6 @@ def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
             return GaussianGraphicalModel(-torch.eye(5))  # raises ValueError inside
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(invae.inference.training, "_lambda_step", lambda_step)
+    monkeypatch.setattr(ExpectedStep, "__call__", lambda_step)
     fitted = _vae(problem).fit(problem.X)
     assert calls[0] == 41 and np.all(np.linalg.eigvalsh(fitted.precision_) > 0)  # 40 + the retried one

@@ -12,7 +12,7 @@ from ..conftest import random_spd
 
 
 def test_batch_loss_is_the_design_formula_plus_a_constant(rng):
-    # DESIGN §2.4: L = ½ tr(Λ Σ_b z_b z_bᵀ) + (1/2σ²) Σ_b ‖x_b − A z_b‖² − Σ_{b,j} log σ_{b,j};
+    # docs/methods.md §2.4: L = ½ tr(Λ Σ_b z_b z_bᵀ) + (1/2σ²) Σ_b ‖x_b − A z_b‖² − Σ_{b,j} log σ_{b,j};
     # −Σ_b ELBO_b differs from it by B·c, c = −½ log det Λ + (m/2) log 2πσ² + (p/2) log 2π − (p/2) log 2πe.
     b, p, m, sigma = 3, 2, 3, 0.7
     precision = np.array([[2.0, -0.6], [-0.6, 1.5]])

@@ -47,7 +47,7 @@ def test_iaf_log_density_is_the_change_of_variables_formula(iaf, generator, row)
     expected = Normal(0.0, 1.0).log_prob(eps).sum() - torch.linalg.slogdet(jacobian).logabsdet
     z = _flow_map(q, eps[None])
     assert q.log_prob(z).item() == pytest.approx(expected.item(), abs=1e-10)
-    # DESIGN §2.3's closed form, − Σ_j [½ ε_0j² + ½ log 2π + Σ_t log σ_tj], σ_0 the base scale
+    # docs/methods.md §2.3's closed form, − Σ_j [½ ε_0j² + ½ log 2π + Σ_t log σ_tj], σ_0 the base scale
     log_scales = q.base_dist.stddev.log().sum() + sum(step._cached_log_scale.sum() for step in q.transforms)
     closed_form = -0.5 * eps @ eps - 1.5 * math.log(2 * math.pi) - log_scales
     assert expected.item() == pytest.approx(closed_form.item(), abs=1e-10)

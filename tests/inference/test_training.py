@@ -5,7 +5,9 @@ import torch
 from torch.distributions import AffineTransform, Independent, MultivariateNormal, Normal, TransformedDistribution
 
 from invae import GaussianGraphicalModel, linear_gaussian
-from invae.inference.training import TrainingSettings, importance_lambda_step, lambda_step, seeded
+from invae.inference.lambda_steps import importance_lambda_step, lambda_step
+from invae.inference.seeding import seeded
+from invae.inference.training import TrainingSettings
 from invae.references.exact import exact_posterior
 
 from ..conftest import random_spd

@@ -9,7 +9,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from invae import EM, GaussianGraphicalModel, complete_data_floor, linear_gaussian
 from invae.evaluation.metrics import mixture_errors
-from invae.inference.training import lambda_step
+from invae.inference.lambda_steps import lambda_step
 from invae.model.graphical_lasso import optimality_violation
 from invae.model.mixture import GaussianMixture, match_components
 from invae.references.exact import marginal_log_likelihood, mixture_posterior

@@ -4,8 +4,8 @@ import torch
 from scipy.stats import multivariate_normal
 
 from invae.model.forward import LinearOperator
+from invae.model.ggm import GaussianGraphicalModel
 from invae.model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, linear_gaussian
-from invae.model.priors import GaussianGraphicalModel
 from invae.references.exact import exact_posterior, marginal_log_likelihood, penalized_log_likelihood
 
 from ..conftest import random_spd

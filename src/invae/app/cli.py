@@ -1,6 +1,8 @@
 """The ``invae`` command line: it only builds settings and calls the library.
 
-Errors the user can fix print one line on stderr and exit with status 2.
+Each subcommand is one entry of :data:`COMMANDS` (its options and the function it runs), so
+a new command is a function plus one ``COMMANDS.register`` line. Errors the user can fix
+print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -8,20 +10,26 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..evaluation.simulate import FORWARDS, GRAPHS, simulate_problem
 from ..inference.checkpoints import FitInterrupted
 from ..inference.penalty import CRITERIA
+from ..model.noise import NOISE_MODELS
+from ..model.priors import PRIORS
 from ..normal_means import NORMAL_MEANS_METHODS
 from ..normal_means.run import run_eb
+from ..registry import Registry
 from .demo import run_demo
 from .io import write_results
+from .methods import methods
 from .persistence import save_model
 from .pipeline import run_fit, run_predict
 from .report import write_report
-from .settings import METHODS, NOISES, PRESETS, PRIORS, FitSettings
+from .settings import PRESETS, FitSettings
 
-__all__ = ["main"]
+__all__ = ["main", "Command", "COMMANDS"]
 
 _FIT_EXAMPLE = """example:
   invae simulate --p 20 --n 10000 --noise-std 0.5 --out problem
@@ -47,15 +55,17 @@ def _penalty(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {text!r}") from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="invae", description="Statistical inverse problems by amortized variational "
-                     "empirical Bayes, with exact references.", epilog=_FIT_EXAMPLE,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its ``--help`` line and example, its options, and what it runs."""
 
-    demo = commands.add_parser("demo", help="simulate the GGM problem, fit every method, print the table",
-                               epilog="example:\n  invae demo --noise-std 0.5 --out invae-demo\n",
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    help: str
+    example: str
+    add_options: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", default="invae-demo", help="results folder (default: invae-demo)")
     demo.add_argument("--p", type=int, default=20, help="latent dimension (default: 20)")
     demo.add_argument("--n", type=int, default=10_000, help="observations (default: 10000)")
@@ -68,9 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--progress", action="store_true",
                       help="progress bars even when stderr is not a terminal (e.g. a log file)")
 
-    sim = commands.add_parser("simulate", help="write a simulated problem to a folder",
-                              epilog="example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n",
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _simulate_options(sim: argparse.ArgumentParser) -> None:
     sim.add_argument("--out", required=True, help="folder for X.npy, Z.npy, A.npy, precision.npy, problem.json")
     sim.add_argument("--p", type=int, default=20)
     sim.add_argument("--n", type=int, default=10_000)
@@ -81,27 +90,32 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--condition-number", type=float, default=10.0)
     sim.add_argument("--seed", type=int, default=0)
 
-    fit = commands.add_parser("fit", help="estimate the prior and the posteriors from data on disk",
-                              epilog=_FIT_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              argument_default=None)
+
+def _fit_options(fit: argparse.ArgumentParser) -> None:
+    """The model (data, forward operator, noise, prior), then the method and the run. No
+    defaults here (None): :class:`~invae.app.settings.FitSettings` holds them, below a config file."""
     fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations")
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
     fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
-    fit.add_argument("--noise", choices=NOISES, help="noise model: gaussian x = G(z) + σε, poisson counts "
-                     "(log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
+    fit.add_argument("--noise", choices=NOISE_MODELS.names(), help="noise model: gaussian x = G(z) + σε, poisson "
+                     "counts (log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
     fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
     fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
                      "gaussian noise instead of --noise-std; the encoder sees each σ_i")
     fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
-    fit.add_argument("--prior", choices=PRIORS, help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
+    fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
                      "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
     fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
     fit.add_argument("--penalty", type=_penalty,
                      help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
     fit.add_argument("--penalty-criterion", choices=CRITERIA,
                      help="how auto chooses: held-out likelihood (or ELBO), or ebic (default: held-out)")
-    fit.add_argument("--method", choices=METHODS, help="estimator (default: vae)")
+    _fit_run_options(fit)
+
+
+def _fit_run_options(fit: argparse.ArgumentParser) -> None:
+    fit.add_argument("--method", choices=methods().names(), help="estimator (default: vae)")
     fit.add_argument("--preset", choices=PRESETS,
                      help="optimiser settings of the variational methods: default (measured best) or paper")
     fit.add_argument("--seed", type=int)
@@ -120,10 +134,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_const", const=True,
                      help="continue the fit saved in --checkpoint-dir (same data and settings)")
 
-    predict = commands.add_parser("predict", help="posterior means and sds of new observations from a saved model",
-                                  epilog="example:\n  invae fit --data X.npy --noise-std 0.5 --save model.pt --out fit\n"
-                                         "  invae predict --model model.pt --data X_new.npy --out new\n",
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--model", required=True, help="a file written by invae fit --save")
     predict.add_argument("--data", required=True, help="new observations X (n, m): .npy or .csv")
     predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
@@ -131,9 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
                          "fitted with --noise-std-file")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
-    eb = commands.add_parser("eb", help="one-dimensional empirical Bayes (normal means): x_i ~ N(z_i, σ_i²), "
-                             "estimate the prior of z and every z_i's posterior",
-                             epilog=_EB_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _eb_options(eb: argparse.ArgumentParser) -> None:
     eb.add_argument("--data", required=True, help="a table: .csv (a header row of names, or none) or .npy (n, k)")
     eb.add_argument("--x", required=True, help="the column of observations x_i (a name or a 0-based position)")
     eb.add_argument("--sigma", help="the column of known noise sds σ_i (one per row)")
@@ -153,10 +164,21 @@ def _build_parser() -> argparse.ArgumentParser:
     eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
     eb.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    report = commands.add_parser("report", help="draw the figures and report.html of a results folder",
-                                 epilog="example:\n  invae report invae-demo    # then open invae-demo/report.html\n",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def _report_options(report: argparse.ArgumentParser) -> None:
     report.add_argument("folder", help="a folder written by invae demo or invae fit")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`."""
+    parser = _Parser(prog="invae", description="Statistical inverse problems by amortized variational "
+                     "empirical Bayes, with exact references.", epilog=_FIT_EXAMPLE,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, epilog=command.example,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_options(sub)
     return parser
 
 
@@ -171,8 +193,8 @@ def _fit(args: argparse.Namespace) -> None:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
         evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
                     else f"ELBO/n = {summary['elbo_per_obs']:.4f}")
-        print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {summary['edges']} edges, "
-              f"{evidence}; results in {folder}/")
+        edges = f"{summary['edges']} edges, " if "edges" in summary else ""
+        print(f"{settings.method}: {chosen}{summary['n_iter']} iteration(s), {edges}{evidence}; results in {folder}/")
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -212,6 +234,25 @@ def _demo(args: argparse.Namespace) -> None:
              verbose=0 if args.quiet else 2 if args.progress else 1)
 
 
+COMMANDS: Registry[Command] = Registry("command")
+COMMANDS.register("demo", Command("simulate the GGM problem, fit every method, print the table",
+                                  "example:\n  invae demo --noise-std 0.5 --out invae-demo\n", _demo_options, _demo))
+COMMANDS.register("simulate", Command(
+    "write a simulated problem to a folder",
+    "example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n", _simulate_options, _simulate))
+COMMANDS.register("fit", Command("estimate the prior and the posteriors from data on disk", _FIT_EXAMPLE,
+                                 _fit_options, _fit))
+COMMANDS.register("predict", Command(
+    "posterior means and sds of new observations from a saved model",
+    "example:\n  invae fit --data X.npy --noise-std 0.5 --save model.pt --out fit\n"
+    "  invae predict --model model.pt --data X_new.npy --out new\n", _predict_options, _predict))
+COMMANDS.register("eb", Command("one-dimensional empirical Bayes (normal means): x_i ~ N(z_i, σ_i²), "
+                                "estimate the prior of z and every z_i's posterior", _EB_EXAMPLE, _eb_options, _eb))
+COMMANDS.register("report", Command(
+    "draw the figures and report.html of a results folder",
+    "example:\n  invae report invae-demo    # then open invae-demo/report.html\n", _report_options, _report))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     prefix = f"invae {args.command}"
@@ -219,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            {"fit": _fit, "simulate": _simulate, "demo": _demo, "report": _report, "predict": _predict,
-             "eb": _eb}[args.command](args)
+            COMMANDS[args.command].run(args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2

@@ -15,13 +15,12 @@ import torch
 from ..evaluation.metrics import relative_frobenius_error
 from ..evaluation.simulate import Problem, simulate_problem
 from ..evaluation.tables import evaluate, format_table, log_likelihood, rank_matching_row, reference_rows
+from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import linear_gaussian
-from ..model.priors import GaussianGraphicalModel
 from ..references.exact import mean_log_likelihood
 from .io import write_results
-from .methods import make_estimator
+from .methods import make_estimator, methods
 from .report import write_report
-from .settings import METHODS
 
 __all__ = ["run_demo"]
 
@@ -30,7 +29,7 @@ _SHOWN_ROWS = 200  # observations whose posteriors the demo keeps for the signal
 
 # The demo's posteriors are Gaussian (a GGM seen through A z + σε): a mixture q adds nothing
 # that full-covariance lacks, only time.
-_DEMO_METHODS = tuple(method for method in METHODS if method != "mixture")
+_DEMO_METHODS = tuple(method for method in methods() if method != "mixture")
 
 
 def run_demo(out: str | Path = "invae-demo", *, p: int = 20, n: int = 10_000, graph: str = "chain",

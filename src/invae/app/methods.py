@@ -1,52 +1,99 @@
-"""The method registry: a method name (``invae fit --method``) builds an estimator."""
+"""The method registry: a method name (``invae fit --method``) builds an estimator.
+
+Every registered posterior family is a method (:data:`invae.inference.families.FAMILIES`,
+under its ``method`` name), followed by the exact references of :data:`REFERENCE_METHODS`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
+from ..inference.families import FAMILIES
 from ..model.likelihoods import Likelihood
-from ..model.priors import Prior
+from ..model.prior import Prior
 from ..references.baselines import Naive
 from ..references.em import EM
+from ..registry import Registry
 
-__all__ = ["make_estimator", "method_name", "FAMILY_OF_METHOD"]
+__all__ = ["Method", "REFERENCE_METHODS", "methods", "make_estimator", "method_name"]
 
-#: The variational methods and their posterior family (:data:`invae.inference.estimator.FAMILIES`).
-FAMILY_OF_METHOD = {"vae": "diagonal", "iaf": "iaf", "full-covariance": "full-covariance", "mixture": "mixture",
-                    "mean-field": "mean-field"}
+
+@dataclass(frozen=True)
+class Method:
+    """How one method builds its estimator and which estimators it builds.
+
+    build : callable ``(prior, likelihood, options) -> estimator``
+        ``options``: the keyword arguments of :func:`make_estimator`, by name.
+    builds : callable ``estimator -> bool``
+        Whether an estimator is one this method builds (the name a model file records).
+    variational : bool
+        Trains a posterior network: takes any noise model, and checkpoints.
+    """
+
+    build: Callable[[Prior, Likelihood, dict], EmpiricalBayesEstimator]
+    builds: Callable[[EmpiricalBayesEstimator], bool]
+    variational: bool = False
+
+
+def _limits(options: dict) -> dict:
+    return {key: options[key] for key in ("max_iter", "tol") if options[key] is not None}
+
+
+def _variational(family: str) -> Method:
+    def build(prior, likelihood, options):
+        return VariationalEB(prior, likelihood, family=family, preset=options["preset"], random_state=options["seed"],
+                             verbose=options["verbose"], callback=options["callback"], device=options["device"],
+                             **(options["checkpoint"] or {}), **_limits(options))
+    return Method(build, lambda estimator: isinstance(estimator, VariationalEB) and estimator.family == family,
+                  variational=True)
+
+
+#: The methods that are not a posterior family: exact EM and the naive baseline (Gaussian noise).
+REFERENCE_METHODS: Registry[Method] = Registry("method")
+REFERENCE_METHODS.register("em", Method(
+    lambda prior, likelihood, options: EM(prior, likelihood, verbose=options["verbose"], callback=options["callback"],
+                                          device=options["device"], **_limits(options)),
+    lambda estimator: isinstance(estimator, EM) and not estimator.mean_field))
+REFERENCE_METHODS.register("naive", Method(
+    lambda prior, likelihood, options: Naive(prior, likelihood, device=options["device"]),
+    lambda estimator: isinstance(estimator, Naive)))
+
+
+def methods() -> Registry[Method]:
+    """Every method by name: one per registered posterior family, then the reference methods."""
+    everything: Registry[Method] = Registry("method")
+    for family_name, family in FAMILIES.items():
+        everything.register(family.method, _variational(family_name))
+    for name, method in REFERENCE_METHODS.items():
+        everything.register(name, method)
+    return everything
 
 
 def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
                    max_iter: int | None = None, tol: float | None = None, seed: int = 0,
-                   verbose: bool = False, callback=None, checkpoint: dict | None = None,
+                   verbose: bool | int = False, callback=None, checkpoint: dict | None = None,
                    device: str = "cpu") -> EmpiricalBayesEstimator:
-    """The estimator named ``method`` (see :data:`invae.app.settings.METHODS`).
+    """The estimator named ``method`` (see :func:`methods`).
 
     ``max_iter`` / ``tol`` left as None take each estimator's own default; ``callback``
     (iterative methods only) is called as ``callback(iteration, prior)``; ``checkpoint``
     (variational methods only) holds ``checkpoint_dir``, ``checkpoint_every`` and ``resume``.
     """
-    limits = {key: value for key, value in (("max_iter", max_iter), ("tol", tol)) if value is not None}
-    if method in FAMILY_OF_METHOD:
-        return VariationalEB(prior, likelihood, family=FAMILY_OF_METHOD[method], preset=preset,
-                             random_state=seed, verbose=verbose, callback=callback, device=device,
-                             **(checkpoint or {}), **limits)
-    if checkpoint:
-        raise ValueError(f"checkpoints apply to the variational methods ({', '.join(FAMILY_OF_METHOD)}), "
-                         f"not to {method!r}")
-    if method == "em":
-        return EM(prior, likelihood, verbose=verbose, callback=callback, device=device, **limits)
-    if method == "naive":
-        return Naive(prior, likelihood, device=device)
-    raise ValueError(f"unknown method {method!r}")
+    options = {"preset": preset, "max_iter": max_iter, "tol": tol, "seed": seed, "verbose": verbose,
+               "callback": callback, "checkpoint": checkpoint, "device": device}
+    chosen = methods()[method]
+    if checkpoint and not chosen.variational:
+        variational = ", ".join(name for name, entry in methods().items() if entry.variational)
+        raise ValueError(f"checkpoints apply to the variational methods ({variational}), not to {method!r}")
+    return chosen.build(prior, likelihood, options)
 
 
 def method_name(estimator: EmpiricalBayesEstimator) -> str:
     """The method name that :func:`make_estimator` builds ``estimator`` from."""
-    if isinstance(estimator, VariationalEB):
-        return next(method for method, family in FAMILY_OF_METHOD.items() if family == estimator.family)
-    if isinstance(estimator, EM) and not estimator.mean_field:
-        return "em"
-    if isinstance(estimator, Naive):
-        return "naive"
+    for name, method in methods().items():
+        if method.builds(estimator):
+            return name
     raise ValueError(f"no invae method builds {estimator!r}")

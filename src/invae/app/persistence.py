@@ -20,17 +20,19 @@ import torch
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
+from ..inference.families import FAMILIES
 from ..model.forward import LinearOperator
+from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import NoisePerRowGaussianLikelihood, linear_gaussian
-from ..model.mixture import GaussianMixture
-from ..model.priors import GaussianGraphicalModel
+from ..model.prior import Prior
+from ..model.priors import PRIORS, prior_name
 from ..references.exact import has_exact_evidence
 from .methods import make_estimator, method_name
 
 __all__ = ["save_model", "load_model"]
 
 FORMAT = "invae-model"
-VERSION = 3  # 3 added "noise_per_row"; 2 the prior's kind (ggm or gmm); version 1 files hold a ggm's "precision"
+VERSION = 4  # 4: the prior's config(); 3 added "noise_per_row"; 2 the prior's kind; 1 held a ggm's "precision"
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
@@ -44,7 +46,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
     if not has_exact_evidence(prior, likelihood):
         raise ValueError("only a Gaussian graphical or mixture prior with a linear-Gaussian likelihood can be "
                          "saved so far")
-    amortized = isinstance(estimator, VariationalEB) and estimator.family != "mean-field"
+    amortized = isinstance(estimator, VariationalEB) and FAMILIES[estimator.family].amortized
     per_row = isinstance(likelihood, NoisePerRowGaussianLikelihood)
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
@@ -52,9 +54,8 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "method": method, "preset": getattr(estimator, "preset", "default"),
         "seed": getattr(estimator, "random_state", 0),
         "max_iter": getattr(estimator, "max_iter", None), "tol": getattr(estimator, "tol", None),
-        "prior": "gmm" if isinstance(prior, GaussianMixture) else "ggm",
+        "prior": prior_name(prior), "prior_config": prior.config(),
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
-        "alpha": prior.alpha, "solver": prior.solver, "reg_covar": getattr(prior, "reg_covar", None),
         "forward": likelihood.forward.matrix.detach().cpu(), "noise_per_row": per_row,
         "noise_std": None if per_row else likelihood.noise_std.detach().cpu(),
         "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
@@ -97,28 +98,18 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
                   else linear_gaussian(record["forward"], record["noise_std"]))
     estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
                                max_iter=record["max_iter"], tol=record["tol"], device=device)
-    estimator.prior_, estimator.likelihood_ = estimator._models()
-    estimator.n_iter_, estimator.converged_, estimator.history_ = 0, True, {}
-    if isinstance(estimator, VariationalEB):
-        m = likelihood.data_dim
-        estimator._fitted_data = torch.empty(0, m, dtype=estimator.dtype, device=device)  # no rows: refit factors
-        if record["posterior"] is not None:
-            module = estimator._build_posterior(n=0, m=m)
-            try:
-                module.load_state_dict(record["posterior"])
-            except RuntimeError as error:  # missing keys or mismatched shapes
-                reason = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-                raise ValueError(f"the model {str(path)!r} does not fit its own settings: {reason}") from None
-            estimator.posterior_ = module.to(device, estimator.dtype)
-    return estimator
+    try:
+        return estimator.restore(record["posterior"])
+    except RuntimeError as error:  # the weights' keys or shapes differ from the family's
+        reason = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ValueError(f"the model {str(path)!r} does not fit its own settings: {reason}") from None
 
 
-def _prior(record: dict):
-    """The fitted prior a model record holds (version 1: always a ggm, its Λ̂ under "precision")."""
+def _prior(record: dict) -> Prior:
+    """The fitted prior a model record holds (versions 1–3 kept the config in named keys;
+    version 1 always a ggm, its Λ̂ under "precision")."""
     if record["version"] == 1:
         return GaussianGraphicalModel(record["precision"], alpha=record["alpha"], solver=record["solver"])
-    parameters = record["parameters"]
-    if record["prior"] == "gmm":
-        return GaussianMixture(parameters["weights"], parameters["means"], parameters["precisions"],
-                               alpha=record["alpha"], reg_covar=record["reg_covar"], solver=record["solver"])
-    return GaussianGraphicalModel(parameters["precision"], alpha=record["alpha"], solver=record["solver"])
+    config = record.get("prior_config") or {"alpha": record["alpha"], "solver": record["solver"],
+                                            **({"reg_covar": record["reg_covar"]} if record["prior"] == "gmm" else {})}
+    return PRIORS[record["prior"]].cls.from_state(record["parameters"], **config)

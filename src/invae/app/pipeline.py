@@ -15,10 +15,10 @@ from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
 from ..inference.penalty import select_penalty
 from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
-from ..model.likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, NoisePerRowGaussianLikelihood,
-                                 PoissonLikelihood, StudentTLikelihood, linear_gaussian)
-from ..model.mixture import GaussianMixture
-from ..model.priors import GaussianGraphicalModel, Prior
+from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.noise import NOISE_MODELS
+from ..model.prior import Prior
+from ..model.priors import PRIORS, StartOptions
 from ..references.exact import has_exact_evidence, mean_log_likelihood
 from ..validation import check_data
 from .io import load_array
@@ -51,10 +51,9 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
     x = check_data(x, name="the data (--data)", columns=operator.out_dim)
     if settings.noise_std_file is not None:
         x = _rows_with_noise(x, settings.noise_std_file)
-    alpha = 0.0 if settings.penalty == "auto" else settings.penalty  # auto: run_fit sets it per fit
-    if settings.prior == "gmm":
-        return x, _mixture_start(x, likelihood, settings.components, alpha, settings.seed), likelihood
-    return x, GaussianGraphicalModel(dim=operator.in_dim, alpha=alpha), likelihood
+    options = StartOptions(alpha=0.0 if settings.penalty == "auto" else settings.penalty,  # auto: set per fit
+                           components=settings.components, seed=settings.seed)
+    return x, PRIORS[settings.prior].start(x, likelihood, options), likelihood
 
 
 def _rows_with_noise(x: np.ndarray, path: Path) -> np.ndarray:
@@ -69,23 +68,7 @@ def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
     """The noise model ``settings.noise`` on ``operator`` (σ_i in each row with --noise-std-file)."""
     if settings.noise_std_file is not None:
         return NoisePerRowGaussianLikelihood(operator)
-    if settings.noise == "gaussian":
-        if isinstance(operator, LinearOperator):
-            return linear_gaussian(operator.matrix, settings.noise_std)  # (warns on a rank-deficient A)
-        return GaussianLikelihood(operator, settings.noise_std)
-    if settings.noise == "student-t":
-        return StudentTLikelihood(operator, settings.noise_df, settings.noise_std)
-    return {"poisson": PoissonLikelihood, "bernoulli": BernoulliLikelihood}[settings.noise](operator)
-
-
-def _mixture_start(x: np.ndarray, likelihood: Likelihood, components: int, alpha: float,
-                   seed: int) -> GaussianMixture:
-    """A mixture to start from: fitted to the naive signals A⁺x where the model is linear-Gaussian
-    (components placed by k-means, as scikit-learn starts EM), else spread at random."""
-    if isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear:
-        pilot = likelihood.forward.pinv(torch.as_tensor(x, dtype=torch.float64))
-        return GaussianMixture.from_signals(pilot, components, alpha=alpha, seed=seed)
-    return GaussianMixture.standard(likelihood.forward.in_dim, components, alpha=alpha, seed=seed)
+    return NOISE_MODELS[settings.noise].build(operator, settings.noise_std, settings.noise_df)
 
 
 # --forward module.py:function — the user's own code, imported and run as a plugin would be.
@@ -126,9 +109,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "invae_version": __version__,
         "settings": settings.to_dict(),
         "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim,
-        "penalty": estimator.prior_.alpha,
+        **estimator.prior_.summary(),
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
-        "edges": int(np.count_nonzero(np.triu(parameters.get("precision", parameters.get("precisions")), k=1))),
         "fit_seconds": seconds,
     }
     if has_exact_evidence(estimator.prior_, estimator.likelihood_):

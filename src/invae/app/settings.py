@@ -13,20 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inference.penalty import CRITERIA
+from ..model.noise import NOISE_MODELS
+from ..model.priors import PRIORS
 from ..validation import check_noise_std, check_penalty
+from .methods import methods
 
-__all__ = ["FitSettings", "METHODS", "PRESETS", "PRIORS", "NOISES"]
+__all__ = ["FitSettings", "PRESETS"]
 
-METHODS = ("vae", "iaf", "full-covariance", "mixture", "mean-field", "em", "naive")
-VARIATIONAL = METHODS[:5]  # the methods that train a posterior (and can checkpoint)
 PRESETS = ("default", "paper")
-PRIORS = ("ggm", "gmm")
-#: Noise models: ``x = G(z) + σε`` (gaussian), ``Poisson(exp G(z))``, ``Bernoulli(sigmoid G(z))``,
-#: ``G(z) + σ t_ν`` (student-t). Only gaussian has the exact references (em, naive).
-NOISES = ("gaussian", "poisson", "bernoulli", "student-t")
-_NOISES_WITH_SCALE = ("gaussian", "student-t")
 _DEFAULT_COMPONENTS = 2
-_DEFAULT_DF = 4.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +64,13 @@ class FitSettings:
         if self.penalty_criterion not in CRITERIA:
             raise ValueError(f"unknown penalty criterion {self.penalty_criterion!r}; "
                              f"choose one of {', '.join(CRITERIA)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        method = methods()[self.method]
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
-        if self.checkpoint_dir is not None and self.method not in VARIATIONAL:
-            raise ValueError(f"--checkpoint-dir applies to the variational methods ({', '.join(VARIATIONAL)}), "
+        if self.checkpoint_dir is not None and not method.variational:
+            raise ValueError(f"--checkpoint-dir applies to the variational methods ({_variational()}), "
                              f"not to {self.method!r}")
         if self.checkpoint_dir is not None and self.penalty == "auto":
             raise ValueError("--checkpoint-dir does not combine with --penalty auto (a path of fits); "
@@ -89,48 +83,48 @@ class FitSettings:
             raise ValueError("quiet and progress contradict each other: choose one")
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
-        if self.method in ("em", "naive") and self.noise != "gaussian":
+        if not method.variational and not NOISE_MODELS[self.noise].exact:
             raise ValueError(f"--method {self.method} needs Gaussian noise (its exact formulas); "
-                             f"for --noise {self.noise} use a variational method ({', '.join(VARIATIONAL)})")
-        if self.penalty == "auto" and self.prior != "ggm":
-            raise ValueError("--penalty auto chooses α for the ggm prior; give --penalty α for a gmm")
+                             f"for --noise {self.noise} use a variational method ({_variational()})")
+        if self.penalty == "auto" and not PRIORS[self.prior].selects_penalty:
+            choosers = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
+            raise ValueError(f"--penalty auto chooses α for the {choosers} prior; give --penalty α for a {self.prior}")
         if self.save is not None and self.noise != "gaussian":
             raise ValueError(f"--save keeps models with Gaussian noise so far, not --noise {self.noise}")
 
     def _check_noise(self) -> None:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
-        if self.noise not in NOISES:
-            raise ValueError(f"unknown noise model {self.noise!r}; choose one of {', '.join(NOISES)}")
+        noise = NOISE_MODELS[self.noise]
         if self.noise_std_file is not None:
             if self.noise != "gaussian" or self.noise_std is not None:
                 raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
             if self.method == "em" and self.prior == "gmm":
                 raise ValueError("em with --prior gmm takes one σ, not --noise-std-file: use a variational method")
-        elif self.noise in _NOISES_WITH_SCALE:
+        elif noise.scale:
             if self.noise_std is None:
                 raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
             object.__setattr__(self, "noise_std", check_noise_std(self.noise_std))
         elif self.noise_std is not None:
             raise ValueError(f"--noise {self.noise} has no scale: leave out --noise-std")
-        if self.noise == "student-t":
-            df = _DEFAULT_DF if self.noise_df is None else self.noise_df
+        if noise.default_df is not None:
+            df = noise.default_df if self.noise_df is None else self.noise_df
             if not (isinstance(df, (int, float)) and 0 < df < float("inf")):
                 raise ValueError(f"--noise-df must be a finite number > 0, got {df!r}")
             object.__setattr__(self, "noise_df", float(df))
         elif self.noise_df is not None:
-            raise ValueError(f"--noise-df is the degrees of freedom of --noise student-t, not of {self.noise}")
+            takers = ", ".join(name for name, model in NOISE_MODELS.items() if model.default_df is not None)
+            raise ValueError(f"--noise-df is the degrees of freedom of --noise {takers}, not of {self.noise}")
 
     def _check_prior(self) -> None:
         """The prior family, and K for a mixture."""
-        if self.prior not in PRIORS:
-            raise ValueError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}")
-        if self.prior == "gmm":
+        if PRIORS[self.prior].components:
             k = _DEFAULT_COMPONENTS if self.components is None else self.components
             if not (isinstance(k, int) and k >= 1):
                 raise ValueError(f"--components must be an integer >= 1, got {k!r}")
             object.__setattr__(self, "components", k)
         elif self.components is not None:
-            raise ValueError("--components is the number of mixture components of --prior gmm")
+            takers = ", ".join(name for name, kind in PRIORS.items() if kind.components)
+            raise ValueError(f"--components is the number of mixture components of --prior {takers}, not of {self.prior}")
 
     @property
     def checkpoint(self) -> dict | None:
@@ -180,3 +174,7 @@ def _read_config(path: str | Path) -> dict:
         if isinstance(values.get(key), str):
             values[key] = path.parent / values[key]
     return values
+
+
+def _variational() -> str:
+    return ", ".join(name for name, method in methods().items() if method.variational)

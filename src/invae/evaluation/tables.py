@@ -13,8 +13,8 @@ import torch
 from scipy.stats import norm
 
 from ..inference.base import EmpiricalBayesEstimator
+from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import linear_gaussian
-from ..model.priors import GaussianGraphicalModel
 from ..references.baselines import complete_data_floor, rank_matching
 from ..references.exact import exact_posterior, mean_log_likelihood
 from .metrics import coverage, edge_scores, relative_frobenius_error, signal_mse, stein_loss

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..model.likelihoods import Likelihood
-from ..model.priors import Prior
+from ..model.prior import Prior
 from ..validation import check_data
 
 __all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
@@ -66,6 +66,14 @@ class EmpiricalBayesEstimator(abc.ABC):
         self._check_fitted()
         mean, std = self._posterior(self._tensor(X))
         return _numpy(mean), _numpy(std)
+
+    def restore(self, posterior_state: dict | None = None) -> EmpiricalBayesEstimator:
+        """Mark this estimator fitted at its ``prior``'s parameters without fitting (a model file's
+        estimate); ``posterior_state``: the trained weights of a posterior network, where the
+        estimator has one. Returns ``self``."""
+        self.prior_, self.likelihood_ = self.prior.to(self.device, self.dtype), self.likelihood.to(self.device, self.dtype)
+        self.n_iter_, self.converged_, self.history_ = 0, True, {}
+        return self
 
     @property
     def precision_(self) -> np.ndarray:

@@ -17,40 +17,26 @@ from torch import Tensor
 
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
+from .families import FAMILIES, posterior_components
+from .lambda_steps import LAMBDA_STEPS
 from .objectives import elbo as elbo_values
-from .posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder,
-                         marginal_cdf, moments)
+from .posteriors import marginal_cdf, moments
 from .reweighting import importance_draws, resample, weighted_cdf, weighted_moments
-from .training import TrainingSettings, seeded, train
+from .seeding import seeded
+from .training import TrainingSettings, train
 
-__all__ = ["VariationalEB", "PRESETS", "FAMILIES"]
+__all__ = ["VariationalEB", "PRESETS"]
 
 #: Optimiser settings. "paper" is the source's (α = 1e-6, B = 128, n_critic = 30, a Λ-step
-#: on one sampled batch); "default" is the measured best (see the README's table).
+#: on one sampled batch); "default" is the measured best (docs/benchmarks.md, "Presets").
 PRESETS = {
     "default": {"learning_rate": 3e-3, "batch_size": 256, "n_critic": 20, "lambda_step": "expected",
                 "lr_decay": 0.3},
     "paper": {"learning_rate": 1e-6, "batch_size": 128, "n_critic": 30, "lambda_step": "batch",
               "lr_decay": 1.0},
 }
-FAMILIES = ("diagonal", "full-covariance", "iaf", "mixture", "mean-field")
-_ENCODERS = {"diagonal": GaussianEncoder, "full-covariance": FullCovarianceEncoder, "iaf": IAFEncoder,
-             "mixture": MixtureEncoder}
 _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a time (memory)
 _DRAWS_PER_CHUNK = 2**18  # reweighted answers: at most this many draws (rows × n_moment_draws) at a time
-# Non-amortized factors see each observation only when it is in a batch, so the default
-# preset uses full batches of up to 65 536 with a larger step. Measured (p = 20, n = 10 000,
-# σ = 1, α = 0.02): fixed-noise ELBO -34.96 and Λ error 0.478 (the mean-field optimum is
-# 0.474) in 17 s, against -35.16 and 0.439 after 32 s with the encoder's settings.
-_MEAN_FIELD_DEFAULT = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 20}
-# Families whose Λ-step needs draws of q take the importance-weighted one: it removes the
-# bias of q's family from Λ̂, which then chases the penalised MLE (measured with iaf,
-# benchmarks/bench_general.py, p = 5, n = 5000, seeds 0–2: Gaussian-mixture prior, Λ_k
-# error 1.24–1.27 → 1.002–1.008 × exact EM's; GGM, p = 20, σ = 1, A = I, seed 0: 1.082 →
-# 1.028 × EM's). Where the MLE itself is poor it follows it: a tanh sensor whose A has a
-# singular value of 0.019 gave signal MSE 1.47 → 2.15 × the oracle's, the MLE's own
-# posterior 1.91 ×.
-_DRAWN_FAMILY_DEFAULT = {"lambda_step": "importance"}
 
 
 class VariationalEB(EmpiricalBayesEstimator):
@@ -65,7 +51,7 @@ class VariationalEB(EmpiricalBayesEstimator):
     family : {"diagonal", "full-covariance", "iaf", "mixture", "mean-field"}
         ``diagonal``: an amortized encoder x ↦ N(μ(x), diag σ(x)²); ``full-covariance``:
         x ↦ N(μ(x), L(x)L(x)ᵀ); ``iaf``: a diagonal encoder followed by ``flow_steps``
-        inverse autoregressive flow steps (DESIGN §2.3); ``mixture``: x ↦ a mixture of
+        inverse autoregressive flow steps (docs/methods.md §2.3); ``mixture``: x ↦ a mixture of
         ``posterior_components`` full-covariance Gaussians (multimodal posteriors); ``mean-field``: free
         per-observation factors (non-amortized; new data need a new optimisation).
         See :mod:`invae.inference.posteriors`.
@@ -75,7 +61,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         Adam step size α, batch size B, Adam steps per Λ-step, the Λ-step mode
         (``"batch"``: M-step on one sampled batch; ``"expected"``: on expected statistics
         under q; ``"importance"``: on q's draws reweighted to the exact posterior, see
-        :func:`invae.inference.training.importance_lambda_step`), and the factor applied to α when the
+        :class:`invae.inference.lambda_steps.ImportanceStep`), and the factor applied to α when the
         ELBO stalls (1 = constant α, as the source). The default preset takes
         ``"importance"`` for ``iaf`` and ``mixture``, whose Λ-step needs draws anyway, and
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
@@ -97,9 +83,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         Draws per observation in a Λ-step on draws (``"importance"``, or ``"expected"``
         where it has no closed form: ``iaf``, or a mixture prior); the same draws' noise is
         reused at every Λ-step. None: 32 for ``"importance"`` or a mixture prior, whose
-        responsibilities make the draws' M-step noisier (measured on a 2-component mixture,
-        means ±1.5, A = I, σ = 0.5, p = 5, n = 5000: iaf's precision error 0.0855 with 8
-        draws, 0.0786 with 32, exact EM 0.0733), else 8.
+        responsibilities make the draws' M-step noisier (docs/benchmarks.md, "Λ-step draws
+        under a mixture prior"), else 8.
     n_moment_draws : int
         Monte Carlo draws per row for posterior answers that q has in no closed form: the
         means and sds of ``iaf`` (:func:`invae.inference.posteriors.moments`), and every answer when
@@ -110,9 +95,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         draws of q (and of q widened) reweighted by importance sampling
         (:mod:`invae.inference.reweighting`), rather than from q itself. None: where the Λ-step is
         ``"importance"`` (by default ``iaf`` and ``mixture``), so that Λ̂ and the signals
-        answer to the same posterior. (Measured, benchmarks/bench_general.py, tanh sensor,
-        p = 5, n = 5000, seeds 0–2: ``iaf``'s signal MSE 1.032–1.073 → 1.010–1.032 × the
-        oracle's; the MLE's exact posterior 1.009–1.015 ×.)
+        answer to the same posterior (docs/benchmarks.md, "Reweighted posterior answers").
     warm_start : bool
         Start the next ``fit`` from the last fit's Λ̂ and posterior network (with ``prior``'s
         penalty): how :func:`invae.inference.penalty.select_penalty` walks its path.
@@ -176,49 +159,41 @@ class VariationalEB(EmpiricalBayesEstimator):
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         chosen = dict(PRESETS[self.preset])
         if self.preset == "default":
-            chosen.update(_MEAN_FIELD_DEFAULT if self.family == "mean-field"
-                          else _DRAWN_FAMILY_DEFAULT if self.family in ("iaf", "mixture") else {})
+            chosen.update(FAMILIES[self.family].defaults)
         for key in chosen:
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
         draws = self.lambda_draws
         if draws is None:
-            draws = 8 if self.prior.closed_form_gaussian_m_step and chosen["lambda_step"] != "importance" else 32
+            draws = LAMBDA_STEPS[chosen["lambda_step"]].default_draws(self.prior)
         return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window,
                                 n_samples=self.n_samples, lambda_draws=draws, **chosen)
 
     def _new_posterior(self, x: Tensor) -> torch.nn.Module:
         """A fresh posterior module for the rows x (n, m): encoders standardised by x."""
-        module = self._build_posterior(n=len(x), m=x.shape[1])
-        if self.family != "mean-field":
+        module = self.build_posterior(n=len(x), m=x.shape[1])
+        if self._amortized:
             module.standardize_with(x.to(torch.float64))
         return module.to(self.device, self.dtype)
 
-    def _build_posterior(self, n: int, m: int) -> torch.nn.Module:
-        """The untrained module of this family for n rows (mean-field) of m observed values."""
-        p = self.prior.dim
-        if self.family == "mean-field":
-            return MeanFieldFactors(n, p)
-        if self.family in _ENCODERS:
-            options = ({"n_steps": self.flow_steps} if self.family == "iaf"
-                       else {"components": self._posterior_components()} if self.family == "mixture" else {})
-            return _ENCODERS[self.family](m, p, tuple(self.hidden), log1p=self.likelihood.encoder_log1p, **options)
-        raise ValueError(f"unknown family {self.family!r}; choose one of {', '.join(FAMILIES)}")
+    @property
+    def _amortized(self) -> bool:
+        return FAMILIES[self.family].amortized
 
-    def _posterior_components(self) -> int:
-        if self.posterior_components is not None:
-            return self.posterior_components
-        return getattr(self.prior, "components", 2)
+    def build_posterior(self, n: int, m: int) -> torch.nn.Module:
+        """The untrained module of this family for n rows of m data columns (see
+        :data:`invae.inference.families.FAMILIES`); a model file's weights are loaded into it."""
+        return FAMILIES[self.family].build(self, n, m)
 
     def fit(self, X) -> VariationalEB:
         settings = self._settings()
         x = self._tensor(X)
         prior, likelihood = self._models()
         with seeded(self.random_state, x.device):
-            reuse = self._warm() and (self.family != "mean-field" or len(x) == len(self._fitted_data))
+            reuse = self._warm() and (self._amortized or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
-                                                      verbose=self.verbose, callback=self.callback,
+                                                      lambda_step=settings.new_lambda_step(), verbose=self.verbose, callback=self.callback,
                                                       checkpoint=self._checkpointer(),
                                                       identity=self._identity(x, settings))
         if not converged:
@@ -227,6 +202,19 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.prior_, self.likelihood_, self.posterior_ = prior, likelihood, posterior
         self.history_, self.n_iter_, self.converged_ = history, n_iter, converged
         self._fitted_data = x
+        return self
+
+    def restore(self, posterior_state: dict | None = None) -> VariationalEB:
+        """Fitted at ``prior``'s parameters, with an amortized family's trained weights
+        ``posterior_state`` (a ``state_dict``); a non-amortized family keeps no per-row factors:
+        every ``transform`` fits them afresh under Λ̂. Returns ``self``."""
+        super().restore()
+        m = self.likelihood.data_dim
+        self._fitted_data = torch.empty(0, m, dtype=self.dtype, device=self.device)
+        if posterior_state is not None:
+            module = self.build_posterior(n=0, m=m)
+            module.load_state_dict(posterior_state)
+            self.posterior_ = module.to(self.device, self.dtype)
         return self
 
     def _checkpointer(self) -> Checkpointer | None:
@@ -240,19 +228,18 @@ class VariationalEB(EmpiricalBayesEstimator):
         """What a checkpoint must match to be resumed: the model, the settings and the data."""
         data = x.to(torch.float64)
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
-                "posterior_components": self._posterior_components(),
+                "posterior_components": posterior_components(self),
                 "random_state": self.random_state, "prior": repr(self.prior), "settings": dataclasses.asdict(settings),
                 "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
 
     def _posterior_module(self, x: Tensor) -> torch.nn.Module:
         """The posterior for rows x: the fitted one, or for new data and mean-field factors,
         factors fitted afresh under Λ̂ (non-amortized)."""
-        if self.family != "mean-field" or (x.shape == self._fitted_data.shape
-                                              and torch.equal(x, self._fitted_data)):
+        if self._amortized or (x.shape == self._fitted_data.shape and torch.equal(x, self._fitted_data)):
             return self.posterior_
-        factors = MeanFieldFactors(len(x), self.prior_.dim).to(self.device, self.dtype)
+        factors = self.build_posterior(n=len(x), m=x.shape[1]).to(self.device, self.dtype)
         with seeded(self.random_state, x.device), torch.enable_grad():
-            train(x, factors, self.prior_, self.likelihood_, self._settings(), update_prior=False)
+            train(x, factors, self.prior_, self.likelihood_, self._settings())  # no Λ-step: Λ̂ stays
         return factors
 
     def _chunks(self, x: Tensor, rows_per_chunk: int = _ROWS_PER_CHUNK):

@@ -1,4 +1,4 @@
-"""The evidence lower bound (DESIGN §2.1), one value per observation.
+"""The evidence lower bound (docs/methods.md §2.1), one value per observation.
 
     ELBO_i = E_{q(z|x_i)} [ log g(z; Λ) + log p(x_i | z) − log q(z | x_i) ]  ≤  log p(x_i; Λ)
 
@@ -8,7 +8,7 @@ For a mixture ``q = Σ_c w_c q_c`` (:class:`~invae.inference.posteriors.MixtureE
 is summed over the components exactly, ``ELBO = Σ_c w_c E_{q_c}[log g + log p(x|z) − log q]``,
 with reparameterised draws within each: the weights get exact gradients, no discrete draw.
 For a diagonal Gaussian ``H(q) = Σ_j log σ_j + (p/2) log(2πe)``, so the φ-step loss is
-DESIGN §2.4's ``Σ_b [−log g(z_b) − log p(x_b|z_b) − Σ_j log σ_bj]`` up to a constant.
+docs/methods.md §2.4's ``Σ_b [−log g(z_b) − log p(x_b|z_b) − Σ_j log σ_bj]`` up to a constant.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.distributions import Distribution, MixtureSameFamily
 
 from ..model.likelihoods import Likelihood
-from ..model.priors import Prior
+from ..model.prior import Prior
 
 __all__ = ["elbo"]
 

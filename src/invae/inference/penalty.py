@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..model.forward import LinearOperator
 from ..model.likelihoods import Likelihood
-from ..model.priors import Prior
+from ..model.prior import Prior
 from ..references.exact import exact_posterior, has_exact_evidence, mean_log_likelihood
 from ..validation import check_data
 from .base import EmpiricalBayesEstimator, progress_disabled
@@ -117,33 +117,25 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
 
     Returns
     -------
-    (estimator, path): a copy of ``estimator`` fitted on all rows at ``path.alpha``, with
-    the attributes ``alpha_`` (the chosen α) and ``penalty_path_`` (the :class:`PenaltyPath`).
+    (estimator, path): a copy of ``estimator`` fitted on all rows at ``path.alpha``, and the
+    :class:`PenaltyPath` (every α tried, its scores, the chosen α).
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown penalty criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if not 0 < holdout < 1:
-        raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    _check_options(criterion, holdout, gamma)
     x = check_data(X, columns=estimator.likelihood.data_dim)
-    alphas = np.sort(np.asarray(penalty_grid(x, estimator.prior, estimator.likelihood) if alphas is None else alphas, dtype=float))[::-1]
+    alphas = np.sort(np.asarray(penalty_grid(x, estimator.prior, estimator.likelihood) if alphas is None else alphas,
+                                dtype=float))[::-1]
     if len(alphas) == 0 or not np.all(alphas >= 0):
         raise ValueError("alphas must be a non-empty sequence of penalties >= 0")
     train, test = _split(x, holdout, seed) if criterion == "held-out" else (x, None)
-
     walker = copy.deepcopy(estimator)
     walker.warm_start = True
     scores, ebics, edges = [], [], []
     best, chosen, best_value = 0, None, -math.inf
-    for k, alpha in enumerate(tqdm(alphas, desc="penalty path", disable=progress_disabled(verbose),
-                                      leave=False)):
+    for k, alpha in enumerate(tqdm(alphas, desc="penalty path", disable=progress_disabled(verbose), leave=False)):
         walker.prior = estimator.prior.with_penalty(alpha)
         walker.fit(train)
-        edge_count = int(np.count_nonzero(np.triu(walker.precision_, k=1)))
-        total = len(train) * _mean_log_likelihood(walker, train)
-        ebics.append(-2 * total + edge_count * (math.log(len(train)) + 4 * gamma * math.log(walker.prior.dim)))
-        edges.append(edge_count)
+        edges.append(walker.prior_.summary()["edges"])
+        ebics.append(_ebic(walker, train, edges[-1], gamma))
         scores.append(_mean_log_likelihood(walker, test) if test is not None else math.nan)
         value = scores[-1] if criterion == "held-out" else -ebics[-1]
         if chosen is None or value > best_value:
@@ -152,11 +144,24 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
         chosen.fit(x)  # refit on all rows, warm-started from its Λ̂ (and posterior network)
     chosen.warm_start = estimator.warm_start
     exact = has_exact_evidence(estimator.prior, estimator.likelihood)
-    path = PenaltyPath(alphas=tuple(float(a) for a in alphas), score=tuple(scores), ebic=tuple(ebics),
-                       edges=tuple(edges), criterion=criterion,
-                       score_name="log-likelihood" if exact else "ELBO", alpha=float(alphas[best]))
-    chosen.alpha_, chosen.penalty_path_ = path.alpha, path
-    return chosen, path
+    return chosen, PenaltyPath(alphas=tuple(float(a) for a in alphas), score=tuple(scores), ebic=tuple(ebics),
+                               edges=tuple(edges), criterion=criterion,
+                               score_name="log-likelihood" if exact else "ELBO", alpha=float(alphas[best]))
+
+
+def _check_options(criterion: str, holdout: float, gamma: float) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown penalty criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must lie in (0, 1), got {holdout}")
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+
+
+def _ebic(fitted: EmpiricalBayesEstimator, x: np.ndarray, edges: int, gamma: float) -> float:
+    """``EBIC_γ = −2 ℓ + |E| log n + 4 γ |E| log p`` of a fit on the rows x."""
+    total = len(x) * _mean_log_likelihood(fitted, x)
+    return -2 * total + edges * (math.log(len(x)) + 4 * gamma * math.log(fitted.prior.dim))
 
 
 def _split(x: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

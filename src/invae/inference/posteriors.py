@@ -96,7 +96,7 @@ class _Encoder(nn.Module):
 
 
 class GaussianEncoder(_Encoder):
-    """Amortized diagonal Gaussian ``q(z|x) = N(μ(x), diag σ(x)²)`` (DESIGN §2.2).
+    """Amortized diagonal Gaussian ``q(z|x) = N(μ(x), diag σ(x)²)`` (docs/methods.md §2.2).
 
     The trunk emits ``(μ, log σ)``, 2p numbers per observation.
 
@@ -137,8 +137,7 @@ def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
     diagonal is ``exp(B tanh(r / B))`` of its raw entries r, B = 7: L is invertible, and
     its diagonal stays within e^{±7} (≈ r itself for |r| ≤ 2). The bound keeps an
     outlying x, on which the trunk's linear map extrapolates, from a collapsed or exploded
-    factor (measured: a mixture posterior on counts, whose outlying row got diagonal
-    entries of 1e-9 and 226 within 60 Adam steps, then a non-finite loss)."""
+    factor (docs/benchmarks.md, "Stable fits of counts")."""
     log_diagonal = _LOG_SCALE_BOUND * torch.tanh(entries / _LOG_SCALE_BOUND)
     entries = torch.where(rows == cols, log_diagonal.exp(), entries)
     scale_tril = entries.new_zeros(*entries.shape[:-1], p, p)
@@ -213,7 +212,7 @@ class MixtureEncoder(_Encoder):
 
 
 class IAFEncoder(_Encoder):
-    """Inverse autoregressive flow posterior (DESIGN §2.3).
+    """Inverse autoregressive flow posterior (docs/methods.md §2.3).
 
         (μ_0, log σ_0, h) = trunk(x),   z_0 = μ_0 + σ_0 ∘ ε_0,   ε_0 ~ N(0, I)
         for t = 1..T:  (m_t, s_t) = MADE_t(z_{t−1}, h),  σ_t = sigmoid(s_t + 2),

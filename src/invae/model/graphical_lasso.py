@@ -1,6 +1,6 @@
 """The Λ-step of the Gaussian graphical model: a (penalised) Gaussian maximum likelihood.
 
-Given a second-moment matrix ``S`` (p, p), solve (DESIGN §2.4, per-sample scale)
+Given a second-moment matrix ``S`` (p, p), solve (docs/methods.md §2.4, per-sample scale)
 
     Λ̂ = argmax_{Λ ≻ 0}  log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
 
@@ -19,11 +19,9 @@ iteration, hundreds of times, for an S that drifts little. A warm start pays the
 Newton's quadratic convergence turns a good start into one or two steps. scikit-learn's
 public solver takes no warm start (``cov_init`` went in 1.5) and its duality-gap test
 stalls at p ≥ 200; QUIC's Python wrapper (skggm 0.2.8) is a source distribution that
-needs Cython and a C++ build; gglasso's ADMM warm-starts but is first order.
-Measured (benchmarks/bench_lambda_step.py, 2-core CPU, chain graph, α = 0.05), as time
-over scikit-learn's from scratch in the same run: one solve 0.27 at p = 200 and 0.02 at
-p = 500; 50 warm-started solves along a drifting S 0.013 at p = 200 (gglasso 0.31);
-objectives equal to 1e-13 (relative). The README has the table.
+needs Cython and a C++ build; gglasso's ADMM warm-starts but is first order. Its time
+against scikit-learn's, and the objectives both reach, are measured side by side by
+benchmarks/bench_lambda_step.py (docs/benchmarks.md, "The Λ-step solver").
 """
 
 from __future__ import annotations
@@ -44,12 +42,10 @@ _KKT_TOL = 1e-6
 # Ridges tried, relative to mean(diag S), when a solver meets an ill-conditioned S.
 _RIDGES = (0.0, 1e-8, 1e-6, 1e-4)
 
-# scikit-learn: its default enet_tol=1e-4 stalls at max_iter for p >= 100 with the same
-# answer (DESIGN §2.4). Measured (p = 100, α = 0.1): tol = enet_tol = 1e-8 converges in 3
-# sweeps with KKT residual 7e-8; tol = 1e-8 with enet_tol = 1e-6 stalls. Keep both equal.
-# Even so its duality-gap test can stall once rounding dominates the gap (p = 200: 3 of 4
-# solves ran all 200 sweeps to the residual they had after 9–12), so stop after
-# _FIRST_SWEEPS if the KKT residual is small enough, else run to _MAX_SWEEPS.
+# scikit-learn: its default enet_tol=1e-4 stalls at max_iter with the same answer, and so
+# does a tol below enet_tol: keep both equal (docs/benchmarks.md, "scikit-learn's stopping
+# rule"). Even so its duality-gap test can stall once rounding dominates the gap, so stop
+# after _FIRST_SWEEPS if the KKT residual is small enough, else run to _MAX_SWEEPS.
 _SKLEARN_TOL = 1e-8
 _FIRST_SWEEPS = 16
 _MAX_SWEEPS = 200
@@ -239,9 +235,8 @@ def _newton_direction(w: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.n
 def _hessian_product(w: np.ndarray, values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``(W D W)_ij`` on F for the symmetric D with ``D_ij = D_ji = values``: (|F|,).
 
-    Dense products, O(p³). Measured against a sparse D with gathered rows (O(|F| p)): at
-    p = 200 dense was 10% faster, at p = 500 with a sparse answer (700 edges) 15% slower,
-    and with a dense answer (47 000 edges) 7× faster; one code path, the dense one.
+    Dense products, O(p³): one code path, timed against a sparse D with gathered rows
+    (O(|F| p)) in docs/benchmarks.md, "Dense Hessian products".
     """
     d = np.zeros_like(w)
     d[rows, cols] = values

@@ -145,9 +145,9 @@ class PoissonLikelihood(_PointwiseLikelihood):
     Above η = 40 (a rate of 2.4e17, beyond any count) the rate continues as exp(40)'s
     second-order Taylor polynomial in η − 40 (:func:`_overflow_safe_exp`). A wild draw
     of q then gets a finite, very low log-likelihood whose gradient points back, instead
-    of exp(η) overflowing float32 (at η ≈ 88.7) into a NaN training loss (measured: a
-    mixture posterior's negligible component, weight 1e-5, drew z ≈ 600 for an outlying
-    row of counts after 27 Adam steps).
+    of exp(η) overflowing float32 (at η ≈ 88.7) into a NaN training loss (as a mixture
+    posterior's negligible component did on an outlying row of counts: docs/benchmarks.md,
+    "Stable fits of counts").
     """
 
     encoder_log1p = True

@@ -1,4 +1,4 @@
-"""The Gaussian-mixture prior (DESIGN §2.7): ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)``, k = 1..K.
+"""The Gaussian-mixture prior (docs/methods.md §2.7): ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)``, k = 1..K.
 
 The M-step maximises the expected complete-data log-density over (z, c), c the component
 label, given responsibilities ``r_ik = q(c_i = k)`` and the moments of z in each component:
@@ -28,8 +28,9 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from torch import Tensor
 
+from .ggm import count_edges
 from .graphical_lasso import SOLVERS, solve_precision
-from .priors import Prior
+from .prior import Prior
 
 __all__ = ["GaussianMixture", "match_components"]
 
@@ -188,6 +189,17 @@ class GaussianMixture(Prior):
 
     def state(self) -> dict[str, Tensor]:
         return {"weights": self.weights, "means": self.means, "precisions": self.precisions}
+
+    def config(self) -> dict:
+        return {"alpha": self.alpha, "reg_covar": self.reg_covar, "solver": self.solver}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], **config) -> GaussianMixture:
+        return cls(state["weights"], state["means"], state["precisions"], **config)
+
+    def summary(self) -> dict:
+        """The penalty α and the edges of the K components' graphs, summed."""
+        return {"penalty": self.alpha, "edges": count_edges(self.precisions)}
 
     def with_state(self, state: dict[str, Tensor]) -> GaussianMixture:
         return self._with(*(state[key].to(self.precisions) for key in ("weights", "means", "precisions")))

@@ -1,199 +1,81 @@
-"""Priors ``g(z; Λ)`` over the latent signal ``z ∈ R^p`` whose parameters are unknown.
+"""The prior registry: ``invae fit --prior NAME`` and the model files read it.
 
-A prior knows its log-density, how to sample, and its M-step: given draws of ``z`` (or
-the moments of a Gaussian posterior over ``z``) it returns the prior that maximises the
-expected complete-data log-density minus its penalty,
-
-    Λ̂ = argmax_Λ  (1/n) Σ_i E_q[log g(z_i; Λ)] − penalty(Λ).
-
-Priors are immutable: an M-step returns a new prior.
+An entry says which :class:`~invae.model.prior.Prior` class a name stands for, how a fit
+starts it from the data, and which command-line options it takes. A model file records
+the name, the prior's :meth:`~invae.model.prior.Prior.state` and its
+:meth:`~invae.model.prior.Prior.config`, and rebuilds it with ``cls.from_state``; a fit's
+summary holds the prior's :meth:`~invae.model.prior.Prior.summary`. So a new prior is one
+module plus one ``PRIORS.register`` line.
 """
 
 from __future__ import annotations
 
-import abc
-import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from .graphical_lasso import SOLVERS, solve_precision
+from ..registry import Registry
+from .ggm import GaussianGraphicalModel
+from .likelihoods import GaussianLikelihood, Likelihood
+from .mixture import GaussianMixture
+from .prior import Prior
 
-__all__ = ["Prior", "GaussianGraphicalModel"]
-
-
-class Prior(abc.ABC):
-    """A parametric prior ``g(z; θ)`` on ``R^p`` with an M-step for θ."""
-
-    dim: int
-
-    @abc.abstractmethod
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``log g(z; θ)`` for ``z`` of shape (..., p); returns shape (...)."""
-
-    @abc.abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` independent draws, shape (n, p)."""
-
-    @abc.abstractmethod
-    def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
-        """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
-        (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
-
-    #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
-    #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
-    closed_form_gaussian_m_step: bool = True
-
-    def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
-                        var: Tensor | None = None) -> Prior:
-        """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)``.
-
-        ``mean`` is (n, p). Give exactly one of ``cov``, (p, p) shared or (n, p, p) per
-        observation, and ``var``, the (n, p) variances of a diagonal Gaussian.
-        """
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form M-step under a Gaussian q; "
-                                  "use m_step on draws")
-
-    @abc.abstractmethod
-    def penalty(self) -> float:
-        """The penalty on θ, in the per-observation scale of the objective above."""
-
-    @abc.abstractmethod
-    def relative_change(self, previous: Prior) -> float:
-        """How far θ moved from ``previous``'s parameters, relative to their size."""
-
-    @abc.abstractmethod
-    def with_penalty(self, alpha: float) -> Prior:
-        """The same prior (parameters, solver) with penalty strength ``alpha``."""
-
-    @abc.abstractmethod
-    def state(self) -> dict[str, Tensor]:
-        """The parameters θ as named tensors (for checkpoints)."""
-
-    @abc.abstractmethod
-    def with_state(self, state: dict[str, Tensor]) -> Prior:
-        """This prior's settings (penalty, solver) with the parameters ``state``."""
-
-    def with_parameters_from(self, other: Prior) -> Prior:
-        """This prior's settings with ``other``'s parameters θ: a warm start."""
-        return self.with_state(other.state())
-
-    @abc.abstractmethod
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
-        """The same prior with its parameters on ``device`` / in ``dtype``."""
+__all__ = ["PriorKind", "StartOptions", "PRIORS", "prior_name"]
 
 
-class GaussianGraphicalModel(Prior):
-    """``z ~ N(0, Λ⁻¹)`` with a sparse precision matrix Λ (p, p): a graph on the coordinates.
+@dataclass(frozen=True)
+class StartOptions:
+    """What a fit's start prior may depend on: the penalty α, K components, the seed."""
 
-    The M-step is the graphical lasso on the second moment ``S = E[(1/n) Σ_i z_i z_iᵀ]``:
+    alpha: float = 0.0
+    components: int | None = None
+    seed: int = 0
 
-        Λ̂ = argmax_Λ  log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
 
-    which is ``2 ×`` the objective of :class:`Prior` with ``penalty(Λ) = (α/2) ‖Λ‖_{1,off}``.
-    ``α`` is in the usual per-sample scale; the source's ``λ`` on a batch of ``B`` draws
-    corresponds to ``α = 2λ/B`` (DESIGN §2.4).
+@dataclass(frozen=True)
+class PriorKind:
+    """One registered prior.
 
-    Parameters
-    ----------
-    precision : array or tensor (p, p), or None
-        Λ; ``None`` with ``dim`` given means the identity (an uninformed start).
-    alpha : float
-        Off-diagonal ℓ1 penalty α ≥ 0 of the M-step.
-    solver : {"newton", "sklearn"}
-        The graphical-lasso solver of the M-step (:func:`invae.model.graphical_lasso.solve_precision`);
-        ``"newton"`` starts from this prior's Λ, the previous Λ-step's answer.
+    cls : the :class:`Prior` subclass (model files rebuild it with ``cls.from_state``).
+    start : callable ``(x, likelihood, options) -> Prior``
+        The prior a fit on data rows x (n, data_dim) starts from.
+    components : bool
+        Takes a number of components K (``--components``).
+    selects_penalty : bool
+        ``--penalty auto`` can choose its α (:mod:`invae.inference.penalty`).
     """
 
-    def __init__(self, precision: Tensor | np.ndarray | None = None, *, alpha: float = 0.0,
-                 dim: int | None = None, solver: str = "newton"):
-        if precision is None:
-            if dim is None:
-                raise ValueError("GaussianGraphicalModel needs a precision matrix or its dim")
-            precision = torch.eye(dim, dtype=torch.float64)
-        precision = torch.as_tensor(precision)
-        if precision.ndim != 2 or precision.shape[0] != precision.shape[1]:
-            raise ValueError(f"precision must be a square (p, p) matrix, got shape {tuple(precision.shape)}")
-        if not (alpha >= 0 and math.isfinite(alpha)):
-            raise ValueError(f"the penalty alpha must be a finite number >= 0, got {alpha}")
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        self.precision = 0.5 * (precision + precision.T)
-        self.alpha = float(alpha)
-        self.solver = solver
-        self.dim = precision.shape[0]
-        self._chol, info = torch.linalg.cholesky_ex(self.precision)
-        if info.item() != 0:
-            raise ValueError("the precision matrix must be symmetric positive-definite")
+    cls: type[Prior]
+    start: Callable[[np.ndarray, Likelihood, StartOptions], Prior]
+    components: bool = False
+    selects_penalty: bool = False
 
-    def __repr__(self) -> str:
-        return f"GaussianGraphicalModel(dim={self.dim}, alpha={self.alpha:g})"
 
-    @property
-    def covariance(self) -> Tensor:
-        """Λ⁻¹, shape (p, p)."""
-        return torch.cholesky_inverse(self._chol)
+def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianGraphicalModel:
+    """Λ = I, the uninformed start."""
+    return GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=options.alpha)
 
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``½ log det Λ − ½ zᵀΛz − (p/2) log 2π`` for z (..., p)."""
-        half_logdet = torch.log(torch.diagonal(self._chol)).sum()
-        quad = ((z @ self._chol) ** 2).sum(-1)  # zᵀ L Lᵀ z
-        return half_logdet - 0.5 * quad - 0.5 * self.dim * math.log(2 * math.pi)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``z = L⁻ᵀ ε`` with Λ = L Lᵀ and ε ~ N(0, I): Cov z = Λ⁻¹. Shape (n, p)."""
-        eps = torch.randn(n, self.dim, generator=generator, dtype=self.precision.dtype,
-                          device=self.precision.device)
-        return torch.linalg.solve_triangular(self._chol.mT, eps.mT, upper=True).mT
+def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianMixture:
+    """A mixture fitted to the naive signals A⁺x where the model is linear-Gaussian (components
+    placed by k-means, as scikit-learn starts EM), else spread at random."""
+    if isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear:
+        pilot = likelihood.forward.pinv(torch.as_tensor(x, dtype=torch.float64))
+        return GaussianMixture.from_signals(pilot, options.components, alpha=options.alpha, seed=options.seed)
+    return GaussianMixture.standard(likelihood.forward.in_dim, options.components, alpha=options.alpha,
+                                    seed=options.seed)
 
-    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianGraphicalModel:
-        """Graphical lasso on ``S = Σ w z zᵀ / Σ w`` over all draws z (..., n, p), weights (..., n)."""
-        flat = z.reshape(-1, self.dim)
-        if weights is None:
-            return self._solve(flat.mT @ flat / flat.shape[0])
-        w = weights.reshape(-1, 1).to(flat)
-        return self._solve((w * flat).mT @ flat / w.sum())
 
-    def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
-                        var: Tensor | None = None) -> GaussianGraphicalModel:
-        """Graphical lasso on ``S = (1/n) Σ_i (μ_i μ_iᵀ + Σ_i)`` (DESIGN §2.2, §2.5)."""
-        if (cov is None) == (var is None):
-            raise ValueError("give exactly one of cov (p, p) or (n, p, p) and var (n, p)")
-        second = mean.mT @ mean / mean.shape[0]
-        if var is not None:
-            second = second + torch.diag(var.mean(0))
-        else:
-            second = second + (cov if cov.ndim == 2 else cov.mean(0))
-        return self._solve(second)
+PRIORS: Registry[PriorKind] = Registry("prior")
+PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True))
+PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True))
 
-    def penalty(self) -> float:
-        """``(α/2) ‖Λ‖_{1,off}``."""
-        off = self.precision.abs().sum() - self.precision.diagonal().abs().sum()
-        return 0.5 * self.alpha * float(off)
 
-    def relative_change(self, previous: GaussianGraphicalModel) -> float:
-        """``‖Λ − Λ_prev‖_F / ‖Λ_prev‖_F``."""
-        return float(torch.linalg.norm(self.precision - previous.precision) / torch.linalg.norm(previous.precision))
-
-    def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
-        return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver)
-
-    def state(self) -> dict[str, Tensor]:
-        return {"precision": self.precision}
-
-    def with_state(self, state: dict[str, Tensor]) -> GaussianGraphicalModel:
-        return self._with(state["precision"].to(self.precision))
-
-    def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
-        return self._with(self.precision.to(device=device, dtype=dtype))
-
-    def _solve(self, second_moment: Tensor) -> GaussianGraphicalModel:
-        s = second_moment.detach().to("cpu", torch.float64).numpy()
-        start = self.precision.detach().to("cpu", torch.float64).numpy()
-        precision = torch.from_numpy(solve_precision(s, self.alpha, initial=start, solver=self.solver))
-        return self._with(precision.to(self.precision.device, self.precision.dtype))
-
-    def _with(self, precision: Tensor) -> GaussianGraphicalModel:
-        """This prior's settings with another Λ."""
-        return GaussianGraphicalModel(precision, alpha=self.alpha, solver=self.solver)
+def prior_name(prior: Prior) -> str:
+    """The registered name of ``prior``'s class."""
+    for name, kind in PRIORS.items():
+        if type(prior) is kind.cls:
+            return name
+    raise ValueError(f"{type(prior).__name__} is not a registered prior (invae.model.priors.PRIORS)")

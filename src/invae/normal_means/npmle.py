@@ -155,7 +155,7 @@ def _newton_target(weighted: np.ndarray) -> np.ndarray:
     directions with λ below 1e-12 λ_max are dropped (the model is flat along them; g's part
     there is at most 2√(λn), so nothing blows up). A heavy row ``M (1ᵀy − 1)`` holds y on
     the simplex; NNLS (``scipy.optimize.nnls``) solves it. (A QR factor of B gives the same
-    step but costs 5× more at n = 10⁵.)
+    step at a higher cost: docs/benchmarks.md, "The NPMLE's least-squares step".)
     """
     k = weighted.shape[1]
     values, vectors = np.linalg.eigh(weighted.T @ weighted)

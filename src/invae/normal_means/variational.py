@@ -30,9 +30,8 @@ def variational_normal_means(x, sigma, *, location=None, components: int = 10, s
     estimator sees x − ℓ). ``options`` go to ``VariationalEB`` (e.g. ``max_iter``).
 
     ``lambda_step`` is "expected", not the mixture family's default "importance": here q can
-    hold the exact posterior, and the importance step cost 6 × the time for a small gain
-    (measured, two-point prior, σ = 1, n = 10⁴, seed 1: squared error 1.0259 × the oracle's
-    in 88 s, against 1.0198 in 525 s)."""
+    hold the exact posterior, and the importance step costs several times the time for a
+    small gain (docs/benchmarks.md, "The Λ-step of invae eb --method vae")."""
     shift = np.zeros(np.shape(x)) if location is None else np.asarray(location, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64) - shift
     rows = NoisePerRowGaussianLikelihood.rows(x, sigma)

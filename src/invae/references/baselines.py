@@ -1,4 +1,4 @@
-"""Baselines of the source (DESIGN §2.6) and the complete-data floor (§2.5).
+"""Baselines of the source (docs/methods.md §2.6) and the complete-data floor (§2.5).
 
 - :class:`Naive`: ``ẑ = A⁺ x`` — the posterior mean under a flat prior — with the
   plug-in prior estimate (the M-step on the ẑ's).
@@ -18,7 +18,7 @@ from torch import Tensor
 from ..inference.base import EmpiricalBayesEstimator
 from ..model.forward import LinearOperator
 from ..model.likelihoods import gaussian_measurements
-from ..model.priors import Prior
+from ..model.prior import Prior
 
 __all__ = ["Naive", "rank_matching", "complete_data_floor"]
 
@@ -55,7 +55,7 @@ class Naive(EmpiricalBayesEstimator):
 
 
 def rank_matching(estimates: np.ndarray, quantile: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Replace each column's values by the prior's quantiles at the same ranks (DESIGN §2.6).
+    """Replace each column's values by the prior's quantiles at the same ranks (docs/methods.md §2.6).
 
     ``ẑ_(i),j = Q_j((i − ½) / n)`` for the observation of rank ``i`` (ties by position) in
     column j of ``estimates`` (n, p) or (n,); ``quantile`` maps levels u of that shape to the

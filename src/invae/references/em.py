@@ -1,4 +1,4 @@
-"""Exact EM for the linear-Gaussian Gaussian-graphical model (DESIGN §2.5).
+"""Exact EM for the linear-Gaussian Gaussian-graphical model (docs/methods.md §2.5).
 
 E-step (exact):  μ_i = Σ_post Aᵀ D⁻¹ x_i,   S = Σ_post + (1/n) Σ_i μ_i μ_iᵀ
                  (with one σ_i per row, Σ_post,i differs by row and S averages them)

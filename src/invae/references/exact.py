@@ -1,4 +1,4 @@
-"""Exact posterior and evidence of the linear-Gaussian model (DESIGN §2.5).
+"""Exact posterior and evidence of the linear-Gaussian model (docs/methods.md §2.5).
 
 Model: ``z ~ N(0, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar, one
 value per sensor, or — :class:`~invae.model.likelihoods.NoisePerRowGaussianLikelihood` — one
@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from ..model.forward import LinearOperator
+from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
 from ..model.mixture import GaussianMixture
-from ..model.priors import GaussianGraphicalModel
 
 __all__ = ["exact_posterior", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
            "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..model.likelihoods import Likelihood
-from ..model.priors import Prior
+from ..model.prior import Prior
 
 __all__ = ["ImportancePosterior", "importance_posterior", "importance_em"]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from invae.model.priors import GaussianGraphicalModel
+from invae.model.ggm import GaussianGraphicalModel
 
 from ..conftest import random_spd
 

@@ -1,0 +1,81 @@
+"""The registry of posterior families: how :class:`~invae.inference.estimator.VariationalEB`
+builds each ``q_φ(z | x)`` of :mod:`invae.inference.posteriors`, and what sets it apart.
+
+Each family is also an ``invae fit --method`` (its ``method`` name). A new family is one
+module (an ``nn.Module`` whose ``forward(x, index)`` returns a distribution with batch
+shape (B,) and event shape (p,)) plus one ``FAMILIES.register`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from ..registry import Registry
+from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder
+
+__all__ = ["PosteriorFamily", "FAMILIES", "posterior_components"]
+
+
+@dataclass(frozen=True)
+class PosteriorFamily:
+    """One posterior family.
+
+    build : callable ``(estimator, n, m) -> nn.Module``
+        The untrained module for n rows of m data columns; it reads the estimator's public
+        settings (``prior``, ``likelihood``, ``hidden``, ``flow_steps``, …).
+    method : str
+        Its name as an ``invae fit --method``.
+    amortized : bool
+        One network for every x (new rows need no training; inputs standardised by the
+        training data through the module's ``standardize_with(x)``), rather than free
+        factors per row.
+    defaults : mapping
+        Optimiser settings of the ``"default"`` preset that differ for this family
+        (:data:`invae.inference.estimator.PRESETS`).
+    """
+
+    build: Callable[[Any, int, int], nn.Module]
+    method: str
+    amortized: bool = True
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+
+def _encoder(cls, **options: Callable[[Any], Any]):
+    """A builder for an amortized encoder class; ``options`` read further arguments off the estimator."""
+    def build(estimator, n: int, m: int) -> nn.Module:
+        extra = {key: read(estimator) for key, read in options.items()}
+        return cls(m, estimator.prior.dim, tuple(estimator.hidden), log1p=estimator.likelihood.encoder_log1p, **extra)
+    return build
+
+
+def posterior_components(estimator) -> int:
+    """q's components: as asked, else the prior's K for a mixture prior, else 2."""
+    if estimator.posterior_components is not None:
+        return estimator.posterior_components
+    return getattr(estimator.prior, "components", 2)
+
+
+# Families whose Λ-step needs draws of q take the importance-weighted step: it removes the
+# bias of q's family from Λ̂ (benchmarks/bench_general.py, the "iaf, ELBO Λ-step" rows).
+_DRAWN = {"lambda_step": "importance"}
+# Non-amortized factors see each observation only when it is in a batch: full batches with a
+# larger step (measured in docs/benchmarks.md, "mean-field settings").
+_FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 20}
+
+FAMILIES: Registry[PosteriorFamily] = Registry("posterior family")
+FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae"))
+FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: e.flow_steps), method="iaf",
+                                         defaults=_DRAWN))
+FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
+FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
+                                             method="mixture", defaults=_DRAWN))
+FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),
+                                                method="mean-field", amortized=False, defaults=_FREE_FACTORS))

@@ -1,0 +1,143 @@
+"""Λ-step strategies: how the trainer updates the prior's parameters from the posterior q.
+
+A strategy is an object passed to :func:`invae.inference.training.train`, as Pyro passes an
+ELBO object to ``SVI``; the loop calls ``step(prior, posterior, x, likelihood, batch_size, seed)``
+and does not know which one it holds. :data:`LAMBDA_STEPS` names them (the estimator's
+``lambda_step`` setting):
+
+=============  ==================================================================  ===================
+name           Λ ←                                                                  class
+=============  ==================================================================  ===================
+``batch``      M-step on one sampled batch of z (the source's Algorithm 1)          :class:`BatchStep`
+``expected``   M-step on expected statistics over all rows: closed form for a       :class:`ExpectedStep`
+               Gaussian q (variational EM, docs/methods.md §2.2), else draws
+``importance`` M-step on q's draws reweighted to the exact posterior (Monte Carlo   :class:`ImportanceStep`
+               EM with q as proposal, docs/methods.md §3.1)
+=============  ==================================================================  ===================
+
+The numerical kernels are the functions :func:`lambda_step` and :func:`importance_lambda_step`.
+Steps over all rows draw with the same random numbers at every iteration (``seed``), so Λ̂
+changes only as φ and Λ change.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+
+from ..model.likelihoods import Likelihood
+from ..model.prior import Prior
+from ..registry import Registry
+from .reweighting import normalised_weights
+from .seeding import seeded
+
+__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "LAMBDA_STEPS", "lambda_step",
+           "importance_lambda_step", "posterior_all"]
+
+
+class LambdaStep(abc.ABC):
+    """Updates the prior from the posterior module; ``n_draws`` draws of q per row where it draws."""
+
+    def __init__(self, n_draws: int):
+        self.n_draws = n_draws
+
+    @staticmethod
+    def default_draws(prior: Prior) -> int:
+        """Draws per row when none are asked for: more under a prior whose M-step on draws is
+        noisier, e.g. a mixture's responsibilities (docs/benchmarks.md, "Λ-step draws")."""
+        return 8 if prior.closed_form_gaussian_m_step else 32
+
+    @abc.abstractmethod
+    def __call__(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
+                 batch_size: int, seed: int) -> Prior:
+        """The new prior, from q = posterior(x) over data rows x (n, m); ``seed`` seeds the
+        draws of a step over all rows (the same at every iteration)."""
+
+
+class BatchStep(LambdaStep):
+    """The source's Λ-step: the M-step on one draw of q for each of ``batch_size`` random rows."""
+
+    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
+        index = torch.randint(len(x), (batch_size,), device=x.device)
+        return prior.m_step(_draw(posterior(x[index], index)))
+
+
+class ExpectedStep(LambdaStep):
+    """The M-step on q's expected statistics over all rows (:func:`lambda_step`)."""
+
+    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
+        with seeded(seed, x.device):
+            return lambda_step(prior, posterior_all(posterior, x), self.n_draws)
+
+
+class ImportanceStep(LambdaStep):
+    """The M-step on q's draws weighted towards the exact posterior (:func:`importance_lambda_step`)."""
+
+    @staticmethod
+    def default_draws(prior: Prior) -> int:
+        return 32
+
+    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
+        with seeded(seed, x.device):
+            return importance_lambda_step(prior, posterior_all(posterior, x), x, likelihood, self.n_draws)
+
+
+LAMBDA_STEPS: Registry[type[LambdaStep]] = Registry("lambda_step")
+LAMBDA_STEPS.register("batch", BatchStep)
+LAMBDA_STEPS.register("expected", ExpectedStep)
+LAMBDA_STEPS.register("importance", ImportanceStep)
+
+
+def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:
+    """q(z | x_i) for every row of x (n, m)."""
+    return posterior(x, torch.arange(len(x), device=x.device))
+
+
+def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
+    """M-step on the expected statistics of q (batch (n,), event (p,)) over all rows.
+
+    Closed form for Gaussian q and a prior whose M-step needs only q's moments
+    (``E[z zᵀ] = μμᵀ + Σ_q``, diagonal Σ_q or the average of full ones); otherwise the
+    M-step on ``n_draws`` draws per observation, (n_draws, n, p).
+    """
+    if not prior.closed_form_gaussian_m_step:
+        return prior.m_step(_draw(q, n_draws))
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        return prior.m_step_gaussian(q.mean, var=q.variance)
+    if isinstance(q, MultivariateNormal):
+        tril = q.scale_tril
+        return prior.m_step_gaussian(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
+    return prior.m_step(_draw(q, n_draws))
+
+
+def importance_lambda_step(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
+                           n_draws: int = 32) -> Prior:
+    """M-step on S = ``n_draws`` draws of q per observation, each weighted towards the exact
+    posterior by self-normalised importance sampling (q is the proposal):
+
+        log w_si = log g(z_si; Λ) + log p(x_i | z_si) − log q(z_si | x_i),   w̃_si = w_si / Σ_t w_ti
+        Λ ← argmax_Λ  (1/n) Σ_i Σ_s w̃_si log g(z_si; Λ) − penalty(Λ)
+
+    This is a Monte Carlo EM step whose E-step is importance sampling with q as proposal.
+    The ELBO's own M-step (:func:`lambda_step`) maximises a bound whose gap depends on Λ, so
+    a q family that misses the exact posterior biases Λ̂. Here the weights correct q towards
+    the posterior. Their M-step is the stationary point in Λ of the importance-weighted
+    bound ``Σ_i log (1/S) Σ_s w_si`` (Burda et al., 2016) at these draws; that bound tends to
+    log p(x; Λ) as S grows. So Λ̂ tends to the penalised maximum marginal likelihood, as
+    with exact EM. The self-normalised weights have a bias of order 1/(S·ESS fraction).
+    q is (batch (n,), event (p,)) over the rows x (n, m). A draw with log w = −∞ (e.g. an
+    impossible one) gets weight 0; a NaN or +∞, or a row without a positive weight, raises
+    ``FloatingPointError``.
+    """
+    z = _draw(q, n_draws)  # (S, n, p)
+    return prior.m_step(z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)))
+
+
+def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:
+    """Draws of q, (n_draws, n, p) or (n, p), for an M-step (no gradient needed): ``rsample``
+    where q has it (the same random numbers as before), else ``sample`` (a mixture)."""
+    shape = () if n_draws is None else (n_draws,)
+    return q.rsample(shape) if q.has_rsample else q.sample(shape)

@@ -1,0 +1,53 @@
+"""The noise-model registry: ``invae fit --noise NAME`` builds a likelihood on a forward operator.
+
+An entry builds :class:`~invae.model.likelihoods.Likelihood` from the operator ``G`` and the
+noise's known constants, and says which constants it takes. A new noise model is one
+``Likelihood`` subclass plus one ``NOISE_MODELS.register`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..registry import Registry
+from .forward import ForwardOperator, LinearOperator
+from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood, StudentTLikelihood,
+                          linear_gaussian)
+
+__all__ = ["NoiseModel", "NOISE_MODELS"]
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """One noise model.
+
+    build : callable ``(operator, noise_std, df) -> Likelihood``
+        ``noise_std`` is σ where the model has a scale, ``df`` ν where it has degrees of freedom.
+    scale : bool
+        Has a known scale σ > 0 (``--noise-std``, required).
+    default_df : float or None
+        Has degrees of freedom ν (``--noise-df``), with this default; None: takes none.
+    exact : bool
+        The exact references (``em``, ``naive``) hold for it (linear-Gaussian formulas).
+    """
+
+    build: Callable[[ForwardOperator, float | None, float | None], Likelihood]
+    scale: bool = False
+    default_df: float | None = None
+    exact: bool = False
+
+
+def _gaussian(operator: ForwardOperator, noise_std: float, df: None) -> GaussianLikelihood:
+    """``x = G(z) + σε``; for a matrix, :func:`linear_gaussian` (it warns on a rank-deficient A)."""
+    if isinstance(operator, LinearOperator):
+        return linear_gaussian(operator.matrix, noise_std)
+    return GaussianLikelihood(operator, noise_std)
+
+
+NOISE_MODELS: Registry[NoiseModel] = Registry("noise model")
+NOISE_MODELS.register("gaussian", NoiseModel(_gaussian, scale=True, exact=True))
+NOISE_MODELS.register("poisson", NoiseModel(lambda operator, noise_std, df: PoissonLikelihood(operator)))
+NOISE_MODELS.register("bernoulli", NoiseModel(lambda operator, noise_std, df: BernoulliLikelihood(operator)))
+NOISE_MODELS.register("student-t", NoiseModel(lambda operator, noise_std, df: StudentTLikelihood(operator, df, noise_std),
+                                              scale=True, default_df=4.0))

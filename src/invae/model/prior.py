@@ -1,0 +1,95 @@
+"""Priors ``g(z; Λ)`` over the latent signal ``z ∈ R^p`` whose parameters are unknown.
+
+A prior knows its log-density, how to sample, and its M-step: given draws of ``z`` (or
+the moments of a Gaussian posterior over ``z``) it returns the prior that maximises the
+expected complete-data log-density minus its penalty,
+
+    Λ̂ = argmax_Λ  (1/n) Σ_i E_q[log g(z_i; Λ)] − penalty(Λ).
+
+Priors are immutable: an M-step returns a new prior.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Prior"]
+
+
+class Prior(abc.ABC):
+    """A parametric prior ``g(z; θ)`` on ``R^p`` with an M-step for θ."""
+
+    dim: int
+
+    @abc.abstractmethod
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log g(z; θ)`` for ``z`` of shape (..., p); returns shape (...)."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` independent draws, shape (n, p)."""
+
+    @abc.abstractmethod
+    def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
+        """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
+        (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
+
+    #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
+    #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
+    closed_form_gaussian_m_step: bool = True
+
+    def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
+                        var: Tensor | None = None) -> Prior:
+        """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)``.
+
+        ``mean`` is (n, p). Give exactly one of ``cov``, (p, p) shared or (n, p, p) per
+        observation, and ``var``, the (n, p) variances of a diagonal Gaussian.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form M-step under a Gaussian q; "
+                                  "use m_step on draws")
+
+    @abc.abstractmethod
+    def penalty(self) -> float:
+        """The penalty on θ, in the per-observation scale of the objective above."""
+
+    @abc.abstractmethod
+    def relative_change(self, previous: Prior) -> float:
+        """How far θ moved from ``previous``'s parameters, relative to their size."""
+
+    @abc.abstractmethod
+    def with_penalty(self, alpha: float) -> Prior:
+        """The same prior (parameters, solver) with penalty strength ``alpha``."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Tensor]:
+        """The parameters θ as named tensors (for checkpoints)."""
+
+    @abc.abstractmethod
+    def with_state(self, state: dict[str, Tensor]) -> Prior:
+        """This prior's settings (penalty, solver) with the parameters ``state``."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The settings that are not parameters (penalty, solver, …), as plain values: with
+        :meth:`state` they rebuild the prior, ``type(self).from_state(self.state(), **self.config())``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(cls, state: dict[str, Tensor], **config) -> Prior:
+        """The prior with parameters ``state`` and settings ``config`` (see :meth:`config`)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers for a fit's ``summary.json`` (e.g. the penalty, a graph's edge count)."""
+        return {}
+
+    def with_parameters_from(self, other: Prior) -> Prior:
+        """This prior's settings with ``other``'s parameters θ: a warm start."""
+        return self.with_state(other.state())
+
+    @abc.abstractmethod
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
+        """The same prior with its parameters on ``device`` / in ``dtype``."""
