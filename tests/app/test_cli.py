@@ -132,7 +132,6 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     (["--noise-std", "1", "--noise-df", "3"], "--noise-df is the degrees of freedom of --noise student-t"),
     (["--noise", "bernoulli", "--method", "em"], "--method em needs Gaussian noise"),
     (["--noise", "poisson", "--method", "naive"], "--method naive needs Gaussian noise"),
-    (["--noise", "poisson", "--save", "m.pt"], "--save keeps models with Gaussian noise"),
     (["--noise-std", "1", "--components", "3"], "--components is the number of mixture components"),
     (["--noise-std", "1", "--prior", "gmm", "--components", "0"], "--components must be"),
     (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
@@ -160,10 +159,15 @@ def test_poisson_counts_through_the_command_line(tmp_path):
     counts = np.random.default_rng(0).poisson(2.0, size=(200, 3)).astype(float)
     np.save(tmp_path / "counts.npy", counts)
     assert main(["fit", "--data", str(tmp_path / "counts.npy"), "--noise", "poisson", "--method", "vae",
-                 "--max-iter", "20", "--out", str(tmp_path / "fit"), "--quiet"]) == 0
+                 "--max-iter", "20", "--out", str(tmp_path / "fit"), "--quiet", "--save", str(tmp_path / "m.pt")]) == 0
     summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert summary["settings"]["noise"] == "poisson" and "log_likelihood_per_obs" not in summary
     assert np.isfinite(np.load(tmp_path / "fit" / "posterior_mean.npy")).all()
+    # a saved model of counts answers for the same rows as the fit did
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "counts.npy"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "pred" / "posterior_mean.npy"),
+                                  np.load(tmp_path / "fit" / "posterior_mean.npy"))
 
 
 def test_missing_noise_level_is_named(problem_dir, capsys):

@@ -1,10 +1,14 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian, simulate_problem
+from invae import (FunctionOperator, GaussianGraphicalModel, GaussianLikelihood, GaussianMixture, LinearOperator,
+                   PoissonLikelihood, StudentTLikelihood, linear_gaussian, simulate_problem)
 from invae.app.methods import make_estimator, methods
 from invae.app.persistence import load_model, save_model
+from invae.app.plugins import load_function
 
 # Short fits: the round trip is what is tested, not convergence.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -93,11 +97,18 @@ def test_a_version_1_file_still_loads(problem, tmp_path):
     fitted = make_estimator("em", GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5))
     path = save_model(fitted.fit(problem.X), tmp_path / "model.pt")
     record = torch.load(path, weights_only=True)
-    # the layout version 1 wrote: Λ̂ under "precision", the prior's settings under their own keys
-    record.update(version=1, precision=record.pop("parameters")["precision"], **record.pop("prior_config"))
+    # the layout version 1 wrote: Λ̂ under "precision", the prior's settings and the likelihood under their own keys
+    record.update(version=1, precision=record.pop("parameters")["precision"], **record.pop("prior_config"),
+                  **_likelihood_before_4(record.pop("likelihood")))
     del record["prior"]
     torch.save(record, path)
     np.testing.assert_array_equal(load_model(path).precision_, fitted.precision_)
+
+
+def _likelihood_before_4(likelihood: dict) -> dict:
+    """A linear-Gaussian likelihood as format versions 1 to 3 kept it."""
+    return {"forward": likelihood["forward"]["matrix"], "noise_std": likelihood["constants"]["noise_std"],
+            "noise_per_row": False}
 
 
 def test_a_version_3_mixture_file_still_loads(problem, tmp_path):
@@ -106,8 +117,40 @@ def test_a_version_3_mixture_file_still_loads(problem, tmp_path):
     fitted = make_estimator("em", start, likelihood, max_iter=5).fit(problem.X)
     path = save_model(fitted, tmp_path / "model.pt")
     record = torch.load(path, weights_only=True)
-    record.update(version=3, **record.pop("prior_config"))  # version 3 kept α, the solver and ε under their own keys
+    # version 3 kept α, the solver, ε, A and σ under their own keys
+    record.update(version=3, **record.pop("prior_config"), **_likelihood_before_4(record.pop("likelihood")))
     torch.save(record, path)
     loaded = load_model(path)
     assert (loaded.prior_.alpha, loaded.prior_.reg_covar) == (0.05, fitted.prior_.reg_covar)
     np.testing.assert_array_equal(loaded.transform(problem.X), fitted.transform(problem.X))
+
+
+def test_counts_and_a_forward_function_from_a_file_round_trip(problem, tmp_path):
+    # Non-Gaussian noise and a user's function are saved too: the function by FILE.py:NAME,
+    # imported again on loading (with a warning: that runs the file).
+    np.save(tmp_path / "a.npy", problem.A)
+    (tmp_path / "sensor.py").write_text("import numpy as np, torch\n"
+                                        f"A = torch.from_numpy(np.load({str(tmp_path / 'a.npy')!r}))\n"
+                                        "def forward(z):\n    return torch.tanh(z @ A.to(z).T)\n")
+    spec = f"{tmp_path / 'sensor.py'}:forward"
+    counts = np.random.default_rng(1).poisson(2.0, size=(300, 7)).astype(float)
+    for likelihood, x in ((PoissonLikelihood(LinearOperator(problem.A)), counts),
+                          (StudentTLikelihood(FunctionOperator(load_function(spec), 5, source=spec), 3.0, 0.5),
+                           np.tanh(problem.X))):
+        fitted = make_estimator("vae", GaussianGraphicalModel(dim=5, alpha=0.05), likelihood, max_iter=5).fit(x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = load_model(save_model(fitted, tmp_path / "model.pt"))
+        assert [str(w.message) for w in caught if "is run" in str(w.message)] == \
+            ([] if isinstance(likelihood, PoissonLikelihood) else [f"the model's forward function is imported from {spec!r}: that file is run"])
+        assert type(loaded.likelihood_) is type(likelihood) and loaded.likelihood_.constants() == likelihood.constants()
+        for got, expected in zip(loaded.posterior(x), fitted.posterior(x)):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_a_forward_function_without_a_source_cannot_be_saved(problem, tmp_path):
+    likelihood = GaussianLikelihood(FunctionOperator(lambda z: z @ torch.as_tensor(problem.A).to(z).T, 5), 0.5)
+    fitted = make_estimator("vae", GaussianGraphicalModel(dim=5), likelihood, max_iter=3).fit(problem.X)
+    with pytest.raises(ValueError, match="cannot be saved: only one read from a file"):
+        save_model(fitted, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()

@@ -2,17 +2,22 @@
 
 A model file holds plain data only (numbers, strings, lists and tensors). It is written by
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which refuses arbitrary
-Python objects, so loading a model file cannot run code. It keeps what posterior questions
-on new data need: the method and the options ``make_estimator`` takes, the prior's kind,
-parameters (Λ̂; or the mixture's weights, means and precisions) and settings (α), the
-likelihood (A, and σ or "one σ_i per row": new rows then come with theirs), and an amortized family's trained weights. A ``mean-field`` model keeps no per-row factors: new
-data get factors fitted afresh under Λ̂, as they do in memory.
+Python objects. It keeps what posterior questions on new data need: the method and the
+options ``make_estimator`` takes; the prior's registered name (:data:`invae.model.priors.PRIORS`),
+its ``state()`` and ``config()``; the likelihood's noise model
+(:data:`invae.model.noise.NOISE_MODELS`, or "one σ_i per row": new rows then come with
+theirs), its ``constants()`` and its forward operator's ``record()`` (the matrix A, or the
+``FILE.py:FUNCTION`` of a user's function, imported again on loading: that runs the file,
+and loading says so in a warning); and an amortized family's trained weights. A
+``mean-field`` model keeps no per-row factors: new data get factors fitted afresh under Λ̂,
+as they do in memory.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,18 +26,20 @@ from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
 from ..inference.families import FAMILIES
-from ..model.forward import LinearOperator
+from ..model.forward import FunctionOperator, LinearOperator
 from ..model.ggm import GaussianGraphicalModel
-from ..model.likelihoods import NoisePerRowGaussianLikelihood, linear_gaussian
+from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.noise import NOISE_MODELS, noise_name
 from ..model.prior import Prior
 from ..model.priors import PRIORS, prior_name
-from ..references.exact import has_exact_evidence
 from .methods import make_estimator, method_name
+from .plugins import load_function
 
 __all__ = ["save_model", "load_model"]
 
 FORMAT = "invae-model"
-VERSION = 4  # 4: the prior's config(); 3 added "noise_per_row"; 2 the prior's kind; 1 held a ggm's "precision"
+VERSION = 4  # 4: any registered prior and noise model; 3 added "noise_per_row"; 2 the prior's kind; 1 a ggm's Λ̂
+_PER_ROW = "gaussian, one σ_i per row"  # the noise of NoisePerRowGaussianLikelihood (--noise-std-file)
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
@@ -40,14 +47,10 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
     """Write the fitted ``estimator`` (one that :func:`invae.app.methods.make_estimator` builds)
     to ``path``, atomically: a failure leaves an existing file as it was. ``settings`` (plain
     values) and the (n, m) ``data_shape`` of the fit are recorded with it."""
-    estimator._check_fitted()
+    estimator.check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
-    if not has_exact_evidence(prior, likelihood):
-        raise ValueError("only a Gaussian graphical or mixture prior with a linear-Gaussian likelihood can be "
-                         "saved so far")
     amortized = isinstance(estimator, VariationalEB) and FAMILIES[estimator.family].amortized
-    per_row = isinstance(likelihood, NoisePerRowGaussianLikelihood)
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
         "settings": settings or {}, "data_shape": list(data_shape) if data_shape else None,
@@ -56,8 +59,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "max_iter": getattr(estimator, "max_iter", None), "tol": getattr(estimator, "tol", None),
         "prior": prior_name(prior), "prior_config": prior.config(),
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
-        "forward": likelihood.forward.matrix.detach().cpu(), "noise_per_row": per_row,
-        "noise_std": None if per_row else likelihood.noise_std.detach().cpu(),
+        "likelihood": _likelihood_record(likelihood),
         "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
                       if amortized else None),
     }
@@ -94,8 +96,7 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
         raise ValueError(f"the model {str(path)!r} has format version {record['version']}; "
                          f"this invae reads versions 1 to {VERSION}")
     prior = _prior(record)
-    likelihood = (NoisePerRowGaussianLikelihood(LinearOperator(record["forward"])) if record.get("noise_per_row")
-                  else linear_gaussian(record["forward"], record["noise_std"]))
+    likelihood = _likelihood(record["likelihood"] if record["version"] >= 4 else _likelihood_record_before_4(record))
     estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
                                max_iter=record["max_iter"], tol=record["tol"], device=device)
     try:
@@ -113,3 +114,36 @@ def _prior(record: dict) -> Prior:
     config = record.get("prior_config") or {"alpha": record["alpha"], "solver": record["solver"],
                                             **({"reg_covar": record["reg_covar"]} if record["prior"] == "gmm" else {})}
     return PRIORS[record["prior"]].cls.from_state(record["parameters"], **config)
+
+
+def _likelihood_record(likelihood: Likelihood) -> dict:
+    """The noise model's name, its constants and the forward operator's record."""
+    noise = _PER_ROW if isinstance(likelihood, NoisePerRowGaussianLikelihood) else noise_name(likelihood)
+    return {"noise": noise, "constants": _plain(likelihood.constants()), "forward": _plain(likelihood.forward.record())}
+
+
+def _likelihood_record_before_4(record: dict) -> dict:
+    """Versions 1–3 held a linear-Gaussian likelihood: A, and σ or one σ_i per row."""
+    if record.get("noise_per_row"):
+        return {"noise": _PER_ROW, "constants": {}, "forward": {"matrix": record["forward"]}}
+    return {"noise": "gaussian", "constants": {"noise_std": record["noise_std"]}, "forward": {"matrix": record["forward"]}}
+
+
+def _likelihood(record: dict) -> Likelihood:
+    forward = record["forward"]
+    if "matrix" in forward:
+        operator = LinearOperator(forward["matrix"])
+    else:
+        warnings.warn(f"the model's forward function is imported from {forward['function']!r}: that file is run",
+                      UserWarning, stacklevel=3)
+        operator = FunctionOperator(load_function(forward["function"]), forward["latent_dim"],
+                                    name=forward["function"], source=forward["function"])
+    if record["noise"] == _PER_ROW:
+        return NoisePerRowGaussianLikelihood(operator)
+    constants = record["constants"]
+    return NOISE_MODELS[record["noise"]].build(operator, constants.get("noise_std"), constants.get("df"))
+
+
+def _plain(values: dict) -> dict:
+    """Tensors detached on the CPU, everything else as it is."""
+    return {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value for key, value in values.items()}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import time
 from pathlib import Path
 
@@ -24,18 +22,19 @@ from ..validation import check_data
 from .io import load_array
 from .methods import make_estimator, method_name
 from .persistence import load_model
+from .plugins import FUNCTION_SPEC, load_function
 from .settings import FitSettings
 
 __all__ = ["load_problem", "run_fit", "run_predict"]
 
 def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
     """Data X (n, m), the prior to start from and the likelihood that ``settings`` describe."""
-    function = _FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
+    function = FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
     if function is not None:
         if settings.latent_dim is None:
             raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
-        operator = FunctionOperator(_load_function(*function.groups()), settings.latent_dim,
-                                    name=str(settings.forward))
+        operator = FunctionOperator(load_function(str(settings.forward)), settings.latent_dim,
+                                    name=str(settings.forward), source=str(settings.forward))
     elif settings.forward is not None:
         a = load_array(settings.forward, name="the forward matrix (--forward)")
         if a.ndim != 2:
@@ -69,23 +68,6 @@ def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
     if settings.noise_std_file is not None:
         return NoisePerRowGaussianLikelihood(operator)
     return NOISE_MODELS[settings.noise].build(operator, settings.noise_std, settings.noise_df)
-
-
-# --forward module.py:function — the user's own code, imported and run as a plugin would be.
-_FUNCTION_SPEC = re.compile(r"(.+\.py):([A-Za-z_]\w*)")
-
-
-def _load_function(file: str, name: str):
-    """The attribute ``name`` of the Python file ``file`` (imported: it runs that file)."""
-    path = Path(file)
-    if not path.is_file():
-        raise ValueError(f"cannot read the forward function: no such file {file!r}")
-    spec = importlib.util.spec_from_file_location(f"invae_forward_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, name):
-        raise ValueError(f"{file!r} defines no {name!r} (--forward FILE.py:FUNCTION)")
-    return getattr(module, name)
 
 
 def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:

@@ -89,8 +89,6 @@ class FitSettings:
         if self.penalty == "auto" and not PRIORS[self.prior].selects_penalty:
             choosers = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
             raise ValueError(f"--penalty auto chooses α for the {choosers} prior; give --penalty α for a {self.prior}")
-        if self.save is not None and self.noise != "gaussian":
-            raise ValueError(f"--save keeps models with Gaussian noise so far, not --noise {self.noise}")
 
     def _check_noise(self) -> None:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t."""

@@ -63,7 +63,7 @@ class EmpiricalBayesEstimator(abc.ABC):
 
     def posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(means, standard deviations), each of shape (n, p)."""
-        self._check_fitted()
+        self.check_fitted()
         mean, std = self._posterior(self._tensor(X))
         return _numpy(mean), _numpy(std)
 
@@ -78,7 +78,7 @@ class EmpiricalBayesEstimator(abc.ABC):
     @property
     def precision_(self) -> np.ndarray:
         """The estimated precision matrix Λ̂ (p, p), for priors that have one."""
-        self._check_fitted()
+        self.check_fitted()
         return _numpy(self.prior_.precision)
 
     def _tensor(self, X) -> Tensor:
@@ -95,7 +95,8 @@ class EmpiricalBayesEstimator(abc.ABC):
     def _warm(self) -> bool:
         return self.warm_start and hasattr(self, "prior_")
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """A ``RuntimeError`` unless ``fit`` (or :meth:`restore`) has run."""
         if not hasattr(self, "prior_"):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X) first")
 

@@ -276,7 +276,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         row (n,): under q, exact for the Gaussian and mixture families and from
         ``n_moment_draws`` draws for ``iaf``; with ``reweight``, under the exact posterior from
         the weighted draws. (The local false sign rate is ``min(P(z ≤ 0), P(z ≥ 0))``.)"""
-        self._check_fitted()
+        self.check_fitted()
         x = self._tensor(X)
         t = torch.as_tensor(np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(x),)).copy(),
                             dtype=x.dtype, device=x.device)[:, None]
@@ -291,7 +291,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         of ``n_moment_draws``: the draws behind ``transform`` and ``posterior`` (the same
         seed). A small one flags a row whose exact posterior q misses; the Monte Carlo
         error of its mean is about sd/√ESS."""
-        self._check_fitted()
+        self.check_fitted()
         x = self._tensor(X)
         with seeded(self.random_state, x.device):
             return _numpy(torch.cat([1 / w.square().sum(0) for _, _, w in self._weighted_chunks(x)]))
@@ -301,7 +301,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         """Draws from q(z | x_i) for each row, shape (n_samples, n, p); with ``reweight``, from the
         exact posterior: resampled (with replacement, so some repeat) from max(``n_samples``,
         ``n_moment_draws``) weighted draws."""
-        self._check_fitted()
+        self.check_fitted()
         x = self._tensor(X)
         if self.reweighted:
             pool = max(n_samples, self.n_moment_draws)
@@ -316,7 +316,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         that of the mean over observations (sd / √n), which includes the Monte Carlo noise.
         The draws are seeded by ``random_state``: the same call gives the same answer.
         """
-        self._check_fitted()
+        self.check_fitted()
         x = self._tensor(X)
         with seeded(self.random_state, x.device):
             values = torch.cat([elbo_values(x[rows], q, self.prior_, self.likelihood_, n_samples)

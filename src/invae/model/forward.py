@@ -32,6 +32,10 @@ class ForwardOperator(abc.ABC):
     def to(self, device=None, dtype=None) -> ForwardOperator:
         """The same operator on ``device`` / in ``dtype``."""
 
+    @abc.abstractmethod
+    def record(self) -> dict:
+        """What a model file keeps of the operator: plain values and tensors."""
+
 
 class LinearOperator(ForwardOperator):
     """``G(z) = A z`` for a known matrix ``A`` of shape (m, p)."""
@@ -69,6 +73,10 @@ class LinearOperator(ForwardOperator):
         """``Aᵀ x``: (..., m) → (..., p)."""
         return x @ self.matrix
 
+    def record(self) -> dict:
+        """``{"matrix": A}``."""
+        return {"matrix": self.matrix}
+
     def pinv(self, x: Tensor) -> Tensor:
         """Least-squares / minimum-norm solution ``A⁺ x``: (..., m) → (..., p)."""
         return x @ torch.linalg.pinv(self.matrix).mT
@@ -82,15 +90,17 @@ class FunctionOperator(ForwardOperator):
 
     ``function`` maps (..., p) to (..., m); m is read off one call on zeros (1, p). Every
     call is checked: a result of the wrong shape is a ``ValueError``; a non-finite one a
-    ``FloatingPointError`` (during training, a divergence that is rolled back).
+    ``FloatingPointError`` (during training, a divergence that is rolled back). ``source``
+    says where the function comes from (``FILE.py:FUNCTION``), so that a model file can
+    record it; a function without one cannot be saved.
     """
 
-    def __init__(self, function, in_dim: int, *, name: str | None = None):
+    def __init__(self, function, in_dim: int, *, name: str | None = None, source: str | None = None):
         if not callable(function):
             raise ValueError(f"the forward function must be callable, got {type(function).__name__}")
         if not (isinstance(in_dim, int) and in_dim >= 1):
             raise ValueError(f"the latent dimension p must be an integer >= 1, got {in_dim!r}")
-        self.function, self.in_dim = function, in_dim
+        self.function, self.in_dim, self.source = function, in_dim, source
         self.name = name or getattr(function, "__name__", type(function).__name__)
         self.out_dim = -1  # unknown until the probe below
         probe = self._checked(torch.zeros(1, in_dim, dtype=torch.float64), probe=True)
@@ -98,6 +108,13 @@ class FunctionOperator(ForwardOperator):
 
     def __repr__(self) -> str:
         return f"FunctionOperator({self.name}, m={self.out_dim}, p={self.in_dim})"
+
+    def record(self) -> dict:
+        """``{"function": FILE.py:FUNCTION, "latent_dim": p}``; a ``ValueError`` without a ``source``."""
+        if self.source is None:
+            raise ValueError(f"the forward function {self.name} cannot be saved: only one read from a file "
+                             "(--forward FILE.py:FUNCTION, or FunctionOperator(..., source=...)) can")
+        return {"function": self.source, "latent_dim": self.in_dim}
 
     def __call__(self, z: Tensor) -> Tensor:
         return self._checked(z)

@@ -50,6 +50,11 @@ class Likelihood(abc.ABC):
     def to(self, device=None, dtype=None) -> Likelihood:
         """The same likelihood on ``device`` / in ``dtype``."""
 
+    def constants(self) -> dict:
+        """The noise's known constants, as :class:`~invae.model.noise.NoiseModel` builds take
+        them (``noise_std``, ``df``): what a model file keeps besides the forward operator."""
+        return {}
+
 
 class _LawGivenSignal(Likelihood):
     """A likelihood whose rows are the measurements alone: ``x | z`` has a law of its own."""
@@ -105,6 +110,9 @@ class GaussianLikelihood(_LawGivenSignal):
 
     def to(self, device=None, dtype=None) -> GaussianLikelihood:
         return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
+
+    def constants(self) -> dict:
+        return {"noise_std": self.noise_std}
 
 
 class _PointwiseLikelihood(_LawGivenSignal):
@@ -190,6 +198,9 @@ class StudentTLikelihood(_PointwiseLikelihood):
 
     def _law(self, eta: Tensor) -> Distribution:
         return StudentT(self.df, loc=eta, scale=self.scale, validate_args=False)
+
+    def constants(self) -> dict:
+        return {"noise_std": self.scale, "df": self.df}
 
 
 class NoisePerRowGaussianLikelihood(Likelihood):

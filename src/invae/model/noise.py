@@ -15,15 +15,17 @@ from .forward import ForwardOperator, LinearOperator
 from .likelihoods import (BernoulliLikelihood, GaussianLikelihood, Likelihood, PoissonLikelihood, StudentTLikelihood,
                           linear_gaussian)
 
-__all__ = ["NoiseModel", "NOISE_MODELS"]
+__all__ = ["NoiseModel", "NOISE_MODELS", "noise_name"]
 
 
 @dataclass(frozen=True)
 class NoiseModel:
     """One noise model.
 
+    cls : the :class:`Likelihood` class it builds (model files find the name by it)
     build : callable ``(operator, noise_std, df) -> Likelihood``
-        ``noise_std`` is σ where the model has a scale, ``df`` ν where it has degrees of freedom.
+        ``noise_std`` is σ where the model has a scale, ``df`` ν where it has degrees of
+        freedom: the likelihood's own :meth:`~invae.model.likelihoods.Likelihood.constants`.
     scale : bool
         Has a known scale σ > 0 (``--noise-std``, required).
     default_df : float or None
@@ -32,6 +34,7 @@ class NoiseModel:
         The exact references (``em``, ``naive``) hold for it (linear-Gaussian formulas).
     """
 
+    cls: type[Likelihood]
     build: Callable[[ForwardOperator, float | None, float | None], Likelihood]
     scale: bool = False
     default_df: float | None = None
@@ -46,8 +49,18 @@ def _gaussian(operator: ForwardOperator, noise_std: float, df: None) -> Gaussian
 
 
 NOISE_MODELS: Registry[NoiseModel] = Registry("noise model")
-NOISE_MODELS.register("gaussian", NoiseModel(_gaussian, scale=True, exact=True))
-NOISE_MODELS.register("poisson", NoiseModel(lambda operator, noise_std, df: PoissonLikelihood(operator)))
-NOISE_MODELS.register("bernoulli", NoiseModel(lambda operator, noise_std, df: BernoulliLikelihood(operator)))
-NOISE_MODELS.register("student-t", NoiseModel(lambda operator, noise_std, df: StudentTLikelihood(operator, df, noise_std),
+NOISE_MODELS.register("gaussian", NoiseModel(GaussianLikelihood, _gaussian, scale=True, exact=True))
+NOISE_MODELS.register("poisson", NoiseModel(PoissonLikelihood, lambda operator, noise_std, df: PoissonLikelihood(operator)))
+NOISE_MODELS.register("bernoulli", NoiseModel(BernoulliLikelihood,
+                                              lambda operator, noise_std, df: BernoulliLikelihood(operator)))
+NOISE_MODELS.register("student-t", NoiseModel(StudentTLikelihood,
+                                              lambda operator, noise_std, df: StudentTLikelihood(operator, df, noise_std),
                                               scale=True, default_df=4.0))
+
+
+def noise_name(likelihood: Likelihood) -> str:
+    """The registered name of ``likelihood``'s noise model."""
+    for name, model in NOISE_MODELS.items():
+        if type(likelihood) is model.cls:
+            return name
+    raise ValueError(f"{type(likelihood).__name__} is not a registered noise model (invae.model.noise.NOISE_MODELS)")
