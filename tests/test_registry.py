@@ -69,6 +69,28 @@ class IsotropicPrior(Prior):
         return IsotropicPrior(variance, dim=self.dim)
 
 
+class GradientIsotropicPrior(IsotropicPrior):
+    """The same prior without an M-step: its parameter log s² is learned by gradient."""
+
+    has_m_step = False
+
+    def __init__(self, log_variance=0.0, *, dim: int):
+        self.log_variance = torch.as_tensor(log_variance, dtype=torch.float64)
+        super().__init__(self.log_variance.exp(), dim=dim)  # differentiable in log s²
+
+    def m_step(self, z, weights=None):
+        return Prior.m_step(self, z, weights)  # none: the base class says so
+
+    def state(self):
+        return {"log_variance": self.log_variance}
+
+    def with_state(self, state):
+        return GradientIsotropicPrior(state["log_variance"], dim=self.dim)
+
+    def to(self, device=None, dtype=None):
+        return self.with_state({"log_variance": self.log_variance.to(device=device, dtype=dtype)})
+
+
 class LinearEncoder(nn.Module):
     """``q(z | x) = N(W x + b, diag e^{2c})``: it holds the exact posterior of x = z + σε under
     an isotropic prior (posterior mean linear in x, variance constant)."""
@@ -114,6 +136,32 @@ def test_a_toy_family_and_prior_fit_through_variational_eb(toys):
     assert isinstance(fitted.prior_, IsotropicPrior) and fitted.converged_
     assert abs(float(fitted.prior_.variance) - variance) < 3 * standard_error
     assert prior_name(fitted.prior_) == "isotropic" and "linear" in methods()
+
+
+def test_a_prior_without_an_m_step_is_learned_by_gradient(toys, tmp_path):
+    n, p, variance, sigma = 3000, 3, 2.25, 0.5
+    x = _data(n, p, variance, sigma)
+
+    def fit(**options):
+        return VariationalEB(GradientIsotropicPrior(dim=p), linear_gaussian(np.eye(p), sigma), family="linear",
+                             random_state=0, **options).fit(x)
+
+    whole = fit()
+    # the same standard error as above: the gradient-trained fit is as close to the truth
+    standard_error = math.sqrt(2 / (n * p)) * (variance + sigma**2)
+    assert whole._settings().lambda_step == "gradient" and whole.converged_
+    assert abs(float(whole.prior_.log_variance.exp()) - variance) < 3 * standard_error
+    # θ's Adam state is checkpointed and restored like φ's: a resumed fit repeats the whole one
+    # bit for bit (stopped after 7 iterations, as by a signal)
+    def stop_at_7(iteration, prior):
+        if iteration == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(checkpoint_dir=tmp_path, checkpoint_every=5, callback=stop_at_7)
+    resumed = fit(checkpoint_dir=tmp_path, checkpoint_every=5, resume=True)
+    assert resumed.n_iter_ == whole.n_iter_ and resumed.history_["elbo"] == whole.history_["elbo"]
+    assert torch.equal(resumed.prior_.log_variance, whole.prior_.log_variance)
 
 
 def test_a_toy_family_and_prior_are_command_line_choices(toys, tmp_path, capsys):

@@ -126,7 +126,8 @@ def _likelihood_record_before_4(record: dict) -> dict:
     """Versions 1–3 held a linear-Gaussian likelihood: A, and σ or one σ_i per row."""
     if record.get("noise_per_row"):
         return {"noise": _PER_ROW, "constants": {}, "forward": {"matrix": record["forward"]}}
-    return {"noise": "gaussian", "constants": {"noise_std": record["noise_std"]}, "forward": {"matrix": record["forward"]}}
+    return {"noise": "gaussian", "constants": {"noise_std": record["noise_std"]},
+            "forward": {"matrix": record["forward"]}}
 
 
 def _likelihood(record: dict) -> Likelihood:

@@ -88,7 +88,8 @@ class FitSettings:
                              f"for --noise {self.noise} use a variational method ({_variational()})")
         if self.penalty == "auto" and not PRIORS[self.prior].selects_penalty:
             choosers = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
-            raise ValueError(f"--penalty auto chooses α for the {choosers} prior; give --penalty α for a {self.prior}")
+            raise ValueError(f"--penalty auto chooses α for the {choosers} prior; "
+                             f"give --penalty α for a {self.prior}")
 
     def _check_noise(self) -> None:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
@@ -122,7 +123,8 @@ class FitSettings:
             object.__setattr__(self, "components", k)
         elif self.components is not None:
             takers = ", ".join(name for name, kind in PRIORS.items() if kind.components)
-            raise ValueError(f"--components is the number of mixture components of --prior {takers}, not of {self.prior}")
+            raise ValueError(f"--components is the number of mixture components of --prior {takers}, "
+                             f"not of {self.prior}")
 
     @property
     def checkpoint(self) -> dict | None:

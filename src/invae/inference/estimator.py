@@ -61,8 +61,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         Adam step size α, batch size B, Adam steps per Λ-step, the Λ-step mode
         (``"batch"``: M-step on one sampled batch; ``"expected"``: on expected statistics
         under q; ``"importance"``: on q's draws reweighted to the exact posterior, see
-        :class:`invae.inference.lambda_steps.ImportanceStep`), and the factor applied to α when the
-        ELBO stalls (1 = constant α, as the source). The default preset takes
+        :class:`invae.inference.lambda_steps.ImportanceStep`; ``"gradient"``: Adam steps on
+        the prior's parameters with φ's, the only mode for a prior without an M-step and its
+        default), and the factor applied to α when the ELBO stalls (1 = constant α, as the source). The default preset takes
         ``"importance"`` for ``iaf`` and ``mixture``, whose Λ-step needs draws anyway, and
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
     max_iter : int
@@ -160,6 +161,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         chosen = dict(PRESETS[self.preset])
         if self.preset == "default":
             chosen.update(FAMILIES[self.family].defaults)
+        if not self.prior.has_m_step:
+            chosen["lambda_step"] = "gradient"
         for key in chosen:
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
@@ -229,7 +232,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         data = x.to(torch.float64)
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
                 "posterior_components": posterior_components(self),
-                "random_state": self.random_state, "prior": repr(self.prior), "settings": dataclasses.asdict(settings),
+                "random_state": self.random_state, "settings": dataclasses.asdict(settings),
+                "prior": [type(self.prior).__name__, self.prior.dim, self.prior.config()],
                 "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
 
     def _posterior_module(self, x: Tensor) -> torch.nn.Module:

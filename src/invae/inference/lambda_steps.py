@@ -13,6 +13,7 @@ name           Λ ←                                                           
                Gaussian q (variational EM, docs/methods.md §2.2), else draws
 ``importance`` M-step on q's draws reweighted to the exact posterior (Monte Carlo   :class:`ImportanceStep`
                EM with q as proposal, docs/methods.md §3.1)
+``gradient``   for a prior without an M-step: Adam steps on the ELBO, with φ's      :class:`GradientStep`
 =============  ==================================================================  ===================
 
 The numerical kernels are the functions :func:`lambda_step` and :func:`importance_lambda_step`.
@@ -34,12 +35,16 @@ from ..registry import Registry
 from .reweighting import normalised_weights
 from .seeding import seeded
 
-__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "LAMBDA_STEPS", "lambda_step",
+__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "LAMBDA_STEPS", "lambda_step",
            "importance_lambda_step", "posterior_all"]
 
 
 class LambdaStep(abc.ABC):
     """Updates the prior from the posterior module; ``n_draws`` draws of q per row where it draws."""
+
+    #: The prior's parameters take the trainer's Adam steps on the ELBO together with φ (in a
+    #: parameter group of their own), rather than an M-step after them.
+    by_gradient: bool = False
 
     def __init__(self, n_draws: int):
         self.n_draws = n_draws
@@ -85,10 +90,23 @@ class ImportanceStep(LambdaStep):
             return importance_lambda_step(prior, posterior_all(posterior, x), x, likelihood, self.n_draws)
 
 
+class GradientStep(LambdaStep):
+    """For a prior without an M-step (``has_m_step = False``): the trainer moves its parameters
+    θ by Adam on the batch ELBO, whose gradient in θ is that of ``E_q[log g(z; θ)]``, with
+    their own moments, step-size schedule, checkpoints and rollbacks as φ's. After those
+    steps there is nothing left to do: the prior is returned as it is."""
+
+    by_gradient = True
+
+    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
+        return prior
+
+
 LAMBDA_STEPS: Registry[type[LambdaStep]] = Registry("lambda_step")
 LAMBDA_STEPS.register("batch", BatchStep)
 LAMBDA_STEPS.register("expected", ExpectedStep)
 LAMBDA_STEPS.register("importance", ImportanceStep)
+LAMBDA_STEPS.register("gradient", GradientStep)
 
 
 def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:

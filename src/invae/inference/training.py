@@ -146,7 +146,14 @@ class _Run:
         self.x, self.posterior, self.prior, self.likelihood = x, posterior, prior, likelihood
         self.settings, self.lambda_step = settings, lambda_step
         self.batch = min(settings.batch_size, len(x))
-        self.optimizer = torch.optim.Adam(posterior.parameters(), lr=settings.learning_rate)
+        # A prior trained by gradient: its parameters θ as leaves, Adam's second parameter group.
+        by_gradient = lambda_step is not None and lambda_step.by_gradient
+        self.theta = {key: value.detach().clone().requires_grad_() for key, value in prior.state().items()
+                      if by_gradient}
+        groups = [{"params": list(posterior.parameters())}]
+        if self.theta:
+            groups.append({"params": list(self.theta.values())})
+        self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate)
         self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2),
                                 tol=settings.tol)
         self.eval_index = torch.randperm(len(x), device=x.device)[: min(len(x), _EVAL_SIZE)]
@@ -156,13 +163,13 @@ class _Run:
 
     def outer_iteration(self) -> tuple[float, float, float]:
         """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO)."""
+        previous = self.prior
         train_elbo = self._adam_steps()
         change = 0.0
         if self.lambda_step is not None:
             with torch.no_grad():
-                new = self._checked_lambda_step()
-            change = new.relative_change(self.prior)
-            self.prior = new
+                self.prior = self._checked_lambda_step()
+            change = self.prior.relative_change(previous)
         value = self._fixed_noise_elbo()
         if not math.isfinite(value):
             raise _Diverged("the evaluation ELBO is not finite")
@@ -174,17 +181,29 @@ class _Run:
         x, settings, train_elbo = self.x, self.settings, 0.0
         for _ in range(settings.n_critic):
             index = torch.randint(len(x), (self.batch,), device=x.device)
-            loss = -elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood,
+            loss = -elbo(x[index], self.posterior(x[index], index), self._prior_with_theta(), self.likelihood,
                          settings.n_samples).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             train_elbo -= loss.item() / settings.n_critic
+        if self.theta:
+            self.prior = self._prior_with_theta(detached=True)
         if not math.isfinite(train_elbo):
             raise _Diverged("the training ELBO is not finite")
         if not all(bool(torch.isfinite(weight).all()) for weight in self.posterior.parameters()):
             raise _Diverged("a posterior weight is not finite")
         return train_elbo
+
+    def _prior_with_theta(self, detached: bool = False) -> Prior:
+        """The prior at the leaves θ where it is trained by gradient (differentiable in θ), else as it is."""
+        if not self.theta:
+            return self.prior
+        try:
+            return self.prior.with_state({key: leaf.detach().clone() if detached else leaf
+                                          for key, leaf in self.theta.items()})
+        except ValueError as error:  # the prior refuses the parameters a gradient step gave it
+            raise _Diverged(f"a gradient step gave the prior invalid parameters: {error}") from None
 
     def _checked_lambda_step(self) -> Prior:
         """The Λ-step; an invalid Λ (not finite, not positive definite) raises _Diverged."""
@@ -230,6 +249,9 @@ class _Run:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history = {key: list(values) for key, values in state["history"].items()}
         self.prior, self.iteration = self.prior.with_state(state["prior"]), state["iteration"]
+        with torch.no_grad():  # in place: Adam holds the leaves
+            for key, leaf in self.theta.items():
+                leaf.copy_(state["prior"][key])
 
     def roll_back(self, good: dict) -> None:
         """Back to the last good iteration, with half Adam's step size."""

@@ -6,7 +6,9 @@ expected complete-data log-density minus its penalty,
 
     Λ̂ = argmax_Λ  (1/n) Σ_i E_q[log g(z_i; Λ)] − penalty(Λ).
 
-Priors are immutable: an M-step returns a new prior.
+Priors are immutable: an M-step returns a new prior. A prior whose maximiser has no
+closed form sets ``has_m_step = False``; the trainer then moves its parameters by gradient
+on the ELBO instead.
 """
 
 from __future__ import annotations
@@ -33,10 +35,16 @@ class Prior(abc.ABC):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` independent draws, shape (n, p)."""
 
-    @abc.abstractmethod
+    #: Whether :meth:`m_step` exists. A prior without one has its parameters (:meth:`state`,
+    #: which :meth:`with_state` must map to the prior differentiably) trained by gradient on
+    #: the ELBO, together with the posterior (:class:`~invae.inference.lambda_steps.GradientStep`).
+    has_m_step: bool = True
+
     def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
         """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
         (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
+        raise NotImplementedError(f"{type(self).__name__} has no M-step: its parameters are trained by "
+                                  "gradient (lambda_step='gradient')")
 
     #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
     #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
