@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from invae import EM, GaussianGraphicalModel, VariationalEB, linear_gaussian, simulate_problem
+from invae import EM, GaussianGraphicalModel, LinearOperator, VariationalEB, linear_gaussian, simulate_problem
 from invae.inference.penalty import penalty_grid, select_penalty
 from invae.model.graphical_lasso import solve_precision
+from invae.model.likelihoods import NoisePerRowGaussianLikelihood
 from invae.references.exact import marginal_log_likelihood
 
 # Short fits (max_iter=1) and EM at tol=1e-12 stop on their caps by design here.
@@ -20,6 +21,14 @@ def problem():
 
 def _em(problem, alpha=0.0):
     return EM(GaussianGraphicalModel(dim=8, alpha=alpha), linear_gaussian(problem.A, 0.5), tol=1e-12)
+
+
+def test_grid_with_one_noise_level_per_row_equal_to_one_sigma_is_the_same_grid(problem):
+    # σ_i = 0.5 on every row: the per-row posterior covariances all equal the shared one
+    rows = NoisePerRowGaussianLikelihood.rows(problem.X, 0.5)
+    per_row = penalty_grid(rows, GaussianGraphicalModel(dim=8), NoisePerRowGaussianLikelihood(LinearOperator(problem.A)))
+    np.testing.assert_allclose(per_row, penalty_grid(problem.X, GaussianGraphicalModel(dim=8),
+                                                     linear_gaussian(problem.A, 0.5)), rtol=1e-10)
 
 
 def test_grid_starts_at_the_smallest_penalty_with_a_diagonal_answer(problem):

@@ -78,8 +78,8 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
     x = torch.as_tensor(check_data(X, columns=likelihood.data_dim), dtype=torch.float64)
     prior, likelihood = prior.to("cpu", torch.float64), likelihood.to("cpu", torch.float64)
     if has_exact_evidence(prior, likelihood):
-        mean, cov = exact_posterior(x, prior, likelihood)
-        s = (cov + mean.mT @ mean / len(mean)).numpy()
+        mean, cov = exact_posterior(x, prior, likelihood)  # cov (p, p), or (n, p, p) with one σ_i per row
+        s = ((cov if cov.ndim == 2 else cov.mean(0)) + mean.mT @ mean / len(mean)).numpy()
     elif isinstance(likelihood.forward, LinearOperator):
         z = likelihood.forward.pinv(x)
         s = (z.mT @ z / len(z)).numpy()
