@@ -38,7 +38,7 @@ from sklearn.covariance import graphical_lasso
 from sklearn.covariance._graph_lasso import _graphical_lasso
 from sklearn.exceptions import ConvergenceWarning
 
-import invae.model.priors
+import invae.model.ggm
 from invae import GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.app.methods import make_estimator
 from invae.evaluation.simulate import sparse_precision
@@ -141,7 +141,7 @@ def lambda_step_share(solver: str, p: int = 100) -> dict:
         spent.append(elapsed)
         return out
 
-    invae.model.priors.solve_precision = timed_solve  # count every Λ-step the fit makes
+    invae.model.ggm.solve_precision = timed_solve  # count every Λ-step the fit makes
     try:
         prior = GaussianGraphicalModel(dim=p, alpha=0.02, solver=solver)
         estimator = make_estimator("vae", prior, linear_gaussian(problem.A, 1.0))
@@ -149,7 +149,7 @@ def lambda_step_share(solver: str, p: int = 100) -> dict:
             warnings.simplefilter("ignore", ConvergenceWarning)
             elapsed, _ = _timed(estimator.fit, problem.X)
     finally:
-        invae.model.priors.solve_precision = solve_precision
+        invae.model.ggm.solve_precision = solve_precision
     return {"p": p, "solver": solver, "fit_seconds": elapsed, "lambda_step_seconds": sum(spent), "n_solves": len(spent),
             "share": sum(spent) / elapsed, "n_iter": estimator.n_iter_}
 
