@@ -61,9 +61,10 @@ class Registry(Generic[Entry]):
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def name_of(self, entry: Entry) -> str:
-        """The name under which ``entry`` is registered."""
-        for name, registered in self._entries.items():
-            if registered is entry:
+    def find(self, predicate, what: str) -> str:
+        """The first name whose entry satisfies ``predicate``; a ``ValueError`` naming ``what``
+        (e.g. the object looked up) if none does."""
+        for name, entry in self._entries.items():
+            if predicate(entry):
                 return name
-        raise ValueError(f"{entry!r} is not a registered {self.concept}")
+        raise ValueError(f"no registered {self.concept} is {what}")

@@ -319,6 +319,20 @@ def test_a_forward_function_from_a_file(tmp_path):
     assert "elbo_per_obs" in summary and "log_likelihood_per_obs" not in summary  # no exact evidence here
 
 
+def test_a_model_with_a_forward_function_given_by_a_relative_path_predicts_from_elsewhere(tmp_path, monkeypatch,
+                                                                                         capsys):
+    (tmp_path / "sensor.py").write_text(_SENSOR)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).uniform(-0.9, 0.9, (60, 5)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--data", "x.npy", "--forward", "sensor.py:sensor", "--latent-dim", "3", "--noise-std", "0.3",
+                 "--max-iter", "5", "--quiet", "--out", "fit", "--save", "m.pt"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["predict", "--model", "../m.pt", "--data", "../x.npy", "--out", "pred"]) == 0
+    assert f"imported from '{tmp_path / 'sensor.py'}:sensor': that file is run" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load("pred/posterior_mean.npy"), np.load("../fit/posterior_mean.npy"))
+
+
 @pytest.mark.parametrize("extra, message", [
     ([], "needs --latent-dim"),
     (["--latent-dim", "3", "--method", "naive"], "needs a linear forward matrix"),

@@ -18,7 +18,7 @@ from ..references.baselines import Naive
 from ..references.em import EM
 from ..registry import Registry
 
-__all__ = ["Method", "REFERENCE_METHODS", "methods", "make_estimator", "method_name"]
+__all__ = ["Method", "REFERENCE_METHODS", "methods", "variational_names", "make_estimator", "method_name"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,11 @@ def methods() -> Registry[Method]:
     return everything
 
 
+def variational_names() -> str:
+    """The variational methods' names, comma-separated (for messages)."""
+    return ", ".join(name for name, method in methods().items() if method.variational)
+
+
 def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
                    max_iter: int | None = None, tol: float | None = None, seed: int = 0,
                    verbose: bool | int = False, callback=None, checkpoint: dict | None = None,
@@ -86,14 +91,10 @@ def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset:
                "callback": callback, "checkpoint": checkpoint, "device": device}
     chosen = methods()[method]
     if checkpoint and not chosen.variational:
-        variational = ", ".join(name for name, entry in methods().items() if entry.variational)
-        raise ValueError(f"checkpoints apply to the variational methods ({variational}), not to {method!r}")
+        raise ValueError(f"checkpoints apply to the variational methods ({variational_names()}), not to {method!r}")
     return chosen.build(prior, likelihood, options)
 
 
 def method_name(estimator: EmpiricalBayesEstimator) -> str:
     """The method name that :func:`make_estimator` builds ``estimator`` from."""
-    for name, method in methods().items():
-        if method.builds(estimator):
-            return name
-    raise ValueError(f"no invae method builds {estimator!r}")
+    return methods().find(lambda method: method.builds(estimator), f"built as {estimator!r}")

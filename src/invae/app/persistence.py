@@ -101,9 +101,8 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
                                max_iter=record["max_iter"], tol=record["tol"], device=device)
     try:
         return estimator.restore(record["posterior"])
-    except RuntimeError as error:  # the weights' keys or shapes differ from the family's
-        reason = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise ValueError(f"the model {str(path)!r} does not fit its own settings: {reason}") from None
+    except ValueError as error:  # the weights' keys or shapes differ from the family's
+        raise ValueError(f"the model {str(path)!r} does not fit its own settings: {error}") from None
 
 
 def _prior(record: dict) -> Prior:

@@ -33,8 +33,9 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood]:
     if function is not None:
         if settings.latent_dim is None:
             raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
+        file, name = function.groups()  # the model file records the absolute path: predict may run elsewhere
         operator = FunctionOperator(load_function(str(settings.forward)), settings.latent_dim,
-                                    name=str(settings.forward), source=str(settings.forward))
+                                    name=str(settings.forward), source=f"{Path(file).resolve()}:{name}")
     elif settings.forward is not None:
         a = load_array(settings.forward, name="the forward matrix (--forward)")
         if a.ndim != 2:

@@ -16,7 +16,7 @@ from ..inference.penalty import CRITERIA
 from ..model.noise import NOISE_MODELS
 from ..model.priors import PRIORS
 from ..validation import check_noise_std, check_penalty
-from .methods import methods
+from .methods import methods, variational_names
 
 __all__ = ["FitSettings", "PRESETS"]
 
@@ -70,7 +70,7 @@ class FitSettings:
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
         if self.checkpoint_dir is not None and not method.variational:
-            raise ValueError(f"--checkpoint-dir applies to the variational methods ({_variational()}), "
+            raise ValueError(f"--checkpoint-dir applies to the variational methods ({variational_names()}), "
                              f"not to {self.method!r}")
         if self.checkpoint_dir is not None and self.penalty == "auto":
             raise ValueError("--checkpoint-dir does not combine with --penalty auto (a path of fits); "
@@ -85,7 +85,7 @@ class FitSettings:
             raise ValueError(f"tol must be > 0, got {self.tol!r}")
         if not method.variational and not NOISE_MODELS[self.noise].exact:
             raise ValueError(f"--method {self.method} needs Gaussian noise (its exact formulas); "
-                             f"for --noise {self.noise} use a variational method ({_variational()})")
+                             f"for --noise {self.noise} use a variational method ({variational_names()})")
         if self.penalty == "auto" and not PRIORS[self.prior].selects_penalty:
             choosers = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
             raise ValueError(f"--penalty auto chooses α for the {choosers} prior; "
@@ -175,6 +175,3 @@ def _read_config(path: str | Path) -> dict:
             values[key] = path.parent / values[key]
     return values
 
-
-def _variational() -> str:
-    return ", ".join(name for name, method in methods().items() if method.variational)

@@ -71,7 +71,7 @@ class EmpiricalBayesEstimator(abc.ABC):
         """Mark this estimator fitted at its ``prior``'s parameters without fitting (a model file's
         estimate); ``posterior_state``: the trained weights of a posterior network, where the
         estimator has one. Returns ``self``."""
-        self.prior_ = self.prior.to(self.device, self.dtype)
+        self.prior_ = self.prior.to(self.device, self.dtype)  # not _models(): no warm start from a previous fit
         self.likelihood_ = self.likelihood.to(self.device, self.dtype)
         self.n_iter_, self.converged_, self.history_ = 0, True, {}
         return self

@@ -163,6 +163,9 @@ class VariationalEB(EmpiricalBayesEstimator):
             chosen.update(FAMILIES[self.family].defaults)
         if not self.prior.has_m_step:
             chosen["lambda_step"] = "gradient"
+        elif self.lambda_step == "gradient":
+            raise ValueError(f"lambda_step='gradient' is for priors without an M-step; {type(self.prior).__name__} "
+                             "has one: use 'expected', 'importance' or 'batch'")
         for key in chosen:
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
@@ -196,7 +199,7 @@ class VariationalEB(EmpiricalBayesEstimator):
             reuse = self._warm() and (self._amortized or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
-                                                      lambda_step=settings.new_lambda_step(), verbose=self.verbose, callback=self.callback,
+                                                      settings.new_lambda_step(), verbose=self.verbose, callback=self.callback,
                                                       checkpoint=self._checkpointer(),
                                                       identity=self._identity(x, settings))
         if not converged:
@@ -209,14 +212,18 @@ class VariationalEB(EmpiricalBayesEstimator):
 
     def restore(self, posterior_state: dict | None = None) -> VariationalEB:
         """Fitted at ``prior``'s parameters, with an amortized family's trained weights
-        ``posterior_state`` (a ``state_dict``); a non-amortized family keeps no per-row factors:
-        every ``transform`` fits them afresh under Λ̂. Returns ``self``."""
+        ``posterior_state`` (a ``state_dict``; a ``ValueError`` says why it does not fit the
+        family's module); a non-amortized family keeps no per-row factors: every
+        ``transform`` fits them afresh under Λ̂. Returns ``self``."""
         super().restore()
         m = self.likelihood.data_dim
         self._fitted_data = torch.empty(0, m, dtype=self.dtype, device=self.device)
         if posterior_state is not None:
             module = self.build_posterior(n=0, m=m)
-            module.load_state_dict(posterior_state)
+            try:
+                module.load_state_dict(posterior_state)
+            except RuntimeError as error:  # missing keys or mismatched shapes: torch's second line says which
+                raise ValueError(str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)) from None
             self.posterior_ = module.to(self.device, self.dtype)
         return self
 
@@ -243,7 +250,7 @@ class VariationalEB(EmpiricalBayesEstimator):
             return self.posterior_
         factors = self.build_posterior(n=len(x), m=x.shape[1]).to(self.device, self.dtype)
         with seeded(self.random_state, x.device), torch.enable_grad():
-            train(x, factors, self.prior_, self.likelihood_, self._settings())  # no Λ-step: Λ̂ stays
+            train(x, factors, self.prior_, self.likelihood_, self._settings(), None)  # no Λ-step: Λ̂ stays
         return factors
 
     def _chunks(self, x: Tensor, rows_per_chunk: int = _ROWS_PER_CHUNK):
@@ -258,7 +265,9 @@ class VariationalEB(EmpiricalBayesEstimator):
     def reweighted(self) -> bool:
         """Whether the posterior answers are the exact posterior's at Λ̂ (q's draws reweighted),
         rather than q's own: ``reweight``, or by default whether the Λ-step is ``"importance"``."""
-        return self._settings().lambda_step == "importance" if self.reweight is None else bool(self.reweight)
+        if self.reweight is not None:
+            return bool(self.reweight)
+        return LAMBDA_STEPS[self._settings().lambda_step].targets_exact_posterior
 
     def _weighted_chunks(self, x: Tensor, n_draws: int | None = None):
         """(rows, draws (S, r, p), weights (S, r)) of the exact posterior under Λ̂, chunk by chunk;

@@ -45,6 +45,9 @@ class LambdaStep(abc.ABC):
     #: The prior's parameters take the trainer's Adam steps on the ELBO together with φ (in a
     #: parameter group of their own), rather than an M-step after them.
     by_gradient: bool = False
+    #: Λ̂ chases the exact posterior's M-step (not the ELBO's): the estimator's posterior
+    #: answers then default to the exact posterior at Λ̂ too (reweighted q).
+    targets_exact_posterior: bool = False
 
     def __init__(self, n_draws: int):
         self.n_draws = n_draws
@@ -80,6 +83,8 @@ class ExpectedStep(LambdaStep):
 
 class ImportanceStep(LambdaStep):
     """The M-step on q's draws weighted towards the exact posterior (:func:`importance_lambda_step`)."""
+
+    targets_exact_posterior = True
 
     @staticmethod
     def default_draws(prior: Prior) -> int:

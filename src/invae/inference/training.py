@@ -84,13 +84,14 @@ class TrainingSettings:
 
 
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
-          *, lambda_step: LambdaStep | None = None, verbose: bool = False,
+          lambda_step: LambdaStep | None, *, verbose: bool = False,
           callback: Callable[[int, Prior], None] | None = None, checkpoint: Checkpointer | None = None,
           identity: dict | None = None) -> tuple[Prior, dict, int, bool]:
     """Run Algorithm 1 on data x (n, m); return (prior, history, n_iter, converged).
 
-    ``lambda_step`` updates the prior after each round of Adam steps; None keeps it fixed
-    and trains q alone (inference on new data for a non-amortized family).
+    ``lambda_step`` updates the prior after each round of Adam steps (e.g.
+    ``settings.new_lambda_step()``); None keeps it fixed and trains q alone (inference on
+    new data for a non-amortized family).
     ``callback(iteration, prior)`` runs after each outer iteration. ``checkpoint`` saves the
     whole state every so many iterations and on SIGINT/SIGTERM (then raises
     :class:`~invae.inference.checkpoints.FitInterrupted`), and resumes from it; ``identity``
@@ -234,7 +235,7 @@ class _Run:
         return {"posterior": {key: value.detach().clone() for key, value in self.posterior.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "plateau": [self.plateau.best, self.plateau.waited, self.plateau.since_best],
-                "prior": {key: value.detach().clone() for key, value in self.prior.state().items()},
+                "prior": {key: value.detach().clone() for key, value in (self.theta or self.prior.state()).items()},
                 "history": {key: list(values) for key, values in self.history.items()},
                 "iteration": self.iteration, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}

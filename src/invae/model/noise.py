@@ -60,7 +60,5 @@ NOISE_MODELS.register("student-t", NoiseModel(StudentTLikelihood,
 
 def noise_name(likelihood: Likelihood) -> str:
     """The registered name of ``likelihood``'s noise model."""
-    for name, model in NOISE_MODELS.items():
-        if type(likelihood) is model.cls:
-            return name
-    raise ValueError(f"{type(likelihood).__name__} is not a registered noise model (invae.model.noise.NOISE_MODELS)")
+    return NOISE_MODELS.find(lambda model: type(likelihood) is model.cls,
+                             f"a {type(likelihood).__name__} (invae.model.noise.NOISE_MODELS)")

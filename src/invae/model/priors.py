@@ -75,7 +75,4 @@ PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=Tru
 
 def prior_name(prior: Prior) -> str:
     """The registered name of ``prior``'s class."""
-    for name, kind in PRIORS.items():
-        if type(prior) is kind.cls:
-            return name
-    raise ValueError(f"{type(prior).__name__} is not a registered prior (invae.model.priors.PRIORS)")
+    return PRIORS.find(lambda kind: type(prior) is kind.cls, f"a {type(prior).__name__} (invae.model.priors.PRIORS)")
