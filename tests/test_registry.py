@@ -25,7 +25,9 @@ class IsotropicPrior(Prior):
     closed_form_gaussian_m_step = False
 
     def __init__(self, variance=1.0, *, dim: int):
-        self.variance, self.dim = torch.as_tensor(variance, dtype=torch.float64), dim
+        super().__init__()
+        self.register_buffer("variance", torch.as_tensor(variance, dtype=torch.float64))
+        self.dim = dim
 
     def log_prob(self, z):
         return Normal(0.0, self.variance.to(z).sqrt()).log_prob(z).sum(-1)
@@ -45,9 +47,6 @@ class IsotropicPrior(Prior):
 
     def with_penalty(self, alpha):
         return self
-
-    def state(self):
-        return {"variance": self.variance}
 
     def with_state(self, state):
         return self._with(state["variance"])
@@ -75,14 +74,15 @@ class GradientIsotropicPrior(IsotropicPrior):
     has_m_step = False
 
     def __init__(self, log_variance=0.0, *, dim: int):
-        self.log_variance = torch.as_tensor(log_variance, dtype=torch.float64)
-        super().__init__(self.log_variance.exp(), dim=dim)  # differentiable in log s²
+        log_variance = torch.as_tensor(log_variance, dtype=torch.float64)
+        super().__init__(log_variance.exp(), dim=dim)  # differentiable in log s²
+        self.register_buffer("log_variance", log_variance)
+
+    def state(self):
+        return {"log_variance": self.log_variance}  # θ; the variance is derived from it
 
     def m_step(self, z, weights=None):
         return Prior.m_step(self, z, weights)  # none: the base class says so
-
-    def state(self):
-        return {"log_variance": self.log_variance}
 
     def with_state(self, state):
         return GradientIsotropicPrior(state["log_variance"], dim=self.dim)

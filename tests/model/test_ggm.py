@@ -4,6 +4,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from invae.model.ggm import GaussianGraphicalModel
+from invae.model.mixture import GaussianMixture
 
 from ..conftest import random_spd
 
@@ -79,3 +80,14 @@ def test_weighted_m_step_equals_the_m_step_on_replicated_draws(rng):
     replicated = torch.repeat_interleave(z.reshape(-1, 4), weights.reshape(-1).long(), dim=0)
     torch.testing.assert_close(prior.m_step(z, weights).precision, prior.m_step(replicated).precision,
                                rtol=1e-9, atol=1e-9)
+
+
+def test_a_prior_is_a_module_whose_state_dict_holds_its_parameters_and_to_returns_a_copy(rng):
+    prior = GaussianGraphicalModel(random_spd(rng, 4))
+    mixture = GaussianMixture.standard(4, 3)
+    assert isinstance(prior, torch.nn.Module) and list(prior.state_dict()) == ["precision"]
+    assert list(mixture.state_dict()) == ["weights", "means", "precisions"]  # the Cholesky factors are derived
+    moved = prior.to(dtype=torch.float32)  # priors are immutable: a moved copy, the original as it was
+    assert moved is not prior and prior.precision.dtype == torch.float64 and moved.precision.dtype == torch.float32
+    z = torch.as_tensor(rng.standard_normal((5, 4)))
+    torch.testing.assert_close(prior(z), prior.log_prob(z), rtol=0, atol=0)

@@ -38,6 +38,7 @@ class GaussianGraphicalModel(Prior):
 
     def __init__(self, precision: Tensor | np.ndarray | None = None, *, alpha: float = 0.0,
                  dim: int | None = None, solver: str = "newton"):
+        super().__init__()
         if precision is None:
             if dim is None:
                 raise ValueError("GaussianGraphicalModel needs a precision matrix or its dim")
@@ -49,11 +50,12 @@ class GaussianGraphicalModel(Prior):
             raise ValueError(f"the penalty alpha must be a finite number >= 0, got {alpha}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        self.precision = 0.5 * (precision + precision.T)
+        self.register_buffer("precision", 0.5 * (precision + precision.T))
         self.alpha = float(alpha)
         self.solver = solver
         self.dim = precision.shape[0]
-        self._chol, info = torch.linalg.cholesky_ex(self.precision)
+        chol, info = torch.linalg.cholesky_ex(self.precision)
+        self.register_buffer("_chol", chol, persistent=False)  # derived from Λ: not a parameter
         if info.item() != 0:
             raise ValueError("the precision matrix must be symmetric positive-definite")
 
@@ -108,9 +110,6 @@ class GaussianGraphicalModel(Prior):
 
     def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
         return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver)
-
-    def state(self) -> dict[str, Tensor]:
-        return {"precision": self.precision}
 
     def config(self) -> dict:
         return {"alpha": self.alpha, "solver": self.solver}

@@ -55,6 +55,7 @@ class GaussianMixture(Prior):
 
     def __init__(self, weights, means, precisions, *, alpha: float = 0.0, reg_covar: float = _REG_COVAR,
                  solver: str = "newton"):
+        super().__init__()
         precisions = torch.as_tensor(precisions)
         weights = torch.as_tensor(weights).to(precisions)
         means = torch.as_tensor(means).to(precisions)
@@ -68,12 +69,13 @@ class GaussianMixture(Prior):
             raise ValueError(f"alpha and reg_covar must be finite numbers >= 0, got {alpha}, {reg_covar}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        self.weights = weights / weights.sum()
-        self.means = means
-        self.precisions = 0.5 * (precisions + precisions.mT)
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("means", means)
+        self.register_buffer("precisions", 0.5 * (precisions + precisions.mT))
         self.alpha, self.reg_covar, self.solver = float(alpha), float(reg_covar), solver
         self.components, self.dim = k, p
-        self._chol, info = torch.linalg.cholesky_ex(self.precisions)
+        chol, info = torch.linalg.cholesky_ex(self.precisions)
+        self.register_buffer("_chol", chol, persistent=False)  # derived from the Λ_k: not a parameter
         if (info != 0).any() or not torch.isfinite(means).all():
             raise ValueError("each component needs a symmetric positive-definite precision and finite mean")
 
@@ -186,9 +188,6 @@ class GaussianMixture(Prior):
     def with_penalty(self, alpha: float) -> GaussianMixture:
         return GaussianMixture(self.weights, self.means, self.precisions, alpha=alpha, reg_covar=self.reg_covar,
                                solver=self.solver)
-
-    def state(self) -> dict[str, Tensor]:
-        return {"weights": self.weights, "means": self.means, "precisions": self.precisions}
 
     def config(self) -> dict:
         return {"alpha": self.alpha, "reg_covar": self.reg_covar, "solver": self.solver}

@@ -6,9 +6,11 @@ expected complete-data log-density minus its penalty,
 
     Λ̂ = argmax_Λ  (1/n) Σ_i E_q[log g(z_i; Λ)] − penalty(Λ).
 
-Priors are immutable: an M-step returns a new prior. A prior whose maximiser has no
-closed form sets ``has_m_step = False``; the trainer then moves its parameters by gradient
-on the ELBO instead.
+A prior is a ``torch.nn.Module`` whose parameters θ are its registered tensors (buffers,
+so ``state_dict()`` holds them and ``state()`` returns them). Priors are immutable all the
+same: an M-step returns a new prior, and :meth:`Prior.to` returns a moved copy (unlike
+``nn.Module.to``, which moves a module in place). A prior whose maximiser has no closed
+form sets ``has_m_step = False``; the trainer then moves θ by gradient on the ELBO instead.
 """
 
 from __future__ import annotations
@@ -17,15 +19,20 @@ import abc
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["Prior"]
 
 
-class Prior(abc.ABC):
-    """A parametric prior ``g(z; θ)`` on ``R^p`` with an M-step for θ."""
+class Prior(nn.Module, abc.ABC):
+    """A parametric prior ``g(z; θ)`` on ``R^p`` with an M-step for θ. Subclasses call
+    ``super().__init__()`` first and register θ with ``register_buffer``."""
 
     dim: int
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``log g(z; θ)``: a prior called on z is its log-density (e.g. in ``torch.func.functional_call``)."""
+        return self.log_prob(z)
 
     @abc.abstractmethod
     def log_prob(self, z: Tensor) -> Tensor:
@@ -72,9 +79,9 @@ class Prior(abc.ABC):
     def with_penalty(self, alpha: float) -> Prior:
         """The same prior (parameters, solver) with penalty strength ``alpha``."""
 
-    @abc.abstractmethod
     def state(self) -> dict[str, Tensor]:
-        """The parameters θ as named tensors (for checkpoints)."""
+        """The parameters θ as named tensors (checkpoints, model files): the registered buffers."""
+        return dict(self.state_dict())
 
     @abc.abstractmethod
     def with_state(self, state: dict[str, Tensor]) -> Prior:
