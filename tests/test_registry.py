@@ -176,6 +176,20 @@ def test_a_toy_family_and_prior_are_command_line_choices(toys, tmp_path, capsys)
     assert np.load(tmp_path / "fit" / "variance.npy").shape == ()
 
 
+def test_naive_refuses_a_prior_without_an_m_step_in_one_line(tmp_path, capsys):
+    PRIORS.register("isotropic-by-gradient", PriorKind(GradientIsotropicPrior, lambda x, likelihood, options:
+                                                       GradientIsotropicPrior(dim=likelihood.forward.in_dim)))
+    try:
+        np.save(tmp_path / "X.npy", _data(n=100))
+        assert main(["fit", "--data", str(tmp_path / "X.npy"), "--noise-std", "0.5", "--prior", "isotropic-by-gradient",
+                     "--method", "naive", "--out", str(tmp_path / "never")]) == 2
+    finally:
+        PRIORS.unregister("isotropic-by-gradient")
+    err = capsys.readouterr().err
+    assert "GradientIsotropicPrior has none: use a variational method" in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
 def test_the_gradient_step_is_for_priors_without_an_m_step():
     prior = IsotropicPrior(dim=3)  # it has an M-step
     with pytest.raises(ValueError, match="for priors without an M-step"):

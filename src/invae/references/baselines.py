@@ -36,6 +36,9 @@ class Naive(EmpiricalBayesEstimator):
     def fit(self, X) -> Naive:
         if not isinstance(self.likelihood.forward, LinearOperator):
             raise ValueError("the naive method needs a linear forward matrix A (it computes A⁺x)")
+        if not self.prior.has_m_step:
+            raise ValueError(f"the naive method takes the M-step on A⁺x, and {type(self.prior).__name__} has none: "
+                             "use a variational method")
         x = self._tensor(X)
         prior, likelihood = self._models()
         self.likelihood_ = likelihood
