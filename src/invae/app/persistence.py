@@ -24,8 +24,6 @@ import torch
 
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
-from ..inference.estimator import VariationalEB
-from ..inference.families import FAMILIES
 from ..model.forward import FunctionOperator, LinearOperator
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
@@ -50,7 +48,6 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
     estimator.check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
-    amortized = isinstance(estimator, VariationalEB) and FAMILIES[estimator.family].amortized
     record = {
         "format": FORMAT, "version": VERSION, "invae_version": __version__,
         "settings": settings or {}, "data_shape": list(data_shape) if data_shape else None,
@@ -60,8 +57,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "prior": prior_name(prior), "prior_config": prior.config(),
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
         "likelihood": _likelihood_record(likelihood),
-        "posterior": ({k: v.detach().cpu() for k, v in estimator.posterior_.state_dict().items()}
-                      if amortized else None),
+        "posterior": estimator.posterior_state(),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,10 @@ class EmpiricalBayesEstimator(abc.ABC):
         mean, std = self._posterior(self._tensor(X))
         return _numpy(mean), _numpy(std)
 
+    def posterior_state(self) -> dict | None:
+        """The trained weights a model file keeps (the argument of :meth:`restore`); None here."""
+        return None
+
     def restore(self, posterior_state: dict | None = None) -> EmpiricalBayesEstimator:
         """Mark this estimator fitted at its ``prior``'s parameters without fitting (a model file's
         estimate); ``posterior_state``: the trained weights of a posterior network, where the

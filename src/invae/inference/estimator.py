@@ -210,6 +210,14 @@ class VariationalEB(EmpiricalBayesEstimator):
         self._fitted_data = x
         return self
 
+    def posterior_state(self) -> dict | None:
+        """An amortized family's trained weights on the CPU (``restore``'s argument); None for
+        free per-row factors, which new data fit afresh."""
+        self.check_fitted()
+        if not self._amortized:
+            return None
+        return {key: value.detach().cpu() for key, value in self.posterior_.state_dict().items()}
+
     def restore(self, posterior_state: dict | None = None) -> VariationalEB:
         """Fitted at ``prior``'s parameters, with an amortized family's trained weights
         ``posterior_state`` (a ``state_dict``; a ``ValueError`` says why it does not fit the
