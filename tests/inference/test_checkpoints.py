@@ -137,15 +137,15 @@ def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_p
 
 
 def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
-    # The prior refuses a Λ that is not positive definite: the third Λ-step returns one.
-    original, calls = ExpectedStep.__call__, [0]
+    # The prior refuses a Λ that is not positive definite: the third Λ-step's statistics give one.
+    original, calls = ExpectedStep.statistics, [0]
 
-    def lambda_step(*args, **kwargs):
+    def statistics(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 3:
-            return GaussianGraphicalModel(-torch.eye(5))  # raises ValueError inside
+            return {"second_moment": -torch.eye(5)}  # the M-step raises ValueError on it
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ExpectedStep, "__call__", lambda_step)
+    monkeypatch.setattr(ExpectedStep, "statistics", statistics)
     fitted = _vae(problem).fit(problem.X)
     assert calls[0] == 41 and np.all(np.linalg.eigvalsh(fitted.precision_) > 0)  # 40 + the retried one

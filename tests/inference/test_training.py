@@ -5,7 +5,7 @@ import torch
 from torch.distributions import AffineTransform, Independent, MultivariateNormal, Normal, TransformedDistribution
 
 from invae import GaussianGraphicalModel, linear_gaussian
-from invae.inference.lambda_steps import importance_lambda_step, lambda_step
+from invae.inference.lambda_steps import expected_statistics, importance_statistics
 from invae.inference.seeding import seeded
 from invae.inference.training import TrainingSettings
 from invae.references.exact import exact_posterior
@@ -18,13 +18,13 @@ def test_full_covariance_lambda_step_averages_the_per_row_covariances(rng):
     mean = torch.as_tensor(rng.standard_normal((n, p)))
     covs = torch.stack([torch.as_tensor(random_spd(rng, p)) for _ in range(n)])
     prior = GaussianGraphicalModel(dim=p, alpha=0.05)
-    got = lambda_step(prior, MultivariateNormal(mean, covs))
+    got = prior.m_step_from(expected_statistics(prior, MultivariateNormal(mean, covs)))
     torch.testing.assert_close(got.precision, prior.m_step_gaussian(mean, covs).precision)
 
 
 def test_sampled_lambda_step_matches_the_exact_second_moment_within_standard_errors(rng):
     # A Gaussian q hidden behind a flow (torch gives it no closed-form moments): the Λ-step
-    # falls back on draws. With α = 0, Λ̂⁻¹ = S = (1/(Kn)) Σ z zᵀ; each entry's standard error
+    # falls back on draws, whose second moment S = (1/(Kn)) Σ z zᵀ is the statistic; each entry's standard error
     # is √((E[z_j² z_k²] − S_jk²)/(Kn)) ≈ √((S_jj S_kk + S_jk²)/(Kn)) for a near-centred z.
     n, p, draws = 400, 3, 50
     loc = torch.as_tensor(rng.normal(0, 0.3, (n, p)))
@@ -32,7 +32,7 @@ def test_sampled_lambda_step_matches_the_exact_second_moment_within_standard_err
     base = Independent(Normal(torch.zeros(n, p), torch.ones(n, p)), 1)
     q = TransformedDistribution(base, [AffineTransform(loc, scale, event_dim=1)])
     torch.manual_seed(0)
-    got = torch.linalg.inv(lambda_step(GaussianGraphicalModel(dim=p), q, n_draws=draws).precision)
+    got = expected_statistics(GaussianGraphicalModel(dim=p), q, n_draws=draws)["second_moment"]
     exact = (loc.T @ loc + torch.diag(scale.square().sum(0))) / n
     se = torch.sqrt((exact.diagonal()[:, None] * exact.diagonal()[None] + exact.square()) / (draws * n))
     assert torch.all((got - exact).abs() < 4 * se)
@@ -68,20 +68,20 @@ def _linear_gaussian_problem(rng, n, p=3, m=4, sigma=0.7):
     return x, prior, likelihood, *exact_posterior(x, prior, likelihood)
 
 
-def test_importance_lambda_step_with_the_exact_posterior_as_q_is_the_plain_m_step(rng):
+def test_importance_statistics_with_the_exact_posterior_as_q_is_the_plain_m_step(rng):
     # q = p(z | x): every draw's weight g p / q is p(x), the same for all draws of a row, so the
     # self-normalised weights are 1/S and the step is the M-step on the draws, to rounding.
     x, prior, likelihood, mean, cov = _linear_gaussian_problem(rng, n=50)
     q = MultivariateNormal(mean, cov.expand(len(x), -1, -1))
     stepped_prior = prior.with_penalty(0.05)  # the weights use the prior that q is the posterior of
     torch.manual_seed(1)
-    got = importance_lambda_step(stepped_prior, q, x, likelihood, n_draws=16)
+    got = stepped_prior.m_step_from(importance_statistics(stepped_prior, q, x, likelihood, n_draws=16))
     torch.manual_seed(1)
     expected = stepped_prior.m_step(q.rsample((16,)))
     torch.testing.assert_close(got.precision, expected.precision, rtol=1e-8, atol=1e-8)
 
 
-def test_importance_lambda_step_corrects_a_poor_q_to_the_exact_e_step(rng):
+def test_importance_statistics_corrects_a_poor_q_to_the_exact_e_step(rng):
     # q = p(z | x) with its sds ×1.5 and shifted by half a posterior sd: the plain M-step on
     # q's draws sees Σ_q = 2.25 Σ_post. With the weights and α = 0, Λ̂⁻¹ = (1/n) Σ_i T_i, where
     # T_i = Σ_s w̃_is z_is z_isᵀ estimates E[z zᵀ | x_i] = Σ_post + μ_i μ_iᵀ (exact EM's S).
@@ -99,7 +99,8 @@ def test_importance_lambda_step_corrects_a_poor_q_to_the_exact_e_step(rng):
     se = per_row.std(0) / math.sqrt(n)
     exact = cov + mean.T @ mean / n
     torch.manual_seed(2)
-    weighted = torch.linalg.inv(importance_lambda_step(prior.with_penalty(0.0), q, x, likelihood, draws).precision)
+    unpenalized = prior.with_penalty(0.0)
+    weighted = torch.linalg.inv(unpenalized.m_step_from(importance_statistics(unpenalized, q, x, likelihood, draws)).precision)
     assert torch.all((weighted - exact).abs() < 4 * se)
     plain = torch.linalg.inv(prior.with_penalty(0.0).m_step(z).precision)
     assert (plain - exact).diagonal().abs().min() > 20 * se.diagonal().max()

@@ -9,7 +9,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from invae import EM, GaussianGraphicalModel, complete_data_floor, linear_gaussian
 from invae.evaluation.metrics import mixture_errors
-from invae.inference.lambda_steps import lambda_step
+from invae.inference.lambda_steps import expected_statistics
 from invae.model.graphical_lasso import optimality_violation
 from invae.model.mixture import GaussianMixture, match_components
 from invae.references.exact import marginal_log_likelihood, mixture_posterior
@@ -57,7 +57,7 @@ def test_m_step_with_known_labels_returns_each_class_moments(rng):
     labels = rng.integers(0, 3, size=600)
     z = rng.standard_normal((600, 4)) + 2.0 * labels[:, None]
     start = GaussianMixture.standard(4, 3, reg_covar=0.0)
-    fitted = start.m_step_weighted(torch.from_numpy(np.eye(3)[labels]), torch.from_numpy(z))
+    fitted = start.m_step_from(start.component_statistics(torch.from_numpy(np.eye(3)[labels]), torch.from_numpy(z)))
     for k in range(3):
         members = z[labels == k]
         assert fitted.weights[k].item() == pytest.approx(len(members) / 600, rel=1e-12)
@@ -70,7 +70,8 @@ def test_penalised_m_step_solves_each_components_graphical_lasso(rng):
     labels = rng.integers(0, 2, size=400)
     z = rng.standard_normal((400, 5)) + 3.0 * labels[:, None]
     resp = torch.from_numpy(np.eye(2)[labels])
-    fitted = GaussianMixture.standard(5, 2, alpha=0.1, reg_covar=0.0).m_step_weighted(resp, torch.from_numpy(z))
+    start = GaussianMixture.standard(5, 2, alpha=0.1, reg_covar=0.0)
+    fitted = start.m_step_from(start.component_statistics(resp, torch.from_numpy(z)))
     for k in range(2):
         members = z[labels == k]
         # Component k carries weight N_k/n in the objective, hence the penalty α n/N_k.
@@ -110,7 +111,7 @@ def test_lambda_step_uses_draws_for_a_mixture_under_a_gaussian_q(rng):
     mean = torch.from_numpy(rng.standard_normal((100, 2)))
     q = torch.distributions.Independent(torch.distributions.Normal(mean, 0.1 * torch.ones_like(mean)), 1)
     torch.manual_seed(5)
-    stepped = lambda_step(prior, q, n_draws=4)
+    stepped = prior.m_step_from(expected_statistics(prior, q, n_draws=4))
     torch.manual_seed(5)
     expected = prior.m_step(q.rsample((4,)))
     torch.testing.assert_close(stepped.means, expected.means, rtol=0, atol=0)

@@ -68,9 +68,12 @@ class VariationalEB(EmpiricalBayesEstimator):
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
     max_iter : int
         Cap on outer iterations (Λ-steps).
-    tol, window : float, int
-        Converged when, over the last ``window`` outer iterations, Λ moved by less than
-        ``tol`` (relative Frobenius) and the fixed-noise ELBO rose by less than ``tol``.
+    tol, window : float or None, int
+        Converged when, for ``window`` outer iterations, the fixed-noise ELBO has not beaten its
+        best by more than half its standard error sd/√n, and the Λ-step's statistics have
+        settled with a Monte Carlo variance below a quarter of their statistical variance
+        (:mod:`invae.inference.training`); a number ``tol`` replaces these margins by fixed
+        relative ones (ELBO by tol·|ELBO|, the statistics' error by tol).
     hidden : tuple of int
         Hidden widths of the encoder's MLP.
     n_samples : int
@@ -86,6 +89,11 @@ class VariationalEB(EmpiricalBayesEstimator):
         reused at every Λ-step. None: 32 for ``"importance"`` or a mixture prior, whose
         responsibilities make the draws' M-step noisier (docs/benchmarks.md, "Λ-step draws
         under a mixture prior"), else 8.
+    lambda_rows : int or None
+        Random rows per Λ-step, each step with fresh draws; their statistics are averaged over
+        steps (stochastic-approximation EM, :mod:`invae.inference.averaging`). None: 1024 for
+        ``"importance"``, whose draws cost most, else all rows (the same draws' noise at
+        every step).
     n_moment_draws : int
         Monte Carlo draws per row for posterior answers that q has in no closed form: the
         means and sds of ``iaf`` (:func:`invae.inference.posteriors.moments`), and every answer when
@@ -124,9 +132,9 @@ class VariationalEB(EmpiricalBayesEstimator):
                  learning_rate: float | None = None, batch_size: int | None = None,
                  n_critic: int | None = None, lambda_step: str | None = None,
                  lr_decay: float | None = None, max_iter: int = 2000,
-                 tol: float = 1e-4, window: int = 20, hidden: tuple[int, ...] = (128, 128),
+                 tol: float | None = None, window: int = 10, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, posterior_components: int | None = None,
-                 lambda_draws: int | None = None,
+                 lambda_draws: int | None = None, lambda_rows: int | None = None,
                  n_moment_draws: int = 256, reweight: bool | None = None, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
                  random_state: int = 0, verbose: bool = False, device: str = "cpu",
@@ -147,6 +155,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.flow_steps = flow_steps
         self.posterior_components = posterior_components
         self.lambda_draws = lambda_draws
+        self.lambda_rows = lambda_rows
         self.n_moment_draws = n_moment_draws
         self.reweight = reweight
         self.checkpoint_dir = checkpoint_dir
@@ -169,11 +178,11 @@ class VariationalEB(EmpiricalBayesEstimator):
         for key in chosen:
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
-        draws = self.lambda_draws
-        if draws is None:
-            draws = LAMBDA_STEPS[chosen["lambda_step"]].default_draws(self.prior)
-        return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window,
-                                n_samples=self.n_samples, lambda_draws=draws, **chosen)
+        step = LAMBDA_STEPS[chosen["lambda_step"]]
+        draws = step.default_draws(self.prior) if self.lambda_draws is None else self.lambda_draws
+        rows = step.default_rows if self.lambda_rows is None else self.lambda_rows
+        return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window, n_samples=self.n_samples,
+                                lambda_draws=draws, lambda_rows=rows, **chosen)
 
     def _new_posterior(self, x: Tensor) -> torch.nn.Module:
         """A fresh posterior module for the rows x (n, m): encoders standardised by x."""

@@ -16,14 +16,17 @@ name           Λ ←                                                           
 ``gradient``   for a prior without an M-step: Adam steps on the ELBO, with φ's      :class:`GradientStep`
 =============  ==================================================================  ===================
 
-The numerical kernels are the functions :func:`lambda_step` and :func:`importance_lambda_step`.
-Steps over all rows draw with the same random numbers at every iteration (``seed``), so Λ̂
-changes only as φ and Λ change.
+A step returns the prior's expected sufficient statistics (:meth:`LambdaStep.statistics`,
+whose kernels are :func:`expected_statistics` and :func:`importance_statistics`); the trainer
+averages them over steps before the M-step (:mod:`invae.inference.averaging`). A step over
+all rows draws with the same random numbers at every iteration (``seed``), so its statistics
+change only as φ and Λ change; a step over ``rows`` random rows draws afresh.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 
 import torch
 from torch import Tensor, nn
@@ -35,12 +38,13 @@ from ..registry import Registry
 from .reweighting import normalised_weights
 from .seeding import seeded
 
-__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "LAMBDA_STEPS", "lambda_step",
-           "importance_lambda_step", "posterior_all"]
+__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "LAMBDA_STEPS",
+           "expected_statistics", "importance_statistics", "posterior_all"]
 
 
 class LambdaStep(abc.ABC):
-    """Updates the prior from the posterior module; ``n_draws`` draws of q per row where it draws."""
+    """Updates the prior from the posterior module; ``n_draws`` draws of q per row where it draws,
+    over ``rows`` random rows of the data per step (None: all of them)."""
 
     #: The prior's parameters take the trainer's Adam steps on the ELBO together with φ (in a
     #: parameter group of their own), rather than an M-step after them.
@@ -48,9 +52,11 @@ class LambdaStep(abc.ABC):
     #: Λ̂ chases the exact posterior's M-step (not the ELBO's): the estimator's posterior
     #: answers then default to the exact posterior at Λ̂ too (reweighted q).
     targets_exact_posterior: bool = False
+    #: Rows per step when none are asked for (None: all rows).
+    default_rows: int | None = None
 
-    def __init__(self, n_draws: int):
-        self.n_draws = n_draws
+    def __init__(self, n_draws: int, rows: int | None = None):
+        self.n_draws, self.rows = n_draws, rows
 
     @staticmethod
     def default_draws(prior: Prior) -> int:
@@ -58,41 +64,65 @@ class LambdaStep(abc.ABC):
         noisier, e.g. a mixture's responsibilities (docs/benchmarks.md, "Λ-step draws")."""
         return 8 if prior.closed_form_gaussian_m_step else 32
 
-    @abc.abstractmethod
+    def rows_per_step(self, n: int, batch_size: int) -> int:
+        """How many of the n data rows one step looks at (each with fresh randomness if < n)."""
+        return n if self.rows is None else min(self.rows, n)
+
     def __call__(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
                  batch_size: int, seed: int) -> Prior:
-        """The new prior, from q = posterior(x) over data rows x (n, m); ``seed`` seeds the
-        draws of a step over all rows (the same at every iteration)."""
+        """The new prior: the M-step on :meth:`statistics`."""
+        return prior.m_step_from(self.statistics(prior, posterior, x, likelihood, batch_size, seed))
+
+    @abc.abstractmethod
+    def statistics(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
+                   batch_size: int, seed: int) -> dict[str, Tensor]:
+        """The prior's expected sufficient statistics under q = posterior(x) over data rows x
+        (n, m); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
+
+    def _rows(self, x: Tensor, seed: int) -> tuple[Tensor, contextlib.AbstractContextManager]:
+        """The row indices of this step and the random numbers of its draws: all rows with the
+        same random numbers at every step, or ``rows`` random rows with fresh ones."""
+        if self.rows is None or self.rows >= len(x):
+            return torch.arange(len(x), device=x.device), seeded(seed, x.device)
+        return torch.randperm(len(x), device=x.device)[: self.rows], contextlib.nullcontext()
 
 
 class BatchStep(LambdaStep):
     """The source's Λ-step: the M-step on one draw of q for each of ``batch_size`` random rows."""
 
-    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
+    def rows_per_step(self, n, batch_size):
+        return min(batch_size, n)
+
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index = torch.randint(len(x), (batch_size,), device=x.device)
-        return prior.m_step(_draw(posterior(x[index], index)))
+        return prior.statistics(_draw(posterior(x[index], index)))
 
 
 class ExpectedStep(LambdaStep):
-    """The M-step on q's expected statistics over all rows (:func:`lambda_step`)."""
+    """The M-step on q's expected statistics (:func:`expected_statistics`)."""
 
-    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
-        with seeded(seed, x.device):
-            return lambda_step(prior, posterior_all(posterior, x), self.n_draws)
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
+        index, randomness = self._rows(x, seed)
+        with randomness:
+            return expected_statistics(prior, posterior(x[index], index), self.n_draws)
 
 
 class ImportanceStep(LambdaStep):
-    """The M-step on q's draws weighted towards the exact posterior (:func:`importance_lambda_step`)."""
+    """The M-step on q's draws weighted towards the exact posterior (:func:`importance_statistics`)."""
 
     targets_exact_posterior = True
+    # 32 draws for each of n rows cost far more than φ's Adam steps; a random 1024 rows per
+    # step, averaged over steps (:mod:`invae.inference.averaging`), are as precise in the end.
+    default_rows = 1024
 
     @staticmethod
     def default_draws(prior: Prior) -> int:
         return 32
 
-    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
-        with seeded(seed, x.device):
-            return importance_lambda_step(prior, posterior_all(posterior, x), x, likelihood, self.n_draws)
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
+        index, randomness = self._rows(x, seed)
+        with randomness:
+            return importance_statistics(prior, posterior(x[index], index), x[index], likelihood, self.n_draws)
 
 
 class GradientStep(LambdaStep):
@@ -105,6 +135,9 @@ class GradientStep(LambdaStep):
 
     def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
         return prior
+
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
+        raise NotImplementedError("a prior trained by gradient has no M-step statistics")
 
 
 LAMBDA_STEPS: Registry[type[LambdaStep]] = Registry("lambda_step")
@@ -119,33 +152,33 @@ def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:
     return posterior(x, torch.arange(len(x), device=x.device))
 
 
-def lambda_step(prior: Prior, q: Distribution, n_draws: int = 8) -> Prior:
-    """M-step on the expected statistics of q (batch (n,), event (p,)) over all rows.
+def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8) -> dict[str, Tensor]:
+    """The prior's expected sufficient statistics under q (batch (n,), event (p,)).
 
     Closed form for Gaussian q and a prior whose M-step needs only q's moments
     (``E[z zᵀ] = μμᵀ + Σ_q``, diagonal Σ_q or the average of full ones); otherwise the
-    M-step on ``n_draws`` draws per observation, (n_draws, n, p).
+    statistics of ``n_draws`` draws per observation, (n_draws, n, p).
     """
     if not prior.closed_form_gaussian_m_step:
-        return prior.m_step(_draw(q, n_draws))
+        return prior.statistics(_draw(q, n_draws))
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
-        return prior.m_step_gaussian(q.mean, var=q.variance)
+        return prior.gaussian_statistics(q.mean, var=q.variance)
     if isinstance(q, MultivariateNormal):
         tril = q.scale_tril
-        return prior.m_step_gaussian(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
-    return prior.m_step(_draw(q, n_draws))
+        return prior.gaussian_statistics(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
+    return prior.statistics(_draw(q, n_draws))
 
 
-def importance_lambda_step(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
-                           n_draws: int = 32) -> Prior:
-    """M-step on S = ``n_draws`` draws of q per observation, each weighted towards the exact
-    posterior by self-normalised importance sampling (q is the proposal):
+def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
+                          n_draws: int = 32) -> dict[str, Tensor]:
+    """The statistics of S = ``n_draws`` draws of q per observation, each weighted towards the
+    exact posterior by self-normalised importance sampling (q is the proposal):
 
         log w_si = log g(z_si; Λ) + log p(x_i | z_si) − log q(z_si | x_i),   w̃_si = w_si / Σ_t w_ti
         Λ ← argmax_Λ  (1/n) Σ_i Σ_s w̃_si log g(z_si; Λ) − penalty(Λ)
 
     This is a Monte Carlo EM step whose E-step is importance sampling with q as proposal.
-    The ELBO's own M-step (:func:`lambda_step`) maximises a bound whose gap depends on Λ, so
+    The ELBO's own M-step (:func:`expected_statistics`) maximises a bound whose gap depends on Λ, so
     a q family that misses the exact posterior biases Λ̂. Here the weights correct q towards
     the posterior. Their M-step is the stationary point in Λ of the importance-weighted
     bound ``Σ_i log (1/S) Σ_s w_si`` (Burda et al., 2016) at these draws; that bound tends to
@@ -156,7 +189,7 @@ def importance_lambda_step(prior: Prior, q: Distribution, x: Tensor, likelihood:
     ``FloatingPointError``.
     """
     z = _draw(q, n_draws)  # (S, n, p)
-    return prior.m_step(z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)))
+    return prior.statistics(z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)))
 
 
 def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:

@@ -3,22 +3,43 @@
     repeat until converged (or max_iter):
         n_critic times:  batch of B observations, z = reparameterised draws of q_φ(z|x),
                          one Adam step on  −(1/B) Σ_b ELBO_b(φ; Λ)
-        Λ-step:          Λ ← the strategy passed in (:mod:`invae.inference.lambda_steps`)
+        Λ-step:          ŝ ← the prior's expected statistics under q (the strategy passed in,
+                         :mod:`invae.inference.lambda_steps`); s̄ ← their stochastic-approximation
+                         average (:mod:`invae.inference.averaging`); Λ ← the M-step on s̄
 
-Convergence, checked after each Λ-step over the last ``window`` outer iterations: the
-largest relative change of Λ, ‖ΔΛ‖_F/‖Λ‖_F, is below ``tol`` and the ELBO on a fixed
-evaluation set with fixed noise (common random numbers: no Monte Carlo jitter between
-checks) has not beaten its best by more than ``tol`` relative. (Comparing against the best,
-not the value ``window`` steps ago, keeps a fluctuating ELBO from passing for a flat one.) Both are needed: Λ can sit still while the
-encoder is still improving, and the reverse. With a constant step size, Adam's gradient
-noise keeps Λ moving by more than any small ``tol``; so the step size is cut by
-``lr_decay`` whenever that ELBO has not beaten its best by ``tol`` (relative) for
-``window // 2`` outer iterations. (torch's ``ReduceLROnPlateau`` does this with a relative
-threshold ``best·(1 ± tol)`` that points the wrong way for a negative ELBO.)
+Λ̂ is noisy from one iteration to the next (fresh draws, a subset of rows, Adam's noise in φ),
+so no fixed tolerance on its change can be met reliably; by default (``tol=None``) the
+stopping rule compares each change with its own noise. Converged, checked after each outer
+iteration, when
 
-Draws that are compared between iterations — the evaluation ELBO, and the Λ-step draws of
-a family without closed-form moments (flows) — reuse the same random numbers at every
-iteration (:func:`~invae.inference.seeding.seeded`), so they change only as φ and Λ change.
+* the ELBO on a fixed evaluation set with fixed noise (common random numbers: no Monte Carlo
+  jitter between checks) has not beaten its best by more than c·sd/√n for ``window``
+  iterations (c = 0.5 below; sd/√n is the standard error of the ELBO as a mean over the
+  n data rows, the precision the data give the objective itself);
+* the Λ-step statistics have stopped drifting while the ELBO stalls for ``window // 2``
+  iterations (the burn-in is over: :mod:`invae.inference.averaging`), and they are precise
+  enough. A step over m < n random rows (or fresh draws) is averaged after the burn-in; it
+  estimates the mean over all n rows with variance σ²/m (σ² the rows' variance), so the
+  average s̄ = Σ_j c_j ŝ_j has variance σ² V/m with V = Σ_j c_j², against the statistical
+  variance σ²/n of the mean over the data: converged once ``V ≤ c² m/n`` with c = 0.5,
+  where the Monte Carlo error adds at most c² = 25% to the statistical variance (12% to its
+  standard error). A step over all rows is a function of φ alone and is not averaged
+  (statistics of a q that is still learning would be stale); nor are the parameters of a
+  prior trained by gradient. Their noise is Adam's, which a smaller step size reduces:
+  their relative step-to-step noise (:meth:`~invae.inference.averaging.StatisticsAverage.relative_error`)
+  must fall below c·√(2/n) (√(2/n): the relative standard error of a variance from n rows).
+
+A number ``tol`` replaces these margins by fixed relative ones: the ELBO's by tol·|ELBO|,
+the statistics' Monte Carlo error (averaged or not) by tol.
+
+Both are needed: Λ can sit still while the encoder is still improving, and the reverse.
+Adam's step size is cut by ``lr_decay`` whenever the ELBO has not beaten its best by that
+margin for ``window // 2`` outer iterations. (torch's ``ReduceLROnPlateau`` does this with a
+relative threshold ``best·(1 ± tol)`` that points the wrong way for a negative ELBO.)
+
+Draws that are compared between iterations — the evaluation ELBO, and the Λ-step draws over
+all rows — reuse the same random numbers at every iteration (:func:`~invae.inference.seeding.seeded`),
+so they change only as φ and Λ change.
 """
 
 from __future__ import annotations
@@ -37,6 +58,7 @@ from tqdm.auto import tqdm
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from .base import progress_disabled
+from .averaging import StatisticsAverage
 from .checkpoints import Checkpointer, FitInterrupted
 from .lambda_steps import LAMBDA_STEPS, LambdaStep
 from .objectives import elbo
@@ -45,6 +67,8 @@ from .seeding import seeded
 __all__ = ["TrainingSettings", "train"]
 
 _EVAL_SIZE = 2048
+_PRECISION = 0.5  # c of the module's docstring: Monte Carlo over statistical standard error
+_FIXED_PRIOR_TOL = 1e-4
 _MAX_ROLLBACKS = 3  # divergence: roll back and halve the step size at most this many times
 
 
@@ -57,30 +81,37 @@ class TrainingSettings:
     n_critic: int
     lambda_step: str
     max_iter: int
-    tol: float
+    tol: float | None
     window: int
     n_samples: int = 1
     lr_decay: float = 0.3
     lambda_draws: int = 8
+    lambda_rows: int | None = None
+    averaging_exponent: float = 1.0
 
     def __post_init__(self):
         if self.lambda_step not in LAMBDA_STEPS:
             raise ValueError(f"lambda_step must be one of {', '.join(map(repr, LAMBDA_STEPS))}, "
                              f"got {self.lambda_step!r}")
-        for name in ("batch_size", "n_critic", "max_iter", "window", "n_samples", "lambda_draws"):
+        for name in ("batch_size", "n_critic", "max_iter", "window", "n_samples", "lambda_draws", "lambda_rows"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if not (isinstance(value, int) and value >= 1) and not (name == "lambda_rows" and value is None):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.averaging_exponent, (int, float)) and 0.5 < self.averaging_exponent <= 1):
+            raise ValueError(f"averaging_exponent must be in (0.5, 1], got {self.averaging_exponent!r}")
         if not (isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1):
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
         for name in ("learning_rate", "tol"):
             value = getattr(self, name)
+            if name == "tol" and value is None:
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
     def new_lambda_step(self) -> LambdaStep:
-        """The Λ-step strategy these settings name, with ``lambda_draws`` draws per row."""
-        return LAMBDA_STEPS[self.lambda_step](self.lambda_draws)
+        """The Λ-step strategy these settings name, with ``lambda_draws`` draws per row over
+        ``lambda_rows`` random rows (None: all rows)."""
+        return LAMBDA_STEPS[self.lambda_step](self.lambda_draws, self.lambda_rows)
 
 
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
@@ -114,7 +145,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
         while run.iteration < settings.max_iter:
             run.iteration += 1
             try:
-                train_elbo, change, value = run.outer_iteration()
+                train_elbo, change, value, standard_error = run.outer_iteration()
             except (_Diverged, FloatingPointError) as error:
                 rollbacks += 1
                 _stop_if_hopeless(rollbacks, run.iteration, error, checkpoint)
@@ -123,7 +154,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             run.record(train_elbo, change, value, time.perf_counter() - start)
             if callback is not None:
                 callback(run.iteration, run.prior)
-            run.plateau.step(value)
+            run.plateau.step(value, margin=run.elbo_margin(value, standard_error))
             good = run.capture()
             bar.update()
             bar.set_postfix(elbo=f"{value:.4f}", dLambda=f"{change:.1e}")
@@ -155,15 +186,22 @@ class _Run:
         if self.theta:
             groups.append({"params": list(self.theta.values())})
         self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate)
-        self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2),
-                                tol=settings.tol)
+        self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2))
+        # How much averaging, or how little noise, the stopping rule asks for (module docstring).
+        self.precision = _PRECISION * math.sqrt(2 / len(x)) if settings.tol is None else settings.tol
+        rows = None if lambda_step is None else lambda_step.rows_per_step(len(x), self.batch)
+        self.enough_averaging = None if rows is None or settings.tol is not None else _PRECISION**2 * rows / len(x)
+        self.average = None if lambda_step is None else StatisticsAverage(
+            settings.window, settings.averaging_exponent, self.precision, averaging=rows < len(x))
         self.eval_index = torch.randperm(len(x), device=x.device)[: min(len(x), _EVAL_SIZE)]
         self.eval_seed, self.lambda_seed = torch.randint(2**62, (2,)).tolist()
-        self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [], "time": []}
+        self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [],
+                                                "monte_carlo_error": [], "time": []}
         self.iteration = 0
 
-    def outer_iteration(self) -> tuple[float, float, float]:
-        """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO)."""
+    def outer_iteration(self) -> tuple[float, float, float, float]:
+        """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO,
+        the ELBO's standard error sd/√n)."""
         previous = self.prior
         train_elbo = self._adam_steps()
         change = 0.0
@@ -171,10 +209,10 @@ class _Run:
             with torch.no_grad():
                 self.prior = self._checked_lambda_step()
             change = self.prior.relative_change(previous)
-        value = self._fixed_noise_elbo()
+        value, standard_error = self._fixed_noise_elbo()
         if not math.isfinite(value):
             raise _Diverged("the evaluation ELBO is not finite")
-        return train_elbo, change, value
+        return train_elbo, change, value, standard_error
 
     def _adam_steps(self) -> float:
         """``n_critic`` Adam steps on the batch ELBO; their mean ELBO. Raises _Diverged if a loss
@@ -207,34 +245,61 @@ class _Run:
             raise _Diverged(f"a gradient step gave the prior invalid parameters: {error}") from None
 
     def _checked_lambda_step(self) -> Prior:
-        """The Λ-step; an invalid Λ (not finite, not positive definite) raises _Diverged."""
+        """The M-step on the averaged statistics (a prior trained by gradient: itself, its
+        parameters averaged for their error only); an invalid Λ (not finite, not positive
+        definite) raises _Diverged."""
+        stalled = self.plateau.since_best >= self.plateau.patience  # q has stopped learning fast
+        if self.lambda_step.by_gradient:
+            self.average.update(self.prior.state(), stalled)
+            return self.prior
         try:
-            return self.lambda_step(self.prior, self.posterior, self.x, self.likelihood, self.batch, self.lambda_seed)
+            statistics = self.lambda_step.statistics(self.prior, self.posterior, self.x, self.likelihood, self.batch,
+                                                     self.lambda_seed)
+            return self.prior.m_step_from(self.average.update(statistics, stalled))
         except ValueError as error:  # the prior refuses the parameters it was given
             raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
 
     @torch.no_grad()
-    def _fixed_noise_elbo(self) -> float:
-        """Mean ELBO over a fixed subset, with the same random numbers at every call."""
+    def _fixed_noise_elbo(self) -> tuple[float, float]:
+        """Mean ELBO over a fixed subset, with the same random numbers at every call, and the
+        standard error sd/√n of the ELBO as a mean over all n rows."""
         x, index = self.x, self.eval_index
         with seeded(self.eval_seed, x.device):
-            return float(elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood).mean())
+            values = elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood).to(torch.float64)
+        spread = float(values.std()) if len(values) > 1 else 0.0
+        return float(values.mean()), spread / math.sqrt(len(x))
 
     def record(self, train_elbo: float, change: float, value: float, elapsed: float) -> None:
+        error = self.average.relative_error() if self.average is not None else 0.0
         for key, entry in (("train_elbo", train_elbo), ("elbo", value), ("precision_change", change),
-                           ("time", elapsed)):
+                           ("monte_carlo_error", error), ("time", elapsed)):
             self.history[key].append(entry)
 
+    def elbo_margin(self, value: float, standard_error: float) -> float:
+        """The gain in the ELBO that counts as progress (module docstring): c·sd/√n, or
+        tol·|ELBO|; with the prior fixed (new rows' own factors: nothing estimated from the
+        n rows), the relative ``_FIXED_PRIOR_TOL``."""
+        if self.settings.tol is not None or self.lambda_step is None:
+            return (self.settings.tol or _FIXED_PRIOR_TOL) * abs(value)
+        return _PRECISION * standard_error
+
     def converged(self) -> bool:
-        """The ELBO has not beaten its best for ``window`` iterations and Λ moved by < tol."""
-        recent_change = max(self.history["precision_change"][-self.settings.window:])
-        return self.plateau.since_best >= self.settings.window and recent_change < self.settings.tol
+        """The ELBO has not beaten its best for ``window`` iterations, and the Λ-step's average
+        has settled and is precise enough (module docstring)."""
+        if self.plateau.since_best < self.settings.window:
+            return False
+        if self.average is None:
+            return True
+        if self.enough_averaging is None or not self.average.averaging:
+            return self.average.settled and self.average.relative_error() <= self.precision
+        return self.average.settled and self.average.weight_squares <= self.enough_averaging
 
     def capture(self) -> dict:
         """A copy of the state at the end of an outer iteration (also a checkpoint's body)."""
         return {"posterior": {key: value.detach().clone() for key, value in self.posterior.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "plateau": [self.plateau.best, self.plateau.waited, self.plateau.since_best],
+                "average": self.average.state_dict() if self.average is not None else None,
                 "prior": {key: value.detach().clone() for key, value in (self.theta or self.prior.state()).items()},
                 "history": {key: list(values) for key, values in self.history.items()},
                 "iteration": self.iteration, "rng": torch.get_rng_state(),
@@ -245,6 +310,8 @@ class _Run:
         self.posterior.load_state_dict(state["posterior"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.plateau.best, self.plateau.waited, self.plateau.since_best = state["plateau"]
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -288,14 +355,14 @@ def _save(checkpoint: Checkpointer, run: _Run, good: dict, identity: dict, conve
 
 
 class _Plateau:
-    """Multiply Adam's step size by ``decay`` after ``patience`` checks without a gain > tol."""
+    """Multiply Adam's step size by ``decay`` after ``patience`` checks without a gain > margin."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, decay: float, patience: int, tol: float):
-        self.optimizer, self.decay, self.patience, self.tol = optimizer, decay, patience, tol
+    def __init__(self, optimizer: torch.optim.Optimizer, decay: float, patience: int):
+        self.optimizer, self.decay, self.patience = optimizer, decay, patience
         self.best, self.waited, self.since_best = -math.inf, 0, 0
 
-    def step(self, value: float) -> None:
-        if value > self.best + self.tol * max(1.0, abs(value)):
+    def step(self, value: float, margin: float) -> None:
+        if value > self.best + margin:
             self.best, self.waited, self.since_best = value, 0, 0
             return
         self.waited += 1

@@ -79,25 +79,30 @@ class GaussianGraphicalModel(Prior):
                           device=self.precision.device)
         return torch.linalg.solve_triangular(self._chol.mT, eps.mT, upper=True).mT
 
-    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianGraphicalModel:
-        """Graphical lasso on ``S = Σ w z zᵀ / Σ w`` over all draws z (..., n, p), weights (..., n)."""
+    def statistics(self, z: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"second_moment": S = Σ w z zᵀ / Σ w}`` (p, p) over all draws z (..., n, p), weights (..., n)."""
         flat = z.reshape(-1, self.dim)
         if weights is None:
-            return self._solve(flat.mT @ flat / flat.shape[0])
+            return {"second_moment": flat.mT @ flat / flat.shape[0]}
         w = weights.reshape(-1, 1).to(flat)
-        return self._solve((w * flat).mT @ flat / w.sum())
+        return {"second_moment": (w * flat).mT @ flat / w.sum()}
 
-    def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
-                        var: Tensor | None = None) -> GaussianGraphicalModel:
-        """Graphical lasso on ``S = (1/n) Σ_i (μ_i μ_iᵀ + Σ_i)`` (docs/methods.md §2.2, §2.5)."""
+    def gaussian_statistics(self, mean: Tensor, cov: Tensor | None = None, *,
+                            var: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"second_moment": S = (1/n) Σ_i (μ_i μ_iᵀ + Σ_i)}`` (docs/methods.md §2.2, §2.5)."""
         if (cov is None) == (var is None):
             raise ValueError("give exactly one of cov (p, p) or (n, p, p) and var (n, p)")
         second = mean.mT @ mean / mean.shape[0]
         if var is not None:
-            second = second + torch.diag(var.mean(0))
-        else:
-            second = second + (cov if cov.ndim == 2 else cov.mean(0))
-        return self._solve(second)
+            return {"second_moment": second + torch.diag(var.mean(0))}
+        return {"second_moment": second + (cov if cov.ndim == 2 else cov.mean(0))}
+
+    def m_step_from(self, statistics: dict[str, Tensor]) -> GaussianGraphicalModel:
+        """The graphical lasso on the second moment S (see the class docstring)."""
+        s = statistics["second_moment"].detach().to("cpu", torch.float64).numpy()
+        start = self.precision.detach().to("cpu", torch.float64).numpy()
+        precision = torch.from_numpy(solve_precision(s, self.alpha, initial=start, solver=self.solver))
+        return self._with(precision.to(self.precision.device, self.precision.dtype))
 
     def penalty(self) -> float:
         """``(α/2) ‖Λ‖_{1,off}``."""
@@ -127,12 +132,6 @@ class GaussianGraphicalModel(Prior):
 
     def to(self, device=None, dtype=None) -> GaussianGraphicalModel:
         return self._with(self.precision.to(device=device, dtype=dtype))
-
-    def _solve(self, second_moment: Tensor) -> GaussianGraphicalModel:
-        s = second_moment.detach().to("cpu", torch.float64).numpy()
-        start = self.precision.detach().to("cpu", torch.float64).numpy()
-        precision = torch.from_numpy(solve_precision(s, self.alpha, initial=start, solver=self.solver))
-        return self._with(precision.to(self.precision.device, self.precision.dtype))
 
     def _with(self, precision: Tensor) -> GaussianGraphicalModel:
         """This prior's settings with another Λ."""

@@ -15,7 +15,7 @@ From draws of z (:meth:`GaussianMixture.m_step`) the responsibilities are the cu
 prior's ``r_k(z) ∝ π_k N(z; μ_k, Λ_k⁻¹)``: one EM step on the draws, which cannot lower
 their mean log-density (a generalised M-step; the exact maximiser has no closed form).
 Exact EM for a linear-Gaussian likelihood (:mod:`invae.references.exact`) passes exact
-per-component posterior moments to :meth:`GaussianMixture.m_step_weighted`.
+per-component posterior moments to :meth:`GaussianMixture.component_statistics`.
 """
 
 from __future__ import annotations
@@ -141,37 +141,42 @@ class GaussianMixture(Prior):
         offset = torch.linalg.solve_triangular(self._chol[labels].mT, eps, upper=True)[..., 0]
         return self.means[labels] + offset
 
-    def m_step(self, z: Tensor, weights: Tensor | None = None) -> GaussianMixture:
-        """One EM step on draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
-        see the module's docstring): responsibilities ``r_k(z) · w`` with w rescaled to mean 1."""
+    def statistics(self, z: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """The statistics of draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
+        see the module's docstring): responsibilities ``r_k(z) · w``, w rescaled to mean 1."""
         flat = z.reshape(-1, self.dim)
         resp = self.responsibilities(flat)
         if weights is not None:
             w = weights.reshape(-1, 1).to(resp)
             resp = resp * (w * len(w) / w.sum())
-        return self.m_step_weighted(resp, flat)
+        return self.component_statistics(resp, flat)
 
-    def m_step_weighted(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None) -> GaussianMixture:
-        """The M-step from responsibilities and per-component moments of z.
+    def component_statistics(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None) -> dict[str, Tensor]:
+        """``weights`` N_k/n (K,), ``first`` (1/n) Σ_i r_ik E[z_i | k] (K, p) and ``second``
+        (1/n) Σ_i r_ik E[z_i z_iᵀ | k] (K, p, p), in float64 (the scatter is their difference).
 
         ``resp`` (n, K) are r_ik; ``mean`` is E[z_i | c_i = k], (n, K, p), or (n, p) when z_i
         is known (a draw); ``cov`` the within-component posterior covariance Cov[z_i | c_i = k],
         (K, p, p) shared by all rows, or None when z_i is known.
         """
-        resp = resp.to(self.means)
-        mean = mean.to(self.means)
+        resp, mean = resp.to(torch.float64), mean.to(torch.float64)
         n = resp.shape[0]
-        totals = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # N_k, kept off zero as in scikit-learn
         mean = (mean if mean.ndim == 3 else mean[:, None, :]).expand(n, self.components, self.dim)
-        means = torch.einsum("nk,nkp->kp", resp, mean) / totals[:, None]
-        diff = mean - means  # (n, K, p)
-        scatter = torch.einsum("nk,nki,nkj->kij", resp, diff, diff) / totals[:, None, None]
+        weights = resp.sum(0) / n
+        second = torch.einsum("nk,nki,nkj->kij", resp, mean, mean) / n
         if cov is not None:
-            scatter = scatter + cov.to(scatter)
+            second = second + weights[:, None, None] * cov.to(second)
+        return {"weights": weights, "first": torch.einsum("nk,nkp->kp", resp, mean) / n, "second": second}
+
+    def m_step_from(self, statistics: dict[str, Tensor]) -> GaussianMixture:
+        """π_k, μ_k, C_k and Λ_k of the module's docstring from :meth:`component_statistics`."""
+        totals = statistics["weights"] + 10 * torch.finfo(torch.float64).eps  # kept off zero, as scikit-learn
+        means = statistics["first"] / totals[:, None]
+        scatter = statistics["second"] / totals[:, None, None] - means[:, :, None] * means[:, None, :]
         scatter = scatter + self.reg_covar * torch.eye(self.dim, dtype=scatter.dtype, device=scatter.device)
-        precisions = torch.stack([self._solve(scatter[k], self.alpha * n / float(totals[k]), k)
+        precisions = torch.stack([self._solve(scatter[k], self.alpha / float(totals[k]), k)
                                   for k in range(self.components)])
-        return self._with(totals / totals.sum(), means, precisions)
+        return self._with(*(t.to(self.means) for t in (totals / totals.sum(), means, precisions)))
 
     def penalty(self) -> float:
         """``(α/2) Σ_k ‖Λ_k‖_{1,off}``."""

@@ -6,6 +6,12 @@ expected complete-data log-density minus its penalty,
 
     Λ̂ = argmax_Λ  (1/n) Σ_i E_q[log g(z_i; Λ)] − penalty(Λ).
 
+The M-step goes through the expected sufficient statistics of the complete data (a second
+moment; a mixture's responsibilities and their first and second moments): ``m_step(z) =
+m_step_from(statistics(z))``. They are averages over draws, so a weighted average of the
+statistics of several Λ-steps is itself a valid argument of :meth:`Prior.m_step_from` — the
+stochastic-approximation EM that the trainer runs (docs/methods.md §2.2).
+
 A prior is a ``torch.nn.Module`` whose parameters θ are its registered tensors (buffers,
 so ``state_dict()`` holds them and ``state()`` returns them). Priors are immutable all the
 same: an M-step returns a new prior, and :meth:`Prior.to` returns a moved copy (unlike
@@ -50,16 +56,33 @@ class Prior(nn.Module, abc.ABC):
     def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
         """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
         (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
+        return self.m_step_from(self.statistics(z, weights))
+
+    def statistics(self, z: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """The expected sufficient statistics of draws ``z`` (..., n, p) weighted by ``weights``
+        (..., n), as averages over the draws: what :meth:`m_step_from` maximises."""
         raise NotImplementedError(f"{type(self).__name__} has no M-step: its parameters are trained by "
                                   "gradient (lambda_step='gradient')")
 
-    #: Whether :meth:`m_step_gaussian` exists: the expected log-density under a Gaussian q
+    def m_step_from(self, statistics: dict[str, Tensor]) -> Prior:
+        """The maximiser given expected sufficient statistics (:meth:`statistics`, or any
+        weighted average of them)."""
+        raise NotImplementedError(f"{type(self).__name__} has no M-step: its parameters are trained by "
+                                  "gradient (lambda_step='gradient')")
+
+    #: Whether :meth:`gaussian_statistics` exists: the expected log-density under a Gaussian q
     #: depends on q's first two moments alone (true of a Gaussian prior, not of a mixture).
     closed_form_gaussian_m_step: bool = True
 
     def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
                         var: Tensor | None = None) -> Prior:
-        """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)``.
+        """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)`` (see
+        :meth:`gaussian_statistics`)."""
+        return self.m_step_from(self.gaussian_statistics(mean, cov, var=var))
+
+    def gaussian_statistics(self, mean: Tensor, cov: Tensor | None = None, *,
+                            var: Tensor | None = None) -> dict[str, Tensor]:
+        """The exact expected sufficient statistics under ``q(z_i) = N(mean_i, cov_i)``.
 
         ``mean`` is (n, p). Give exactly one of ``cov``, (p, p) shared or (n, p, p) per
         observation, and ``var``, the (n, p) variances of a diagonal Gaussian.

@@ -10,7 +10,7 @@ estimators chase. It stops when that objective rises by less than ``tol`` (relat
 
 Gaussian-mixture prior (:class:`~invae.model.mixture.GaussianMixture`): the E-step is the exact
 mixture posterior (responsibilities and per-component Gaussian posteriors, :mod:`invae.references.exact`)
-and the M-step :meth:`~invae.model.mixture.GaussianMixture.m_step_weighted`; EM over (z, c) ascends
+and the M-step :meth:`~invae.model.mixture.GaussianMixture.component_statistics`; EM over (z, c) ascends
 the same objective with the penalty ``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
 
 ``mean_field=True`` restricts the E-step to diagonal Gaussians, the family of the ``vae``
@@ -95,7 +95,7 @@ class EM(EmpiricalBayesEstimator):
             if self.mean_field:
                 raise ValueError("mean_field applies to the Gaussian graphical prior, not to a mixture")
             post = mixture_posterior(x, prior, likelihood)
-            return prior.m_step_weighted(post.responsibilities, post.means, post.cov)
+            return prior.m_step_from(prior.component_statistics(post.responsibilities, post.means, post.cov))
         mean, cov, _ = self._e_step(x, prior, likelihood)
         if self.mean_field:
             return prior.m_step_gaussian(mean, var=cov.expand_as(mean))
