@@ -15,6 +15,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
+from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
 from .families import FAMILIES, posterior_components
@@ -116,6 +117,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         ``resume=True`` continues from it, bit for bit on CPU.
     random_state : int
         Seeds every draw (initialisation, batches, noise): a CPU fit is bit-for-bit repeatable.
+    n_threads : int or None
+        torch's CPU threads while training (:mod:`invae.threads`); None: ``$INVAE_NUM_THREADS``,
+        else 1, the fastest for models of this size (docs/benchmarks.md, "Threads").
     verbose : bool or int
         A progress bar (iterations, ELBO, Λ change, time left) on stderr: 1 (True) when
         stderr is a terminal, 2 always, 0 never.
@@ -137,7 +141,7 @@ class VariationalEB(EmpiricalBayesEstimator):
                  lambda_draws: int | None = None, lambda_rows: int | None = None,
                  n_moment_draws: int = 256, reweight: bool | None = None, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
-                 random_state: int = 0, verbose: bool = False, device: str = "cpu",
+                 random_state: int = 0, verbose: bool = False, n_threads: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
         super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.family = family
@@ -163,6 +167,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.resume = resume
         self.random_state = random_state
         self.verbose = verbose
+        self.n_threads = n_threads
 
     def _settings(self) -> TrainingSettings:
         if self.preset not in PRESETS:
@@ -204,7 +209,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         settings = self._settings()
         x = self._tensor(X)
         prior, likelihood = self._models()
-        with seeded(self.random_state, x.device):
+        with seeded(self.random_state, x.device), using_threads(self.n_threads):
             reuse = self._warm() and (self._amortized or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
             prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
@@ -266,7 +271,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         if self._amortized or (x.shape == self._fitted_data.shape and torch.equal(x, self._fitted_data)):
             return self.posterior_
         factors = self.build_posterior(n=len(x), m=x.shape[1]).to(self.device, self.dtype)
-        with seeded(self.random_state, x.device), torch.enable_grad():
+        with seeded(self.random_state, x.device), torch.enable_grad(), using_threads(self.n_threads):
             train(x, factors, self.prior_, self.likelihood_, self._settings(), None)  # no Λ-step: Λ̂ stays
         return factors
 

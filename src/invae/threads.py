@@ -1,0 +1,44 @@
+"""How many CPU threads torch uses during a fit.
+
+torch's default, one thread per core, makes invae's fits slower: its models are small
+(p up to a few hundred, batches of 256), so a matrix product is over before more threads
+pay for their start, and on a machine that other jobs share, threads that wait for busy
+cores stall every step (docs/benchmarks.md, "Threads"). invae therefore fits on one thread
+unless told otherwise: an estimator's ``n_threads``, the command line's ``--threads``, or
+the environment variable ``INVAE_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["fit_threads", "using_threads"]
+
+ENVIRONMENT_VARIABLE = "INVAE_NUM_THREADS"
+
+
+def fit_threads(n_threads: int | None = None) -> int:
+    """``n_threads`` if given, else ``$INVAE_NUM_THREADS``, else 1."""
+    chosen = n_threads if n_threads is not None else os.environ.get(ENVIRONMENT_VARIABLE, 1)
+    try:
+        value = int(chosen)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"the number of threads must be an integer >= 1, got {chosen!r}"
+                         + (f" (from ${ENVIRONMENT_VARIABLE})" if n_threads is None else ""))
+    return value
+
+
+@contextlib.contextmanager
+def using_threads(n_threads: int | None = None):
+    """Run the block with torch on :func:`fit_threads` threads; put the previous count back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(fit_threads(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
