@@ -198,7 +198,7 @@ def test_numerical_breakdown_is_one_line_and_writes_nothing(problem_dir, tmp_pat
     # the Λ-step; the CLI reports it in one line with exit status 1 and leaves no results.
     def diverge(settings):
         raise FloatingPointError("the Λ-step failed even with a ridge")
-    monkeypatch.setattr("invae.app.cli.run_fit", diverge)
+    monkeypatch.setattr("invae.app.pipeline.run_fit", diverge)  # _fit imports it when it runs
     out = tmp_path / "fit"
     assert _fit(problem_dir, out, "--method", "vae") == 1
     err = capsys.readouterr().err

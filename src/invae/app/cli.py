@@ -3,6 +3,11 @@
 Each subcommand is one entry of :data:`COMMANDS` (its options and the function it runs), so
 a new command is a function plus one ``COMMANDS.register`` line. Errors the user can fix
 print one line on stderr and exit with status 2.
+
+Start-up is kept short: this module imports only light modules at the top (no numpy, no
+torch), a command's functions import what they use (its choices' registries, torch,
+matplotlib, …), and the parser holds the options of the command named on the command line
+only; so ``invae --help`` imports none of them and ``invae eb`` no torch.
 """
 
 from __future__ import annotations
@@ -13,21 +18,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..evaluation.simulate import FORWARDS, GRAPHS, simulate_problem
 from ..inference.checkpoints import FitInterrupted
-from ..inference.penalty import CRITERIA
-from ..model.noise import NOISE_MODELS
-from ..model.priors import PRIORS
-from ..normal_means import NORMAL_MEANS_METHODS
-from ..normal_means.run import run_eb
 from ..registry import Registry
-from .demo import run_demo
-from .io import write_results
-from .methods import methods
-from .persistence import save_model
-from .pipeline import run_fit, run_predict
-from .report import write_report
-from .settings import PRESETS, FitSettings
 
 __all__ = ["main", "Command", "COMMANDS"]
 
@@ -66,6 +58,8 @@ class Command:
 
 
 def _demo_options(demo: argparse.ArgumentParser) -> None:
+    from ..evaluation.simulate import FORWARDS, GRAPHS
+
     demo.add_argument("--out", default="invae-demo", help="results folder (default: invae-demo)")
     demo.add_argument("--p", type=int, default=20, help="latent dimension (default: 20)")
     demo.add_argument("--n", type=int, default=10_000, help="observations (default: 10000)")
@@ -80,6 +74,8 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
 
 
 def _simulate_options(sim: argparse.ArgumentParser) -> None:
+    from ..evaluation.simulate import FORWARDS, GRAPHS
+
     sim.add_argument("--out", required=True, help="folder for X.npy, Z.npy, A.npy, precision.npy, problem.json")
     sim.add_argument("--p", type=int, default=20)
     sim.add_argument("--n", type=int, default=10_000)
@@ -94,6 +90,10 @@ def _simulate_options(sim: argparse.ArgumentParser) -> None:
 def _fit_options(fit: argparse.ArgumentParser) -> None:
     """The model (data, forward operator, noise, prior), then the method and the run. No
     defaults here (None): :class:`~invae.app.settings.FitSettings` holds them, below a config file."""
+    from ..inference.penalty import CRITERIA
+    from ..model.noise import NOISE_MODELS
+    from ..model.priors import PRIORS
+
     fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations")
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
@@ -115,6 +115,9 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
 
 
 def _fit_run_options(fit: argparse.ArgumentParser) -> None:
+    from .methods import methods
+    from .settings import PRESETS
+
     fit.add_argument("--method", choices=methods().names(), help="estimator (default: vae)")
     fit.add_argument("--preset", choices=PRESETS,
                      help="optimiser settings of the variational methods: default (measured best) or paper")
@@ -145,6 +148,8 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
 
 
 def _eb_options(eb: argparse.ArgumentParser) -> None:
+    from ..normal_means import NORMAL_MEANS_METHODS
+
     eb.add_argument("--data", required=True, help="a table: .csv (a header row of names, or none) or .npy (n, k)")
     eb.add_argument("--x", required=True, help="the column of observations x_i (a name or a 0-based position)")
     eb.add_argument("--sigma", help="the column of known noise sds σ_i (one per row)")
@@ -169,8 +174,9 @@ def _report_options(report: argparse.ArgumentParser) -> None:
     report.add_argument("folder", help="a folder written by invae demo or invae fit")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    """The parser of every command in :data:`COMMANDS`."""
+def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command in :data:`COMMANDS`, holding the options of the command
+    ``chosen`` only (None: of none): the only ones that parsing its arguments reads."""
     parser = _Parser(prog="invae", description="Statistical inverse problems by amortized variational "
                      "empirical Bayes, with exact references.", epilog=_FIT_EXAMPLE,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,11 +184,17 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, epilog=command.example,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-        command.add_options(sub)
+        if name == chosen:
+            command.add_options(sub)
     return parser
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from .io import write_results
+    from .persistence import save_model
+    from .pipeline import run_fit
+    from .settings import FitSettings
+
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     settings = FitSettings.from_sources(args.config, overrides)
     estimator, arrays, summary = run_fit(settings)
@@ -198,6 +210,8 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> None:
+    from ..evaluation.simulate import simulate_problem
+
     problem = simulate_problem(p=args.p, n=args.n, graph=args.graph, forward=args.forward, m=args.m,
                                noise_std=args.noise_std, condition_number=args.condition_number,
                                seed=args.seed)
@@ -207,12 +221,18 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from .io import write_results
+    from .pipeline import run_predict
+
     arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file, device=args.device)
     folder = write_results(args.out, arrays, summary)
     print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 
 
 def _eb(args: argparse.Namespace) -> None:
+    from ..normal_means.run import run_eb
+    from .io import write_results
+
     arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
                                     covariates=args.covariates, method=args.method, grid_size=args.grid_size,
                                     components=args.components, max_iter=args.max_iter, seed=args.seed,
@@ -225,10 +245,14 @@ def _eb(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
     print(f"report: {write_report(args.folder)}")
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
     run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
              penalty=args.penalty, seed=args.seed,
              verbose=0 if args.quiet else 2 if args.progress else 1)
@@ -254,7 +278,9 @@ COMMANDS.register("report", Command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run the command in ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _build_parser(argv[0] if argv else None).parse_args(argv)  # the top level takes no options
     prefix = f"invae {args.command}"
     with warnings.catch_warnings():
         warnings.simplefilter("default")

@@ -9,7 +9,9 @@ checksum, and refuses to resume a different fit.
 
 The file is plain data (tensors, numbers, strings, lists), written to a temporary file,
 flushed to disk (fsync) and renamed over the previous one, so a crash mid-write leaves
-the previous checkpoint whole; it is read with ``torch.load(weights_only=True)``.
+the previous checkpoint whole; it is read with ``torch.load(weights_only=True)``. torch is
+imported where a checkpoint is read or written, so that the command line can catch
+:class:`FitInterrupted` without importing it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import os
 import signal
 import tempfile
 from pathlib import Path
-
-import torch
 
 from .._version import __version__
 
@@ -65,6 +65,8 @@ class Checkpointer:
             return None
         if not self.path.is_file():
             raise ValueError(f"--resume: there is no checkpoint {str(self.path)!r}")
+        import torch
+
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises several types for a file that is not its own
@@ -82,6 +84,8 @@ class Checkpointer:
 
     def save(self, state: dict, identity: dict) -> None:
         """Write ``state`` atomically: temporary file, fsync, rename, fsync of the folder."""
+        import torch
+
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"format": FORMAT, "version": VERSION, "invae_version": __version__, "identity": identity, **state}
         handle, staging = tempfile.mkstemp(prefix=".checkpoint.partial-", dir=self.folder)

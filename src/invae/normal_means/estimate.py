@@ -13,6 +13,9 @@ c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
   (with one σ, the data's order; with σ_i varying, they put a noisy x_i where it belongs);
 - ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
   (:mod:`~invae.normal_means.variational`).
+
+The torch-based modules (``vae``'s, and :mod:`invae.references.baselines` for rank matching)
+are imported by the methods that use them, so that the others (``invae eb``) run without torch.
 """
 
 from __future__ import annotations
@@ -23,13 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from ..references.baselines import rank_matching
 from .covariates import design_matrix, location_fit
 from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
 from .log_spline import log_spline
 from .normal_prior import fit_normal_prior
 from .npmle import npmle
-from .variational import mixture_on_grid, variational_normal_means
 
 __all__ = ["NORMAL_MEANS_METHODS", "NormalMeansFit", "fit_normal_means"]
 
@@ -88,6 +89,8 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
     prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options)
     mean, std, lfsr, lfdr = posterior.mean, posterior.std, posterior.lfsr, posterior.lfdr
     if method == "rank-matching":
+        from ..references.baselines import rank_matching
+
         mean, std, lfsr, lfdr = location + rank_matching(mean - location, prior.quantile), None, None, None
     log_likelihood = None if prior is None else float(log_marginal(residual, sigma, prior).sum())
     return NormalMeansFit(method, mean, std, lfsr, lfdr, prior, location, coefficients, log_likelihood,
@@ -114,6 +117,8 @@ def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | 
             details = {"solver_iterations": result.n_iter, "optimality_gap": result.gap,
                        "converged": result.converged}
         return result.prior, grid_posterior(x, sigma, result.prior, location), details
+    from .variational import mixture_on_grid, variational_normal_means
+
     estimator, posterior = variational_normal_means(x, sigma, location=location, seed=seed, **options)
     details = {"iterations": estimator.n_iter_, "converged": estimator.converged_,
                "elbo": estimator.history_["elbo"][-1]}

@@ -12,7 +12,8 @@ Efron's penalty ``c0 ‖α‖`` (the norm, not its square; made smooth at 0 by
     ∂ℓ/∂α = Qᵀ (π ∘ D) − n Qᵀ π,   D_k = Σ_i L_ik / f(x_i)
 
 and L-BFGS maximises it over the df coefficients. The basis is scikit-learn's
-``SplineTransformer`` (df = n_knots + 1 splines, the one implied by Σ_k splines = 1 dropped).
+``SplineTransformer`` (df = n_knots + 1 splines, the one implied by Σ_k splines = 1 dropped),
+imported when a basis is built: the other normal-means methods run without scikit-learn.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
-from sklearn.preprocessing import SplineTransformer
 
 from .grid import GridPrior, default_grid, scaled_likelihood
 
@@ -43,6 +43,8 @@ class LogSplineResult:
 def spline_basis(atoms: np.ndarray, df: int) -> np.ndarray:
     """Q (K, df): cubic B-splines with df − 1 equally spaced knots over the atoms,
     each column centred and scaled to unit sd."""
+    from sklearn.preprocessing import SplineTransformer
+
     if df < 2:
         raise ValueError(f"the log-spline model needs df >= 2, got {df!r}")
     basis = SplineTransformer(n_knots=df - 1, degree=3, include_bias=False).fit_transform(atoms[:, None])
