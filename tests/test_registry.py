@@ -35,9 +35,12 @@ class IsotropicPrior(Prior):
     def sample(self, n, generator=None):
         return self.variance.sqrt() * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
 
-    def m_step(self, z, weights=None):
+    def statistics(self, z, weights=None):
         w = torch.ones(z.shape[:-1], dtype=z.dtype) if weights is None else weights.to(z)
-        return self._with((w[..., None] * z.square()).sum() / (w.sum() * self.dim))
+        return {"mean_square": (w[..., None] * z.square()).sum() / (w.sum() * self.dim)}
+
+    def m_step_from(self, statistics):
+        return self._with(statistics["mean_square"])
 
     def penalty(self):
         return 0.0
@@ -81,8 +84,8 @@ class GradientIsotropicPrior(IsotropicPrior):
     def state(self):
         return {"log_variance": self.log_variance}  # θ; the variance is derived from it
 
-    def m_step(self, z, weights=None):
-        return Prior.m_step(self, z, weights)  # none: the base class says so
+    def statistics(self, z, weights=None):
+        return Prior.statistics(self, z, weights)  # none: the base class says so
 
     def with_state(self, state):
         return GradientIsotropicPrior(state["log_variance"], dim=self.dim)
