@@ -25,3 +25,23 @@ def test_the_previous_count_comes_back():
     with using_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_command_line_sets_the_threads_before_torch_is_imported(tmp_path):
+    # A fresh interpreter: torch reads OMP_NUM_THREADS when it is first imported.
+    import os
+    import subprocess
+    import sys
+
+    code = ("from invae.threads import use_threads_in_this_process; use_threads_in_this_process(None); "
+            "import torch; print(torch.get_num_threads())")
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_NUM_THREADS", "INVAE_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_a_bad_threads_flag_is_one_line_and_exit_2(capsys):
+    from invae.app.cli import main
+
+    assert main(["eb", "--data", "missing.csv", "--x", "0", "--threads", "0"]) == 2
+    assert "threads must be an integer >= 1, got 0" in capsys.readouterr().err

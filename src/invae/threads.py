@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["fit_threads", "using_threads"]
+__all__ = ["fit_threads", "using_threads", "use_threads_in_this_process"]
 
 ENVIRONMENT_VARIABLE = "INVAE_NUM_THREADS"
 
@@ -42,3 +42,15 @@ def using_threads(n_threads: int | None = None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def use_threads_in_this_process(n_threads: int | None = None) -> None:
+    """Before torch is imported (the command line): every fit, and torch's own default
+    (``OMP_NUM_THREADS``, unless already set or ``n_threads`` given), use
+    :func:`fit_threads` threads."""
+    chosen = str(fit_threads(n_threads))
+    os.environ[ENVIRONMENT_VARIABLE] = chosen
+    if n_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = chosen
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", chosen)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..inference.checkpoints import FitInterrupted
 from ..registry import Registry
+from ..threads import use_threads_in_this_process
 
 __all__ = ["main", "Command", "COMMANDS"]
 
@@ -47,6 +48,11 @@ def _penalty(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {text!r}") from None
 
 
+def _threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="CPU threads of torch (default: $INVAE_NUM_THREADS, else 1, "
+                        "the fastest for models of this size)")
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand: its ``--help`` line and example, its options, and what it runs."""
@@ -69,6 +75,7 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--penalty", type=float, default=0.02, help="graphical-lasso α (default: 0.02)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _threads_option(demo)
     demo.add_argument("--progress", action="store_true",
                       help="progress bars even when stderr is not a terminal (e.g. a log file)")
 
@@ -128,6 +135,7 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
     fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
+    _threads_option(fit)
     fit.add_argument("--progress", action="store_const", const=True,
                      help="a progress bar even when stderr is not a terminal (e.g. a log file)")
     fit.add_argument("--save", help="also write the fitted model to this file (for invae predict)")
@@ -145,6 +153,7 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--noise-std-file", help="the new rows' known noise sds σ_i (.npy/.csv), for a model "
                          "fitted with --noise-std-file")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _threads_option(predict)
 
 
 def _eb_options(eb: argparse.ArgumentParser) -> None:
@@ -168,6 +177,7 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
     eb.add_argument("--device", default="cpu", help="torch device of vae, e.g. cuda (default: cpu)")
     eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
     eb.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_option(eb)
 
 
 def _report_options(report: argparse.ArgumentParser) -> None:
@@ -195,7 +205,7 @@ def _fit(args: argparse.Namespace) -> None:
     from .pipeline import run_fit
     from .settings import FitSettings
 
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "threads")}
     settings = FitSettings.from_sources(args.config, overrides)
     estimator, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
@@ -286,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
+            use_threads_in_this_process(getattr(args, "threads", None))
             COMMANDS[args.command].run(args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
