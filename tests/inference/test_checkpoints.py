@@ -133,7 +133,7 @@ def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_p
     _poisoned_elbo(monkeypatch, set(range(60, 10_000)))
     with pytest.raises(FloatingPointError, match=r"diverged at outer iteration 3 \(the training ELBO is not "
                                                  r"finite\) after 3 rollbacks.*checkpoint: .*checkpoint.pt"):
-        _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=1).fit(problem.X)
+        _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=1, n_critic=20).fit(problem.X)
 
 
 def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):

@@ -31,7 +31,7 @@ __all__ = ["VariationalEB", "PRESETS"]
 #: Optimiser settings. "paper" is the source's (α = 1e-6, B = 128, n_critic = 30, a Λ-step
 #: on one sampled batch); "default" is the measured best (docs/benchmarks.md, "Presets").
 PRESETS = {
-    "default": {"learning_rate": 3e-3, "batch_size": 256, "n_critic": 20, "lambda_step": "expected",
+    "default": {"learning_rate": 3e-3, "batch_size": 256, "n_critic": 10, "lambda_step": "expected",
                 "lr_decay": 0.3},
     "paper": {"learning_rate": 1e-6, "batch_size": 128, "n_critic": 30, "lambda_step": "batch",
               "lr_decay": 1.0},
@@ -71,10 +71,10 @@ class VariationalEB(EmpiricalBayesEstimator):
         Cap on outer iterations (Λ-steps).
     tol, window : float or None, int
         Converged when, for ``window`` outer iterations, the fixed-noise ELBO has not beaten its
-        best by more than half its standard error sd/√n, and the Λ-step's statistics have
-        settled with a Monte Carlo variance below a quarter of their statistical variance
-        (:mod:`invae.inference.training`); a number ``tol`` replaces these margins by fixed
-        relative ones (ELBO by tol·|ELBO|, the statistics' error by tol).
+        best by more than 1e-4 relative, and the Λ-step's statistics have settled with a
+        Monte Carlo variance below a quarter of their statistical variance
+        (:mod:`invae.inference.training`); a number ``tol`` replaces 1e-4 for the ELBO and
+        the statistics' criteria by a relative Monte Carlo error below ``tol``.
     hidden : tuple of int
         Hidden widths of the encoder's MLP.
     n_samples : int

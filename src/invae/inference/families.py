@@ -68,7 +68,7 @@ def posterior_components(estimator) -> int:
 _DRAWN = {"lambda_step": "importance"}
 # Non-amortized factors see each observation only when it is in a batch: full batches with a
 # larger step (measured in docs/benchmarks.md, "mean-field settings").
-_FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 20}
+_FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 10}
 
 FAMILIES: Registry[PosteriorFamily] = Registry("posterior family")
 FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae"))

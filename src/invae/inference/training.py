@@ -9,13 +9,12 @@
 
 Λ̂ is noisy from one iteration to the next (fresh draws, a subset of rows, Adam's noise in φ),
 so no fixed tolerance on its change can be met reliably; by default (``tol=None``) the
-stopping rule compares each change with its own noise. Converged, checked after each outer
-iteration, when
+stopping rule compares Λ's statistics with their own noise. Converged, checked after each
+outer iteration, when
 
 * the ELBO on a fixed evaluation set with fixed noise (common random numbers: no Monte Carlo
-  jitter between checks) has not beaten its best by more than c·sd/√n for ``window``
-  iterations (c = 0.5 below; sd/√n is the standard error of the ELBO as a mean over the
-  n data rows, the precision the data give the objective itself);
+  jitter between checks) has not beaten its best by more than 1e-4 relative for ``window``
+  iterations (the encoder has stopped improving);
 * the Λ-step statistics have stopped drifting while the ELBO stalls for ``window // 2``
   iterations (the burn-in is over: :mod:`invae.inference.averaging`), and they are precise
   enough. A step over m < n random rows (or fresh draws) is averaged after the burn-in; it
@@ -29,8 +28,8 @@ iteration, when
   their relative step-to-step noise (:meth:`~invae.inference.averaging.StatisticsAverage.relative_error`)
   must fall below c·√(2/n) (√(2/n): the relative standard error of a variance from n rows).
 
-A number ``tol`` replaces these margins by fixed relative ones: the ELBO's by tol·|ELBO|,
-the statistics' Monte Carlo error (averaged or not) by tol.
+A number ``tol`` replaces 1e-4 for the ELBO, and the statistics' criteria by a Monte Carlo
+error (averaged or not) below ``tol``, relative.
 
 Both are needed: Λ can sit still while the encoder is still improving, and the reverse.
 Adam's step size is cut by ``lr_decay`` whenever the ELBO has not beaten its best by that
@@ -68,7 +67,7 @@ __all__ = ["TrainingSettings", "train"]
 
 _EVAL_SIZE = 2048
 _PRECISION = 0.5  # c of the module's docstring: Monte Carlo over statistical standard error
-_FIXED_PRIOR_TOL = 1e-4
+_ELBO_TOL = 1e-4  # the ELBO's relative margin when tol is None
 _MAX_ROLLBACKS = 3  # divergence: roll back and halve the step size at most this many times
 
 
@@ -145,7 +144,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
         while run.iteration < settings.max_iter:
             run.iteration += 1
             try:
-                train_elbo, change, value, standard_error = run.outer_iteration()
+                train_elbo, change, value = run.outer_iteration()
             except (_Diverged, FloatingPointError) as error:
                 rollbacks += 1
                 _stop_if_hopeless(rollbacks, run.iteration, error, checkpoint)
@@ -154,7 +153,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             run.record(train_elbo, change, value, time.perf_counter() - start)
             if callback is not None:
                 callback(run.iteration, run.prior)
-            run.plateau.step(value, margin=run.elbo_margin(value, standard_error))
+            run.plateau.step(value, margin=(settings.tol or _ELBO_TOL) * max(1.0, abs(value)))
             good = run.capture()
             bar.update()
             bar.set_postfix(elbo=f"{value:.4f}", dLambda=f"{change:.1e}")
@@ -200,9 +199,8 @@ class _Run:
                                                 "monte_carlo_error": [], "time": []}
         self.iteration = 0
 
-    def outer_iteration(self) -> tuple[float, float, float, float]:
-        """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO,
-        the ELBO's standard error sd/√n)."""
+    def outer_iteration(self) -> tuple[float, float, float]:
+        """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO)."""
         previous = self.prior
         train_elbo = self._adam_steps()
         change = 0.0
@@ -210,10 +208,10 @@ class _Run:
             with torch.no_grad():
                 self.prior = self._checked_lambda_step()
             change = self.prior.relative_change(previous)
-        value, standard_error = self._fixed_noise_elbo()
+        value = self._fixed_noise_elbo()
         if not math.isfinite(value):
             raise _Diverged("the evaluation ELBO is not finite")
-        return train_elbo, change, value, standard_error
+        return train_elbo, change, value
 
     def _adam_steps(self) -> float:
         """``n_critic`` Adam steps on the batch ELBO; their mean ELBO. Raises _Diverged if a loss
@@ -261,28 +259,17 @@ class _Run:
             raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
 
     @torch.no_grad()
-    def _fixed_noise_elbo(self) -> tuple[float, float]:
-        """Mean ELBO over a fixed subset, with the same random numbers at every call, and the
-        standard error sd/√n of the ELBO as a mean over all n rows."""
+    def _fixed_noise_elbo(self) -> float:
+        """Mean ELBO over a fixed subset, with the same random numbers at every call."""
         x, index = self.x, self.eval_index
         with seeded(self.eval_seed, x.device):
-            values = elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood).to(torch.float64)
-        spread = float(values.std()) if len(values) > 1 else 0.0
-        return float(values.mean()), spread / math.sqrt(len(x))
+            return float(elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood).mean())
 
     def record(self, train_elbo: float, change: float, value: float, elapsed: float) -> None:
         error = self.average.relative_error() if self.average is not None else 0.0
         for key, entry in (("train_elbo", train_elbo), ("elbo", value), ("precision_change", change),
                            ("monte_carlo_error", error), ("time", elapsed)):
             self.history[key].append(entry)
-
-    def elbo_margin(self, value: float, standard_error: float) -> float:
-        """The gain in the ELBO that counts as progress (module docstring): c·sd/√n, or
-        tol·|ELBO|; with the prior fixed (new rows' own factors: nothing estimated from the
-        n rows), the relative ``_FIXED_PRIOR_TOL``."""
-        if self.settings.tol is not None or self.lambda_step is None:
-            return (self.settings.tol or _FIXED_PRIOR_TOL) * abs(value)
-        return _PRECISION * standard_error
 
     def converged(self) -> bool:
         """The ELBO has not beaten its best for ``window`` iterations, and the Λ-step's average
