@@ -44,13 +44,20 @@ def using_threads(n_threads: int | None = None):
         torch.set_num_threads(previous)
 
 
+#: What torch (OpenMP) and numpy's BLAS read, once, when they are imported.
+_LIBRARY_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def use_threads_in_this_process(n_threads: int | None = None) -> None:
-    """Before torch is imported (the command line): every fit, and torch's own default
-    (``OMP_NUM_THREADS``, unless already set or ``n_threads`` given), use
-    :func:`fit_threads` threads."""
+    """Before torch and numpy are imported (the command line): every fit, torch's own
+    default and numpy's BLAS use :func:`fit_threads` threads — the libraries' variables
+    only where the user has not set them, unless ``n_threads`` is given. (The small
+    eigen-decompositions and least-squares solves of ``invae eb`` wait for busy cores as
+    torch does.)"""
     chosen = str(fit_threads(n_threads))
     os.environ[ENVIRONMENT_VARIABLE] = chosen
-    if n_threads is not None:
-        os.environ["OMP_NUM_THREADS"] = chosen
-    else:
-        os.environ.setdefault("OMP_NUM_THREADS", chosen)
+    for variable in _LIBRARY_VARIABLES:
+        if n_threads is not None:
+            os.environ[variable] = chosen
+        else:
+            os.environ.setdefault(variable, chosen)

@@ -7,7 +7,9 @@ print one line on stderr and exit with status 2.
 Start-up is kept short: this module imports only light modules at the top (no numpy, no
 torch), a command's functions import what they use (its choices' registries, torch,
 matplotlib, …), and the parser holds the options of the command named on the command line
-only; so ``invae --help`` imports none of them and ``invae eb`` no torch.
+only; so ``invae --help`` imports none of them and ``invae eb`` no torch. ``--threads``
+(demo, fit, predict, eb) is applied in :func:`main` before a command imports torch, which
+reads ``OMP_NUM_THREADS`` once, at import (:mod:`invae.threads`).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
                      help="optimiser settings of the variational methods: default (measured best) or paper")
     fit.add_argument("--seed", type=int)
     fit.add_argument("--max-iter", type=int)
-    fit.add_argument("--tol", type=float)
+    fit.add_argument("--tol", type=float, help="relative convergence margin (default: variational methods a "
+                     "statistical rule, docs/methods.md §2.2; em 1e-9)")
     fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            use_threads_in_this_process(getattr(args, "threads", None))
+            if hasattr(args, "threads"):  # the commands that fit
+                use_threads_in_this_process(args.threads)
             COMMANDS[args.command].run(args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)

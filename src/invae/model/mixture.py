@@ -11,11 +11,12 @@ label, given responsibilities ``r_ik = q(c_i = k)`` and the moments of z in each
 (component k's terms carry the weight N_k/n, hence its penalty α n/N_k). ``ε`` (``reg_covar``)
 keeps a component that holds few points invertible, as in scikit-learn's GaussianMixture.
 
-From draws of z (:meth:`GaussianMixture.m_step`) the responsibilities are the current
-prior's ``r_k(z) ∝ π_k N(z; μ_k, Λ_k⁻¹)``: one EM step on the draws, which cannot lower
-their mean log-density (a generalised M-step; the exact maximiser has no closed form).
-Exact EM for a linear-Gaussian likelihood (:mod:`invae.references.exact`) passes exact
-per-component posterior moments to :meth:`GaussianMixture.component_statistics`.
+From draws of z (:meth:`GaussianMixture.statistics`, then :meth:`GaussianMixture.m_step_from`)
+the responsibilities are the current prior's ``r_k(z) ∝ π_k N(z; μ_k, Λ_k⁻¹)``: one EM step
+on the draws, which cannot lower their mean log-density (a generalised M-step; the exact
+maximiser has no closed form). Exact EM for a linear-Gaussian likelihood
+(:mod:`invae.references.em`) passes the exact per-component posterior moments
+(:mod:`invae.references.exact`) to :meth:`GaussianMixture.component_statistics`.
 """
 
 from __future__ import annotations

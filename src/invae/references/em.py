@@ -10,8 +10,8 @@ estimators chase. It stops when that objective rises by less than ``tol`` (relat
 
 Gaussian-mixture prior (:class:`~invae.model.mixture.GaussianMixture`): the E-step is the exact
 mixture posterior (responsibilities and per-component Gaussian posteriors, :mod:`invae.references.exact`)
-and the M-step :meth:`~invae.model.mixture.GaussianMixture.component_statistics`; EM over (z, c) ascends
-the same objective with the penalty ``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
+and the M-step ``m_step_from`` on :meth:`~invae.model.mixture.GaussianMixture.component_statistics`;
+EM over (z, c) ascends the same objective with the penalty ``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
 
 ``mean_field=True`` restricts the E-step to diagonal Gaussians, the family of the ``vae``
 and ``mean-field`` methods. For a Gaussian posterior N(μ, P⁻¹) the best such q has the
