@@ -43,6 +43,7 @@ from invae.model.likelihoods import PoissonLikelihood  # noqa: E402
 
 ALPHA = 0.02
 FAMILIES = {"iaf": "iaf", "vae": "diagonal", "full-covariance": "full-covariance", "mean-field": "mean-field"}
+POISSON_FAMILIES = ("iaf", "vae", "full-covariance")
 WITHIN = 1.05  # "within 5% of exact EM's Λ error"
 
 
@@ -72,7 +73,7 @@ def first_time_below(trace: list[tuple[float, float]], target: float) -> float |
     return next((seconds for seconds, error in trace if error <= target), None)
 
 
-def ggm_case(seed: int, pyro_seconds: float) -> list[dict]:
+def ggm_case(seed: int, pyro_seconds: float, families: list[str]) -> list[dict]:
     problem = simulate_problem(p=20, n=10_000, graph="chain", forward="identity", noise_std=1.0, seed=seed)
     likelihood, truth = linear_gaussian(problem.A, 1.0), problem.precision
     start = time.perf_counter()
@@ -82,8 +83,10 @@ def ggm_case(seed: int, pyro_seconds: float) -> list[dict]:
              **scores(em.precision_, truth)}]
     rows[0]["trace"] = [(seconds, rows[0]["precision_error"])]  # EM is the target: it meets it when it ends
     target = WITHIN * rows[0]["precision_error"]
-    for family in FAMILIES:
+    for family in (name for name in families if name in FAMILIES):
         rows.append(fit_invae(family, problem.X, likelihood, 20, truth, seed))
+    if "pyro" not in families:
+        return _labelled(rows, "ggm", 20, 10_000, seed, target)
     trace = []
     precision, seconds, steps = pyro_iaf_ggm(
         problem.X, 1.0, ALPHA, seed, max_seconds=pyro_seconds,
@@ -91,8 +94,12 @@ def ggm_case(seed: int, pyro_seconds: float) -> list[dict]:
         or trace[-1][1] <= target)
     rows.append({"method": "pyro svi (iaf guide)", "seconds": seconds, "n_iter": steps,
                  "converged": trace[-1][1] <= target, **scores(precision, truth), "trace": trace})
+    return _labelled(rows, "ggm", 20, 10_000, seed, target)
+
+
+def _labelled(rows: list[dict], case: str, p: int, n: int, seed: int, target: float) -> list[dict]:
     for row in rows:
-        row.update(case="ggm", p=20, n=10_000, seed=seed, target=target, em_seconds=rows[0]["seconds"],
+        row.update(case=case, p=p, n=n, seed=seed, target=target, em_seconds=rows[0]["seconds"],
                    time_to_target=first_time_below(row.get("trace", []), target))
     return rows
 
@@ -108,14 +115,14 @@ def chain_hub_precision(p: int) -> np.ndarray:
     return precision * scale[:, None] * scale[None, :]
 
 
-def poisson_case(p: int, n: int, seed: int, with_pln: bool) -> list[dict]:
+def poisson_case(p: int, n: int, seed: int, with_pln: bool, families: list[str]) -> list[dict]:
     rng = np.random.default_rng(seed)
     truth = chain_hub_precision(p)
     z = rng.multivariate_normal(np.zeros(p), np.linalg.inv(truth), size=n)
     counts = rng.poisson(np.exp(z)).astype(np.float64)
     likelihood = PoissonLikelihood(LinearOperator.identity(p))
-    rows = [fit_invae(family, counts, likelihood, p, truth, seed) for family in ("iaf", "vae", "full-covariance")]
-    if with_pln:
+    rows = [fit_invae(family, counts, likelihood, p, truth, seed) for family in families if family in POISSON_FAMILIES]
+    if with_pln and "pyplnmodels" in families:
         precision, seconds = plnnetwork_fit(counts, ALPHA)
         rows.append({"method": "pyPLNmodels PlnNetwork", "seconds": seconds, **scores(precision, truth)})
     for row in rows:
@@ -179,6 +186,8 @@ def main() -> None:
                         help="Poisson cases as PxN")
     parser.add_argument("--out", default="benchmarks/results/speed.json")
     parser.add_argument("--summarize", metavar="JSON", help="print the tables of a results file and stop")
+    parser.add_argument("--methods", nargs="+", default=[*FAMILIES, "pyro", "pyplnmodels"],
+                        help="which of the families, pyro and pyplnmodels to run (EM always runs)")
     args = parser.parse_args()
     if args.summarize:
         print_tables(json.loads(Path(args.summarize).read_text()))
@@ -194,13 +203,13 @@ def main() -> None:
     rows = []
     if args.part in ("ggm", "all"):
         for seed in range(args.seeds):
-            rows += ggm_case(seed, args.pyro_seconds)
+            rows += ggm_case(seed, args.pyro_seconds, args.methods)
         print(summarize([r for r in rows if r["case"] == "ggm"], ("p", "n")), flush=True)
     if args.part in ("poisson", "all"):
         for size in args.sizes:
             p, n = map(int, size.split("x"))
             for seed in range(args.seeds):
-                rows += poisson_case(p, n, seed, with_pln)
+                rows += poisson_case(p, n, seed, with_pln, args.methods)
             print(summarize([r for r in rows if r["case"] == "poisson"], ("p", "n")), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread, torch {torch.__version__}"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

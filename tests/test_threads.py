@@ -22,9 +22,13 @@ def test_a_bad_count_is_refused_in_one_line(monkeypatch, given, env, message):
 
 def test_the_previous_count_comes_back():
     before = torch.get_num_threads()
-    with using_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)
+    try:
+        with using_threads(3):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_command_line_sets_the_threads_before_torch_is_imported(tmp_path):
@@ -45,3 +49,21 @@ def test_a_bad_threads_flag_is_one_line_and_exit_2(capsys):
 
     assert main(["eb", "--data", "missing.csv", "--x", "0", "--threads", "0"]) == 2
     assert "threads must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_thread_counts_are_set_before_numpy_is_imported(tmp_path):
+    # numpy's BLAS and torch read their thread counts once, when imported: the command line
+    # must set them before building the options of a command (which import numpy).
+    import subprocess
+    import sys
+
+    code = ("import sys, invae.threads as t; original = t.use_threads_in_this_process\\n"
+            "def spy(n):\\n    assert 'numpy' not in sys.modules and 'torch' not in sys.modules; original(n)\\n"
+            "t.use_threads_in_this_process = spy\\n"
+            "import invae.app.cli as cli; cli.use_threads_in_this_process = spy\\n"
+            "try:\\n    cli.main(['eb', '--help'])\\nexcept SystemExit:\\n    pass\\n"
+            "import os; print(os.environ['OPENBLAS_NUM_THREADS'])")
+    out = subprocess.run([sys.executable, "-c", code.replace("\\n", "\n")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -89,3 +89,27 @@ def test_averaged_statistics_of_two_halves_give_the_m_step_on_the_pooled_draws(p
     pooled = {key: (halves[0][key] + halves[1][key]) / 2 for key in halves[0]}
     for key, value in prior.m_step_from(pooled).state().items():
         torch.testing.assert_close(value, prior.m_step(z).state()[key])
+
+
+def test_a_step_over_random_rows_is_unbiased_for_the_statistics_over_all_rows(rng):
+    # q(z | x_i) = N(x_i / 2, 0.7²) per coordinate: the expected step's statistic over rows I
+    # is the mean of t_i = μ_i μ_iᵀ + 0.49 I over I. Over K random subsets of m rows its mean
+    # is the mean over all n rows, with standard error sd(t)·√((1 − m/n)/(m K)) per entry.
+    from torch.distributions import Independent, Normal
+
+    from invae.inference.lambda_steps import ExpectedStep
+
+    class HalfEncoder(torch.nn.Module):
+        def forward(self, x, index=None):
+            return Independent(Normal(x / 2, torch.full_like(x, 0.7)), 1)
+
+    n, m, k = 2000, 100, 200
+    x = torch.as_tensor(rng.standard_normal((n, 3)))
+    prior, step = GaussianGraphicalModel(dim=3), ExpectedStep(8, rows=m)
+    full = ExpectedStep(8).statistics(prior, HalfEncoder(), x, None, 256, 0)["second_moment"]
+    torch.manual_seed(0)
+    subsets = torch.stack([step.statistics(prior, HalfEncoder(), x, None, 256, 0)["second_moment"] for _ in range(k)])
+    per_row = (x / 2)[:, :, None] * (x / 2)[:, None, :]
+    standard_error = per_row.std(0) * math.sqrt((1 - m / n) / (m * k))
+    assert torch.all((subsets.mean(0) - full).abs() < 4 * standard_error)
+    assert subsets.std(0).max() > 0  # the steps did see different rows

@@ -23,26 +23,29 @@ def problem():
 
 
 def _vae(problem, **options):
+    options = {"tol": 1e-12, **options}
     return VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.02), linear_gaussian(problem.A, 0.5),
-                         max_iter=40, tol=1e-12, hidden=(16,), **options)
+                         max_iter=40, hidden=(16,), **options)
 
 
-def test_a_resumed_fit_is_bit_for_bit_the_uninterrupted_one(problem, tmp_path):
-    whole = _vae(problem).fit(problem.X)
+@pytest.mark.parametrize("options", [{}, {"lambda_rows": 100, "tol": None}])  # the second averages its Λ-steps
+def test_a_resumed_fit_is_bit_for_bit_the_uninterrupted_one(problem, tmp_path, options):
+    whole = _vae(problem, **options).fit(problem.X)
 
     def stop_at_17(iteration, prior):  # a real SIGTERM, delivered mid-fit
         if iteration == 17:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    interrupted = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, callback=stop_at_17)
+    interrupted = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, callback=stop_at_17, **options)
     with pytest.raises(FitInterrupted, match="after iteration 17"):
         interrupted.fit(problem.X)
-    resumed = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, resume=True).fit(problem.X)
+    resumed = _vae(problem, checkpoint_dir=tmp_path, checkpoint_every=5, resume=True, **options).fit(problem.X)
     assert resumed.n_iter_ == whole.n_iter_ == 40
     np.testing.assert_array_equal(resumed.precision_, whole.precision_)
     for got, expected in zip(resumed.posterior(problem.X), whole.posterior(problem.X)):
         np.testing.assert_array_equal(got, expected)
     assert resumed.history_["elbo"] == whole.history_["elbo"]
+    assert resumed.history_["monte_carlo_error"] == whole.history_["monte_carlo_error"]
 
 
 def test_sigterm_to_the_command_line_then_resume_matches_an_uninterrupted_run(tmp_path):

@@ -290,17 +290,33 @@ COMMANDS.register("report", Command(
     "example:\n  invae report invae-demo    # then open invae-demo/report.html\n", _report_options, _report))
 
 
+def _threads_flag(argv: list[str]) -> int | None:
+    """``--threads N`` from the command line, read before the full parser is built (None if absent)."""
+    early = _Parser(prog="invae", add_help=False)
+    early.add_argument("--threads")
+    text = early.parse_known_args(argv)[0].threads
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--threads must be an integer >= 1, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
+    prefix = f"invae {argv[0]}" if argv else "invae"
+    try:  # before a command's options import numpy or torch, which read the thread counts once
+        use_threads_in_this_process(_threads_flag(argv))
+    except ValueError as error:
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return 2
     args = _build_parser(argv[0] if argv else None).parse_args(argv)  # the top level takes no options
-    prefix = f"invae {args.command}"
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
         try:
-            if hasattr(args, "threads"):  # the commands that fit
-                use_threads_in_this_process(args.threads)
             COMMANDS[args.command].run(args)
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)

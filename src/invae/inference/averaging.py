@@ -26,7 +26,8 @@ Monte Carlo error. s̄_k = Σ_j c_kj ŝ_j with weights c_kj that sum to one; for
 noise of variance v, ``Var s̄_k = v V_k`` with ``V_k = Σ_j c_kj² = (1 − γ_k)² V_{k−1} + γ_k²``,
 and v is estimated by half the mean squared successive difference over the last w steps
 (which a slow drift barely inflates). :meth:`StatisticsAverage.relative_error` is
-``√(v V_k) / ‖s̄_k‖``.
+``√(v V_k) / ‖s̄_k‖``. Both tests run key by key: a mixture's weights, first and second
+moments have their own units.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class StatisticsAverage:
         """Add ŝ_k; return s̄_k (the same keys and shapes). The burn-in ends only where
         ``may_settle``."""
         self.steps += 1
-        self.recent = [*self.recent, _flatten(statistics)][-(self.window + 1):]
+        flat = {key: value.detach().reshape(-1).to(torch.float64) for key, value in statistics.items()}
+        self.recent = [*self.recent, flat][-(self.window + 1):]
         if self.burn_in_end is None and may_settle and self._stationary():
             self.burn_in_end = self.steps
         gamma = self._gamma()
@@ -76,19 +78,27 @@ class StatisticsAverage:
         return self.burn_in_end is not None
 
     def relative_error(self) -> float:
-        """The Monte Carlo standard error of s̄ relative to its size, ``√(v V_k) / ‖s̄_k‖``."""
+        """The Monte Carlo standard error of s̄ relative to its size, ``√(v V_k) / ‖s̄_k‖``, the
+        largest over the statistics' keys (which have their own units)."""
         if len(self.recent) < 2:
             return math.inf
-        steps = torch.stack(self.recent).diff(dim=0)
-        noise = float(steps.square().sum(-1).mean()) / 2
-        return math.sqrt(noise * self.weight_squares) / max(float(torch.linalg.norm(_flatten(self.mean))), 1e-300)
+        return max(math.sqrt(self._mean_square_step(key) / 2 * self.weight_squares)
+                   / max(float(torch.linalg.norm(self.mean[key])), 1e-300) for key in self.recent[-1])
 
     def _stationary(self) -> bool:
+        """The drift test of the module's docstring, for every key."""
         if len(self.recent) <= self.window:
             return False
-        successive = float(torch.stack(self.recent).diff(dim=0).square().sum(-1).mean())
-        floor = (self.tolerance * float(torch.linalg.norm(self.recent[-1]))) ** 2
-        return float((self.recent[-1] - self.recent[0]).square().sum()) <= max(4 * successive, floor)
+        return all(self._stationary_key(key) for key in self.recent[-1])
+
+    def _stationary_key(self, key: str) -> bool:
+        change = float((self.recent[-1][key] - self.recent[0][key]).square().sum())
+        floor = (self.tolerance * float(torch.linalg.norm(self.recent[-1][key]))) ** 2
+        return change <= max(4 * self._mean_square_step(key), floor)
+
+    def _mean_square_step(self, key: str) -> float:
+        """mean_j ‖ŝ_j − ŝ_{j−1}‖² over the steps kept, for one key."""
+        return float(torch.stack([step[key] for step in self.recent]).diff(dim=0).square().sum(-1).mean())
 
     def _gamma(self) -> float:
         if not self.averaging or self.burn_in_end is None:
@@ -98,16 +108,12 @@ class StatisticsAverage:
     def state_dict(self) -> dict:
         """Everything :meth:`load_state_dict` needs to continue (checkpoints, rollbacks)."""
         return {"mean": None if self.mean is None else {k: v.clone() for k, v in self.mean.items()},
-                "recent": [v.clone() for v in self.recent], "steps": self.steps,
+                "recent": [{k: v.clone() for k, v in step.items()} for step in self.recent], "steps": self.steps,
                 "burn_in_end": self.burn_in_end, "weight_squares": self.weight_squares}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.mean = None if state["mean"] is None else {k: v.clone() for k, v in state["mean"].items()}
-        self.recent = [v.clone() for v in state["recent"]]
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Put a :meth:`state_dict` back, its tensors on ``device`` (a checkpoint is read on the CPU)."""
+        self.mean = None if state["mean"] is None else {k: v.to(device, copy=True) for k, v in state["mean"].items()}
+        self.recent = [{k: v.to(device, copy=True) for k, v in step.items()} for step in state["recent"]]
         self.steps, self.burn_in_end = state["steps"], state["burn_in_end"]
         self.weight_squares = state["weight_squares"]
-
-
-def _flatten(statistics: dict[str, Tensor]) -> Tensor:
-    """The statistics as one float64 vector (keys in a fixed order)."""
-    return torch.cat([statistics[key].detach().reshape(-1).to(torch.float64) for key in sorted(statistics)])

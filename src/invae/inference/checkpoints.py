@@ -26,7 +26,7 @@ from .._version import __version__
 __all__ = ["Checkpointer", "FitInterrupted"]
 
 FORMAT = "invae-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the Λ-step statistics' running average (2026-11-30)
 
 
 class FitInterrupted(Exception):

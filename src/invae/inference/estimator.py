@@ -128,7 +128,8 @@ class VariationalEB(EmpiricalBayesEstimator):
     ----------
     prior_, likelihood_, posterior_ : the fitted prior, likelihood and posterior module
     history_ : dict of lists per outer iteration: ``elbo`` (fixed-noise, per observation),
-        ``train_elbo`` (mean of the batch ELBOs), ``precision_change``, ``time`` (s)
+        ``train_elbo`` (mean of the batch ELBOs), ``precision_change``, ``monte_carlo_error`` (the
+        Λ-step statistics' relative error, :mod:`invae.inference.averaging`), ``time`` (s)
     n_iter_, converged_
     """
 

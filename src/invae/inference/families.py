@@ -70,16 +70,11 @@ _DRAWN = {"lambda_step": "importance"}
 # larger step (measured in docs/benchmarks.md, "mean-field settings").
 _FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 10}
 
-# The full-covariance encoder's Λ̂ on counts is 4–6% further from the truth with 10 Adam steps
-# per Λ-step than with 20 (docs/benchmarks.md, "Adam steps per Λ-step"); the others gain time.
-_SLOW_ENCODER = {"n_critic": 20}
-
 FAMILIES: Registry[PosteriorFamily] = Registry("posterior family")
 FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae"))
 FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: e.flow_steps), method="iaf",
                                          defaults=_DRAWN))
-FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance",
-                                                     defaults=_SLOW_ENCODER))
+FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
 FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),

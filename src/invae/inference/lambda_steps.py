@@ -1,8 +1,8 @@
 """Λ-step strategies: how the trainer updates the prior's parameters from the posterior q.
 
 A strategy is an object passed to :func:`invae.inference.training.train`, as Pyro passes an
-ELBO object to ``SVI``; the loop calls ``step(prior, posterior, x, likelihood, batch_size, seed)``
-and does not know which one it holds. :data:`LAMBDA_STEPS` names them (the estimator's
+ELBO object to ``SVI``; the loop calls ``step.statistics(prior, posterior, x, likelihood,
+batch_size, seed)`` and does not know which one it holds. :data:`LAMBDA_STEPS` names them (the estimator's
 ``lambda_step`` setting):
 
 =============  ==================================================================  ===================
@@ -39,7 +39,7 @@ from .reweighting import normalised_weights
 from .seeding import seeded
 
 __all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "LAMBDA_STEPS",
-           "expected_statistics", "importance_statistics", "posterior_all"]
+           "expected_statistics", "importance_statistics"]
 
 
 class LambdaStep(abc.ABC):
@@ -65,13 +65,13 @@ class LambdaStep(abc.ABC):
         return 8 if prior.closed_form_gaussian_m_step else 32
 
     def rows_per_step(self, n: int, batch_size: int) -> int:
-        """How many of the n data rows one step looks at (each with fresh randomness if < n)."""
+        """How many of the n data rows one step looks at."""
         return n if self.rows is None else min(self.rows, n)
 
-    def __call__(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
-                 batch_size: int, seed: int) -> Prior:
-        """The new prior: the M-step on :meth:`statistics`."""
-        return prior.m_step_from(self.statistics(prior, posterior, x, likelihood, batch_size, seed))
+    def averages(self, n: int, batch_size: int) -> bool:
+        """Whether its statistics carry fresh randomness at every step, to be averaged: a
+        subset of the rows (draws over all rows repeat the same random numbers)."""
+        return self.rows_per_step(n, batch_size) < n
 
     @abc.abstractmethod
     def statistics(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
@@ -92,6 +92,9 @@ class BatchStep(LambdaStep):
 
     def rows_per_step(self, n, batch_size):
         return min(batch_size, n)
+
+    def averages(self, n, batch_size):
+        return True  # rows drawn with replacement and one fresh draw each, even when batch_size ≥ n
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index = torch.randint(len(x), (batch_size,), device=x.device)
@@ -129,12 +132,9 @@ class GradientStep(LambdaStep):
     """For a prior without an M-step (``has_m_step = False``): the trainer moves its parameters
     θ by Adam on the batch ELBO, whose gradient in θ is that of ``E_q[log g(z; θ)]``, with
     their own moments, step-size schedule, checkpoints and rollbacks as φ's. After those
-    steps there is nothing left to do: the prior is returned as it is."""
+    steps there is nothing left to do: the trainer asks no statistics of it."""
 
     by_gradient = True
-
-    def __call__(self, prior, posterior, x, likelihood, batch_size, seed):
-        return prior
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         raise NotImplementedError("a prior trained by gradient has no M-step statistics")
@@ -145,11 +145,6 @@ LAMBDA_STEPS.register("batch", BatchStep)
 LAMBDA_STEPS.register("expected", ExpectedStep)
 LAMBDA_STEPS.register("importance", ImportanceStep)
 LAMBDA_STEPS.register("gradient", GradientStep)
-
-
-def posterior_all(posterior: nn.Module, x: Tensor) -> Distribution:
-    """q(z | x_i) for every row of x (n, m)."""
-    return posterior(x, torch.arange(len(x), device=x.device))
 
 
 def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8) -> dict[str, Tensor]:
