@@ -87,9 +87,9 @@ class VariationalEB(EmpiricalBayesEstimator):
     lambda_draws : int or None
         Draws per observation in a Λ-step on draws (``"importance"``, or ``"expected"``
         where it has no closed form: ``iaf``, or a mixture prior); over all rows the same
-        draws' noise is reused at every Λ-step (see ``lambda_rows``). None: 32 for
-        ``"importance"`` or a mixture prior, whose responsibilities make the draws' M-step
-        noisier (docs/benchmarks.md, "Λ-step draws under a mixture prior"), else 8.
+        draws' noise is reused at every Λ-step (see ``lambda_rows``). None: 32 under
+        a mixture prior, whose responsibilities make the draws' M-step noisier
+        (docs/benchmarks.md, "Λ-step draws under a mixture prior"), else 8.
     lambda_rows : int or None
         Random rows per Λ-step, each step with fresh draws; their statistics are averaged over
         steps (stochastic-approximation EM, :mod:`invae.inference.averaging`). None: 1024 for

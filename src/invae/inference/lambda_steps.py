@@ -114,13 +114,9 @@ class ImportanceStep(LambdaStep):
     """The M-step on q's draws weighted towards the exact posterior (:func:`importance_statistics`)."""
 
     targets_exact_posterior = True
-    # 32 draws for each of n rows cost far more than φ's Adam steps; a random 1024 rows per
+    # Draws for each of n rows cost far more than φ's Adam steps; a random 1024 rows per
     # step, averaged over steps (:mod:`invae.inference.averaging`), are as precise in the end.
     default_rows = 1024
-
-    @staticmethod
-    def default_draws(prior: Prior) -> int:
-        return 32
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index, randomness = self._rows(x, seed)
@@ -160,7 +156,10 @@ def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8) -> dict
         return prior.gaussian_statistics(q.mean, var=q.variance)
     if isinstance(q, MultivariateNormal):
         tril = q.scale_tril
-        return prior.gaussian_statistics(q.mean, torch.einsum("nij,nkj->ik", tril, tril) / len(tril))
+        # Σ_n L_n L_nᵀ as one matrix product over the stacked columns of every L_n (an einsum
+        # over (n, p, p) takes 3 × longer on CPU)
+        columns = tril.mT.reshape(-1, tril.shape[-1])
+        return prior.gaussian_statistics(q.mean, columns.T @ columns / len(tril))
     return prior.statistics(_draw(q, n_draws))
 
 
