@@ -152,6 +152,20 @@ def test_mean_field_fits_new_factors_for_new_data(problem):
         assert np.sqrt(np.mean(((mf.transform(rows) - mean.numpy()) / mf_sd) ** 2)) < 0.1
 
 
+def test_mean_field_fit_of_a_gaussian_posterior_is_variational_em(problem):
+    # With closed-form factors the fit is EM with the diagonal family's E-step: the same two
+    # exact maps alternated from the same start. Run both to their fixed point in float64:
+    # Λ̂ agrees to rounding (1e-9 relative), where Adam steps on the factors stop at their
+    # noise floor, ~1e-2 away (the default rule stops once Λ is within its statistical error).
+    likelihood = linear_gaussian(problem.A, 0.5)
+    mf = VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, family="mean-field", tol=1e-10,
+                       max_iter=5000, dtype=torch.float64, random_state=0).fit(problem.X)
+    em = EM(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, mean_field=True, tol=1e-14,
+            max_iter=5000).fit(problem.X)
+    assert mf.converged_ and em.converged_
+    assert relative_frobenius_error(mf.precision_, em.precision_) < 1e-9
+
+
 @pytest.mark.parametrize("kwargs, X, message", [
     ({}, np.ones((10, 3)), "columns"),
     ({}, np.full((10, 8), np.nan), "NaN"),

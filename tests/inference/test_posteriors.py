@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.distributions import AffineTransform, Independent, Normal, TransformedDistribution
+from torch.distributions import (AffineTransform, Independent, MultivariateNormal, Normal, TransformedDistribution,
+                                 kl_divergence)
 
 from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian
 from invae.inference.objectives import elbo
@@ -269,3 +270,42 @@ def test_marginal_cdf_is_exact_for_a_mixture_and_matches_draws_for_a_flow(genera
     assert torch.all((marginal_cdf(flow, 0.0, n_draws=40_000, chunk=4000) - expected).abs() < 4 * 0.0025)
     gaussian = Independent(Normal(loc, scale), 1)
     torch.testing.assert_close(marginal_cdf(gaussian, 0.0), expected)
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_mean_field_optimum_minimises_the_kl_to_the_exact_posterior(per_row):
+    """set_to_optimum against the definition: the gradient of KL(q_i ‖ p(z | x_i)) in the
+    factors (μ_i, log σ_i), by autograd on torch's Gaussian KL, vanishes there, and any move raises it."""
+    from invae.model.forward import LinearOperator
+    from invae.model.likelihoods import NoisePerRowGaussianLikelihood
+    rng = np.random.default_rng(0)
+    prior = GaussianGraphicalModel(torch.as_tensor(random_spd(rng, 4)))
+    a, measured = rng.standard_normal((3, 4)), rng.standard_normal((6, 3))
+    if per_row:
+        likelihood = NoisePerRowGaussianLikelihood(LinearOperator(a))
+        x = torch.as_tensor(NoisePerRowGaussianLikelihood.rows(measured, rng.uniform(0.3, 2.0, 6)))
+    else:
+        likelihood, x = linear_gaussian(a, 0.7), torch.as_tensor(measured)
+    factors = MeanFieldFactors(6, 4).double()
+    assert MeanFieldFactors.has_closed_form(prior, likelihood)
+    factors.set_to_optimum(x, prior, likelihood)
+    mean, cov = exact_posterior(x, prior, likelihood)
+    exact = MultivariateNormal(mean, cov.expand(6, 4, 4))
+
+    def kl(mu, log_std):
+        return kl_divergence(MultivariateNormal(mu, torch.diag_embed((2 * log_std).exp())), exact).sum()
+
+    mu, log_std = factors.mean.detach().requires_grad_(), factors.log_std.detach().requires_grad_()
+    for grad in torch.autograd.grad(kl(mu, log_std), (mu, log_std)):
+        assert grad.abs().max() < 1e-10  # float64: zero up to rounding
+    with torch.no_grad():
+        for move in (0.01 * torch.ones_like(mu), torch.zeros_like(mu)):
+            assert kl(mu + move, log_std + 0.01 * (move == 0)) > kl(mu, log_std)
+
+
+def test_mean_field_has_no_closed_form_beyond_one_gaussian_posterior():
+    from invae.model.forward import LinearOperator
+    from invae.model.likelihoods import PoissonLikelihood
+    mixture = GaussianMixture([0.5, 0.5], np.zeros((2, 3)), np.stack([np.eye(3)] * 2))
+    assert not MeanFieldFactors.has_closed_form(GaussianGraphicalModel(dim=3), PoissonLikelihood(LinearOperator.identity(3)))
+    assert not MeanFieldFactors.has_closed_form(mixture, linear_gaussian(np.eye(3), 1.0))

@@ -26,6 +26,9 @@ from torch import Tensor, nn
 from torch.distributions import (Categorical, Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
                                  TransformedDistribution)
 
+from ..model.ggm import GaussianGraphicalModel
+from ..references.exact import exact_posterior, has_exact_evidence
+
 __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
            "moments"]
 
@@ -269,7 +272,14 @@ class IAFEncoder(_Encoder):
 
 
 class MeanFieldFactors(nn.Module):
-    """Non-amortized mean-field VI: one free ``N(μ_i, diag σ_i²)`` per observation, (n, p) each."""
+    """Non-amortized mean-field VI: one free ``N(μ_i, diag σ_i²)`` per observation, (n, p) each.
+
+    Where the exact posterior is Gaussian, ``N(m_i, P_i⁻¹)`` (a Gaussian graphical prior and
+    a linear-Gaussian likelihood), the factors' optimum given Λ is closed form: minimising
+    ``KL(q_i ‖ p(z | x_i))`` over diagonal Gaussians gives the exact means μ_i = m_i and
+    variances σ_ij² = 1 / (P_i)_jj (coordinate-ascent VI, Bishop 2006 §10.1.2). The trainer
+    then sets them there (:meth:`set_to_optimum`) instead of taking Adam steps.
+    """
 
     def __init__(self, n: int, p: int):
         super().__init__()
@@ -278,6 +288,19 @@ class MeanFieldFactors(nn.Module):
 
     def forward(self, x: Tensor, index: Tensor) -> Distribution:
         return _diagonal_normal(self.mean[index], self.log_std[index])
+
+    @staticmethod
+    def has_closed_form(prior, likelihood) -> bool:
+        """Whether :meth:`set_to_optimum` applies: the exact posterior is one Gaussian."""
+        return isinstance(prior, GaussianGraphicalModel) and has_exact_evidence(prior, likelihood)
+
+    @torch.no_grad()
+    def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
+        """Every factor at its optimum given the prior (class docstring); x (n, m) all rows, in order."""
+        mean, cov = exact_posterior(x, prior, likelihood)
+        precision_diagonal = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)  # (p,), or (n, p) with σ_i per row
+        self.mean.copy_(mean)
+        self.log_std.copy_((-0.5 * precision_diagonal.log()).expand_as(mean))
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@
     repeat until converged (or max_iter):
         n_critic times:  batch of B observations, z = reparameterised draws of q_φ(z|x),
                          one Adam step on  −(1/B) Σ_b ELBO_b(φ; Λ)
+                         (free factors whose optimum given Λ is closed form are set there
+                         instead: :class:`~invae.inference.posteriors.MeanFieldFactors`)
         Λ-step:          ŝ ← the prior's expected statistics under q (the strategy passed in,
                          :mod:`invae.inference.lambda_steps`); s̄ ← their stochastic-approximation
                          average (:mod:`invae.inference.averaging`); Λ ← the M-step on s̄
@@ -188,6 +190,9 @@ class _Run:
         self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate, fused=True)
         self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2))
         self.average, self.target_error, self.enough_averaging = self._stopping_targets(by_gradient)
+        # free factors whose optimum given Λ is closed form (a Gaussian exact posterior) are set there
+        closed_form = getattr(posterior, "has_closed_form", None)
+        self.closed_form_q = closed_form is not None and closed_form(prior, likelihood)
         self.eval_index = torch.randperm(len(x), device=x.device)[: min(len(x), _EVAL_SIZE)]
         self.eval_seed, self.lambda_seed = torch.randint(2**62, (2,)).tolist()
         self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [],
@@ -208,7 +213,7 @@ class _Run:
     def outer_iteration(self) -> tuple[float, float, float]:
         """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO)."""
         previous = self.prior
-        train_elbo = self._adam_steps()
+        train_elbo = self._closed_form_q_step() if self.closed_form_q else self._adam_steps()
         change = 0.0
         if self.lambda_step is not None:
             with torch.no_grad():
@@ -238,6 +243,14 @@ class _Run:
         if not all(bool(torch.isfinite(weight).all()) for weight in self.posterior.parameters()):
             raise _Diverged("a posterior weight is not finite")
         return train_elbo
+
+    @torch.no_grad()
+    def _closed_form_q_step(self) -> float:
+        """q at its optimum given the prior, for all rows; the ELBO of one random batch."""
+        self.posterior.set_to_optimum(self.x, self.prior, self.likelihood)
+        index = torch.randint(len(self.x), (self.batch,), device=self.x.device)
+        return float(elbo(self.x[index], self.posterior(self.x[index], index), self.prior, self.likelihood,
+                          self.settings.n_samples).mean())
 
     def _prior_with_theta(self, detached: bool = False) -> Prior:
         """The prior at the leaves θ where it is trained by gradient (differentiable in θ), else as it is."""

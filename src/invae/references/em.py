@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..inference.base import EmpiricalBayesEstimator, progress_disabled
 from ..model.mixture import GaussianMixture
+from ..threads import using_threads
 from .exact import exact_posterior, mixture_posterior, penalized_log_likelihood
 
 __all__ = ["EM"]
@@ -59,6 +60,8 @@ class EM(EmpiricalBayesEstimator):
         Start the next ``fit`` from the last fit's Λ̂ (with ``prior``'s penalty).
     callback : callable, optional
         ``callback(iteration, prior)`` after each iteration.
+    n_threads : int or None
+        torch threads during ``fit`` (:mod:`invae.threads`: None means ``$INVAE_NUM_THREADS``, else 1).
 
     Attributes
     ----------
@@ -73,12 +76,14 @@ class EM(EmpiricalBayesEstimator):
 
     def __init__(self, prior, likelihood, *, max_iter: int = 1000, tol: float = 1e-9,
                  verbose: bool = False, mean_field: bool = False, warm_start: bool = False,
-                 callback=None, device: str = "cpu", dtype: torch.dtype = torch.float64):
+                 callback=None, n_threads: int | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float64):
         super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.max_iter = max_iter
         self.tol = tol
         self.verbose = verbose
         self.mean_field = mean_field
+        self.n_threads = n_threads
 
     def _e_step(self, x: Tensor, prior, likelihood) -> tuple[Tensor, Tensor, float]:
         """Posterior means (n, p), variances ((p, p) covariance, or (p,) if mean-field), KL per row."""
@@ -106,6 +111,10 @@ class EM(EmpiricalBayesEstimator):
         return penalized_log_likelihood(x, prior, likelihood) - kl
 
     def fit(self, X) -> EM:
+        with using_threads(self.n_threads):
+            return self._fit(X)
+
+    def _fit(self, X) -> EM:
         x = self._tensor(X)
         prior, likelihood = self._models()
         start = time.perf_counter()
