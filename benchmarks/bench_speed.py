@@ -7,7 +7,8 @@
    ``--pyro-seconds``), and exact EM's own time.
 2. Poisson log-normal counts (p ∈ {20, 50}, n ∈ {2 000, 10 000}, zero mean, no offsets; Λ a
    chain plus a hub with unit marginal variances): ``iaf``, ``vae`` and ``full-covariance``
-   against pyPLNmodels' ``PlnNetwork`` at the same penalty (λ = nα/2). Needs the benchmark
+   against pyPLNmodels' ``PlnNetwork`` at the same penalty (λ = nα/2), with the time each
+   first came within 0.85 × PlnNetwork's Λ error (the accuracy lead). Needs the benchmark
    environment (``bash benchmarks/setup_bench_env.sh``); without pyPLNmodels its rows are skipped.
 
 Every method runs on one torch thread, in one process, after a warm-up fit of each kind (the
@@ -45,6 +46,7 @@ ALPHA = 0.02
 FAMILIES = {"iaf": "iaf", "vae": "diagonal", "full-covariance": "full-covariance", "mean-field": "mean-field"}
 POISSON_FAMILIES = ("iaf", "vae", "full-covariance")
 WITHIN = 1.05  # "within 5% of exact EM's Λ error"
+LEAD = 0.85  # Poisson counts: the accuracy lead over PlnNetwork that the issue asks to keep
 
 
 def fit_invae(family: str, x: np.ndarray, likelihood, p: int, truth: np.ndarray, seed: int) -> dict:
@@ -125,6 +127,9 @@ def poisson_case(p: int, n: int, seed: int, with_pln: bool, families: list[str])
     if with_pln and "pyplnmodels" in families:
         precision, seconds = plnnetwork_fit(counts, ALPHA)
         rows.append({"method": "pyPLNmodels PlnNetwork", "seconds": seconds, **scores(precision, truth)})
+        target = LEAD * rows[-1]["precision_error"]
+        for row in rows[:-1]:
+            row.update(target=target, time_to_target=first_time_below(row["trace"], target))
     for row in rows:
         row.update(case="poisson", p=p, n=n, seed=seed)
     return rows
@@ -143,11 +148,12 @@ def warm_up(with_pln: bool) -> None:
 
 
 COLUMNS = (("precision_error", "Λ err", ".3f"), ("edge_f1", "edge F1", ".2f"), ("stein", "Stein", ".3f"),
-           ("seconds", "time s", ".1f"), ("time_to_target", "to 5% of EM s", ".1f"), ("n_iter", "iters", ".0f"))
+           ("seconds", "time s", ".1f"), ("time_to_target", "to target s", ".1f"), ("n_iter", "iters", ".0f"))
 
 
 def summarize(rows: list[dict], keys: tuple[str, ...]) -> str:
-    """Medians over seeds per case and method; 'to 5% of EM' counts only seeds that got there."""
+    """Medians over seeds per case and method; 'to target' (GGM: within 5% of EM's Λ error;
+    Poisson: 0.85 × PlnNetwork's) counts only seeds that got there."""
     header = "".join(f"{k:>7}" for k in keys) + f"  {'method':<24}" + "".join(f"{h:>15}" for _, h, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     groups: dict[tuple, list[dict]] = {}

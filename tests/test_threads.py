@@ -67,3 +67,16 @@ def test_the_thread_counts_are_set_before_numpy_is_imported(tmp_path):
                          env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+@pytest.mark.parametrize("estimator", ["em", "vae"])
+def test_fits_run_on_the_chosen_thread_count(estimator):
+    from invae import EM, GaussianGraphicalModel, VariationalEB, linear_gaussian, simulate_problem
+    problem = simulate_problem(p=3, n=50, seed=0)
+    seen = []
+    options = dict(callback=lambda iteration, prior: seen.append(torch.get_num_threads()), n_threads=3, max_iter=2)
+    prior, likelihood = GaussianGraphicalModel(dim=3), linear_gaussian(problem.A, 1.0)
+    before = torch.get_num_threads()
+    with pytest.warns(Warning):  # two iterations do not converge
+        (EM(prior, likelihood, **options) if estimator == "em" else VariationalEB(prior, likelihood, **options)).fit(problem.X)
+    assert seen == [3, 3] and torch.get_num_threads() == before
