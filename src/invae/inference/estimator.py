@@ -32,9 +32,9 @@ __all__ = ["VariationalEB", "PRESETS"]
 #: on one sampled batch); "default" is the measured best (docs/benchmarks.md, "Presets").
 PRESETS = {
     "default": {"learning_rate": 3e-3, "batch_size": 256, "n_critic": 10, "lambda_step": "expected",
-                "lr_decay": 0.3, "window": 10},
+                "lr_decay": 0.3},
     "paper": {"learning_rate": 1e-6, "batch_size": 128, "n_critic": 30, "lambda_step": "batch",
-              "lr_decay": 1.0, "window": 10},
+              "lr_decay": 1.0},
 }
 _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a time (memory)
 _DRAWS_PER_CHUNK = 2**18  # reweighted answers: at most this many draws (rows × n_moment_draws) at a time
@@ -74,9 +74,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         best by more than 1e-4 relative, and the Λ-step's statistics have settled with a
         Monte Carlo variance below a quarter of their statistical variance
         (:mod:`invae.inference.training`); a number ``tol`` replaces 1e-4 for the ELBO and
-        the statistics' criteria by a relative Monte Carlo error below ``tol``. ``window``
-        None: the preset's, 10 outer iterations (20 for ``iaf`` and ``mixture``, whose
-        reweighted answers need q to be a good proposal).
+        the statistics' criteria by a relative Monte Carlo error below ``tol``. A shorter
+        ``window`` stops sooner with a less trained q (docs/benchmarks.md, "Patience").
     hidden : tuple of int
         Hidden widths of the encoder's MLP.
     n_samples : int
@@ -139,7 +138,7 @@ class VariationalEB(EmpiricalBayesEstimator):
                  learning_rate: float | None = None, batch_size: int | None = None,
                  n_critic: int | None = None, lambda_step: str | None = None,
                  lr_decay: float | None = None, max_iter: int = 2000,
-                 tol: float | None = None, window: int | None = None, hidden: tuple[int, ...] = (128, 128),
+                 tol: float | None = None, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, posterior_components: int | None = None,
                  lambda_draws: int | None = None, lambda_rows: int | None = None,
                  n_moment_draws: int = 256, reweight: bool | None = None, warm_start: bool = False, callback=None,
@@ -189,7 +188,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         step = LAMBDA_STEPS[chosen["lambda_step"]]
         draws = step.default_draws(self.prior) if self.lambda_draws is None else self.lambda_draws
         rows = step.default_rows if self.lambda_rows is None else self.lambda_rows
-        return TrainingSettings(max_iter=self.max_iter, tol=self.tol, n_samples=self.n_samples,
+        return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window, n_samples=self.n_samples,
                                 lambda_draws=draws, lambda_rows=rows, **chosen)
 
     def _new_posterior(self, x: Tensor) -> torch.nn.Module:

@@ -65,10 +65,7 @@ def posterior_components(estimator) -> int:
 
 # Families whose Λ-step needs draws of q take the importance-weighted step: it removes the
 # bias of q's family from Λ̂ (benchmarks/bench_general.py, the "iaf, ELBO Λ-step" rows).
-# Their answers are q's draws reweighted (q as an importance proposal), which a q stopped
-# early serves worse: they wait 20 stalled outer iterations, not 10 (docs/benchmarks.md,
-# "Patience of the drawn families").
-_DRAWN = {"lambda_step": "importance", "window": 20}
+_DRAWN = {"lambda_step": "importance"}
 # The flow learns faster with a larger step: a better q (ELBO gap) in less time, Λ̂ as good
 # (docs/benchmarks.md, "The flow's step size").
 _FLOW = {**_DRAWN, "learning_rate": 1e-2}
