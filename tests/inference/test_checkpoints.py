@@ -132,6 +132,23 @@ def test_one_nan_is_rolled_back_and_the_fit_goes_on(problem, monkeypatch):
     assert not np.array_equal(fitted.precision_, clean.precision_)
 
 
+def test_a_collapsed_evaluation_elbo_is_rolled_back(problem, monkeypatch):
+    # A finite but collapsed ELBO (a step that sent q where exp(z) overflows) is divergence too:
+    # iteration 3's evaluation falls far below the best, so it is redone with half the step.
+    clean = _vae(problem).fit(problem.X)
+    original, calls = invae.inference.training._Run._fixed_noise_elbo, [0]
+
+    def collapsed_at_third(run):
+        calls[0] += 1
+        return original(run) - (1e6 if calls[0] == 3 else 0.0)
+
+    monkeypatch.setattr(invae.inference.training._Run, "_fixed_noise_elbo", collapsed_at_third)
+    fitted = _vae(problem).fit(problem.X)
+    assert min(fitted.history_["elbo"]) > -1e5
+    assert fitted.history_["elbo"][:2] == clean.history_["elbo"][:2]
+    assert fitted.history_["elbo"][2] != clean.history_["elbo"][2]
+
+
 def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_path):
     _poisoned_elbo(monkeypatch, set(range(60, 10_000)))
     with pytest.raises(FloatingPointError, match=r"diverged at outer iteration 3 \(the training ELBO is not "

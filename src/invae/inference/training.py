@@ -71,6 +71,10 @@ _EVAL_SIZE = 2048
 _PRECISION = 0.5  # c of the module's docstring: Monte Carlo over statistical standard error
 _ELBO_TOL = 1e-4  # the ELBO's relative margin when tol is None
 _MAX_ROLLBACKS = 3  # divergence: roll back and halve the step size at most this many times
+# An evaluation ELBO this far (relative) below its best is a collapse, not noise: a step that
+# sent q's spread or Λ where exp(z) of a count model overflows; a healthy fit's fixed-noise
+# ELBO moves far less between iterations (docs/benchmarks.md, "Stable fits of counts").
+_COLLAPSE = 0.25
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,8 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     (settings, data fingerprint) guards against resuming another fit. Randomness comes
     from torch's global generator: seed it.
 
-    Divergence (a non-finite ELBO or weight, or a Λ-step that fails) rolls the state back
+    Divergence (a non-finite ELBO or weight, an evaluation ELBO that collapses far below its
+    best, or a Λ-step that fails) rolls the state back
     to the end of the last good iteration and halves Adam's step size, at most
     ``_MAX_ROLLBACKS`` times; then a ``FloatingPointError`` says what diverged.
     """
@@ -222,6 +227,9 @@ class _Run:
         value = self._fixed_noise_elbo()
         if not math.isfinite(value):
             raise _Diverged("the evaluation ELBO is not finite")
+        best = self.plateau.best
+        if value < best - _COLLAPSE * max(1.0, abs(best)):
+            raise _Diverged(f"the evaluation ELBO fell from {best:.4g} to {value:.4g}")
         return train_elbo, change, value
 
     def _adam_steps(self) -> float:
