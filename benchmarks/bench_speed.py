@@ -60,7 +60,10 @@ def fit_invae(family: str, x: np.ndarray, likelihood, p: int, truth: np.ndarray,
                                       prior.precision.double().numpy(), truth))))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        estimator.fit(x)
+        try:
+            estimator.fit(x)
+        except FloatingPointError as error:  # diverged even after its rollbacks: a row that says so
+            return {"method": family, "seconds": time.perf_counter() - start, "failed": str(error), "trace": trace}
     seconds = time.perf_counter() - start
     return {"method": family, "seconds": seconds, "n_iter": estimator.n_iter_, "converged": estimator.converged_,
             **scores(estimator.precision_, truth), "trace": trace}
@@ -152,8 +155,8 @@ COLUMNS = (("precision_error", "Λ err", ".3f"), ("edge_f1", "edge F1", ".2f"), 
 
 
 def summarize(rows: list[dict], keys: tuple[str, ...]) -> str:
-    """Medians over seeds per case and method; 'to target' (GGM: within 5% of EM's Λ error;
-    Poisson: 0.85 × PlnNetwork's) counts only seeds that got there."""
+    """Medians over seeds per case and method, of the fits that did not diverge; 'to target'
+    (GGM: within 5% of EM's Λ error; Poisson: 0.85 × PlnNetwork's) counts only seeds that got there."""
     header = "".join(f"{k:>7}" for k in keys) + f"  {'method':<24}" + "".join(f"{h:>15}" for _, h, _ in COLUMNS)
     lines = [header, "-" * len(header)]
     groups: dict[tuple, list[dict]] = {}
@@ -162,12 +165,14 @@ def summarize(rows: list[dict], keys: tuple[str, ...]) -> str:
     for group_key, members in groups.items():
         cells = []
         for key, _, fmt in COLUMNS:
-            values = [m[key] for m in members if m.get(key) is not None]
+            values = [m[key] for m in members if m.get(key) is not None and "failed" not in m]
             reached = f"{statistics.median(values):{fmt}}" if values else "—"
             if key == "time_to_target" and values and len(values) < len(members):
                 reached += f" ({len(values)}/{len(members)})"
             cells.append(f"{reached:>15}")
-        lines.append("".join(f"{v:>7}" for v in group_key[:-1]) + f"  {group_key[-1]:<24}" + "".join(cells))
+        failed = sum("failed" in m for m in members)
+        label = group_key[-1] + (f" ({failed} failed)" if failed else "")
+        lines.append("".join(f"{v:>7}" for v in group_key[:-1]) + f"  {label:<24}" + "".join(cells))
     return "\n".join(lines)
 
 
