@@ -27,7 +27,7 @@ from torch.distributions import (Categorical, Distribution, Independent, Mixture
                                  TransformedDistribution)
 
 from ..model.ggm import GaussianGraphicalModel
-from ..references.exact import exact_posterior, has_exact_evidence
+from ..references.exact import has_exact_evidence, mean_field_optimum
 
 __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
            "moments"]
@@ -277,8 +277,8 @@ class MeanFieldFactors(nn.Module):
     Where the exact posterior is Gaussian, ``N(m_i, P_i⁻¹)`` (a Gaussian graphical prior and
     a linear-Gaussian likelihood), the factors' optimum given Λ is closed form: minimising
     ``KL(q_i ‖ p(z | x_i))`` over diagonal Gaussians gives the exact means μ_i = m_i and
-    variances σ_ij² = 1 / (P_i)_jj (coordinate-ascent VI, Bishop 2006 §10.1.2). The trainer
-    then sets them there (:meth:`set_to_optimum`) instead of taking Adam steps.
+    variances σ_ij² = 1 / (P_i)_jj (:func:`~invae.references.exact.mean_field_optimum`). The
+    trainer then sets them there (:meth:`set_to_optimum`) instead of taking Adam steps.
     """
 
     def __init__(self, n: int, p: int):
@@ -297,10 +297,9 @@ class MeanFieldFactors(nn.Module):
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
         """Every factor at its optimum given the prior (class docstring); x (n, m) all rows, in order."""
-        mean, cov = exact_posterior(x, prior, likelihood)
-        precision_diagonal = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)  # (p,), or (n, p) with σ_i per row
+        mean, variance, _ = mean_field_optimum(x, prior, likelihood)
         self.mean.copy_(mean)
-        self.log_std.copy_((-0.5 * precision_diagonal.log()).expand_as(mean))
+        self.log_std.copy_((0.5 * variance.log()).expand_as(mean))
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..inference.base import EmpiricalBayesEstimator, progress_disabled
 from ..model.mixture import GaussianMixture
 from ..threads import using_threads
-from .exact import exact_posterior, mixture_posterior, penalized_log_likelihood
+from .exact import exact_posterior, mean_field_optimum, mixture_posterior, penalized_log_likelihood
 
 __all__ = ["EM"]
 
@@ -87,12 +87,10 @@ class EM(EmpiricalBayesEstimator):
 
     def _e_step(self, x: Tensor, prior, likelihood) -> tuple[Tensor, Tensor, float]:
         """Posterior means (n, p), variances ((p, p) covariance, or (p,) if mean-field), KL per row."""
+        if self.mean_field:
+            return mean_field_optimum(x, prior, likelihood)
         mean, cov = exact_posterior(x, prior, likelihood)
-        if not self.mean_field:
-            return mean, cov, 0.0
-        diag = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)  # posterior precisions P_jj
-        kl = 0.5 * float((torch.log(diag).sum(-1) + torch.logdet(cov)).mean())
-        return mean, 1 / diag, kl
+        return mean, cov, 0.0
 
     def _m_step(self, x: Tensor, prior, likelihood):
         """One EM iteration: the prior that maximises the expected complete-data objective."""

@@ -33,7 +33,7 @@ from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
 from ..model.mixture import GaussianMixture
 
-__all__ = ["exact_posterior", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
+__all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
            "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
 
 
@@ -75,6 +75,20 @@ def exact_posterior(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tup
     else:
         mean = torch.cholesky_solve(torch.einsum("nm,nmp->np", measured, a_scaled)[..., None], chol)[..., 0]
     return mean, 0.5 * (cov + cov.mT)
+
+
+def mean_field_optimum(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor, float]:
+    """The best diagonal Gaussian for each row's exact posterior ``N(m_i, P_i⁻¹)``: means m_i
+    (n, p), variances ``1/(P_i)_jj`` ((p,), or (n, p) with one σ_i per row), and its mean KL
+    to the exact posterior per row, ``½ (Σ_j log (P_i)_jj − log det P_i)``.
+
+    Minimising ``KL(q ‖ N(m, P⁻¹))`` over diagonal Gaussians q: the means' gradient
+    ``P (μ − m)`` vanishes at μ = m, and the variances' optimum ``1/P_jj`` does not depend on
+    the means (Bishop 2006, §10.1.2)."""
+    mean, cov = exact_posterior(x, prior, likelihood)
+    precision_diagonal = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)
+    kl = 0.5 * float((torch.log(precision_diagonal).sum(-1) + torch.logdet(cov)).mean())
+    return mean, 1 / precision_diagonal, kl
 
 
 def _gaussian_log_density(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
