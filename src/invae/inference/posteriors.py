@@ -291,8 +291,13 @@ class MeanFieldFactors(nn.Module):
 
     @staticmethod
     def has_closed_form(prior, likelihood) -> bool:
-        """Whether :meth:`set_to_optimum` applies: the exact posterior is one Gaussian."""
-        return isinstance(prior, GaussianGraphicalModel) and has_exact_evidence(prior, likelihood)
+        """Whether :meth:`set_to_optimum` applies: the exact posterior is one Gaussian and the
+        measurement sees every direction of z (rank A = p). With m < p the diagonal family's
+        optimum runs away (EM with a diagonal E-step diverges: docs/benchmarks.md, bench_vae's
+        compressive rows); Adam's steps, which stop short of it, are kept there."""
+        if not (isinstance(prior, GaussianGraphicalModel) and has_exact_evidence(prior, likelihood)):
+            return False
+        return int(torch.linalg.matrix_rank(likelihood.forward.matrix)) == prior.dim
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
