@@ -194,7 +194,7 @@ class _Run:
         # fused: one kernel per step instead of a dozen (2–5 × faster on CPU, the same update)
         self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate, fused=True)
         self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2))
-        self.average, self.target_error, self.enough_averaging = self._stopping_targets(by_gradient)
+        self.average, self.enough_averaging = self._stopping_targets(by_gradient)
         # free factors whose optimum given Λ is closed form (a Gaussian exact posterior) are set there
         closed_form = getattr(posterior, "has_closed_form", None)
         self.closed_form_q = closed_form is not None and closed_form(prior, likelihood)
@@ -204,16 +204,17 @@ class _Run:
                                                 "monte_carlo_error": [], "time": []}
         self.iteration = 0
 
-    def _stopping_targets(self, by_gradient: bool) -> tuple[StatisticsAverage | None, float, float | None]:
-        """The statistics' average, the relative Monte Carlo error they may keep, and the Σ c²
-        that an average needs (None: not averaged, or a fixed ``tol``); module docstring."""
+    def _stopping_targets(self, by_gradient: bool) -> tuple[StatisticsAverage | None, float | None]:
+        """The statistics' average (its ``tolerance``: the relative Monte Carlo error they may
+        keep) and the Σ c² that an average needs (None: not averaged, or a fixed ``tol``);
+        module docstring."""
         n, settings, step = len(self.x), self.settings, self.lambda_step
-        target = _PRECISION * math.sqrt(2 / n) if settings.tol is None else settings.tol
         if step is None:
-            return None, target, None
+            return None, None
+        target = _PRECISION * math.sqrt(2 / n) if settings.tol is None else settings.tol
         averaging = not by_gradient and step.averages(n, self.batch)
         enough = _PRECISION**2 * step.rows_per_step(n, self.batch) / n if averaging and settings.tol is None else None
-        return StatisticsAverage(settings.window, settings.averaging_exponent, target, averaging), target, enough
+        return StatisticsAverage(settings.window, settings.averaging_exponent, target, averaging), enough
 
     def outer_iteration(self) -> tuple[float, float, float]:
         """Adam steps, the Λ-step, the evaluation ELBO: (train ELBO, Λ's relative change, ELBO)."""
@@ -306,7 +307,7 @@ class _Run:
         if self.average is None:
             return True
         if self.enough_averaging is None:
-            return self.average.settled and self.average.relative_error() <= self.target_error
+            return self.average.settled and self.average.relative_error() <= self.average.tolerance
         return self.average.settled and self.average.weight_squares <= self.enough_averaging
 
     def capture(self) -> dict:
