@@ -16,10 +16,13 @@ def problem():
     return simulate_problem(p=5, n=2000, graph="chain", forward="gaussian", m=8, noise_std=0.5, seed=0)
 
 
+# The fits of these fixtures train q by Adam (closed_form=False): the tests below measure how
+# close amortized training comes to the family's optimum, which the default would set in
+# closed form on this linear-Gaussian model (tested at the end of this module).
 @pytest.fixture(scope="module")
 def fitted(problem):
     return VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.01), linear_gaussian(problem.A, 0.5),
-                         random_state=1).fit(problem.X)
+                         random_state=1, closed_form=False).fit(problem.X)
 
 
 def test_fit_converges_and_raises_the_elbo(fitted):
@@ -68,7 +71,7 @@ def fit_family(problem):
     def fit(family):
         if family not in fits:
             fits[family] = VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.01), linear_gaussian(problem.A, 0.5),
-                                         family=family, random_state=1).fit(problem.X)
+                                         family=family, random_state=1, closed_form=False).fit(problem.X)
         return fits[family]
     return fit
 
@@ -125,7 +128,7 @@ def test_full_covariance_reaches_the_em_estimate(fitted, em, fit_family):
 def test_same_random_state_same_fit_bit_for_bit(problem):
     def fit(seed):
         return VariationalEB(GaussianGraphicalModel(dim=5), linear_gaussian(problem.A, 0.5), max_iter=15,
-                             random_state=seed)
+                             random_state=seed, closed_form=False)  # Adam: the seed matters
     with pytest.warns(Warning):
         first, again, other = fit(3).fit(problem.X), fit(3).fit(problem.X), fit(4).fit(problem.X)
     np.testing.assert_array_equal(first.precision_, again.precision_)
@@ -152,18 +155,32 @@ def test_mean_field_fits_new_factors_for_new_data(problem):
         assert np.sqrt(np.mean(((mf.transform(rows) - mean.numpy()) / mf_sd) ** 2)) < 0.1
 
 
-def test_mean_field_fit_of_a_gaussian_posterior_is_variational_em(problem):
-    # With closed-form factors the fit is EM with the diagonal family's E-step: the same two
-    # exact maps alternated from the same start. Run both to their fixed point in float64:
-    # Λ̂ agrees to rounding (1e-9 relative), where Adam steps on the factors stop at their
-    # noise floor, ~1e-2 away (the default rule stops once Λ is within its statistical error).
+@pytest.mark.parametrize("family, mean_field", [("mean-field", True), ("diagonal", True),
+                                                ("full-covariance", False)])
+def test_closed_form_fit_of_a_gaussian_posterior_is_em(problem, family, mean_field):
+    # With q set to its closed-form optimum the fit is EM, with the diagonal family's E-step
+    # for the diagonal families: the same two exact maps alternated from the same start. Run
+    # both to their fixed point in float64: Λ̂ agrees to rounding (1e-9 relative), where Adam
+    # steps on q stop at their noise floor, ~1e-2 away (the default rule stops once Λ is
+    # within its statistical error).
     likelihood = linear_gaussian(problem.A, 0.5)
-    mf = VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, family="mean-field", tol=1e-10,
-                       max_iter=5000, dtype=torch.float64, random_state=0).fit(problem.X)
-    em = EM(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, mean_field=True, tol=1e-14,
+    fit = VariationalEB(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, family=family, tol=1e-10,
+                        max_iter=5000, dtype=torch.float64, random_state=0).fit(problem.X)
+    em = EM(GaussianGraphicalModel(dim=5, alpha=0.02), likelihood, mean_field=mean_field, tol=1e-14,
             max_iter=5000).fit(problem.X)
-    assert mf.converged_ and em.converged_
-    assert relative_frobenius_error(mf.precision_, em.precision_) < 1e-9
+    assert fit.converged_ and em.converged_
+    assert relative_frobenius_error(fit.precision_, em.precision_) < 1e-9
+
+
+def test_the_paper_preset_and_closed_form_false_keep_adam(problem):
+    likelihood = linear_gaussian(problem.A, 0.5)
+    settings = {"max_iter": 3, "dtype": torch.float64, "random_state": 0}
+    with pytest.warns(ConvergenceWarning):
+        fits = [VariationalEB(GaussianGraphicalModel(dim=5), likelihood, **options, **settings).fit(problem.X)
+                for options in ({}, {"closed_form": False}, {"preset": "paper"})]
+    closed, adam, paper = (fit.posterior_.trunk.mlp[-1].weight for fit in fits)
+    assert torch.all(closed == 0)  # the optimum is affine: the MLP's correction stays at zero
+    assert torch.any(adam != 0) and torch.any(paper != 0)
 
 
 @pytest.mark.parametrize("kwargs, X, message", [

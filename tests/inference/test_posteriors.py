@@ -10,7 +10,9 @@ from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian
 from invae.inference.objectives import elbo
 from invae.inference.posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors,
                                         MixtureEncoder, _scale_tril, marginal_cdf, moments)
-from invae.references.exact import exact_posterior, marginal_log_likelihood, mixture_posterior
+from invae.model.forward import LinearOperator
+from invae.model.likelihoods import NoisePerRowGaussianLikelihood, PoissonLikelihood
+from invae.references.exact import exact_posterior, marginal_log_likelihood, mean_field_optimum, mixture_posterior
 
 from ..conftest import random_spd
 
@@ -276,8 +278,6 @@ def test_marginal_cdf_is_exact_for_a_mixture_and_matches_draws_for_a_flow(genera
 def test_mean_field_optimum_minimises_the_kl_to_the_exact_posterior(per_row):
     """set_to_optimum against the definition: the gradient of KL(q_i ‖ p(z | x_i)) in the
     factors (μ_i, log σ_i), by autograd on torch's Gaussian KL, vanishes there, and any move raises it."""
-    from invae.model.forward import LinearOperator
-    from invae.model.likelihoods import NoisePerRowGaussianLikelihood
     rng = np.random.default_rng(0)
     prior = GaussianGraphicalModel(torch.as_tensor(random_spd(rng, 4)))
     a, measured = rng.standard_normal((5, 4)), rng.standard_normal((6, 5))
@@ -304,10 +304,39 @@ def test_mean_field_optimum_minimises_the_kl_to_the_exact_posterior(per_row):
 
 
 def test_mean_field_has_no_closed_form_beyond_one_identified_gaussian_posterior():
-    from invae.model.forward import LinearOperator
-    from invae.model.likelihoods import PoissonLikelihood
     mixture = GaussianMixture([0.5, 0.5], np.zeros((2, 3)), np.stack([np.eye(3)] * 2))
     assert not MeanFieldFactors.has_closed_form(GaussianGraphicalModel(dim=3), PoissonLikelihood(LinearOperator.identity(3)))
     assert not MeanFieldFactors.has_closed_form(mixture, linear_gaussian(np.eye(3), 1.0))
     # m < p: the diagonal family's optimum runs away, so the factors keep their Adam steps
     assert not MeanFieldFactors.has_closed_form(GaussianGraphicalModel(dim=3), linear_gaussian(np.eye(2, 3), 1.0))
+
+
+@pytest.mark.parametrize("encoder", [GaussianEncoder, FullCovarianceEncoder])
+def test_an_encoder_at_its_closed_form_answers_new_rows_exactly(encoder):
+    """set_to_optimum against the references, on rows the encoder was not standardised with:
+    the full-covariance encoder is the exact posterior N(m_i, Σ), the diagonal one the
+    mean-field optimum (mean_field_optimum, checked against the KL's gradient above)."""
+    rng = np.random.default_rng(1)
+    prior = GaussianGraphicalModel(torch.as_tensor(random_spd(rng, 4)))
+    likelihood = linear_gaussian(rng.standard_normal((6, 4)), 0.7)
+    q = encoder(6, 4, (8,)).double()
+    q.standardize_with(torch.as_tensor(3.0 + 2.0 * rng.standard_normal((50, 6))))
+    assert encoder.has_closed_form(prior, likelihood)
+    new = torch.as_tensor(rng.standard_normal((7, 6)))
+    q.set_to_optimum(new[:0], prior, likelihood)
+    with torch.no_grad():
+        answer = q(new)
+    mean, cov = exact_posterior(new, prior, likelihood)
+    torch.testing.assert_close(answer.mean, mean, rtol=0, atol=1e-12)
+    if encoder is FullCovarianceEncoder:
+        torch.testing.assert_close(answer.covariance_matrix, cov.expand(7, 4, 4), rtol=0, atol=1e-12)
+    else:
+        _, variance, _ = mean_field_optimum(new, prior, likelihood)
+        torch.testing.assert_close(answer.variance, variance.expand(7, 4), rtol=0, atol=1e-12)
+
+
+def test_only_full_covariance_has_a_closed_form_when_a_is_compressive():
+    prior, compressive = GaussianGraphicalModel(dim=3), linear_gaussian(np.eye(2, 3), 1.0)
+    assert FullCovarianceEncoder.has_closed_form(prior, compressive)  # it holds the exact posterior
+    assert not GaussianEncoder.has_closed_form(prior, compressive)  # the diagonal optimum runs away
+    assert not GaussianEncoder.has_closed_form(GaussianGraphicalModel(dim=3), PoissonLikelihood(LinearOperator.identity(3)))

@@ -32,9 +32,9 @@ __all__ = ["VariationalEB", "PRESETS"]
 #: on one sampled batch); "default" is the measured best (docs/benchmarks.md, "Presets").
 PRESETS = {
     "default": {"learning_rate": 3e-3, "batch_size": 256, "n_critic": 10, "lambda_step": "expected",
-                "lr_decay": 0.3},
+                "lr_decay": 0.3, "closed_form": True},
     "paper": {"learning_rate": 1e-6, "batch_size": 128, "n_critic": 30, "lambda_step": "batch",
-              "lr_decay": 1.0},
+              "lr_decay": 1.0, "closed_form": False},
 }
 _ROWS_PER_CHUNK = 1024  # posterior questions are answered this many rows at a time (memory)
 _DRAWS_PER_CHUNK = 2**18  # reweighted answers: at most this many draws (rows × n_moment_draws) at a time
@@ -67,6 +67,13 @@ class VariationalEB(EmpiricalBayesEstimator):
         default), and the factor applied to α when the ELBO stalls (1 = constant α, as the source). The default preset takes
         ``"importance"`` for ``iaf`` and ``mixture``, whose Λ-step needs draws anyway, and
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
+    closed_form : bool or None
+        Where q's optimum given Λ is closed form — the exact posterior is Gaussian, ``N(K x_i, Σ)``
+        or ``N(m_i, P_i⁻¹)``, and the family holds it or its best diagonal approximation:
+        ``diagonal`` and ``mean-field`` with rank A = p, ``full-covariance`` — set q there at
+        each outer iteration instead of taking Adam steps (docs/methods.md §2.2): the fit is
+        then EM, with a diagonal E-step for the diagonal families. None: yes, except under
+        the ``"paper"`` preset (the source's Algorithm 1, Adam throughout).
     max_iter : int
         Cap on outer iterations (Λ-steps).
     tol, window : float or None, int
@@ -137,7 +144,7 @@ class VariationalEB(EmpiricalBayesEstimator):
     def __init__(self, prior, likelihood, *, family: str = "diagonal", preset: str = "default",
                  learning_rate: float | None = None, batch_size: int | None = None,
                  n_critic: int | None = None, lambda_step: str | None = None,
-                 lr_decay: float | None = None, max_iter: int = 2000,
+                 lr_decay: float | None = None, closed_form: bool | None = None, max_iter: int = 2000,
                  tol: float | None = None, window: int = 20, hidden: tuple[int, ...] = (128, 128),
                  n_samples: int = 1, flow_steps: int = 2, posterior_components: int | None = None,
                  lambda_draws: int | None = None, lambda_rows: int | None = None,
@@ -153,6 +160,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.n_critic = n_critic
         self.lambda_step = lambda_step
         self.lr_decay = lr_decay
+        self.closed_form = closed_form
         self.max_iter = max_iter
         self.tol = tol
         self.window = window

@@ -27,7 +27,8 @@ from torch.distributions import (Categorical, Distribution, Independent, Mixture
                                  TransformedDistribution)
 
 from ..model.ggm import GaussianGraphicalModel
-from ..references.exact import has_exact_evidence, mean_field_optimum
+from ..model.likelihoods import GaussianLikelihood
+from ..references.exact import exact_posterior, has_exact_evidence, mean_field_optimum
 
 __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
            "moments"]
@@ -47,6 +48,35 @@ def _start_spread_at(linear: nn.Linear, outputs: Tensor | slice) -> None:
 
 def _diagonal_normal(mean: Tensor, log_std: Tensor) -> Distribution:
     return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+
+
+def _one_gaussian_posterior(prior, likelihood) -> bool:
+    """Whether every row's exact posterior is one Gaussian ``N(m_i, P_i⁻¹)``: a Gaussian graphical
+    prior and a linear-Gaussian likelihood."""
+    return isinstance(prior, GaussianGraphicalModel) and has_exact_evidence(prior, likelihood)
+
+
+def _sees_every_direction(likelihood, p: int) -> bool:
+    """rank A = p. With m < p a diagonal family's optimum runs away (EM with a diagonal E-step
+    diverges: docs/benchmarks.md, bench_vae's compressive rows); Adam's steps, which stop short
+    of it, are kept there."""
+    return int(torch.linalg.matrix_rank(likelihood.forward.matrix)) == p
+
+
+def _affine_posterior(prior, likelihood) -> bool:
+    """Whether the exact posterior is ``N(K x, Σ)`` with K and Σ the same for every row, so that
+    an encoder's linear map holds it: one Gaussian posterior and one noise level for all rows
+    (a :class:`~invae.model.likelihoods.GaussianLikelihood`, not one σ_i per row)."""
+    return _one_gaussian_posterior(prior, likelihood) and isinstance(likelihood, GaussianLikelihood)
+
+
+def _posterior_gain(like: Tensor, prior, likelihood) -> tuple[Tensor, Tensor]:
+    """(K (p, m), Σ (p, p)) of the affine exact posterior ``N(K x, Σ)`` (:func:`_affine_posterior`),
+    in ``like``'s dtype and device. The mean is linear in x, so at the unit vectors e_j it
+    is K's columns."""
+    unit = torch.eye(likelihood.forward.out_dim, dtype=like.dtype, device=like.device)
+    mean, cov = exact_posterior(unit, prior, likelihood)
+    return mean.mT, cov
 
 
 class _Trunk(nn.Module):
@@ -83,6 +113,16 @@ class _Trunk(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = ((torch.log1p(x) if self.log1p else x) - self.shift) / self.scale
         return self.linear(h) + self.mlp(h)
+
+    @torch.no_grad()
+    def set_affine(self, weight: Tensor, bias: Tensor) -> None:
+        """Make the trunk the affine map ``x ↦ W x + b`` of raw inputs (u the identity), W (k, m),
+        b (k,): its linear map in standardised inputs, ``W diag(scale) h + W shift + b``, and the
+        MLP's last layer zero."""
+        self.linear.weight.copy_(weight * self.scale)
+        self.linear.bias.copy_(bias + weight @ self.shift)
+        self.mlp[-1].weight.zero_()
+        self.mlp[-1].bias.zero_()
 
 
 class _Encoder(nn.Module):
@@ -121,6 +161,21 @@ class GaussianEncoder(_Encoder):
         out = self.trunk(x)
         return _diagonal_normal(out[..., : self.p], out[..., self.p :])
 
+    @staticmethod
+    def has_closed_form(prior, likelihood) -> bool:
+        """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
+        row (:func:`_affine_posterior`) and rank A = p (see :class:`MeanFieldFactors`)."""
+        return _affine_posterior(prior, likelihood) and _sees_every_direction(likelihood, prior.dim)
+
+    @torch.no_grad()
+    def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
+        """The encoder at its optimum given the prior, for every x: the best diagonal Gaussian
+        for ``N(K x, Σ)`` is ``μ(x) = K x``, ``σ_j² = 1/(Σ⁻¹)_jj`` (:class:`MeanFieldFactors`),
+        an affine map that the trunk's linear map holds. x (n, m): the rows (dtype, device)."""
+        gain, cov = _posterior_gain(x, prior, likelihood)
+        log_std = -0.5 * torch.linalg.inv(cov).diagonal().log()
+        self.trunk.set_affine(torch.cat([gain, torch.zeros_like(gain)]), torch.cat([torch.zeros_like(log_std), log_std]))
+
 
 def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor) -> None:
     """Start the Cholesky entries ``first : first + p(p+1)/2`` of the trunk's linear map at
@@ -148,6 +203,13 @@ def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
     return torch.diagonal_scatter(raw, log_diagonal.exp(), dim1=-2, dim2=-1)
 
 
+def _raw_entries(scale_tril: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """The raw entries (p(p+1)/2,) that :func:`_scale_tril` maps to this lower-triangular factor
+    (p, p), whose diagonal lies within e^{±7}: ``r = B atanh(log L_jj / B)`` on the diagonal."""
+    diagonal = _LOG_SCALE_BOUND * torch.atanh(scale_tril.diagonal().log() / _LOG_SCALE_BOUND)
+    return torch.diagonal_scatter(scale_tril, diagonal)[rows, cols]
+
+
 class FullCovarianceEncoder(_Encoder):
     """Amortized Gaussian with a full covariance, ``q(z|x) = N(μ(x), L(x) L(x)ᵀ)``.
 
@@ -168,6 +230,21 @@ class FullCovarianceEncoder(_Encoder):
         out = self.trunk(x)
         scale_tril = _scale_tril(out[..., self.p :], self.rows, self.cols, self.p)
         return MultivariateNormal(out[..., : self.p], scale_tril=scale_tril, validate_args=False)
+
+    @staticmethod
+    def has_closed_form(prior, likelihood) -> bool:
+        """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
+        row (:func:`_affine_posterior`), which this family holds, whatever A's rank."""
+        return _affine_posterior(prior, likelihood)
+
+    @torch.no_grad()
+    def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
+        """The encoder at the exact posterior ``N(K x, Σ)`` for every x (KL zero): μ(x) = K x and
+        L = chol Σ, constant. x (n, m): the rows (dtype, device)."""
+        gain, cov = _posterior_gain(x, prior, likelihood)
+        entries = _raw_entries(torch.linalg.cholesky(cov), self.rows, self.cols)
+        self.trunk.set_affine(torch.cat([gain, gain.new_zeros(len(entries), gain.shape[1])]),
+                              torch.cat([gain.new_zeros(self.p), entries]))
 
 
 class MixtureEncoder(_Encoder):
@@ -292,12 +369,8 @@ class MeanFieldFactors(nn.Module):
     @staticmethod
     def has_closed_form(prior, likelihood) -> bool:
         """Whether :meth:`set_to_optimum` applies: the exact posterior is one Gaussian and the
-        measurement sees every direction of z (rank A = p). With m < p the diagonal family's
-        optimum runs away (EM with a diagonal E-step diverges: docs/benchmarks.md, bench_vae's
-        compressive rows); Adam's steps, which stop short of it, are kept there."""
-        if not (isinstance(prior, GaussianGraphicalModel) and has_exact_evidence(prior, likelihood)):
-            return False
-        return int(torch.linalg.matrix_rank(likelihood.forward.matrix)) == prior.dim
+        measurement sees every direction of z (rank A = p: :func:`_sees_every_direction`)."""
+        return _one_gaussian_posterior(prior, likelihood) and _sees_every_direction(likelihood, prior.dim)
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:

@@ -3,8 +3,10 @@
     repeat until converged (or max_iter):
         n_critic times:  batch of B observations, z = reparameterised draws of q_φ(z|x),
                          one Adam step on  −(1/B) Σ_b ELBO_b(φ; Λ)
-                         (free factors whose optimum given Λ is closed form are set there
-                         instead: :class:`~invae.inference.posteriors.MeanFieldFactors`)
+                         (a q whose optimum given Λ is closed form — a Gaussian family where
+                         the exact posterior is Gaussian — is set there instead, once per
+                         iteration: ``has_closed_form`` / ``set_to_optimum`` of
+                         :mod:`invae.inference.posteriors`; ``closed_form=False`` keeps Adam)
         Λ-step:          ŝ ← the prior's expected statistics under q (the strategy passed in,
                          :mod:`invae.inference.lambda_steps`); s̄ ← their stochastic-approximation
                          average (:mod:`invae.inference.averaging`); Λ ← the M-step on s̄
@@ -93,6 +95,7 @@ class TrainingSettings:
     lambda_draws: int = 8
     lambda_rows: int | None = None
     averaging_exponent: float = 1.0
+    closed_form: bool = True
 
     def __post_init__(self):
         if self.lambda_step not in LAMBDA_STEPS:
@@ -195,9 +198,9 @@ class _Run:
         self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate, fused=True)
         self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2))
         self.average, self.enough_averaging = self._stopping_targets(by_gradient)
-        # free factors whose optimum given Λ is closed form (a Gaussian exact posterior) are set there
+        # a q whose optimum given Λ is closed form (a Gaussian exact posterior) is set there
         closed_form = getattr(posterior, "has_closed_form", None)
-        self.closed_form_q = closed_form is not None and closed_form(prior, likelihood)
+        self.closed_form_q = settings.closed_form and closed_form is not None and closed_form(prior, likelihood)
         self.eval_index = torch.randperm(len(x), device=x.device)[: min(len(x), _EVAL_SIZE)]
         self.eval_seed, self.lambda_seed = torch.randint(2**62, (2,)).tolist()
         self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [],
