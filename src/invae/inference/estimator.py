@@ -69,11 +69,11 @@ class VariationalEB(EmpiricalBayesEstimator):
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
     closed_form : bool or None
         Where q's optimum given Λ is closed form — the exact posterior is Gaussian, ``N(K x_i, Σ)``
-        or ``N(m_i, P_i⁻¹)``, and the family holds it or its best diagonal approximation:
-        ``diagonal`` and ``mean-field`` with rank A = p, ``full-covariance`` — set q there at
-        each outer iteration instead of taking Adam steps (docs/methods.md §2.2): the fit is
-        then EM, with a diagonal E-step for the diagonal families. None: yes, except under
-        the ``"paper"`` preset (the source's Algorithm 1, Adam throughout).
+        or ``N(m_i, P_i⁻¹)`` with rank A = p, and the family holds it (``full-covariance``) or
+        its best diagonal approximation (``diagonal``, ``mean-field``) — set q there at each
+        outer iteration instead of taking Adam steps (docs/methods.md §2.2): the fit is then
+        EM, with a diagonal E-step for the diagonal families. None: yes, except under the
+        ``"paper"`` preset (the source's Algorithm 1, Adam throughout).
     max_iter : int
         Cap on outer iterations (Λ-steps).
     tol, window : float or None, int

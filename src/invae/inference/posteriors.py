@@ -57,17 +57,20 @@ def _one_gaussian_posterior(prior, likelihood) -> bool:
 
 
 def _sees_every_direction(likelihood, p: int) -> bool:
-    """rank A = p. With m < p a diagonal family's optimum runs away (EM with a diagonal E-step
-    diverges: docs/benchmarks.md, bench_vae's compressive rows); Adam's steps, which stop short
-    of it, are kept there."""
+    """rank A = p. With m < p the likelihood is flat along A's null space: a diagonal family's
+    optimum runs away there (EM with a diagonal E-step diverges) and exact EM crawls (not
+    converged after 1000 iterations), where Adam's steps stop short with a better Λ̂
+    (docs/benchmarks.md, bench_vae's compressive rows). So closed-form q-steps need rank A = p."""
     return int(torch.linalg.matrix_rank(likelihood.forward.matrix)) == p
 
 
 def _affine_posterior(prior, likelihood) -> bool:
     """Whether the exact posterior is ``N(K x, Σ)`` with K and Σ the same for every row, so that
-    an encoder's linear map holds it: one Gaussian posterior and one noise level for all rows
-    (a :class:`~invae.model.likelihoods.GaussianLikelihood`, not one σ_i per row)."""
-    return _one_gaussian_posterior(prior, likelihood) and isinstance(likelihood, GaussianLikelihood)
+    an encoder's linear map holds it, and rank A = p (:func:`_sees_every_direction`): one
+    Gaussian posterior and one noise level for all rows (a
+    :class:`~invae.model.likelihoods.GaussianLikelihood`, not one σ_i per row)."""
+    return (_one_gaussian_posterior(prior, likelihood) and isinstance(likelihood, GaussianLikelihood)
+            and _sees_every_direction(likelihood, prior.dim))
 
 
 def _posterior_gain(like: Tensor, prior, likelihood) -> tuple[Tensor, Tensor]:
@@ -164,8 +167,8 @@ class GaussianEncoder(_Encoder):
     @staticmethod
     def has_closed_form(prior, likelihood) -> bool:
         """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
-        row (:func:`_affine_posterior`) and rank A = p (see :class:`MeanFieldFactors`)."""
-        return _affine_posterior(prior, likelihood) and _sees_every_direction(likelihood, prior.dim)
+        row, and rank A = p (:func:`_affine_posterior`)."""
+        return _affine_posterior(prior, likelihood)
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
@@ -234,7 +237,7 @@ class FullCovarianceEncoder(_Encoder):
     @staticmethod
     def has_closed_form(prior, likelihood) -> bool:
         """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
-        row (:func:`_affine_posterior`), which this family holds, whatever A's rank."""
+        row, and rank A = p (:func:`_affine_posterior`); this family holds it."""
         return _affine_posterior(prior, likelihood)
 
     @torch.no_grad()
