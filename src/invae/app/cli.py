@@ -76,6 +76,7 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--noise-std", type=float, default=1.0, help="σ (default: 1.0)")
     demo.add_argument("--penalty", type=float, default=0.02, help="graphical-lasso α (default: 0.02)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="cpu", help="torch device of every fit, e.g. cuda (default: cpu)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _threads_option(demo)
     demo.add_argument("--progress", action="store_true",
@@ -267,7 +268,7 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
-             penalty=args.penalty, seed=args.seed,
+             penalty=args.penalty, seed=args.seed, device=args.device,
              verbose=0 if args.quiet else 2 if args.progress else 1)
 
 
