@@ -91,3 +91,20 @@ def test_a_prior_is_a_module_whose_state_dict_holds_its_parameters_and_to_return
     assert moved is not prior and prior.precision.dtype == torch.float64 and moved.precision.dtype == torch.float32
     z = torch.as_tensor(rng.standard_normal((5, 4)))
     torch.testing.assert_close(prior(z), prior.log_prob(z), rtol=0, atol=0)
+
+
+def test_expected_log_prob_is_minus_the_kl_minus_the_entropy(rng):
+    # E_q[log g] = −KL(q ‖ g) − H(q) exactly, by torch's Gaussian KL and entropy; a diagonal
+    # q given as its variances too
+    from torch.distributions import MultivariateNormal, kl_divergence
+    p, n = 4, 3
+    precision = torch.as_tensor(random_spd(rng, p))
+    prior = GaussianGraphicalModel(precision)
+    mean = torch.as_tensor(rng.standard_normal((n, p)))
+    cov = torch.as_tensor(random_spd(rng, p)).expand(n, p, p)
+    variances = torch.as_tensor(rng.uniform(0.2, 2.0, (n, p)))
+    g = MultivariateNormal(torch.zeros(p, dtype=torch.float64), precision_matrix=precision)
+    for covariance, given in ((cov, cov), (torch.diag_embed(variances), variances)):
+        q = MultivariateNormal(mean, covariance)
+        torch.testing.assert_close(prior.expected_log_prob(mean, given), -kl_divergence(q, g) - q.entropy(),
+                                   rtol=0, atol=1e-12)

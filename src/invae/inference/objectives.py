@@ -3,7 +3,14 @@
     ELBO_i = E_{q(z|x_i)} [ log g(z; Λ) + log p(x_i | z) − log q(z | x_i) ]  ≤  log p(x_i; Λ)
 
 estimated with ``S`` reparameterised draws. Where ``q`` has a closed-form entropy (Gaussian
-families) it replaces the Monte Carlo ``−log q`` term: same expectation, less variance.
+families) it replaces the Monte Carlo ``−log q`` term: same expectation, less variance. So
+do the other two terms where q is Gaussian and the prior or likelihood has
+``E_q[log g]`` / ``E_q[log p(x|z)]`` in closed form (``expected_log_prob``: a Gaussian
+graphical prior; Gaussian or Poisson noise through a linear G, whose Poisson term is the
+log-normal mean ``exp(η̄ + v/2)``): with all three, the ELBO is exact, free of Monte Carlo
+noise, as in the Poisson log-normal model's variational fits (Chiquet et al. 2018). A
+draw's ``exp(η)`` is heavy-tailed where q is wide, and its gradients with it
+(docs/benchmarks.md, "Stable fits of counts").
 For a mixture ``q = Σ_c w_c q_c`` (:class:`~invae.inference.posteriors.MixtureEncoder`) the expectation
 is summed over the components exactly, ``ELBO = Σ_c w_c E_{q_c}[log g + log p(x|z) − log q]``,
 with reparameterised draws within each: the weights get exact gradients, no discrete draw.
@@ -14,7 +21,7 @@ docs/methods.md §2.4's ``Σ_b [−log g(z_b) − log p(x_b|z_b) − Σ_j log σ
 from __future__ import annotations
 
 from torch import Tensor
-from torch.distributions import Distribution, MixtureSameFamily
+from torch.distributions import Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
@@ -31,12 +38,27 @@ def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_sam
     """
     if isinstance(q, MixtureSameFamily):
         return _mixture_elbo(x, q, prior, likelihood, n_samples)
+    moments = _gaussian_moments(q) if z is None else None
+    prior_term = prior.expected_log_prob(*moments) if moments else None
+    likelihood_term = likelihood.expected_log_prob(x, *moments) if moments else None
+    if prior_term is not None and likelihood_term is not None:
+        return prior_term + likelihood_term + q.entropy()
     z = q.rsample((n_samples,)) if z is None else z  # (S, n, p)
-    log_joint = prior.log_prob(z) + likelihood.log_prob(x, z)  # (S, n)
+    log_joint = ((prior.log_prob(z) if prior_term is None else prior_term)
+                 + (likelihood.log_prob(x, z) if likelihood_term is None else likelihood_term))  # (S, n)
     try:
         return log_joint.mean(0) + q.entropy()
     except NotImplementedError:
         return (log_joint - q.log_prob(z)).mean(0)
+
+
+def _gaussian_moments(q: Distribution) -> tuple[Tensor, Tensor] | None:
+    """(mean (n, p), covariance (n, p, p) or diagonal variances (n, p)) of a Gaussian q, else None."""
+    if isinstance(q, MultivariateNormal):
+        return q.mean, q.covariance_matrix
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
+        return q.mean, q.variance
+    return None
 
 
 def _mixture_elbo(x: Tensor, q: MixtureSameFamily, prior: Prior, likelihood: Likelihood, n_samples: int) -> Tensor:

@@ -73,6 +73,12 @@ class GaussianGraphicalModel(Prior):
         quad = ((z @ self._chol) ** 2).sum(-1)  # zᵀ L Lᵀ z
         return half_logdet - 0.5 * quad - 0.5 * self.dim * math.log(2 * math.pi)
 
+    def expected_log_prob(self, mean: Tensor, cov: Tensor) -> Tensor:
+        """``E[log g(z)] = log g(μ) − ½ tr(Λ Σ)`` for z ~ N(μ, Σ) (:meth:`Prior.expected_log_prob`)."""
+        if cov.ndim == mean.ndim:  # the variances of a diagonal Σ
+            return self.log_prob(mean) - 0.5 * cov @ self.precision.diagonal()
+        return self.log_prob(mean) - 0.5 * (self.precision * cov).sum((-2, -1))
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``z = L⁻ᵀ ε`` with Λ = L Lᵀ and ε ~ N(0, I): Cov z = Λ⁻¹. Shape (n, p)."""
         eps = torch.randn(n, self.dim, generator=generator, dtype=self.precision.dtype,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 import warnings
 
 import numpy as np
@@ -45,6 +46,12 @@ class Likelihood(abc.ABC):
     @abc.abstractmethod
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x | z)`` for data rows x (..., data_dim) and signals z (..., p); shape (...)."""
+
+    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """``E[log p(x | z)]`` for ``z ~ N(mean, cov)`` (shapes as in
+        :meth:`~invae.model.prior.Prior.expected_log_prob`) and data rows x (..., data_dim);
+        shape (...). None where it has no closed form (the ELBO then averages over draws)."""
+        return None
 
     @abc.abstractmethod
     def to(self, device=None, dtype=None) -> Likelihood:
@@ -108,6 +115,18 @@ class GaussianLikelihood(_LawGivenSignal):
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + self._std(mean) * eps
 
+    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """For a linear G (else None), with η = A z ~ N(η̄, V):
+        ``Σ_j [−((x_j − η̄_j)² + V_jj)/(2σ_j²) − log σ_j − ½ log 2π]``."""
+        moments = linear_moments(self.forward, mean, cov)
+        if moments is None:
+            return None
+        eta, eta_var = moments
+        std = self._std(eta)
+        squared = (x - eta).square() + eta_var
+        terms = -squared / (2 * std.square()) - std.log() - 0.5 * math.log(2 * math.pi)
+        return terms.sum(-1)
+
     def to(self, device=None, dtype=None) -> GaussianLikelihood:
         return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
 
@@ -168,6 +187,16 @@ class PoissonLikelihood(_PointwiseLikelihood):
         float32) would give x log 0 = −∞ for x > 0."""
         eta = self.forward(z)
         return (x * eta - _overflow_safe_exp(eta) - torch.lgamma(x + 1)).sum(-1)
+
+    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """For a linear G (else None), with η = A z ~ N(η̄, V): ``E[exp η_j] = exp(η̄_j + V_jj/2)``
+        (the log-normal mean), so ``Σ_j [x_j η̄_j − exp(η̄_j + V_jj/2) − log x_j!]``, the
+        Poisson log-normal ELBO of Chiquet et al. (2018)."""
+        moments = linear_moments(self.forward, mean, cov)
+        if moments is None:
+            return None
+        eta, eta_var = moments
+        return (x * eta - _overflow_safe_exp(eta + 0.5 * eta_var) - torch.lgamma(x + 1)).sum(-1)
 
 
 _SAFE_EXP_KNOT = 40.0
@@ -241,6 +270,17 @@ class NoisePerRowGaussianLikelihood(Likelihood):
 
     def to(self, device=None, dtype=None) -> NoisePerRowGaussianLikelihood:
         return NoisePerRowGaussianLikelihood(self.forward.to(device, dtype))
+
+
+def linear_moments(forward: ForwardOperator, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The mean ``A μ`` and variances ``diag(A Σ Aᵀ)`` (each (..., m)) of η = A z for
+    z ~ N(μ, Σ), Σ (..., p, p) or diagonal variances (..., p); None for a nonlinear G."""
+    if not isinstance(forward, LinearOperator):
+        return None
+    a = forward.matrix.to(mean)
+    if cov.ndim == mean.ndim:
+        return mean @ a.mT, cov @ a.square().mT
+    return mean @ a.mT, ((cov @ a.mT) * a.mT).sum(-2)
 
 
 def gaussian_measurements(likelihood: GaussianLikelihood | NoisePerRowGaussianLikelihood,

@@ -48,6 +48,12 @@ class Prior(nn.Module, abc.ABC):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` independent draws, shape (n, p)."""
 
+    def expected_log_prob(self, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """``E[log g(z; θ)]`` for ``z ~ N(mean, cov)``, mean (..., p), cov (..., p, p) or the
+        variances (..., p) of a diagonal Gaussian; shape (...). None where it has no closed
+        form (the ELBO then averages ``log g`` over draws)."""
+        return None
+
     #: Whether :meth:`m_step` exists. A prior without one has its parameters (:meth:`state`,
     #: which :meth:`with_state` must map to the prior differentiably) trained by gradient on
     #: the ELBO, together with the posterior (:class:`~invae.inference.lambda_steps.GradientStep`).
