@@ -32,7 +32,7 @@ FAMILIES = ("diagonal", "iaf", "full-covariance")
 def fit(method: str, x, likelihood, p: int, device: str, threads: int):
     """One fit of ``method`` ("em" or a family) on ``device``: (estimator, seconds)."""
     prior = GaussianGraphicalModel(dim=p, alpha=ALPHA)
-    estimator = (EM(prior, likelihood, device=device) if method == "em" else
+    estimator = (EM(prior, likelihood, device=device, n_threads=threads) if method == "em" else
                  VariationalEB(prior, likelihood, family=method, device=device, n_threads=threads))
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -49,7 +49,7 @@ def run_device(device: str, problem, likelihood, args):
     em = None
     for method in ("em", *args.families):
         estimator, seconds = fit(method, problem.X, likelihood, args.p, device, args.threads)
-        em = em or estimator
+        em = estimator if method == "em" else em
         row = {"device": device, "method": method, "seconds": seconds, "n_iter": estimator.n_iter_,
                "converged": estimator.converged_,
                "precision_error": relative_frobenius_error(estimator.precision_, problem.precision),
@@ -60,6 +60,7 @@ def run_device(device: str, problem, likelihood, args):
 
 
 def machine(threads: int) -> str:
+    """The processor, torch's CPU threads and the GPU, in words."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     return f"{platform.machine()}, {torch.get_num_threads()} CPU threads of torch ({threads} in the fits), {gpu}"
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--p", type=int, default=50)
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the variational fits")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of every fit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/device.json")
     args = parser.parse_args()

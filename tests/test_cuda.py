@@ -1,4 +1,4 @@
-"""Every posterior family, prior, likelihood and exact reference on a CUDA device.
+"""Every posterior family, both priors, the Gaussian, tanh and Poisson likelihoods and exact EM on a CUDA device.
 
 Skipped where torch sees no CUDA device (CI); run where one is: ``pytest tests/test_cuda.py``.
 """

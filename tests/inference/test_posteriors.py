@@ -342,3 +342,15 @@ def test_encoders_have_no_closed_form_beyond_one_affine_identified_posterior(enc
     assert not encoder.has_closed_form(prior, linear_gaussian(np.eye(2, 3), 1.0))  # m < p: Adam stops short
     assert not encoder.has_closed_form(prior, PoissonLikelihood(LinearOperator.identity(3)))
     assert not encoder.has_closed_form(prior, NoisePerRowGaussianLikelihood(LinearOperator.identity(3)))  # Σ_i per row
+
+
+def test_a_closed_form_factor_beyond_the_bound_is_the_nearest_member():
+    # posterior sds of 1e-5 lie below the family's e^-7 (_scale_tril's bound): the encoder
+    # takes the nearest factor, finite, rather than atanh(±1) = ±inf
+    prior, likelihood = GaussianGraphicalModel(dim=2), linear_gaussian(np.eye(2), 1e-5)
+    q = FullCovarianceEncoder(2, 2, (8,)).double()
+    q.set_to_optimum(torch.zeros(0, 2), prior, likelihood)
+    assert all(bool(torch.isfinite(weight).all()) for weight in q.parameters())
+    with torch.no_grad():
+        scale = q(torch.zeros(1, 2)).scale_tril.diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(scale, torch.full_like(scale, math.exp(-7)), rtol=1e-5, atol=0)

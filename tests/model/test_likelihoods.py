@@ -143,13 +143,16 @@ _A = np.array([[1.0, 0.5], [0.0, -1.0], [0.3, 0.3]])
 
 
 @pytest.mark.parametrize("likelihood", [PoissonLikelihood(LinearOperator(_A)),
-                                        GaussianLikelihood(LinearOperator(_A), torch.tensor([0.5, 1.0, 2.0]))])
+                                        GaussianLikelihood(LinearOperator(_A), torch.tensor([0.5, 1.0, 2.0])),
+                                        NoisePerRowGaussianLikelihood(LinearOperator(_A))])
 def test_expected_log_prob_is_the_average_over_draws(rng, likelihood):
     # closed form against 200 000 draws of z ~ N(μ, Σ) per row: 4 standard errors; a
     # diagonal q given as its variances
     mean = torch.as_tensor(rng.standard_normal((3, 2)) / 2)
     cov = torch.tensor([[0.3, 0.1], [0.1, 0.2]]).expand(3, 2, 2)
     x = torch.as_tensor(rng.poisson(2.0, (3, 3)).astype(float))
+    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
+        x = torch.as_tensor(NoisePerRowGaussianLikelihood.rows(x.numpy(), [0.5, 1.0, 2.0]))
     variances = cov.diagonal(dim1=-2, dim2=-1)
     for covariance, given in ((cov, cov), (torch.diag_embed(variances), variances)):
         z = torch.distributions.MultivariateNormal(mean, covariance).sample((200_000,))

@@ -74,7 +74,8 @@ def evaluate(name: str, estimator: EmpiricalBayesEstimator, problem: Problem, or
 
     ``posterior``: the (means, sds) of ``problem.X``, each (n, p), if already computed.
     For a variational estimator, ``elbo_gap`` is the exact ``log p(x; Λ̂)`` minus its ELBO
-    (20 draws per row), per observation: how far its posterior family is from the exact one.
+    (closed form for Gaussian q, else 20 draws per row), per observation: how far its posterior
+    family is from the exact one.
     """
     mean, std = estimator.posterior(problem.X) if posterior is None else posterior
     precision = estimator.precision_

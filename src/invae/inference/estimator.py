@@ -86,7 +86,8 @@ class VariationalEB(EmpiricalBayesEstimator):
     hidden : tuple of int
         Hidden widths of the encoder's MLP.
     n_samples : int
-        Monte Carlo draws per observation in the training ELBO.
+        Monte Carlo draws per observation in the training ELBO, for the terms that have no
+        closed form (:mod:`invae.inference.objectives`).
     flow_steps : int
         Number of IAF steps T (``family="iaf"`` only).
     posterior_components : int or None
@@ -355,10 +356,11 @@ class VariationalEB(EmpiricalBayesEstimator):
 
     @torch.no_grad()
     def elbo(self, X, n_samples: int = 100) -> tuple[float, float]:
-        """Monte Carlo estimate of the mean ELBO per observation and its standard error.
+        """The mean ELBO per observation and its standard error.
 
-        Each observation's ELBO is averaged over ``n_samples`` draws; the standard error is
-        that of the mean over observations (sd / √n), which includes the Monte Carlo noise.
+        Each observation's ELBO is averaged over ``n_samples`` draws where it has no closed
+        form (:mod:`invae.inference.objectives`); the standard error is that of the mean over
+        observations (sd / √n), which includes any Monte Carlo noise.
         The draws are seeded by ``random_state``: the same call gives the same answer.
         """
         self.check_fitted()

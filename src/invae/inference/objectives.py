@@ -33,8 +33,9 @@ def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_sam
          z: Tensor | None = None) -> Tensor:
     """ELBO estimates for observations x (n, m) under q (batch (n,), event (p,)); returns (n,).
 
-    ``z`` (S, n, p), if given, are the draws of q to use (e.g. fixed noise pushed through
-    q); otherwise ``n_samples`` fresh reparameterised draws.
+    Terms in closed form (module docstring) take no draws. ``z`` (S, n, p), if given, are
+    the draws of q to use for every term (e.g. fixed noise pushed through q); otherwise
+    ``n_samples`` fresh reparameterised draws for the terms that need them.
     """
     if isinstance(q, MixtureSameFamily):
         return _mixture_elbo(x, q, prior, likelihood, n_samples)

@@ -65,21 +65,19 @@ def _sees_every_direction(likelihood, p: int) -> bool:
 
 
 def _affine_posterior(prior, likelihood) -> bool:
-    """Whether the exact posterior is ``N(K x, Σ)`` with K and Σ the same for every row, so that
-    an encoder's linear map holds it, and rank A = p (:func:`_sees_every_direction`): one
-    Gaussian posterior and one noise level for all rows (a
+    """Whether the exact posterior is ``N(K x, Σ)``, ``K = Σ Aᵀ D⁻¹``, with K and Σ the same for
+    every row, so that an encoder's linear map holds it, and rank A = p
+    (:func:`_sees_every_direction`): one Gaussian posterior and one noise level for all rows (a
     :class:`~invae.model.likelihoods.GaussianLikelihood`, not one σ_i per row)."""
     return (_one_gaussian_posterior(prior, likelihood) and isinstance(likelihood, GaussianLikelihood)
             and _sees_every_direction(likelihood, prior.dim))
 
 
-def _posterior_gain(like: Tensor, prior, likelihood) -> tuple[Tensor, Tensor]:
-    """(K (p, m), Σ (p, p)) of the affine exact posterior ``N(K x, Σ)`` (:func:`_affine_posterior`),
-    in ``like``'s dtype and device. The mean is linear in x, so at the unit vectors e_j it
-    is K's columns."""
-    unit = torch.eye(likelihood.forward.out_dim, dtype=like.dtype, device=like.device)
-    mean, cov = exact_posterior(unit, prior, likelihood)
-    return mean.mT, cov
+def _unit_rows(like: Tensor, likelihood) -> Tensor:
+    """The unit vectors e_j of the data space as rows (m, m), in ``like``'s dtype and device. The
+    exact posterior mean ``K x`` of an affine posterior (:func:`_affine_posterior`) is linear
+    in x, so its values there are K's columns: ``K = mean(e_1 … e_m)ᵀ``."""
+    return torch.eye(likelihood.forward.out_dim, dtype=like.dtype, device=like.device)
 
 
 class _Trunk(nn.Module):
@@ -122,6 +120,8 @@ class _Trunk(nn.Module):
         """Make the trunk the affine map ``x ↦ W x + b`` of raw inputs (u the identity), W (k, m),
         b (k,): its linear map in standardised inputs, ``W diag(scale) h + W shift + b``, and the
         MLP's last layer zero."""
+        if self.log1p:
+            raise ValueError("an encoder that reads log(1 + x) holds no affine map of x")
         self.linear.weight.copy_(weight * self.scale)
         self.linear.bias.copy_(bias + weight @ self.shift)
         self.mlp[-1].weight.zero_()
@@ -164,20 +164,19 @@ class GaussianEncoder(_Encoder):
         out = self.trunk(x)
         return _diagonal_normal(out[..., : self.p], out[..., self.p :])
 
-    @staticmethod
-    def has_closed_form(prior, likelihood) -> bool:
-        """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
-        row, and rank A = p (:func:`_affine_posterior`)."""
-        return _affine_posterior(prior, likelihood)
+    #: Whether :meth:`set_to_optimum` applies (:func:`_affine_posterior`).
+    has_closed_form = staticmethod(_affine_posterior)
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
         """The encoder at its optimum given the prior, for every x: the best diagonal Gaussian
-        for ``N(K x, Σ)`` is ``μ(x) = K x``, ``σ_j² = 1/(Σ⁻¹)_jj`` (:class:`MeanFieldFactors`),
-        an affine map that the trunk's linear map holds. x (n, m): the rows (dtype, device)."""
-        gain, cov = _posterior_gain(x, prior, likelihood)
-        log_std = -0.5 * torch.linalg.inv(cov).diagonal().log()
-        self.trunk.set_affine(torch.cat([gain, torch.zeros_like(gain)]), torch.cat([torch.zeros_like(log_std), log_std]))
+        for ``N(K x, Σ)`` is ``μ(x) = K x``, ``σ_j² = 1/(Σ⁻¹)_jj``
+        (:func:`~invae.references.exact.mean_field_optimum`), an affine map that the trunk's
+        linear map holds (:func:`_unit_rows`). x (n, m): the rows (dtype, device)."""
+        mean, variance, _ = mean_field_optimum(_unit_rows(x, likelihood), prior, likelihood)
+        gain, log_std = mean.mT, 0.5 * variance.log()
+        self.trunk.set_affine(torch.cat([gain, torch.zeros_like(gain)]),
+                              torch.cat([torch.zeros_like(log_std), log_std]))
 
 
 def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor) -> None:
@@ -191,6 +190,7 @@ def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor
 
 
 _LOG_SCALE_BOUND = 7.0
+_NEAREST_LOG_SCALE = _LOG_SCALE_BOUND * (1 - 1e-6)  # atanh(±1) is infinite: stay just inside the bound
 
 
 def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
@@ -208,8 +208,10 @@ def _scale_tril(entries: Tensor, rows: Tensor, cols: Tensor, p: int) -> Tensor:
 
 def _raw_entries(scale_tril: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """The raw entries (p(p+1)/2,) that :func:`_scale_tril` maps to this lower-triangular factor
-    (p, p), whose diagonal lies within e^{±7}: ``r = B atanh(log L_jj / B)`` on the diagonal."""
-    diagonal = _LOG_SCALE_BOUND * torch.atanh(scale_tril.diagonal().log() / _LOG_SCALE_BOUND)
+    (p, p): ``r = B atanh(log L_jj / B)`` on the diagonal. A diagonal beyond e^{±B} (which
+    ``_scale_tril`` cannot reach) is taken at the family's nearest member, just inside."""
+    log_diagonal = scale_tril.diagonal().log().clamp(-_NEAREST_LOG_SCALE, _NEAREST_LOG_SCALE)
+    diagonal = _LOG_SCALE_BOUND * torch.atanh(log_diagonal / _LOG_SCALE_BOUND)
     return torch.diagonal_scatter(scale_tril, diagonal)[rows, cols]
 
 
@@ -218,8 +220,9 @@ class FullCovarianceEncoder(_Encoder):
 
     The trunk emits μ (p) and the p(p+1)/2 lower-triangular entries of the Cholesky factor
     L, whose diagonal is ``exp`` of its raw entries (so L is invertible). For a
-    linear-Gaussian model this family holds the exact posterior, so its ELBO gap measures
-    optimisation alone — the yardstick for the diagonal and IAF families.
+    linear-Gaussian model this family holds the exact posterior: by default it is set there
+    (:meth:`set_to_optimum`, where rank A = p); trained by Adam (``closed_form=False``), its
+    ELBO gap measures optimisation alone — the yardstick for the diagonal and IAF families.
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
@@ -234,18 +237,15 @@ class FullCovarianceEncoder(_Encoder):
         scale_tril = _scale_tril(out[..., self.p :], self.rows, self.cols, self.p)
         return MultivariateNormal(out[..., : self.p], scale_tril=scale_tril, validate_args=False)
 
-    @staticmethod
-    def has_closed_form(prior, likelihood) -> bool:
-        """Whether :meth:`set_to_optimum` applies: the exact posterior is ``N(K x, Σ)`` for every
-        row, and rank A = p (:func:`_affine_posterior`); this family holds it."""
-        return _affine_posterior(prior, likelihood)
+    #: Whether :meth:`set_to_optimum` applies (:func:`_affine_posterior`); this family holds the posterior.
+    has_closed_form = staticmethod(_affine_posterior)
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
-        """The encoder at the exact posterior ``N(K x, Σ)`` for every x (KL zero): μ(x) = K x and
-        L = chol Σ, constant. x (n, m): the rows (dtype, device)."""
-        gain, cov = _posterior_gain(x, prior, likelihood)
-        entries = _raw_entries(torch.linalg.cholesky(cov), self.rows, self.cols)
+        """The encoder at the exact posterior ``N(K x, Σ)`` for every x (KL zero): μ(x) = K x
+        (:func:`_unit_rows`) and L = chol Σ, constant. x (n, m): the rows (dtype, device)."""
+        mean, cov = exact_posterior(_unit_rows(x, likelihood), prior, likelihood)
+        gain, entries = mean.mT, _raw_entries(torch.linalg.cholesky(cov), self.rows, self.cols)
         self.trunk.set_affine(torch.cat([gain, gain.new_zeros(len(entries), gain.shape[1])]),
                               torch.cat([gain.new_zeros(self.p), entries]))
 

@@ -252,14 +252,19 @@ class _Run:
             self.prior = self._prior_with_theta(detached=True)
         if not math.isfinite(train_elbo):
             raise _Diverged("the training ELBO is not finite")
+        self._check_weights()
+        return train_elbo
+
+    def _check_weights(self) -> None:
         if not all(bool(torch.isfinite(weight).all()) for weight in self.posterior.parameters()):
             raise _Diverged("a posterior weight is not finite")
-        return train_elbo
 
     @torch.no_grad()
     def _closed_form_q_step(self) -> float:
-        """q at its optimum given the prior, for all rows; the ELBO of one random batch."""
+        """q at its optimum given the prior, for all rows; the ELBO of one random batch. Raises
+        _Diverged if a weight is not finite."""
         self.posterior.set_to_optimum(self.x, self.prior, self.likelihood)
+        self._check_weights()
         index = torch.randint(len(self.x), (self.batch,), device=self.x.device)
         return float(elbo(self.x[index], self.posterior(self.x[index], index), self.prior, self.likelihood,
                           self.settings.n_samples).mean())

@@ -21,7 +21,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, Po
 from .forward import ForwardOperator, LinearOperator
 
 __all__ = ["Likelihood", "GaussianLikelihood", "PoissonLikelihood", "BernoulliLikelihood", "StudentTLikelihood",
-           "NoisePerRowGaussianLikelihood", "gaussian_measurements", "linear_gaussian"]
+           "NoisePerRowGaussianLikelihood", "gaussian_measurements", "linear_gaussian", "linear_moments"]
 
 
 class Likelihood(abc.ABC):
@@ -116,16 +116,9 @@ class GaussianLikelihood(_LawGivenSignal):
         return mean + self._std(mean) * eps
 
     def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
-        """For a linear G (else None), with η = A z ~ N(η̄, V):
-        ``Σ_j [−((x_j − η̄_j)² + V_jj)/(2σ_j²) − log σ_j − ½ log 2π]``."""
+        """For a linear G (else None): :func:`_expected_gaussian_log_prob`."""
         moments = linear_moments(self.forward, mean, cov)
-        if moments is None:
-            return None
-        eta, eta_var = moments
-        std = self._std(eta)
-        squared = (x - eta).square() + eta_var
-        terms = -squared / (2 * std.square()) - std.log() - 0.5 * math.log(2 * math.pi)
-        return terms.sum(-1)
+        return None if moments is None else _expected_gaussian_log_prob(x, self._std(x), *moments)
 
     def to(self, device=None, dtype=None) -> GaussianLikelihood:
         return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
@@ -268,8 +261,20 @@ class NoisePerRowGaussianLikelihood(Likelihood):
         mean = self.forward(z)
         return Normal(mean, noise_std.expand_as(mean), validate_args=False).log_prob(measured).sum(-1)
 
+    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """For a linear G (else None): :func:`_expected_gaussian_log_prob` with each row's σ_i."""
+        moments = linear_moments(self.forward, mean, cov)
+        return None if moments is None else _expected_gaussian_log_prob(x[..., :-1], x[..., -1:], *moments)
+
     def to(self, device=None, dtype=None) -> NoisePerRowGaussianLikelihood:
         return NoisePerRowGaussianLikelihood(self.forward.to(device, dtype))
+
+
+def _expected_gaussian_log_prob(measured: Tensor, std: Tensor, eta: Tensor, eta_var: Tensor) -> Tensor:
+    """``E[log N(x; η, σ²)] = Σ_j [−((x_j − η̄_j)² + V_j)/(2σ_j²) − log σ_j − ½ log 2π]`` for
+    η ~ N(η̄, diag V): measured, η̄, V (..., m), σ broadcasting against them; shape (...)."""
+    squared = (measured - eta).square() + eta_var
+    return (-squared / (2 * std.square()) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def linear_moments(forward: ForwardOperator, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor] | None:
