@@ -388,3 +388,18 @@ def test_a_model_fitted_with_one_noise_level_per_row_predicts_with_the_new_rows_
     assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(problem_dir / "X.npy"),
                  "--out", str(tmp_path / "never")]) == 2
     assert "--noise-std-file" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("method", ["vae", "mean-field"])
+def test_a_diagonal_family_that_cannot_identify_the_prior_is_refused_unless_allowed(tmp_path, capsys, method):
+    assert main(["simulate", "--p", "6", "--n", "300", "--forward", "compressive", "--noise-std", "0.5",
+                 "--out", str(tmp_path / "pb")]) == 0  # A is 3 × 6: rank 3 < p
+    args = ["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--forward", str(tmp_path / "pb" / "A.npy"),
+            "--noise-std", "0.5", "--method", method, "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rank 3 < p = 6" in err and "--allow-unidentified" in err
+    assert not (tmp_path / "never").exists()
+    assert main([*args, "--max-iter", "3", "--allow-unidentified", "--out", str(tmp_path / "fit")]) == 0
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert "rank 3 < p = 6" in summary["warnings"][0] and summary["settings"]["allow_unidentified"]

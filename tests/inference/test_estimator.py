@@ -242,3 +242,19 @@ def test_iaf_answers_for_the_exact_posterior_at_its_estimate(fit_family, problem
     assert ess.shape == (300,) and 1 <= ess.min() and ess.max() <= iaf.n_moment_draws * (1 + 1e-5)
     # the RMS error above, ≈ √(S/ESS) in those units, and the ESS tell the same story
     assert np.median(ess) > iaf.n_moment_draws / 4
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # fits of 2 iterations
+def test_only_the_diagonal_families_refuse_a_rank_deficient_forward_matrix():
+    problem = simulate_problem(p=4, n=200, graph="chain", forward="compressive", noise_std=0.5, seed=0)
+    likelihood = linear_gaussian(problem.A, 0.5)
+    for family in ("diagonal", "mean-field"):
+        with pytest.raises(ValueError, match="rank 2 < p = 4"):
+            VariationalEB(GaussianGraphicalModel(dim=4), likelihood, family=family).fit(problem.X)
+        with pytest.warns(UserWarning, match="rank 2 < p = 4"):
+            fit = VariationalEB(GaussianGraphicalModel(dim=4), likelihood, family=family, max_iter=2,
+                                allow_unidentified=True).fit(problem.X)
+        assert fit.warnings_ and "rank 2" in fit.warnings_[0]
+    fit = VariationalEB(GaussianGraphicalModel(dim=4), likelihood, family="full-covariance", max_iter=2,
+                        hidden=(8,)).fit(problem.X)  # a family that holds the correlations runs without a word
+    assert fit.warnings_ == []

@@ -148,6 +148,9 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--checkpoint-every", type=int, help="outer iterations between checkpoints (default: 50)")
     fit.add_argument("--resume", action="store_const", const=True,
                      help="continue the fit saved in --checkpoint-dir (same data and settings)")
+    fit.add_argument("--allow-unidentified", action="store_const", const=True,
+                     help="run vae or mean-field with a forward matrix of rank < p, which they cannot "
+                          "identify (refused otherwise); summary.json then carries the warning")
 
 
 def _predict_options(predict: argparse.ArgumentParser) -> None:

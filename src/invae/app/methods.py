@@ -46,7 +46,8 @@ def _variational(family: str) -> Method:
     def build(prior, likelihood, options):
         return VariationalEB(prior, likelihood, family=family, preset=options["preset"], random_state=options["seed"],
                              verbose=options["verbose"], callback=options["callback"], device=options["device"],
-                             **(options["checkpoint"] or {}), **_limits(options))
+                             allow_unidentified=options["allow_unidentified"], **(options["checkpoint"] or {}),
+                             **_limits(options))
     return Method(build, lambda estimator: isinstance(estimator, VariationalEB) and estimator.family == family,
                   variational=True)
 
@@ -80,15 +81,17 @@ def variational_names() -> str:
 def make_estimator(method: str, prior: Prior, likelihood: Likelihood, *, preset: str = "default",
                    max_iter: int | None = None, tol: float | None = None, seed: int = 0,
                    verbose: bool | int = False, callback=None, checkpoint: dict | None = None,
-                   device: str = "cpu") -> EmpiricalBayesEstimator:
+                   device: str = "cpu", allow_unidentified: bool = False) -> EmpiricalBayesEstimator:
     """The estimator named ``method`` (see :func:`methods`).
 
     ``max_iter`` / ``tol`` left as None take each estimator's own default; ``callback``
     (iterative methods only) is called as ``callback(iteration, prior)``; ``checkpoint``
-    (variational methods only) holds ``checkpoint_dir``, ``checkpoint_every`` and ``resume``.
+    (variational methods only) holds ``checkpoint_dir``, ``checkpoint_every`` and ``resume``;
+    ``allow_unidentified``: see :class:`~invae.inference.estimator.VariationalEB`.
     """
     options = {"preset": preset, "max_iter": max_iter, "tol": tol, "seed": seed, "verbose": verbose,
-               "callback": callback, "checkpoint": checkpoint, "device": device}
+               "callback": callback, "checkpoint": checkpoint, "device": device,
+               "allow_unidentified": allow_unidentified}
     chosen = methods()[method]
     if checkpoint and not chosen.variational:
         raise ValueError(f"checkpoints apply to the variational methods ({variational_names()}), not to {method!r}")

@@ -76,7 +76,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     x, prior, likelihood = load_problem(settings)
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
-                               verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device)
+                               verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device,
+                               allow_unidentified=settings.allow_unidentified)
     start = time.perf_counter()
     path = None
     if settings.penalty == "auto":
@@ -106,6 +107,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
+        if estimator.warnings_:
+            summary["warnings"] = estimator.warnings_
     return estimator, arrays, summary | _posterior_summary(estimator, x)
 
 

@@ -52,6 +52,7 @@ class FitSettings:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 50
     resume: bool = False
+    allow_unidentified: bool = False
 
     def __post_init__(self):
         for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file"):

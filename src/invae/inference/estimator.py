@@ -15,6 +15,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
+from ..model.forward import LinearOperator
 from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
@@ -132,10 +133,19 @@ class VariationalEB(EmpiricalBayesEstimator):
     verbose : bool or int
         A progress bar (iterations, ELBO, Λ change, time left) on stderr: 1 (True) when
         stderr is a terminal, 2 always, 0 never.
+    allow_unidentified : bool
+        A diagonal family (``diagonal``, ``mean-field``) with a forward matrix of rank < p
+        cannot identify the prior (its optimum runs away: see
+        :class:`~invae.inference.families.PosteriorFamily`), and ``fit`` refuses it with a
+        ``ValueError`` before any work; True runs it anyway, with a ``UserWarning`` kept in
+        ``warnings_``.
 
     Attributes
     ----------
     prior_, likelihood_, posterior_ : the fitted prior, likelihood and posterior module
+    warnings_ : list of str
+        What the fit warned of that a reader of its results should know (e.g. an
+        unidentified family run with ``allow_unidentified``).
     history_ : dict of lists per outer iteration: ``elbo`` (fixed-noise, per observation),
         ``train_elbo`` (mean of the batch ELBOs), ``precision_change``, ``monte_carlo_error`` (the
         Λ-step statistics' relative error, :mod:`invae.inference.averaging`), ``time`` (s)
@@ -152,7 +162,7 @@ class VariationalEB(EmpiricalBayesEstimator):
                  n_moment_draws: int = 256, reweight: bool | None = None, warm_start: bool = False, callback=None,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 50, resume: bool = False,
                  random_state: int = 0, verbose: bool = False, n_threads: int | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, allow_unidentified: bool = False):
         super().__init__(prior, likelihood, warm_start=warm_start, callback=callback, device=device, dtype=dtype)
         self.family = family
         self.preset = preset
@@ -179,6 +189,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.n_threads = n_threads
+        self.allow_unidentified = allow_unidentified
 
     def _settings(self) -> TrainingSettings:
         if self.preset not in PRESETS:
@@ -216,7 +227,30 @@ class VariationalEB(EmpiricalBayesEstimator):
         :data:`invae.inference.families.FAMILIES`); a model file's weights are loaded into it."""
         return FAMILIES[self.family].build(self, n, m)
 
+    def _unidentified(self) -> str | None:
+        """Why this family cannot identify the prior through this likelihood, or None."""
+        forward, p = self.likelihood.forward, self.prior.dim
+        if not (FAMILIES[self.family].diagonal and isinstance(forward, LinearOperator)):
+            return None
+        rank = forward.rank
+        if rank == p:
+            return None
+        return (f"the {FAMILIES[self.family].method} family (a diagonal q) cannot identify the prior through a "
+                f"forward matrix of rank {rank} < p = {p}: its optimum runs away "
+                "(docs/benchmarks.md, bench_vae's compressive rows); use iaf, full-covariance or mixture")
+
+    def _check_identified(self) -> list[str]:
+        """Refuse an unidentified fit (ValueError), or with ``allow_unidentified`` warn; the warnings."""
+        reason = self._unidentified()
+        if reason is None:
+            return []
+        if not self.allow_unidentified:
+            raise ValueError(f"{reason}, or allow it anyway (allow_unidentified=True, --allow-unidentified)")
+        warnings.warn(reason, UserWarning, stacklevel=3)
+        return [reason]
+
     def fit(self, X) -> VariationalEB:
+        self.warnings_ = self._check_identified()
         settings = self._settings()
         x = self._tensor(X)
         prior, likelihood = self._models()

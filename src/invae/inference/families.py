@@ -37,12 +37,18 @@ class PosteriorFamily:
     defaults : mapping
         Optimiser settings of the ``"default"`` preset that differ for this family
         (:data:`invae.inference.estimator.PRESETS`).
+    diagonal : bool
+        q factorises over the coordinates of z. Such a family cannot identify the prior
+        through a forward matrix of rank < p: its optimum runs away (EM with a diagonal
+        E-step diverges; docs/benchmarks.md, bench_vae's compressive rows), so
+        :class:`~invae.inference.estimator.VariationalEB` refuses that case unless told.
     """
 
     build: Callable[[Any, int, int], nn.Module]
     method: str
     amortized: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    diagonal: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -74,11 +80,12 @@ _FLOW = {**_DRAWN, "learning_rate": 1e-2}
 _FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 10}
 
 FAMILIES: Registry[PosteriorFamily] = Registry("posterior family")
-FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae"))
+FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae", diagonal=True))
 FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: e.flow_steps), method="iaf",
                                          defaults=_FLOW))
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
 FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),
-                                                method="mean-field", amortized=False, defaults=_FREE_FACTORS))
+                                                method="mean-field", amortized=False, defaults=_FREE_FACTORS,
+                                                diagonal=True))

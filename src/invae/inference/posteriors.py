@@ -61,7 +61,7 @@ def _sees_every_direction(likelihood, p: int) -> bool:
     optimum runs away there (EM with a diagonal E-step diverges) and exact EM crawls (not
     converged after 1000 iterations), where Adam's steps stop short with a better Λ̂
     (docs/benchmarks.md, bench_vae's compressive rows). So closed-form q-steps need rank A = p."""
-    return int(torch.linalg.matrix_rank(likelihood.forward.matrix)) == p
+    return likelihood.forward.rank == p
 
 
 def _affine_posterior(prior, likelihood) -> bool:

@@ -66,6 +66,11 @@ class LinearOperator(ForwardOperator):
     def __repr__(self) -> str:
         return f"LinearOperator(m={self.out_dim}, p={self.in_dim})"
 
+    @property
+    def rank(self) -> int:
+        """rank A (from its singular values in float64, torch's default tolerance)."""
+        return int(torch.linalg.matrix_rank(self.matrix.to(torch.float64)))
+
     def __call__(self, z: Tensor) -> Tensor:
         return z @ self.matrix.mT
 

@@ -309,7 +309,7 @@ def linear_gaussian(matrix: Tensor | np.ndarray, noise_std: float | Tensor) -> G
     and the prior alone decides the rest. The model stays proper, so the fit goes on.
     """
     operator = LinearOperator(matrix)
-    rank = int(torch.linalg.matrix_rank(operator.matrix.to(torch.float64)))
+    rank = operator.rank
     if rank < min(operator.out_dim, operator.in_dim):
         warnings.warn(f"the forward matrix A ({operator.out_dim} × {operator.in_dim}) has rank {rank} < "
                       f"{min(operator.out_dim, operator.in_dim)}: the data determine z only in a {rank}-dimensional "
