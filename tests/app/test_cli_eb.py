@@ -78,3 +78,15 @@ def test_eb_refuses_a_ragged_table(tmp_path, capsys):
     path.write_text("x,se\n1,1\n2\n")
     assert main(["eb", "--data", str(path), "--x", "x", "--sigma", "se", "--out", str(tmp_path / "o")]) == 2
     assert "line 3" in capsys.readouterr().err
+
+
+def test_eb_speaks_like_fit_progress_flags_and_fit_seconds(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    np.savetxt(table, np.column_stack([np.random.default_rng(0).normal(size=50), np.ones(50)]), delimiter=",",
+               header="x,s", comments="")
+    args = ["eb", "--data", str(table), "--x", "x", "--sigma", "s"]
+    assert main([*args, "--quiet", "--progress", "--out", str(tmp_path / "never")]) == 2
+    assert "--quiet and --progress" in capsys.readouterr().err and not (tmp_path / "never").exists()
+    assert main([*args, "--progress", "--out", str(tmp_path / "eb")]) == 0
+    summary = json.loads((tmp_path / "eb" / "summary.json").read_text())
+    assert summary["fit_seconds"] >= 0 and "seconds" not in summary

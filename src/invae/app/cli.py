@@ -185,6 +185,8 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
     eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
     eb.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads_option(eb)
+    eb.add_argument("--progress", action="store_true",
+                    help="a progress bar even when stderr is not a terminal (e.g. a log file)")
 
 
 def _report_options(report: argparse.ArgumentParser) -> None:
@@ -253,11 +255,11 @@ def _eb(args: argparse.Namespace) -> None:
     arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
                                     covariates=args.covariates, method=args.method, grid_size=args.grid_size,
                                     components=args.components, max_iter=args.max_iter, seed=args.seed,
-                                    device=args.device, verbose=0 if args.quiet else 1)
+                                    device=args.device, verbose=_verbosity(args))
     folder = write_results(args.out, arrays, summary, files)
     if not args.quiet:
         evidence = f", log-likelihood {summary['log_likelihood']:.2f}" if "log_likelihood" in summary else ""
-        print(f"{args.method}: {summary['n']} observation(s) in {summary['seconds']:.2f} s{evidence}; "
+        print(f"{args.method}: {summary['n']} observation(s) in {summary['fit_seconds']:.2f} s{evidence}; "
               f"results in {folder}/ ({', '.join(files)})")
 
 
@@ -267,12 +269,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.folder)}")
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    """The progress bars' ``verbose``: 0 with --quiet, 2 with --progress, else 1 (on a terminal)."""
+    if args.quiet and args.progress:
+        raise ValueError("--quiet and --progress contradict each other: choose one")
+    return 0 if args.quiet else 2 if args.progress else 1
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
-             penalty=args.penalty, seed=args.seed, device=args.device,
-             verbose=0 if args.quiet else 2 if args.progress else 1)
+             penalty=args.penalty, seed=args.seed, device=args.device, verbose=_verbosity(args))
 
 
 COMMANDS: Registry[Command] = Registry("command")

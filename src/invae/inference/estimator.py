@@ -262,8 +262,8 @@ class VariationalEB(EmpiricalBayesEstimator):
                                                       checkpoint=self._checkpointer(),
                                                       identity=self._identity(x, settings))
         if not converged:
-            warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before Λ and the ELBO "
-                          "settled; raise max_iter or tol", ConvergenceWarning)
+            warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before the prior's parameters "
+                          "and the ELBO settled; raise max_iter or tol", ConvergenceWarning)
         self.prior_, self.likelihood_, self.posterior_ = prior, likelihood, posterior
         self.history_, self.n_iter_, self.converged_ = history, n_iter, converged
         self._fitted_data = x

@@ -49,7 +49,7 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
 def _summary(fit: NormalMeansFit, data, x, sigma, noise_std, covariates, n) -> dict:
     summary = {"invae_version": __version__, "command": "eb", "method": fit.method, "data": str(data), "x": x,
                "sigma": sigma, "noise_std": noise_std, "covariates": covariates or [], "n": n,
-               "seconds": fit.seconds, "details": fit.details}
+               "fit_seconds": fit.seconds, "details": fit.details}
     if fit.log_likelihood is not None:
         summary["log_likelihood"] = fit.log_likelihood
         summary["prior_mean"], summary["prior_sd"] = fit.prior.mean, fit.prior.variance ** 0.5
