@@ -9,9 +9,16 @@ column enters linearly.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["design_matrix", "location_fit"]
+
+#: Rows per location parameter below which a warning is given: each group's β is then the
+#: mean of a handful of rows, noise included, and the shrinkage towards it all but vanishes
+#: (one label per row — a name column — removes it: every residual is 0).
+ROWS_PER_PARAMETER = 5
 
 
 def design_matrix(columns: dict[str, np.ndarray] | list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
@@ -38,7 +45,17 @@ def design_matrix(columns: dict[str, np.ndarray] | list[np.ndarray]) -> tuple[np
     design = np.hstack(parts)
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise ValueError("the covariates are collinear (with each other or a constant): drop one")
+    _warn_if_few_rows_per_parameter(n, names)
     return design, names
+
+
+def _warn_if_few_rows_per_parameter(n: int, names: list[str]) -> None:
+    """A UserWarning when the n rows give fewer than ``ROWS_PER_PARAMETER`` per column of the design."""
+    if n < ROWS_PER_PARAMETER * len(names):
+        warnings.warn(f"the covariates make {len(names)} location parameters for {n} rows "
+                      f"({n / len(names):.1f} per parameter, fewer than {ROWS_PER_PARAMETER}): the prior's location "
+                      "then follows the data and removes most of the shrinkage (a text column with one label "
+                      "per row removes all of it)", UserWarning, stacklevel=3)
 
 
 def location_fit(x: np.ndarray, design: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
