@@ -10,7 +10,8 @@ Two fits of (μ, τ²):
   scalar search).
 - ``"james-stein"``: moments, ``μ̂ = x̄``, ``τ̂² = max(0, S/(n − 3) − mean σ_i²)``,
   S = Σ (x_i − x̄)². With one σ this is exactly the positive-part James–Stein estimator
-  ``x̄ + (1 − (n − 3)σ²/S)₊ (x_i − x̄)``.
+  ``x̄ + (1 − (n − 3)σ²/S)₊ (x_i − x̄)``; with unequal σ_i it is this moment estimator, not
+  Brown's (2008, eq. 4.17) heteroscedastic James–Stein (docs/methods.md §3.10.4).
 """
 
 from __future__ import annotations
