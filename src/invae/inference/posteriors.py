@@ -59,7 +59,7 @@ def _one_gaussian_posterior(prior, likelihood) -> bool:
 def _sees_every_direction(likelihood, p: int) -> bool:
     """rank A = p. With m < p the likelihood is flat along A's null space: a diagonal family's
     optimum runs away there (EM with a diagonal E-step diverges) and exact EM crawls (not
-    converged after 1000 iterations), where Adam's steps stop short with a better Λ̂
+    converged after 1000 iterations), where Adam's steps on a full q stop short with a better Λ̂
     (docs/benchmarks.md, bench_vae's compressive rows). So closed-form q-steps need rank A = p."""
     return likelihood.forward.rank == p
 
