@@ -63,17 +63,24 @@ def _posterior_precision(precision: Tensor, a: Tensor, noise_var: Tensor) -> tup
     return precision + a.mT @ a_scaled, a_scaled
 
 
-def exact_posterior(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor]:
-    """Posterior mean (n, p) and covariance Σ_post for the data rows x: (p, p), shared by
-    all rows, or (n, p, p) with one σ_i per row."""
+def _posterior_in_precision(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor, Tensor]:
+    """Posterior mean (n, p), precision P = Λ + Aᵀ D⁻¹ A and its Cholesky factor, each
+    (p, p) shared by all rows or (n, p, p) with one σ_i per row."""
     precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     post_precision, a_scaled = _posterior_precision(precision, a, noise_var)
     chol = torch.linalg.cholesky(post_precision)
-    cov = torch.cholesky_inverse(chol)
     if chol.ndim == 2:
         mean = torch.cholesky_solve((measured @ a_scaled).mT, chol).mT
     else:
         mean = torch.cholesky_solve(torch.einsum("nm,nmp->np", measured, a_scaled)[..., None], chol)[..., 0]
+    return mean, post_precision, chol
+
+
+def exact_posterior(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> tuple[Tensor, Tensor]:
+    """Posterior mean (n, p) and covariance Σ_post for the data rows x: (p, p), shared by
+    all rows, or (n, p, p) with one σ_i per row."""
+    mean, _, chol = _posterior_in_precision(x, prior, likelihood)
+    cov = torch.cholesky_inverse(chol)
     return mean, 0.5 * (cov + cov.mT)
 
 
@@ -85,9 +92,10 @@ def mean_field_optimum(x: Tensor, prior: GaussianGraphicalModel, likelihood) -> 
     Minimising ``KL(q ‖ N(m, P⁻¹))`` over diagonal Gaussians q: the means' gradient
     ``P (μ − m)`` vanishes at μ = m, and the variances' optimum ``1/P_jj`` does not depend on
     the means (Bishop 2006, §10.1.2)."""
-    mean, cov = exact_posterior(x, prior, likelihood)
-    precision_diagonal = torch.linalg.inv(cov).diagonal(dim1=-2, dim2=-1)
-    kl = 0.5 * float((torch.log(precision_diagonal).sum(-1) + torch.logdet(cov)).mean())
+    mean, post_precision, chol = _posterior_in_precision(x, prior, likelihood)  # P itself: no inverse of Σ
+    precision_diagonal = post_precision.diagonal(dim1=-2, dim2=-1)
+    log_det_precision = 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+    kl = 0.5 * float((torch.log(precision_diagonal).sum(-1) - log_det_precision).mean())
     return mean, 1 / precision_diagonal, kl
 
 
