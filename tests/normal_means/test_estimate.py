@@ -36,7 +36,7 @@ def test_the_npmle_is_near_the_oracle_and_beats_the_parametric_fits(problem):
     # n = 1000 is small for the 5% target of the benchmark (n = 10⁴); the ordering is the check.
     npmle, js = (fit_normal_means(problem.x, problem.sigma, m) for m in ("npmle", "james-stein"))
     assert _ratio(npmle, problem) < 1.05 < _ratio(js, problem)
-    assert npmle.details["converged"] and npmle.lfdr is not None
+    assert npmle.details["converged"] and npmle.lfdr is None and npmle.null is None  # no null asked for
 
 
 def test_vae_like_estimator_learns_the_two_point_prior(problem):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from invae.normal_means.grid import GridPrior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
+from invae.normal_means.grid import GridPrior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf, with_null_atom
 
 
 def _brute_force(x, sigma, atoms, masses):
@@ -20,7 +20,7 @@ def _brute_force(x, sigma, atoms, masses):
 def test_posterior_on_a_discrete_prior_is_bayes_rule(rng):
     atoms, masses = np.array([-2.0, 0.0, 0.5, 3.0]), np.array([0.2, 0.5, 0.1, 0.2])
     x, sigma = rng.normal(0, 2, 50), rng.uniform(0.3, 2.0, 50)
-    post = grid_posterior(x, sigma, GridPrior(atoms, masses))
+    post = grid_posterior(x, sigma, GridPrior(atoms, masses), null=0.0)
     mean, std, lfsr, lfdr, log_f = _brute_force(x, sigma, atoms, masses)
     np.testing.assert_allclose(post.mean, mean, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(post.std, std, rtol=1e-10, atol=1e-12)
@@ -40,8 +40,8 @@ def test_a_location_shifts_the_prior_row_by_row(rng):
     assert post.lfdr is None
 
 
-def test_no_atom_at_zero_means_no_lfdr():
-    assert grid_posterior(np.array([0.3]), 1.0, GridPrior(np.array([1.0, 2.0]), np.array([0.5, 0.5]))).lfdr is None
+def test_no_null_means_no_lfdr():
+    assert grid_posterior(np.array([0.3]), 1.0, GridPrior(np.array([0.0, 2.0]), np.array([0.5, 0.5]))).lfdr is None
 
 
 def test_outlying_observations_do_not_underflow():
@@ -66,10 +66,21 @@ def test_quantile_is_the_generalised_inverse():
                                   [0.0, 0.0, 1.0, 1.0, 5.0, 5.0])
 
 
-def test_default_grid_spans_the_data_and_holds_zero(rng):
+def test_default_grid_spans_the_data(rng):
     x = rng.normal(0.3, 2, 500)
     grid = default_grid(x, size=101)
-    assert grid[0] == x.min() and grid[-1] == x.max() and 0.0 in grid and np.all(np.diff(grid) > 0)
+    assert grid[0] == x.min() and grid[-1] == x.max() and len(grid) == 101 and np.all(np.diff(grid) > 0)
+
+
+def test_the_null_atom_joins_the_grid_and_clears_its_margin():
+    atoms = with_null_atom(np.linspace(-2, 2, 9), 0.3, margin=0.6)  # drops 0 and 0.5 (closer than 0.6)
+    np.testing.assert_allclose(atoms, [-2, -1.5, -1, -0.5, 0.3, 1, 1.5, 2])
+    assert list(with_null_atom(np.array([-1.0, 0.0, 1.0]), 0.0)) == [-1.0, 0.0, 1.0]  # no duplicate
+
+
+def test_a_null_that_is_not_an_atom_is_refused():
+    with pytest.raises(ValueError, match="not an atom"):
+        grid_posterior(np.array([0.3]), 1.0, GridPrior(np.array([1.0, 2.0]), np.array([0.5, 0.5])), null=0.0)
 
 
 @pytest.mark.parametrize("atoms, masses", [([0.0, 0.0], [0.5, 0.5]), ([0.0, 1.0], [0.6, 0.6]),

@@ -4,7 +4,7 @@ from scipy.optimize import check_grad
 
 from invae.normal_means import log_spline, simulate_normal_means
 from invae.normal_means.grid import scaled_likelihood
-from invae.normal_means.log_spline import negative_objective, spline_basis
+from invae.normal_means.log_spline import negative_objective, prior_masses, spline_basis
 
 
 def test_gradient_matches_finite_differences(rng):
@@ -42,3 +42,18 @@ def test_log_spline_fits_a_smooth_prior():
     assert fit.converged
     assert abs(fit.prior.mean) < 4 * 0.014
     assert abs(fit.prior.variance - 3.0) < 4 * 0.035
+
+
+def test_gradient_with_a_spike_matches_finite_differences(rng):
+    x = rng.normal(0, 2, 200)
+    atoms = np.linspace(-6, 6, 81)  # atom 40 is 0
+    basis = spline_basis(atoms, 6)
+    scaled = scaled_likelihood(x, 0.7, atoms)[0]
+    for params in rng.normal(0, 1, (3, 7)):
+        value, gradient = negative_objective(params, basis, scaled, 2.0, 40)
+        error = check_grad(lambda a: negative_objective(a, basis, scaled, 2.0, 40)[0],
+                           lambda a: negative_objective(a, basis, scaled, 2.0, 40)[1], params)
+        assert error < 1e-6 * max(1.0, np.linalg.norm(gradient))
+        masses = prior_masses(params, basis, 40)
+        assert masses.sum() == pytest.approx(1.0) and masses[40] > 1 / (1 + np.exp(-params[-1]))
+        assert value == pytest.approx(-(np.log(scaled @ masses).sum() - 2.0 * np.linalg.norm(params[:6])) / 200)

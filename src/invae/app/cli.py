@@ -177,6 +177,9 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
                     help="npmle: Kiefer-Wolfowitz NPMLE; log-spline: Efron's g-model; james-stein / normal-ml: "
                          "a normal prior; rank-matching: the source's order statistics on the NPMLE; vae: the "
                          "VAE-like estimator; naive: z = x (default: npmle)")
+    eb.add_argument("--null", help="the null of the local false discovery rates: a value ν (a point mass at "
+                    "ν with its own weight π₀ in the prior), 'empirical' (Efron's central matching on z-values: "
+                    "N(δ₀, σ₀²)) or 'none' (default: 0 for npmle and log-spline without covariates, else none)")
     eb.add_argument("--grid-size", type=int, default=300, help="atoms of the prior's grid (default: 300)")
     eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior (default: 10)")
     eb.add_argument("--max-iter", type=int, help="outer iterations of vae (default: 2000)")
@@ -254,6 +257,7 @@ def _eb(args: argparse.Namespace) -> None:
 
     arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
                                     covariates=args.covariates, method=args.method, grid_size=args.grid_size,
+                                    null=args.null,
                                     components=args.components, max_iter=args.max_iter, seed=args.seed,
                                     device=args.device, verbose=_verbosity(args))
     folder = write_results(args.out, arrays, summary, files)

@@ -11,7 +11,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot"]
+__all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot",
+           "two_groups_plot"]
 
 _Z90 = 1.6448536269514722  # the standard normal's 95% quantile: a central 90% band is mean ± _Z90·sd
 
@@ -141,4 +142,34 @@ def normal_means_prior_plot(x: np.ndarray, prior, method: str, label: str = "dat
     ax.set_xlabel("z (signal) / x (data)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def two_groups_plot(x: np.ndarray, sigma: np.ndarray, prior, null: float, lfdr: np.ndarray, method: str) -> Figure:
+    """The two-groups fit over a histogram of ``x`` (n,): the null part π₀ φ_σ(t − ν), the
+    non-null part Σ_{a_k ≠ ν} π_k φ_σ(t − a_k) and their sum f, and every row's lfdr (right axis).
+
+    ``sigma`` (n,): the rows' noise sds under the null (the curves average over 50 of their
+    quantiles, which is exact for one σ); ``prior``: the grid prior with its atom at ``null``.
+    """
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = figure.subplots()
+    ax.hist(x, bins=min(100, max(10, len(x) // 20)), density=True, color="0.8", label="data x (density)")
+    t = np.linspace(x.min(), x.max(), 400)
+    sds = np.quantile(sigma, np.linspace(0, 1, min(len(sigma), 50)))
+    kernel = np.exp(-0.5 * ((t[:, None, None] - prior.atoms[None, :, None]) / sds) ** 2) / (np.sqrt(2 * np.pi) * sds)
+    parts = kernel.mean(axis=2) * prior.masses  # (T, K): each atom's share of f(t)
+    at_null = prior.atoms == null
+    proportion = prior.masses[at_null].sum()
+    ax.plot(t, parts[:, at_null].sum(axis=1), color="tab:blue", label=f"null, π₀ = {proportion:.3f}")
+    ax.plot(t, parts[:, ~at_null].sum(axis=1), color="tab:red", label="non-null")
+    ax.plot(t, parts.sum(axis=1), color="black", linewidth=0.8, label="f = their sum")
+    ax.set_xlabel("x")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="upper left")
+    right = ax.twinx()
+    right.plot(x, lfdr, ".", color="tab:green", markersize=2, alpha=0.5)
+    right.axhline(0.2, color="tab:green", linestyle=":", linewidth=1)
+    right.set_ylim(0, 1.02)
+    right.set_ylabel(f"lfdr ({method}; dotted: 0.2)", color="tab:green")
     return figure

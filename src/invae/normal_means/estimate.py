@@ -14,6 +14,9 @@ c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
 - ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
   (:mod:`~invae.normal_means.variational`).
 
+With ``null`` (a value ν, or "empirical"), ``npmle`` and ``log-spline`` estimate the two-groups
+prior ``π₀ δ(ν) + (1 − π₀) g₁`` and report lfdr (:mod:`~invae.normal_means.null`).
+
 The torch-based modules (``vae``'s, and :mod:`invae.references.baselines` for rank matching)
 are imported by the methods that use them, so that the others (``invae eb``) run without torch.
 """
@@ -22,19 +25,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.special import ndtr
 
 from .covariates import design_matrix, location_fit
-from .grid import GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf
+from .grid import (GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf,
+                   with_null_atom)
 from .log_spline import log_spline
 from .normal_prior import fit_normal_prior
 from .npmle import npmle
+from .null import NullFit, specify_null
 
-__all__ = ["NORMAL_MEANS_METHODS", "NormalMeansFit", "fit_normal_means"]
+__all__ = ["NORMAL_MEANS_METHODS", "NULL_METHODS", "NPMLE_NULL_MARGIN", "NormalMeansFit", "fit_normal_means"]
 
 NORMAL_MEANS_METHODS = ("naive", "james-stein", "normal-ml", "npmle", "log-spline", "rank-matching", "vae")
+NULL_METHODS = ("npmle", "log-spline")  # the methods whose prior takes a null spike (lfdr)
+# The NPMLE's non-null atoms keep this many noise sds (the median σ_i) from the null value:
+# the NPMLE alone cannot tell a point mass from atoms a fraction of σ beside it, so its π₀
+# would move with the grid (docs/methods.md §3.10.7); effects this close count as null.
+NPMLE_NULL_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,13 @@ class NormalMeansFit:
 
     ``mean`` (n,): the estimates of z_i (posterior means, or rank-matched values);
     ``std``, ``lfsr``, ``lfdr`` (n,) or None where the method has none (rank matching
-    is a point estimate; lfdr needs an atom at 0 and no covariates); ``prior``: the
+    is a point estimate; lfdr needs a null); ``prior``: the
     estimated g on a grid (continuous priors put on it cell by cell), None for naive;
     ``location`` (n,): c_iᵀβ̂ (zeros without covariates); ``coefficients``: β̂ by design
     column name (``intercept``, ``c0``, ``c0=label``, …) or None;
     ``log_likelihood``: the marginal Σ_i log f(x_i) under the estimated prior on its grid
-    (None for naive); ``seconds``: the method's wall time; ``details``: solver facts.
+    (None for naive); ``seconds``: the method's wall time; ``details``: solver facts;
+    ``null``: the two-groups null (ν, its scale and π̂₀) when one was asked for.
     """
 
     method: str
@@ -62,22 +74,29 @@ class NormalMeansFit:
     log_likelihood: float | None
     seconds: float
     details: dict
+    null: NullFit | None = None
 
 
 def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, np.ndarray] | list | None = None,
-                     grid: np.ndarray | int = 300, seed: int = 0, **options) -> NormalMeansFit:
+                     grid: np.ndarray | int = 300, null: float | Literal["empirical"] | None = None, seed: int = 0,
+                     **options) -> NormalMeansFit:
     """Estimate g and every z_i from ``x`` (n,) and known noise sds ``sigma`` (n,) or a scalar.
 
     ``covariates``: columns (each (n,), numbers or text labels; a dict names them) on which
     g's location depends; ``grid``: the atoms for the grid priors, or their number (equally spaced over
-    the range of x − c_iᵀβ̂, 0 among them; :func:`~invae.normal_means.grid.default_grid`);
-    ``options`` go to the method's solver (e.g. ``solver="em"`` for npmle, ``df`` for
-    log-spline, ``components`` or any ``VariationalEB`` setting such as ``max_iter`` for vae).
+    the range of x − c_iᵀβ̂; :func:`~invae.normal_means.grid.default_grid`); ``null``: the null
+    value ν of a two-groups prior with a spike at ν, or "empirical" (Efron's central matching),
+    for lfdr (``npmle``, ``log-spline``; no covariates); ``options`` go to the method's solver
+    (e.g. ``solver="em"`` for npmle, ``df`` for log-spline, ``components`` or any
+    ``VariationalEB`` setting such as ``max_iter`` for vae).
     """
     if method not in NORMAL_MEANS_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(NORMAL_MEANS_METHODS)}")
     x, sigma = _checked(x, sigma)
     start = time.perf_counter()
+    null_fit = None if null is None else _null_for(method, null, x, sigma, covariates)
+    if null_fit is not None:
+        sigma = null_fit.scale * sigma
     coefficients, location = None, np.zeros_like(x)
     if covariates is not None and len(covariates):
         design, names = design_matrix(covariates)
@@ -85,8 +104,14 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
         coefficients = dict(zip(names, beta.tolist()))
     residual = x - location
     atoms = _atoms(residual, grid)
+    if null_fit is not None:
+        margin = NPMLE_NULL_MARGIN * float(np.median(sigma)) if method == "npmle" else 0.0
+        atoms = with_null_atom(atoms, null_fit.value, margin)
     shift = location if coefficients is not None else None
-    prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options)
+    null_value = None if null_fit is None else null_fit.value
+    prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options, null_value)
+    if null_fit is not None:
+        null_fit = null_fit.with_proportion(prior.masses[prior.atoms == null_value].sum())
     mean, std, lfsr, lfdr = posterior.mean, posterior.std, posterior.lfsr, posterior.lfdr
     if method == "rank-matching":
         from ..references.baselines import rank_matching
@@ -94,11 +119,22 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
         mean, std, lfsr, lfdr = location + rank_matching(mean - location, prior.quantile), None, None, None
     log_likelihood = None if prior is None else float(log_marginal(residual, sigma, prior).sum())
     return NormalMeansFit(method, mean, std, lfsr, lfdr, prior, location, coefficients, log_likelihood,
-                          time.perf_counter() - start, details)
+                          time.perf_counter() - start, details, null_fit)
 
 
-def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | None, NormalMeansPosterior, dict]:
-    """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts)."""
+def _null_for(method: str, null, x: np.ndarray, sigma: np.ndarray, covariates) -> NullFit:
+    if method not in NULL_METHODS:
+        raise ValueError(f"a null (lfdr) needs a prior with a point mass: method {' or '.join(NULL_METHODS)}, "
+                         f"not {method}")
+    if covariates is not None and len(covariates):
+        raise ValueError("a null (lfdr) cannot be combined with covariates: the null value is an atom "
+                         "of z_i's prior only without them")
+    return specify_null(null, x, sigma)
+
+
+def _fit(method, x, sigma, location, atoms, seed, options, null) -> tuple[GridPrior | None, NormalMeansPosterior, dict]:
+    """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts); ``null``:
+    the null atom ν of npmle's and log-spline's prior, or None."""
     residual = x if location is None else x - location
     if method == "naive":
         return None, NormalMeansPosterior(x.copy(), sigma.copy(), ndtr(-np.abs(x) / sigma), None), {}
@@ -110,13 +146,13 @@ def _fit(method, x, sigma, location, atoms, seed, options) -> tuple[GridPrior | 
                                                                      "prior_variance": normal.variance}
     if method in ("npmle", "rank-matching", "log-spline"):
         if method == "log-spline":
-            result = log_spline(residual, sigma, atoms, **options)
+            result = log_spline(residual, sigma, atoms, null=null, **options)
             details = {"converged": result.converged}
         else:
             result = npmle(residual, sigma, atoms, **options)
             details = {"solver_iterations": result.n_iter, "optimality_gap": result.gap,
                        "converged": result.converged}
-        return result.prior, grid_posterior(x, sigma, result.prior, location), details
+        return result.prior, grid_posterior(x, sigma, result.prior, location, null), details
     from .variational import mixture_on_grid, variational_normal_means
 
     estimator, posterior = variational_normal_means(x, sigma, location=location, seed=seed, **options)

@@ -8,7 +8,8 @@ With ``g = Σ_k π_k δ(a_k)`` (atoms a_k, masses π_k), everything is a finite 
     w_ik = π_k L_ik / f(x_i)                        posterior masses (Bayes' rule)
     E[z_i | x_i] = Σ_k w_ik a_k,   Var = Σ_k w_ik a_k² − E²
     lfsr_i = min(P(z_i ≤ 0 | x_i), P(z_i ≥ 0 | x_i))   local false sign rate
-    lfdr_i = P(z_i = 0 | x_i)                          local false discovery rate (0 an atom)
+    lfdr_i = P(z_i = ν | x_i) = π_ν L_iν / f(x_i)      local false discovery rate, the null
+                                                       value ν an atom (its mass π₀ = π_ν)
 
 Continuous priors (a normal prior, a Gaussian mixture) are put on a grid by
 :func:`discretize`: each atom takes the prior mass of its grid cell, so narrow components
@@ -24,7 +25,7 @@ import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
 __all__ = ["GridPrior", "NormalMeansPosterior", "default_grid", "discretize", "grid_posterior",
-           "log_likelihood_matrix", "scaled_likelihood", "log_marginal", "normal_cdf"]
+           "log_likelihood_matrix", "scaled_likelihood", "log_marginal", "normal_cdf", "with_null_atom"]
 
 _ROWS_PER_CHUNK = 8192  # posteriors are computed this many rows at a time (memory: rows × K)
 
@@ -67,7 +68,7 @@ class GridPrior:
 
 @dataclass(frozen=True)
 class NormalMeansPosterior:
-    """Per-observation posterior summaries, each (n,); ``lfdr`` is None when 0 is not an atom."""
+    """Per-observation posterior summaries, each (n,); ``lfdr`` is None without a null atom."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -76,15 +77,19 @@ class NormalMeansPosterior:
 
 
 def default_grid(x: np.ndarray, size: int = 300) -> np.ndarray:
-    """``size`` equally spaced atoms over [min x, max x], with 0 moved onto the grid when
-    it lies inside (so a point mass at 0, and its lfdr, can be estimated)."""
+    """``size`` equally spaced atoms over [min x, max x] (a null atom is added by
+    :func:`with_null_atom`)."""
     lo, hi = float(np.min(x)), float(np.max(x))
     if hi - lo < 1e-12:
         lo, hi = lo - 1.0, hi + 1.0
-    grid = np.linspace(lo, hi, size)
-    if lo < 0 < hi:
-        grid[np.argmin(np.abs(grid))] = 0.0
-    return grid
+    return np.linspace(lo, hi, size)
+
+
+def with_null_atom(atoms: np.ndarray, value: float, margin: float = 0.0) -> np.ndarray:
+    """``atoms`` (K,) with the null value ν among them, and without the atoms closer to ν than
+    ``margin`` (those non-null effects then count as null): the support of π₀ δ(ν) + (1 − π₀) g₁."""
+    atoms = np.asarray(atoms, dtype=np.float64)
+    return np.sort(np.append(atoms[np.abs(atoms - value) >= max(margin, 1e-12)], value))
 
 
 def discretize(cdf: Callable[[np.ndarray], np.ndarray], atoms: np.ndarray) -> GridPrior:
@@ -121,13 +126,13 @@ def log_marginal(x: np.ndarray, sigma: np.ndarray, prior: GridPrior) -> np.ndarr
                            for rows in _chunks(len(x))])
 
 
-def grid_posterior(x: np.ndarray, sigma: np.ndarray, prior: GridPrior,
-                   location: np.ndarray | None = None) -> NormalMeansPosterior:
+def grid_posterior(x: np.ndarray, sigma: np.ndarray, prior: GridPrior, location: np.ndarray | None = None,
+                   null: float | None = None) -> NormalMeansPosterior:
     """Posterior mean, sd, lfsr and lfdr of every z_i under the grid prior (Bayes' rule, exact).
 
     ``location`` (n,), if given, shifts the prior row by row: ``z_i = ℓ_i + θ_i``, θ_i ~ g
-    (covariates); the summaries are then those of z_i, and lfdr is None (0 is an atom of
-    z_i's prior only by coincidence).
+    (covariates); the summaries are then those of z_i. ``null``: the null value ν, an atom
+    of the prior (:func:`with_null_atom`); lfdr is its posterior mass, None without a null.
     """
     x = np.asarray(x, dtype=np.float64)
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), x.shape)
@@ -135,7 +140,11 @@ def grid_posterior(x: np.ndarray, sigma: np.ndarray, prior: GridPrior,
     atoms = prior.atoms
     with np.errstate(divide="ignore"):
         log_masses = np.log(prior.masses)
-    zero = np.flatnonzero(atoms == 0.0)
+    if null is not None and location is not None:
+        raise ValueError("a null atom needs a prior without covariates (ν is an atom of z_i's prior only then)")
+    null_atom = np.flatnonzero(atoms == null)
+    if null is not None and len(null_atom) != 1:
+        raise ValueError(f"the null value {null!r} is not an atom of the prior")
     parts = []
     for rows in _chunks(len(x)):
         log_w = log_likelihood_matrix(x[rows] - shift[rows], sigma[rows], atoms) + log_masses
@@ -145,9 +154,9 @@ def grid_posterior(x: np.ndarray, sigma: np.ndarray, prior: GridPrior,
         var = (w * (atoms[None, :] - mean[:, None]) ** 2).sum(axis=1)  # centred: no cancellation
         signed = atoms[None, :] + shift[rows, None]  # the atoms of z_i
         below, above = (w * (signed <= 0)).sum(axis=1), (w * (signed >= 0)).sum(axis=1)
-        parts.append((mean + shift[rows], np.sqrt(var), np.minimum(below, above), w[:, zero].sum(axis=1)))
+        parts.append((mean + shift[rows], np.sqrt(var), np.minimum(below, above), w[:, null_atom].sum(axis=1)))
     mean, std, lfsr, lfdr = (np.concatenate(column) for column in zip(*parts))
-    return NormalMeansPosterior(mean, std, lfsr, lfdr if len(zero) and location is None else None)
+    return NormalMeansPosterior(mean, std, lfsr, None if null is None else lfdr)
 
 
 def normal_cdf(mean: float, std: float) -> Callable[[np.ndarray], np.ndarray]:

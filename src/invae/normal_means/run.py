@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .._version import __version__
-from ..app.plotting import normal_means_prior_plot
-from .estimate import NormalMeansFit, fit_normal_means
+from ..app.plotting import normal_means_prior_plot, two_groups_plot
+from .estimate import NULL_METHODS, NormalMeansFit, fit_normal_means
 from .table import column, load_table
 
 __all__ = ["run_eb"]
@@ -17,9 +17,13 @@ __all__ = ["run_eb"]
 
 def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | None = None,
            covariates: list[str] | None = None, method: str = "npmle", grid_size: int = 300,
-           components: int = 10, max_iter: int | None = None, seed: int = 0, device: str = "cpu",
-           verbose: int = 0) -> tuple[dict[str, np.ndarray], dict, dict[str, bytes]]:
-    """(arrays to write as .npy, the summary, other files: ``posterior.csv`` and ``prior.png``)."""
+           null: str | None = None, components: int = 10, max_iter: int | None = None, seed: int = 0,
+           device: str = "cpu", verbose: int = 0) -> tuple[dict[str, np.ndarray], dict, dict[str, bytes]]:
+    """(arrays to write as .npy, the summary, other files: ``posterior.csv``, ``prior.png`` and,
+    with lfdr, ``two_groups.png``).
+
+    ``null``: "none", a number ν or "empirical" (``--null``); None: 0 for the methods with a
+    null spike when there are no covariates, else none."""
     if (sigma is None) == (noise_std is None):
         raise ValueError("give the noise as --sigma COLUMN (one σ_i per row) or --noise-std VALUE (one σ), not both")
     table = load_table(data)
@@ -32,7 +36,8 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     chosen = {key: column(table, key, "--covariates") for key in covariates or []}
     options = ({"components": components, "device": device, "verbose": verbose,
                 **({} if max_iter is None else {"max_iter": max_iter})} if method == "vae" else {})
-    fit = fit_normal_means(values, noise, method, covariates=chosen, grid=grid_size, seed=seed, **options)
+    fit = fit_normal_means(values, noise, method, covariates=chosen, grid=grid_size, null=_null(null, method, chosen),
+                           seed=seed, **options)
     arrays = {"posterior_mean": fit.mean}
     arrays.update({f"posterior_{name}" if name == "std" else name: getattr(fit, name)
                    for name in ("std", "lfsr", "lfdr") if getattr(fit, name) is not None})
@@ -43,7 +48,22 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     if fit.prior is not None:
         label = "data x − c'β̂ (density)" if chosen else "data x (density)"
         files["prior.png"] = _png(normal_means_prior_plot(values - fit.location, fit.prior, method, label))
+    if fit.null is not None:
+        files["two_groups.png"] = _png(two_groups_plot(values, fit.null.scale * noise, fit.prior, fit.null.value,
+                                                       fit.lfdr, method))
     return arrays, summary, files
+
+
+def _null(text: str | None, method: str, covariates: dict) -> float | str | None:
+    """``--null`` as :func:`fit_normal_means` takes it (see :func:`run_eb`)."""
+    if text is None:
+        return 0.0 if method in NULL_METHODS and not covariates else None
+    if text in ("none", "empirical"):
+        return None if text == "none" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--null is a number, 'empirical' or 'none'; got {text!r}") from None
 
 
 def _summary(fit: NormalMeansFit, data, x, sigma, noise_std, covariates, n) -> dict:
@@ -55,6 +75,11 @@ def _summary(fit: NormalMeansFit, data, x, sigma, noise_std, covariates, n) -> d
         summary["prior_mean"], summary["prior_sd"] = fit.prior.mean, fit.prior.variance ** 0.5
     if fit.coefficients is not None:
         summary["coefficients"] = fit.coefficients
+    if fit.null is not None:  # x_i ~ N(delta0, (sigma0 σ_i)²) under the null, z_i = delta0 with weight pi0
+        summary["null"] = {"kind": fit.null.kind, "delta0": fit.null.value, "sigma0": fit.null.scale,
+                           "pi0": fit.null.proportion, "pi0_central_matching": fit.null.central_proportion,
+                           "discoveries_lfdr_0.2": int((fit.lfdr <= 0.2).sum()),
+                           "discoveries_lfdr_0.1": int((fit.lfdr <= 0.1).sum())}
     return summary
 
 
