@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from invae.normal_means import fit_normal_means, grid_posterior, simulate_normal_means
-from invae.normal_means.null import empirical_null, histogram_density
+from invae.normal_means.null import empirical_null, histogram_density, natural_spline_basis
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,17 @@ def test_a_null_that_cannot_be_used_is_refused(method, null, options, match):
     sigma = options.pop("sigma", 1.0)
     with pytest.raises(ValueError, match=match):
         fit_normal_means(np.linspace(-3, 3, 40), sigma, method, null=null, **options)
+
+
+def test_natural_splines_hold_lines_but_not_curvature_at_the_ends():
+    # A natural cubic spline is linear beyond its boundary knots: t lies in the span, t² (whose
+    # second derivative is 2 at the ends) does not; the columns are orthonormal with mean 0.
+    t = np.linspace(-3, 4, 119)
+    basis = natural_spline_basis(t, 7)
+    assert basis.shape == (119, 7)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(7), atol=1e-10)
+    np.testing.assert_allclose(basis.mean(axis=0), 0, atol=1e-12)
+    def residual(f):
+        centred = f - f.mean()
+        return np.linalg.norm(centred - basis @ (basis.T @ centred)) / np.linalg.norm(centred)
+    assert residual(t) < 1e-10 and residual(t**2) > 1e-3

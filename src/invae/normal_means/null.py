@@ -13,8 +13,8 @@ simultaneous hypothesis testing: the choice of a null hypothesis"), so the *empi
 ``z ~ N(δ₀, σ₀²)`` is fitted to the centre of the z-values by *central matching* (Efron's
 ``locfdr``, ``nulltype = 2``), assuming that nearly all z-values there are null:
 
-1. the density f of z: a Poisson regression of the counts of a 120-bin histogram on a cubic
-   spline basis of the bin midpoints (df 7), ``log E[y_b] = β₀ + Q_b β``;
+1. the density f of z: a Poisson regression of the counts of a 120-bin histogram on a natural
+   cubic spline basis of the bin midpoints (df 7, R's ``ns``), ``log E[y_b] = β₀ + Q_b β``;
 2. a quadratic ``log f̂(t) ≈ c₀ + c₁ t + c₂ t²`` fitted by least squares over the bins inside
    the central 50% of z (the quartiles);
 3. ``log(π₀ N h φ((t − δ₀)/σ₀)/σ₀)`` is that quadratic, so ``σ₀ = (−2c₂)^-½``,
@@ -26,10 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.interpolate import BSpline
+from scipy.linalg import null_space
 
-from .log_spline import spline_basis
-
-__all__ = ["EmpiricalNull", "HistogramDensity", "NullFit", "empirical_null", "histogram_density", "specify_null"]
+__all__ = ["EmpiricalNull", "HistogramDensity", "NullFit", "empirical_null", "histogram_density",
+           "natural_spline_basis", "specify_null"]
 
 BINS = 120  # locfdr's defaults: the histogram's breaks, the spline's df, the central quantile
 DF = 7
@@ -93,17 +94,36 @@ def specify_null(null: float | str, x: np.ndarray, sigma: np.ndarray) -> NullFit
     return NullFit("empirical", fitted.delta * sigma[0], fitted.sd, central_proportion=fitted.proportion)
 
 
+def natural_spline_basis(t: np.ndarray, df: int) -> np.ndarray:
+    """R's ``ns(t, df)`` up to a linear map: (T, df) natural cubic splines (linear beyond the
+    boundary knots) with df − 1 interior knots at quantiles of t, orthonormal columns of mean 0.
+
+    The cubic B-splines on those knots (scipy), restricted to the combinations whose second
+    derivative vanishes at both ends, less the constant. By hand because scikit-learn's
+    ``SplineTransformer`` has no natural splines; they matter: locfdr's central matching on
+    the prostate data moves from σ̂₀ = 1.03 with plain B-splines to Efron's 1.09 with them.
+    """
+    low, high = float(t.min()), float(t.max())
+    knots = np.r_[[low] * 4, np.quantile(t, np.linspace(0, 1, df + 1)[1:-1]), [high] * 4]
+    count = len(knots) - 4
+    curvature = np.array([[BSpline(knots, unit, 3).derivative(2)(end) for unit in np.eye(count)]
+                          for end in (low, high)])
+    basis = BSpline.design_matrix(t, knots, 3).toarray() @ null_space(curvature)
+    left, values, _ = np.linalg.svd(basis - basis.mean(axis=0), full_matrices=False)
+    return left[:, values > 1e-8 * values[0]]
+
+
 def histogram_density(z: np.ndarray, bins: int = BINS, df: int = DF) -> HistogramDensity:
     """Efron's density estimate of z-values ``z`` (N,): counts in ``bins − 1`` equal bins over
-    their range, smoothed by a Poisson regression on ``df`` cubic B-splines (scikit-learn's
-    ``PoissonRegressor``, unpenalised)."""
+    their range, smoothed by a Poisson regression on ``df`` natural cubic splines
+    (scikit-learn's ``PoissonRegressor``, unpenalised)."""
     from sklearn.linear_model import PoissonRegressor
 
     z = np.asarray(z, dtype=np.float64)
     breaks = np.linspace(z.min(), z.max(), bins)
     counts, _ = np.histogram(z, breaks)
     midpoints = (breaks[1:] + breaks[:-1]) / 2
-    basis = spline_basis(midpoints, df)
+    basis = natural_spline_basis(midpoints, df)
     regression = PoissonRegressor(alpha=0.0, solver="newton-cholesky", max_iter=1000).fit(basis, counts)
     return HistogramDensity(midpoints, counts.astype(np.float64), regression.predict(basis), float(breaks[1] - breaks[0]))
 
@@ -126,4 +146,5 @@ def empirical_null(z: np.ndarray, central: float = CENTRAL) -> EmpiricalNull:
         raise ValueError("the centre of the z-values is not peaked (log-density convex there): "
                          "central matching finds no null; use a theoretical null (--null VALUE)")
     null_counts = np.exp(c0 + c1 * t + c2 * t**2)
-    return EmpiricalNull(centre - c1 / (2 * c2), (-2 * c2) ** -0.5, float(null_counts.sum() / estimate.fitted.sum()))
+    return EmpiricalNull(float(centre - c1 / (2 * c2)), float((-2 * c2) ** -0.5),
+                         float(null_counts.sum() / estimate.fitted.sum()))
