@@ -10,8 +10,8 @@ standard errors).
 
 Methods: ``invae eb``'s npmle and log-spline, with the theoretical null N(0, 1) and with
 the empirical null (``--null empirical``); and the reference two-groups local fdr of Efron's
-``locfdr`` (written here: the density f̂ of the z-values by Poisson regression on a 120-bin
-histogram, the null's π₀ by matching the centre, ``lfdr = π̂₀ f₀(z) / f̂(z)`` capped at 1),
+``locfdr`` (written here: the density f̂ of the z-values by Poisson regression on a histogram
+of 120 breaks, the null's π₀ by matching the centre, ``lfdr = π̂₀ f₀(z) / f̂(z)`` capped at 1),
 with the theoretical and the empirical null.
 
 Prostate (``--prostate FILE``, a table with a column ``z``: ``docs/data/prostz.csv``, Efron's
@@ -44,16 +44,16 @@ INVAE = (("npmle", 0.0), ("log-spline", 0.0), ("npmle", "empirical"), ("log-spli
 
 def reference_locfdr(z: np.ndarray, null: str) -> tuple[np.ndarray, float, float, float]:
     """Efron's two-groups lfdr of z-values ``z`` (N,): (lfdr (N,), π̂₀, δ₀, σ₀)."""
+    density = histogram_density(z)
     if null == "empirical":
         fitted = empirical_null(z)
         proportion, delta, sd = fitted.proportion, fitted.delta, fitted.sd
     else:
-        density = histogram_density(z)
         low, high = np.quantile(z, [CENTRAL, 1 - CENTRAL])
         inside = (density.midpoints > low) & (density.midpoints < high)
         null_counts = len(z) * density.width * norm.pdf(density.midpoints)
         proportion, delta, sd = density.fitted[inside].sum() / null_counts[inside].sum(), 0.0, 1.0
-    lfdr = np.minimum(1.0, proportion * norm.pdf(z, delta, sd) / histogram_density(z).density(z))
+    lfdr = np.minimum(1.0, proportion * norm.pdf(z, delta, sd) / density.density(z))
     return lfdr, float(proportion), delta, sd
 
 

@@ -64,7 +64,9 @@ def test_eb_runs_the_vae_like_estimator(table, tmp_path, capsys):
     (["--sigma", "stderr"], "--sigma 'stderr' is not a column of the data; it has estimate, se, region"),
     (["--sigma", "region"], "holds text"),
     (["--sigma", "se", "--grid-size", "1"], "at least 2 atoms"),
-    (["--sigma", "se", "--null", "zero"], "--null is a number, 'empirical' or 'none'"),
+    (["--sigma", "se", "--null", "zero"], "the null is a number, 'empirical' or 'none', got 'zero'"),
+    (["--sigma", "se", "--null", "nan"], "outside the data's range"),
+    (["--sigma", "se", "--null", "1e9"], "outside the data's range"),
     (["--sigma", "se", "--null", "empirical"], "needs one noise sd"),
     (["--sigma", "se", "--null", "0", "--covariates", "region"], "cannot be combined with covariates"),
     (["--sigma", "se", "--null", "0", "--method", "normal-ml"], "needs a prior with a point mass"),
@@ -126,3 +128,12 @@ def test_eb_fits_an_empirical_null_to_z_values(tmp_path):
     # The null is N(0.2, 1.3²) by construction; central matching's sd over 30 seeds of this
     # problem is 0.08 for both δ̂₀ and σ̂₀: within 3 of it.
     assert abs(null["delta0"] - 0.2) < 0.24 and abs(null["sigma0"] - 1.3) < 0.24
+
+
+def test_eb_sets_no_default_null_outside_the_data(tmp_path):
+    # Scores around 70: 0 is no null for them, and the default --null leaves the fit alone.
+    np.savetxt(tmp_path / "s.csv", 70 + np.random.default_rng(2).normal(0, 5, 300), header="s", comments="")
+    out = tmp_path / "eb"
+    assert main(["eb", "--data", str(tmp_path / "s.csv"), "--x", "s", "--noise-std", "2", "--method", "log-spline",
+                 "--out", str(out), "--quiet"]) == 0
+    assert not (out / "lfdr.npy").exists() and "null" not in json.loads((out / "summary.json").read_text())

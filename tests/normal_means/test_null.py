@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from scipy.stats import norm
 
-from invae.normal_means import fit_normal_means, grid_posterior, simulate_normal_means
+from invae.normal_means import fit_normal_means, grid_posterior, log_spline, simulate_normal_means
+from invae.normal_means.grid import log_marginal
 from invae.normal_means.null import empirical_null, histogram_density, natural_spline_basis
 
 
@@ -21,22 +23,30 @@ def test_lfdr_does_not_depend_on_the_grid(two_groups, method):
 
 
 @pytest.mark.parametrize("method", ["npmle", "log-spline"])
-def test_lfdr_is_calibrated_on_two_groups_data(two_groups, method):
-    # The issue's targets on one fixed seed: mean |lfdr − true lfdr| ≤ 0.03 (the true lfdr is
-    # the Bayes rule under the true prior on its fine grid, exact to ~1e-4) and π̂₀ within 0.02
-    # of 0.9 (bench_lfdr measures the seed-to-seed spread, sd ≈ 0.015, and the skewed alternative).
-    fit = fit_normal_means(two_groups.x, two_groups.sigma, method, null=0.0)
-    truth = grid_posterior(two_groups.x, two_groups.sigma, two_groups.prior, null=0.0).lfdr
-    assert np.abs(fit.lfdr - truth).mean() <= 0.03
-    assert abs(fit.null.proportion - 0.9) <= 0.02
-    np.testing.assert_allclose(fit.lfdr, fit.prior.masses[fit.prior.atoms == 0.0] * np.exp(-0.5 * two_groups.x**2)
-                               / np.sqrt(2 * np.pi) / np.exp(_log_marginal(fit, two_groups)), rtol=1e-9)
+def test_lfdr_is_calibrated_on_two_groups_data(method):
+    # The issue's targets, on the statistic bench_lfdr reports: over seeds 0–9 of n = 5 000,
+    # the mean |lfdr − true lfdr| ≤ 0.03, the mean FDP among lfdr ≤ 0.2 ≤ 0.2 and the mean
+    # π̂₀ within 0.02 of 0.9 (one seed's π̂₀ varies with sd ≈ 0.013–0.019, too much for 0.02).
+    # The true lfdr is the Bayes rule under the true prior on its fine grid (exact to ~1e-4).
+    errors, fdps, proportions = [], [], []
+    for seed in range(10):
+        problem = simulate_normal_means("two-groups", 5000, seed=seed)
+        fit = fit_normal_means(problem.x, problem.sigma, method, null=0.0)
+        truth = grid_posterior(problem.x, problem.sigma, problem.prior, null=0.0).lfdr
+        errors.append(np.abs(fit.lfdr - truth).mean())
+        fdps.append((problem.z[fit.lfdr <= 0.2] == 0).mean())
+        proportions.append(fit.null.proportion)
+    assert np.mean(errors) <= 0.03 and np.mean(fdps) <= 0.2 and abs(np.mean(proportions) - 0.9) <= 0.02
 
 
-def _log_marginal(fit, problem):
-    from invae.normal_means.grid import log_marginal
-
-    return log_marginal(problem.x, problem.sigma, fit.prior)
+def test_lfdr_is_the_null_share_of_the_marginal(two_groups):
+    # lfdr_i = π₀ φ(x_i − ν) / f(x_i), here with ν = 0.5 and σ = 1; npmle's other atoms keep
+    # one σ from ν.
+    fit = fit_normal_means(two_groups.x, two_groups.sigma, "npmle", null=0.5)
+    others = fit.prior.atoms[fit.prior.atoms != 0.5]
+    assert fit.null.value == 0.5 and np.abs(others - 0.5).min() >= 1.0
+    density = np.exp(log_marginal(two_groups.x, two_groups.sigma, fit.prior))
+    np.testing.assert_allclose(fit.lfdr, fit.null.proportion * norm.pdf(two_groups.x - 0.5) / density, rtol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["npmle", "log-spline"])
@@ -50,12 +60,13 @@ def test_pure_null_data_make_no_discoveries(method):
 
 def test_the_empirical_null_is_found_within_three_standard_errors():
     # z = 0.1 + 1.2 ε for 95% of 5 000 rows, non-nulls N(0, 2.5²) + that noise for the rest.
-    # The standard errors of δ̂₀ and σ̂₀ are their sds over 30 replicates; the fixed seed's
-    # estimates are within 3 of them of (0.1, 1.2) (central matching's own bias included).
+    # The standard errors of δ̂₀ and σ̂₀ are their sds over 30 replicates: the fixed seed's
+    # estimates are within 3 of them of (0.1, 1.2), and the replicates' mean within 3 of its
+    # own standard error, sd/√30 (so central matching's bias here is below 3 of those).
     estimates = np.array([_empirical_null_of_replicate(seed) for seed in range(31)])
-    standard_errors = estimates[1:].std(axis=0)
-    assert np.all(np.abs(estimates[0, :2] - [0.1, 1.2]) <= 3 * standard_errors[:2])
-    assert np.all(np.abs(estimates[1:, :2].mean(axis=0) - [0.1, 1.2]) <= 3 * standard_errors[:2])
+    spread = estimates[1:, :2].std(axis=0)
+    assert np.all(np.abs(estimates[0, :2] - [0.1, 1.2]) <= 3 * spread)
+    assert np.all(np.abs(estimates[1:, :2].mean(axis=0) - [0.1, 1.2]) <= 3 * spread / np.sqrt(30))
 
 
 def _empirical_null_of_replicate(seed: int) -> tuple[float, float, float]:
@@ -87,7 +98,9 @@ def test_an_empirical_null_rescales_the_noise(two_groups):
     ("james-stein", 0.0, {}, "point mass"),
     ("npmle", 0.0, {"covariates": {"c": np.arange(40.0) % 2}}, "covariates"),
     ("npmle", "empirical", {"sigma": np.linspace(1, 2, 40)}, "one noise sd"),
-    ("npmle", "middle", {}, "a number or 'empirical'")])
+    ("npmle", "middle", {}, "a number, 'empirical' or 'none'"),
+    ("npmle", float("nan"), {}, "outside the data's range"),
+    ("log-spline", 7.0, {}, "outside the data's range")])
 def test_a_null_that_cannot_be_used_is_refused(method, null, options, match):
     sigma = options.pop("sigma", 1.0)
     with pytest.raises(ValueError, match=match):
@@ -106,3 +119,9 @@ def test_natural_splines_hold_lines_but_not_curvature_at_the_ends():
         centred = f - f.mean()
         return np.linalg.norm(centred - basis @ (basis.T @ centred)) / np.linalg.norm(centred)
     assert residual(t) < 1e-10 and residual(t**2) > 1e-3
+
+
+def test_log_spline_puts_its_null_on_the_default_grid(two_groups):
+    fit = log_spline(two_groups.x, 1.0, null=0.0)
+    assert 0.0 in fit.prior.atoms and len(fit.alpha) == 6  # df 5 and the spike's β
+    assert fit.prior.masses[fit.prior.atoms == 0.0][0] > 0.8

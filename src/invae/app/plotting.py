@@ -11,6 +11,8 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..normal_means.grid import log_likelihood_matrix
+
 __all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot",
            "two_groups_plot"]
 
@@ -157,8 +159,8 @@ def two_groups_plot(x: np.ndarray, sigma: np.ndarray, prior, null: float, lfdr: 
     ax.hist(x, bins=min(100, max(10, len(x) // 20)), density=True, color="0.8", label="data x (density)")
     t = np.linspace(x.min(), x.max(), 400)
     sds = np.quantile(sigma, np.linspace(0, 1, min(len(sigma), 50)))
-    kernel = np.exp(-0.5 * ((t[:, None, None] - prior.atoms[None, :, None]) / sds) ** 2) / (np.sqrt(2 * np.pi) * sds)
-    parts = kernel.mean(axis=2) * prior.masses  # (T, K): each atom's share of f(t)
+    kernel = np.mean([np.exp(log_likelihood_matrix(t, np.full_like(t, sd), prior.atoms)) for sd in sds], axis=0)
+    parts = kernel * prior.masses  # (T, K): each atom's share of f(t)
     at_null = prior.atoms == null
     proportion = prior.masses[at_null].sum()
     ax.plot(t, parts[:, at_null].sum(axis=1), color="tab:blue", label=f"null, π₀ = {proportion:.3f}")

@@ -97,14 +97,10 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
     null_fit = None if null is None else _null_for(method, null, x, sigma, covariates)
     if null_fit is not None:
         sigma = null_fit.scale * sigma
-    coefficients, location = None, np.zeros_like(x)
-    if covariates is not None and len(covariates):
-        design, names = design_matrix(covariates)
-        beta, location = location_fit(x, design)
-        coefficients = dict(zip(names, beta.tolist()))
+    coefficients, location = _location(x, covariates)
     residual = x - location
     atoms = _atoms(residual, grid)
-    if null_fit is not None:
+    if null_fit is not None:  # the npmle's margin: docs/methods.md §3.10.7
         margin = NPMLE_NULL_MARGIN * float(np.median(sigma)) if method == "npmle" else 0.0
         atoms = with_null_atom(atoms, null_fit.value, margin)
     shift = location if coefficients is not None else None
@@ -120,6 +116,15 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
     log_likelihood = None if prior is None else float(log_marginal(residual, sigma, prior).sum())
     return NormalMeansFit(method, mean, std, lfsr, lfdr, prior, location, coefficients, log_likelihood,
                           time.perf_counter() - start, details, null_fit)
+
+
+def _location(x: np.ndarray, covariates) -> tuple[dict[str, float] | None, np.ndarray]:
+    """(β̂ by design column name, c_iᵀβ̂ (n,)), or (None, zeros) without covariates."""
+    if covariates is None or not len(covariates):
+        return None, np.zeros_like(x)
+    design, names = design_matrix(covariates)
+    beta, location = location_fit(x, design)
+    return dict(zip(names, beta.tolist())), location
 
 
 def _null_for(method: str, null, x: np.ndarray, sigma: np.ndarray, covariates) -> NullFit:

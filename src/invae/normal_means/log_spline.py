@@ -31,7 +31,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 
-from .grid import GridPrior, default_grid, scaled_likelihood
+from .grid import GridPrior, default_grid, scaled_likelihood, with_null_atom
 
 __all__ = ["LogSplineResult", "log_spline", "negative_objective", "prior_masses", "spline_basis"]
 
@@ -95,9 +95,11 @@ def log_spline(x, sigma, grid: np.ndarray | None = None, *, df: int = 5, penalty
                null: float | None = None) -> LogSplineResult:
     """Efron's g-model fitted to ``x`` (n,) with known noise sds ``sigma`` (n,) or a scalar;
     ``penalty`` is Efron's c0, ``df`` the basis size, ``grid`` the atoms (default 300 over x's
-    range); ``null``: the null value ν, an atom of the grid, that gets a spike of its own."""
+    range); ``null``: the null value ν, made an atom of the grid, that gets a spike of its own."""
     x = np.asarray(x, dtype=np.float64)
     atoms = default_grid(x) if grid is None else np.asarray(grid, dtype=np.float64)
+    if null is not None:
+        atoms = with_null_atom(atoms, null)
     null_index = None if null is None else int(np.flatnonzero(atoms == null)[0])
     basis = spline_basis(atoms, df)
     scaled, row_max = scaled_likelihood(x, sigma, atoms)

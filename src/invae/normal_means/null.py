@@ -13,7 +13,7 @@ simultaneous hypothesis testing: the choice of a null hypothesis"), so the *empi
 ``z ~ N(δ₀, σ₀²)`` is fitted to the centre of the z-values by *central matching* (Efron's
 ``locfdr``, ``nulltype = 2``), assuming that nearly all z-values there are null:
 
-1. the density f of z: a Poisson regression of the counts of a 120-bin histogram on a natural
+1. the density f of z: a Poisson regression of the counts of a histogram (120 breaks) on a natural
    cubic spline basis of the bin midpoints (df 7, R's ``ns``), ``log E[y_b] = β₀ + Q_b β``;
 2. a quadratic ``log f̂(t) ≈ c₀ + c₁ t + c₂ t²`` fitted by least squares over the bins inside
    the central 50% of z (the quartiles);
@@ -32,7 +32,7 @@ from scipy.linalg import null_space
 __all__ = ["EmpiricalNull", "HistogramDensity", "NullFit", "empirical_null", "histogram_density",
            "natural_spline_basis", "specify_null"]
 
-BINS = 120  # locfdr's defaults: the histogram's breaks, the spline's df, the central quantile
+BREAKS = 120  # locfdr's defaults: the histogram's breaks, the spline's df, the central quantile
 DF = 7
 CENTRAL = 0.25
 
@@ -85,9 +85,13 @@ def specify_null(null: float | str, x: np.ndarray, sigma: np.ndarray) -> NullFit
     (central matching on z = x/σ, which needs one σ for every row: z-values)."""
     if null != "empirical":
         try:
-            return NullFit("theoretical", float(null))
+            value = float(null)
         except (TypeError, ValueError):
-            raise ValueError(f"the null is a number or 'empirical', got {null!r}") from None
+            raise ValueError(f"the null is a number, 'empirical' or 'none', got {null!r}") from None
+        if not x.min() < value < x.max():
+            raise ValueError(f"the null value {value:g} lies outside the data's range [{x.min():.4g}, {x.max():.4g}]: "
+                             "no lfdr can be estimated against it")
+        return NullFit("theoretical", value)
     if np.ptp(sigma) > 1e-12 * sigma.max():
         raise ValueError("an empirical null needs one noise sd for every row (z-values); σ_i vary here")
     fitted = empirical_null(x / sigma[0])
@@ -113,19 +117,19 @@ def natural_spline_basis(t: np.ndarray, df: int) -> np.ndarray:
     return left[:, values > 1e-8 * values[0]]
 
 
-def histogram_density(z: np.ndarray, bins: int = BINS, df: int = DF) -> HistogramDensity:
-    """Efron's density estimate of z-values ``z`` (N,): counts in ``bins − 1`` equal bins over
+def histogram_density(z: np.ndarray, breaks: int = BREAKS, df: int = DF) -> HistogramDensity:
+    """Efron's density estimate of z-values ``z`` (N,): counts in ``breaks − 1`` equal bins over
     their range, smoothed by a Poisson regression on ``df`` natural cubic splines
     (scikit-learn's ``PoissonRegressor``, unpenalised)."""
     from sklearn.linear_model import PoissonRegressor
 
     z = np.asarray(z, dtype=np.float64)
-    breaks = np.linspace(z.min(), z.max(), bins)
-    counts, _ = np.histogram(z, breaks)
-    midpoints = (breaks[1:] + breaks[:-1]) / 2
+    edges = np.linspace(z.min(), z.max(), breaks)
+    counts, _ = np.histogram(z, edges)
+    midpoints = (edges[1:] + edges[:-1]) / 2
     basis = natural_spline_basis(midpoints, df)
     regression = PoissonRegressor(alpha=0.0, solver="newton-cholesky", max_iter=1000).fit(basis, counts)
-    return HistogramDensity(midpoints, counts.astype(np.float64), regression.predict(basis), float(breaks[1] - breaks[0]))
+    return HistogramDensity(midpoints, counts.astype(np.float64), regression.predict(basis), float(edges[1] - edges[0]))
 
 
 def empirical_null(z: np.ndarray, central: float = CENTRAL) -> EmpiricalNull:

@@ -23,7 +23,7 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     with lfdr, ``two_groups.png``).
 
     ``null``: "none", a number ν or "empirical" (``--null``); None: 0 for the methods with a
-    null spike when there are no covariates, else none."""
+    null spike when there are no covariates and 0 lies inside the data, else none."""
     if (sigma is None) == (noise_std is None):
         raise ValueError("give the noise as --sigma COLUMN (one σ_i per row) or --noise-std VALUE (one σ), not both")
     table = load_table(data)
@@ -36,8 +36,8 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     chosen = {key: column(table, key, "--covariates") for key in covariates or []}
     options = ({"components": components, "device": device, "verbose": verbose,
                 **({} if max_iter is None else {"max_iter": max_iter})} if method == "vae" else {})
-    fit = fit_normal_means(values, noise, method, covariates=chosen, grid=grid_size, null=_null(null, method, chosen),
-                           seed=seed, **options)
+    fit = fit_normal_means(values, noise, method, covariates=chosen, grid=grid_size,
+                           null=_null(null, method, chosen, values), seed=seed, **options)
     arrays = {"posterior_mean": fit.mean}
     arrays.update({f"posterior_{name}" if name == "std" else name: getattr(fit, name)
                    for name in ("std", "lfsr", "lfdr") if getattr(fit, name) is not None})
@@ -54,16 +54,12 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     return arrays, summary, files
 
 
-def _null(text: str | None, method: str, covariates: dict) -> float | str | None:
-    """``--null`` as :func:`fit_normal_means` takes it (see :func:`run_eb`)."""
+def _null(text: str | None, method: str, covariates: dict, values: np.ndarray) -> str | float | None:
+    """``--null`` as :func:`fit_normal_means` takes it: None (not given) is 0 for the methods
+    with a null spike, without covariates, when 0 lies inside the data's range."""
     if text is None:
-        return 0.0 if method in NULL_METHODS and not covariates else None
-    if text in ("none", "empirical"):
-        return None if text == "none" else text
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"--null is a number, 'empirical' or 'none'; got {text!r}") from None
+        return 0.0 if method in NULL_METHODS and not covariates and values.min() < 0 < values.max() else None
+    return None if text == "none" else text
 
 
 def _summary(fit: NormalMeansFit, data, x, sigma, noise_std, covariates, n) -> dict:
