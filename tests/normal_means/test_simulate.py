@@ -5,7 +5,9 @@ from invae.normal_means import simulate_normal_means, true_prior
 
 
 @pytest.mark.parametrize("name, mean, variance", [("two-point", 0.9, 0.3 * 0.7 * 9), ("uniform", 0.0, 3.0),
-                                                  ("spike-slab", 0.0, 0.2 * 9)])
+                                                  ("spike-slab", 0.0, 0.2 * 9), ("two-groups", 0.0, 0.1 * 6.25),
+                                                  # 0.9 δ0 + 0.1 g₁, g₁'s E θ = −7/12, E θ² = 167/48
+                                                  ("two-groups-skew", -7 / 120, 167 / 480 - (7 / 120) ** 2)])
 def test_signals_and_the_grid_prior_have_the_named_moments(name, mean, variance):
     n = 40_000
     problem = simulate_normal_means(name, n, "heteroscedastic", seed=11)
