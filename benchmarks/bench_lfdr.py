@@ -35,7 +35,7 @@ from scipy.stats import norm
 
 from invae.app.plotting import two_groups_plot
 from invae.normal_means import fit_normal_means, grid_posterior, simulate_normal_means
-from invae.normal_means.null import CENTRAL, empirical_null, histogram_density
+from invae.normal_means.null import central_bins, empirical_null, histogram_density
 from invae.normal_means.table import column, load_table
 
 PRIORS = ("two-groups", "two-groups-skew")
@@ -49,8 +49,7 @@ def reference_locfdr(z: np.ndarray, null: str) -> tuple[np.ndarray, float, float
         fitted = empirical_null(z)
         proportion, delta, sd = fitted.proportion, fitted.delta, fitted.sd
     else:
-        low, high = np.quantile(z, [CENTRAL, 1 - CENTRAL])
-        inside = (density.midpoints > low) & (density.midpoints < high)
+        inside = central_bins(z, density.midpoints)
         null_counts = len(z) * density.width * norm.pdf(density.midpoints)
         proportion, delta, sd = density.fitted[inside].sum() / null_counts[inside].sum(), 0.0, 1.0
     lfdr = np.minimum(1.0, proportion * norm.pdf(z, delta, sd) / density.density(z))

@@ -99,12 +99,9 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
         sigma = null_fit.scale * sigma
     coefficients, location = _location(x, covariates)
     residual = x - location
-    atoms = _atoms(residual, grid)
-    if null_fit is not None:  # the npmle's margin: docs/methods.md §3.10.7
-        margin = NPMLE_NULL_MARGIN * float(np.median(sigma)) if method == "npmle" else 0.0
-        atoms = with_null_atom(atoms, null_fit.value, margin)
-    shift = location if coefficients is not None else None
     null_value = None if null_fit is None else null_fit.value
+    atoms = _atoms(residual, grid, null_value, NPMLE_NULL_MARGIN * float(np.median(sigma)) if method == "npmle" else 0)
+    shift = location if coefficients is not None else None
     prior, posterior, details = _fit(method, x, sigma, shift, atoms, seed, options, null_value)
     if null_fit is not None:
         null_fit = null_fit.with_proportion(prior.masses[prior.atoms == null_value].sum())
@@ -166,12 +163,13 @@ def _fit(method, x, sigma, location, atoms, seed, options, null) -> tuple[GridPr
     return mixture_on_grid(estimator.prior_, atoms), posterior, details
 
 
-def _atoms(residual: np.ndarray, grid: np.ndarray | int) -> np.ndarray:
-    if np.ndim(grid) == 0:
-        if int(grid) < 2:
-            raise ValueError(f"the grid needs at least 2 atoms, got {grid!r}")
-        return default_grid(residual, int(grid))
-    return np.asarray(grid, dtype=np.float64)
+def _atoms(residual: np.ndarray, grid: np.ndarray | int, null: float | None, margin: float) -> np.ndarray:
+    """The grid's atoms; with a null value, ν among them and the atoms within ``margin`` of it
+    gone (npmle's margin: docs/methods.md §3.10.7)."""
+    if np.ndim(grid) == 0 and int(grid) < 2:
+        raise ValueError(f"the grid needs at least 2 atoms, got {grid!r}")
+    atoms = default_grid(residual, int(grid)) if np.ndim(grid) == 0 else np.asarray(grid, dtype=np.float64)
+    return atoms if null is None else with_null_atom(atoms, null, margin)
 
 
 def _checked(x, sigma) -> tuple[np.ndarray, np.ndarray]:

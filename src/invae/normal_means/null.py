@@ -29,7 +29,7 @@ import numpy as np
 from scipy.interpolate import BSpline
 from scipy.linalg import null_space
 
-__all__ = ["EmpiricalNull", "HistogramDensity", "NullFit", "empirical_null", "histogram_density",
+__all__ = ["EmpiricalNull", "HistogramDensity", "NullFit", "central_bins", "empirical_null", "histogram_density",
            "natural_spline_basis", "specify_null"]
 
 BREAKS = 120  # locfdr's defaults: the histogram's breaks, the spline's df, the central quantile
@@ -132,6 +132,13 @@ def histogram_density(z: np.ndarray, breaks: int = BREAKS, df: int = DF) -> Hist
     return HistogramDensity(midpoints, counts.astype(np.float64), regression.predict(basis), float(edges[1] - edges[0]))
 
 
+def central_bins(z: np.ndarray, midpoints: np.ndarray, central: float = CENTRAL) -> np.ndarray:
+    """Which bins (B,) have their midpoint between the ``central`` and ``1 − central``
+    quantiles of z: the centre where nearly all z-values are null."""
+    low, high = np.quantile(z, [central, 1 - central])
+    return (midpoints > low) & (midpoints < high)
+
+
 def empirical_null(z: np.ndarray, central: float = CENTRAL) -> EmpiricalNull:
     """The null ``N(δ₀, σ₀²)`` of z-values ``z`` (N,) by central matching (module docstring),
     over the bins between the ``central`` and ``1 − central`` quantiles of z."""
@@ -139,8 +146,7 @@ def empirical_null(z: np.ndarray, central: float = CENTRAL) -> EmpiricalNull:
     if z.ndim != 1 or len(z) < 50:
         raise ValueError(f"an empirical null needs at least 50 z-values, got shape {z.shape}")
     estimate = histogram_density(z)
-    low, high = np.quantile(z, [central, 1 - central])
-    inside = (estimate.midpoints > low) & (estimate.midpoints < high)
+    inside = central_bins(z, estimate.midpoints, central)
     if inside.sum() < 3:
         raise ValueError("too few histogram bins in the centre of the z-values to fit the empirical null")
     centre = estimate.midpoints[np.argmax(estimate.fitted)]  # centred, as locfdr, for a well-posed fit
