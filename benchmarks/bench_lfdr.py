@@ -8,7 +8,7 @@ their realised false discovery proportion (FDP: the share whose z is 0). Targets
 |lfdr error| ≤ 0.03, FDP ≤ 0.2, π̂₀ within 0.02 of 0.9 (means over seeds, with their
 standard errors).
 
-Methods: ``invae eb``'s npmle and log-spline, with the theoretical null N(0, 1) and with
+Methods: ``invae eb``'s npmle, log-spline and vae (the VAE-like prior by EM), with the theoretical null N(0, 1) and with
 the empirical null (``--null empirical``); and the reference two-groups local fdr of Efron's
 ``locfdr`` (written here: the density f̂ of the z-values by Poisson regression on a histogram
 of 120 breaks, the null's π₀ by matching the centre, ``lfdr = π̂₀ f₀(z) / f̂(z)`` capped at 1),
@@ -39,7 +39,7 @@ from invae.normal_means.null import central_bins, empirical_null, histogram_dens
 from invae.normal_means.table import column, load_table
 
 PRIORS = ("two-groups", "two-groups-skew")
-INVAE = (("npmle", 0.0), ("log-spline", 0.0), ("npmle", "empirical"), ("log-spline", "empirical"))
+INVAE = tuple((method, null) for null in (0.0, "empirical") for method in ("npmle", "log-spline", "vae"))
 
 
 def reference_locfdr(z: np.ndarray, null: str) -> tuple[np.ndarray, float, float, float]:

@@ -6,7 +6,9 @@ Accuracy: for each simulated prior (``two-point`` 0.7 δ0 + 0.3 δ3, ``uniform``
 error Σ_i (ẑ_i − z_i)² over the Bayes oracle's (the posterior mean under the true prior,
 exact on a grid), and its wall time: naive, James–Stein, the normal prior by marginal ML,
 the NPMLE (SQP), Efron's log-spline, rank matching on the NPMLE, and the VAE-like estimator
-(``VariationalEB``, a 10-component Gaussian-mixture prior and a mixture posterior).
+(a 10-component Gaussian-mixture prior and a mixture posterior) twice: ``vae`` with q set to
+the exact posterior (EM, the default) and ``vae-adam``, ``VariationalEB``'s encoder trained
+by Adam (``closed_form=False``, ``invae eb --adam``).
 
 Speed: the NPMLE at n = 10⁴ and 10⁵ (spike-slab, heteroscedastic, 300 atoms) by the SQP
 solver and by EM run side by side in one process: wall time, iterations, the optimality
@@ -35,6 +37,7 @@ from invae.normal_means import NORMAL_MEANS_METHODS, fit_normal_means, grid_post
 from invae.normal_means.simulate import NOISE_MODELS
 
 PRIORS = ("two-point", "uniform", "spike-slab")  # the two-groups priors are bench_lfdr's
+METHODS = {**{method: (method, {}) for method in NORMAL_MEANS_METHODS}, "vae-adam": ("vae", {"closed_form": False})}
 
 
 def accuracy_rows(seeds: int, n: int) -> list[dict]:
@@ -45,10 +48,10 @@ def accuracy_rows(seeds: int, n: int) -> list[dict]:
                 problem = simulate_normal_means(prior, n, noise, seed=seed)
                 oracle = grid_posterior(problem.x, problem.sigma, problem.prior).mean
                 floor = float(((oracle - problem.z) ** 2).sum())
-                for method in NORMAL_MEANS_METHODS:
+                for method, (name, options) in METHODS.items():
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", ConvergenceWarning)
-                        fit = fit_normal_means(problem.x, problem.sigma, method, seed=seed)
+                        fit = fit_normal_means(problem.x, problem.sigma, name, seed=seed, **options)
                     row = {"prior": prior, "noise": noise, "seed": seed, "n": n, "method": method,
                            "ratio": float(((fit.mean - problem.z) ** 2).sum()) / floor,
                            "oracle_mse": floor / n, "seconds": fit.seconds, "details": fit.details}
@@ -95,7 +98,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def print_table(table: dict) -> None:
-    methods = NORMAL_MEANS_METHODS
+    methods = tuple(METHODS)
     print("\ntotal squared error / Bayes oracle's (median over seeds; max in brackets)")
     print(f"{'prior/noise':32s}" + "".join(f"{m:>16s}" for m in methods))
     for key, row in table.items():

@@ -50,12 +50,25 @@ def test_eb_takes_one_noise_level_and_columns_by_position(tmp_path):
 
 
 def test_eb_runs_the_vae_like_estimator(table, tmp_path, capsys):
-    path = table[0]
-    assert main(["eb", "--data", str(path), "--x", "estimate", "--sigma", "se", "--method", "vae", "--components",
-                 "2", "--max-iter", "3", "--out", str(tmp_path / "v"), "--quiet"]) == 0
-    assert np.load(tmp_path / "v" / "posterior_mean.npy").shape == (600,)
+    path, x, sigma, _ = table
+    args = ["eb", "--data", str(path), "--x", "estimate", "--sigma", "se", "--method", "vae", "--components", "2"]
+    assert main([*args, "--out", str(tmp_path / "v"), "--quiet"]) == 0
+    expected = fit_normal_means(x, sigma, "vae", components=2, null=0.0)
+    np.testing.assert_allclose(np.load(tmp_path / "v" / "posterior_mean.npy"), expected.mean)
+    np.testing.assert_allclose(np.load(tmp_path / "v" / "lfdr.npy"), expected.lfdr)  # a null spike by default
+    assert json.loads((tmp_path / "v" / "summary.json").read_text())["null"]["pi0"] == pytest.approx(
+        expected.null.proportion)
+    assert main([*args, "--max-iter", "1", "--out", str(tmp_path / "short"), "--quiet"]) == 0
+    assert "warning: vae's EM stopped at max_iter=1" in capsys.readouterr().err  # said, not hidden
+
+
+def test_eb_trains_the_vae_encoder_by_adam_on_request(table, tmp_path, capsys):
+    assert main(["eb", "--data", str(table[0]), "--x", "estimate", "--sigma", "se", "--method", "vae", "--adam",
+                 "--components", "2", "--max-iter", "3", "--out", str(tmp_path / "v"), "--quiet"]) == 0
     assert np.isfinite(np.load(tmp_path / "v" / "lfsr.npy")).all()
-    assert "warning: mixture fit stopped at max_iter=3" in capsys.readouterr().err  # said, not hidden
+    assert not (tmp_path / "v" / "lfdr.npy").exists()  # no spike by Adam: no default null
+    assert "warning: mixture fit stopped at max_iter=3" in capsys.readouterr().err
+    assert json.loads((tmp_path / "v" / "summary.json").read_text())["details"]["closed_form"] is False
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -70,6 +83,8 @@ def test_eb_runs_the_vae_like_estimator(table, tmp_path, capsys):
     (["--sigma", "se", "--null", "empirical"], "needs one noise sd"),
     (["--sigma", "se", "--null", "0", "--covariates", "region"], "cannot be combined with covariates"),
     (["--sigma", "se", "--null", "0", "--method", "normal-ml"], "needs a prior with a point mass"),
+    (["--sigma", "se", "--adam"], "--adam trains vae's encoder; --method npmle has none"),
+    (["--sigma", "se", "--method", "vae", "--adam", "--null", "0"], "a null spike needs vae's closed-form fit"),
 ])
 def test_eb_refuses_bad_requests_in_one_line(table, tmp_path, capsys, extra, message):
     out = tmp_path / "never"

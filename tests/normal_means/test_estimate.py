@@ -40,13 +40,29 @@ def test_the_npmle_is_near_the_oracle_and_beats_the_parametric_fits(problem):
 
 
 def test_vae_like_estimator_learns_the_two_point_prior(problem):
-    with pytest.warns(ConvergenceWarning):  # 40 outer iterations: enough here, not converged
-        fit = fit_normal_means(problem.x, problem.sigma, "vae", components=4, max_iter=40, hidden=(32, 32))
-    assert _ratio(fit, problem) < _ratio(fit_normal_means(problem.x, problem.sigma, "james-stein"), problem)
+    fit = fit_normal_means(problem.x, problem.sigma, "vae", components=4)
+    assert fit.details["converged"] and fit.details["closed_form"] and fit.lfdr is None  # no null asked for
+    assert _ratio(fit, problem) < 1.05 < _ratio(fit_normal_means(problem.x, problem.sigma, "james-stein"), problem)
     # The mass above 1.5 estimates P(z = 3) = 0.3: binomial SE √(0.21/1000) = 0.0145, and
     # within 4 SE; the lfsr is a probability for every row.
     assert abs(fit.prior.masses[fit.prior.atoms > 1.5].sum() - 0.3) < 4 * 0.0145
     assert np.all((fit.lfsr >= 0) & (fit.lfsr <= 0.5))
+
+
+def test_vae_trained_by_adam_still_learns_the_two_point_prior(problem):
+    with pytest.warns(ConvergenceWarning):  # 40 outer iterations: enough here, not converged
+        fit = fit_normal_means(problem.x, problem.sigma, "vae", closed_form=False, components=4, max_iter=40,
+                               hidden=(32, 32))
+    assert not fit.details["closed_form"]
+    assert _ratio(fit, problem) < _ratio(fit_normal_means(problem.x, problem.sigma, "james-stein"), problem)
+    assert abs(fit.prior.masses[fit.prior.atoms > 1.5].sum() - 0.3) < 4 * 0.0145  # as above
+
+
+def test_vae_refuses_settings_it_does_not_have(problem):
+    with pytest.raises(ValueError, match="not hidden"):
+        fit_normal_means(problem.x, problem.sigma, "vae", hidden=(32,))
+    with pytest.raises(ValueError, match="closed-form"):
+        fit_normal_means(problem.x, problem.sigma, "vae", closed_form=False, null=0.0)
 
 
 @pytest.mark.parametrize("x, sigma, match", [(np.array([0.0, 1.0, np.nan, 2.0]), 1.0, "row 2"),

@@ -176,15 +176,19 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
     eb.add_argument("--method", choices=NORMAL_MEANS_METHODS, default="npmle",
                     help="npmle: Kiefer-Wolfowitz NPMLE; log-spline: Efron's g-model; james-stein / normal-ml: "
                          "a normal prior; rank-matching: the source's order statistics on the NPMLE; vae: the "
-                         "VAE-like estimator; naive: z = x (default: npmle)")
+                         "VAE-like estimator (a Gaussian-mixture prior); naive: z = x (default: npmle)")
     eb.add_argument("--null", help="the null of the local false discovery rates: a value ν (a point mass at "
                     "ν with its own weight π₀ in the prior), 'empirical' (Efron's central matching on z-values: "
-                    "N(δ₀, σ₀²)) or 'none' (default: 0 for npmle and log-spline without covariates, else none)")
+                    "N(δ₀, σ₀²)) or 'none' (default: 0 for npmle, log-spline and vae without covariates, else none)")
     eb.add_argument("--grid-size", type=int, default=300, help="atoms of the prior's grid (default: 300)")
     eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior (default: 10)")
-    eb.add_argument("--max-iter", type=int, help="outer iterations of vae (default: 2000)")
+    eb.add_argument("--adam", action="store_true",
+                    help="vae: train VariationalEB's amortized mixture encoder by Adam, instead of setting q to "
+                         "the exact posterior at each iteration (EM); slower, and no null spike")
+    eb.add_argument("--max-iter", type=int, help="iterations of vae (default: 10000 EM cycles; 2000 outer "
+                    "iterations with --adam)")
     eb.add_argument("--seed", type=int, default=0)
-    eb.add_argument("--device", default="cpu", help="torch device of vae, e.g. cuda (default: cpu)")
+    eb.add_argument("--device", default="cpu", help="torch device of vae with --adam, e.g. cuda (default: cpu)")
     eb.add_argument("--out", default="invae-eb", help="results folder (default: invae-eb)")
     eb.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads_option(eb)
@@ -257,8 +261,8 @@ def _eb(args: argparse.Namespace) -> None:
 
     arrays, summary, files = run_eb(args.data, args.x, sigma=args.sigma, noise_std=args.noise_std,
                                     covariates=args.covariates, method=args.method, grid_size=args.grid_size,
-                                    null=args.null,
-                                    components=args.components, max_iter=args.max_iter, seed=args.seed,
+                                    null=args.null, components=args.components, adam=args.adam,
+                                    max_iter=args.max_iter, seed=args.seed,
                                     device=args.device, verbose=_verbosity(args))
     folder = write_results(args.out, arrays, summary, files)
     if not args.quiet:

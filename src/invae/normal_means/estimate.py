@@ -11,19 +11,22 @@ c_iᵀβ (:mod:`~invae.normal_means.covariates`). The methods:
 - ``rank-matching``: the source's order-statistics estimator on the NPMLE prior
   (:func:`invae.references.baselines.rank_matching`), ranking the NPMLE's posterior means
   (with one σ, the data's order; with σ_i varying, they put a noisy x_i where it belongs);
-- ``vae``: ``VariationalEB`` with a Gaussian-mixture prior and a mixture posterior
-  (:mod:`~invae.normal_means.variational`).
+- ``vae``: the VAE-like estimator, a Gaussian-mixture prior with a mixture posterior: q set to
+  the exact posterior at each iteration, which makes the fit EM
+  (:mod:`~invae.normal_means.deconvolution`), or with ``closed_form=False`` ``VariationalEB``'s
+  encoder trained by Adam (:mod:`~invae.normal_means.variational`).
 
-With ``null`` (a value ν, or "empirical"), ``npmle`` and ``log-spline`` estimate the two-groups
-prior ``π₀ δ(ν) + (1 − π₀) g₁`` and report lfdr (:mod:`~invae.normal_means.null`).
+With ``null`` (a value ν, or "empirical"), ``npmle``, ``log-spline`` and ``vae`` estimate the
+two-groups prior ``π₀ δ(ν) + (1 − π₀) g₁`` and report lfdr (:mod:`~invae.normal_means.null`).
 
-The torch-based modules (``vae``'s, and :mod:`invae.references.baselines` for rank matching)
+The torch-based modules (``vae``'s with ``closed_form=False``, and :mod:`invae.references.baselines` for rank matching)
 are imported by the methods that use them, so that the others (``invae eb``) run without torch.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +34,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .covariates import design_matrix, location_fit
+from .deconvolution import deconvolve, mixture_posterior
 from .grid import (GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf,
                    with_null_atom)
 from .log_spline import log_spline
@@ -41,7 +45,7 @@ from .null import NullFit, specify_null
 __all__ = ["NORMAL_MEANS_METHODS", "NULL_METHODS", "NPMLE_NULL_MARGIN", "NormalMeansFit", "fit_normal_means"]
 
 NORMAL_MEANS_METHODS = ("naive", "james-stein", "normal-ml", "npmle", "log-spline", "rank-matching", "vae")
-NULL_METHODS = ("npmle", "log-spline")  # the methods whose prior takes a null spike (lfdr)
+NULL_METHODS = ("npmle", "log-spline", "vae")  # the methods whose prior takes a null spike (lfdr)
 # The NPMLE's non-null atoms keep this many noise sds (the median σ_i) from the null value:
 # the NPMLE alone cannot tell a point mass from atoms a fraction of σ beside it, so its π₀
 # would move with the grid (docs/methods.md §3.10.7); effects this close count as null.
@@ -86,9 +90,9 @@ def fit_normal_means(x, sigma, method: str = "npmle", *, covariates: dict[str, n
     g's location depends; ``grid``: the atoms for the grid priors, or their number (equally spaced over
     the range of x − c_iᵀβ̂; :func:`~invae.normal_means.grid.default_grid`); ``null``: the null
     value ν of a two-groups prior with a spike at ν, or "empirical" (Efron's central matching),
-    for lfdr (``npmle``, ``log-spline``; no covariates); ``options`` go to the method's solver
-    (e.g. ``solver="em"`` for npmle, ``df`` for log-spline, ``components`` or any
-    ``VariationalEB`` setting such as ``max_iter`` for vae).
+    for lfdr (``npmle``, ``log-spline``, ``vae``; no covariates); ``options`` go to the method's
+    solver (e.g. ``solver="em"`` for npmle, ``df`` for log-spline, ``components``, ``max_iter`` and
+    ``tol`` for vae; with ``closed_form=False``, vae by Adam takes any ``VariationalEB`` setting).
     """
     if method not in NORMAL_MEANS_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(NORMAL_MEANS_METHODS)}")
@@ -136,7 +140,7 @@ def _null_for(method: str, null, x: np.ndarray, sigma: np.ndarray, covariates) -
 
 def _fit(method, x, sigma, location, atoms, seed, options, null) -> tuple[GridPrior | None, NormalMeansPosterior, dict]:
     """(the estimated prior of θ = z − ℓ on the grid, z's posterior, solver facts); ``null``:
-    the null atom ν of npmle's and log-spline's prior, or None."""
+    the null value ν of the prior's spike (an atom of npmle's and log-spline's grid), or None."""
     residual = x if location is None else x - location
     if method == "naive":
         return None, NormalMeansPosterior(x.copy(), sigma.copy(), ndtr(-np.abs(x) / sigma), None), {}
@@ -155,12 +159,33 @@ def _fit(method, x, sigma, location, atoms, seed, options, null) -> tuple[GridPr
             details = {"solver_iterations": result.n_iter, "optimality_gap": result.gap,
                        "converged": result.converged}
         return result.prior, grid_posterior(x, sigma, result.prior, location, null), details
-    from .variational import mixture_on_grid, variational_normal_means
+    return _vae(x, sigma, location, atoms, seed, options, null)
+
+
+def _vae(x, sigma, location, atoms, seed, options, null) -> tuple[GridPrior, NormalMeansPosterior, dict]:
+    """``_fit`` for vae: EM with q the exact posterior, or with ``closed_form=False`` in
+    ``options``, ``VariationalEB``'s encoder trained by Adam (no null spike)."""
+    residual = x if location is None else x - location
+    if options.pop("closed_form", True):
+        unknown = options.keys() - {"components", "max_iter", "tol"}
+        if unknown:
+            raise ValueError(f"the closed-form vae takes components, max_iter and tol, not {', '.join(sorted(unknown))}")
+        fit = deconvolve(residual, sigma, null=null, **options)
+        if not fit.converged:
+            from sklearn.exceptions import ConvergenceWarning  # scikit-learn's warning, imported only to warn
+
+            warnings.warn(f"vae's EM stopped at max_iter={fit.n_iter} before its likelihood settled; raise max_iter "
+                          "or tol", ConvergenceWarning, stacklevel=4)
+        details = {"iterations": fit.n_iter, "converged": fit.converged, "closed_form": True}
+        return fit.prior.on_grid(atoms), mixture_posterior(x, sigma, fit.prior, location), details
+    if null is not None:
+        raise ValueError("a null spike needs vae's closed-form fit (drop closed_form=False, --adam)")
+    from .variational import as_mixture_prior, variational_normal_means
 
     estimator, posterior = variational_normal_means(x, sigma, location=location, seed=seed, **options)
     details = {"iterations": estimator.n_iter_, "converged": estimator.converged_,
-               "elbo": estimator.history_["elbo"][-1]}
-    return mixture_on_grid(estimator.prior_, atoms), posterior, details
+               "elbo": estimator.history_["elbo"][-1], "closed_form": False}
+    return as_mixture_prior(estimator.prior_).on_grid(atoms), posterior, details
 
 
 def _atoms(residual: np.ndarray, grid: np.ndarray | int, null: float | None, margin: float) -> np.ndarray:

@@ -17,15 +17,18 @@ __all__ = ["run_eb"]
 
 def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | None = None,
            covariates: list[str] | None = None, method: str = "npmle", grid_size: int = 300,
-           null: str | None = None, components: int = 10, max_iter: int | None = None, seed: int = 0,
-           device: str = "cpu", verbose: int = 0) -> tuple[dict[str, np.ndarray], dict, dict[str, bytes]]:
+           null: str | None = None, components: int = 10, adam: bool = False, max_iter: int | None = None,
+           seed: int = 0, device: str = "cpu", verbose: int = 0) -> tuple[dict[str, np.ndarray], dict, dict[str, bytes]]:
     """(arrays to write as .npy, the summary, other files: ``posterior.csv``, ``prior.png`` and,
     with lfdr, ``two_groups.png``).
 
     ``null``: "none", a number ν or "empirical" (``--null``); None: 0 for the methods with a
-    null spike when there are no covariates and 0 lies inside the data, else none."""
+    null spike when there are no covariates and 0 lies inside the data, else none. ``adam``:
+    vae by ``VariationalEB``'s encoder trained by Adam (on ``device``), not by EM."""
     if (sigma is None) == (noise_std is None):
         raise ValueError("give the noise as --sigma COLUMN (one σ_i per row) or --noise-std VALUE (one σ), not both")
+    if adam and method != "vae":
+        raise ValueError(f"--adam trains vae's encoder; --method {method} has none")
     table = load_table(data)
     values = column(table, x, "--x")
     if values.dtype.kind != "f":
@@ -34,10 +37,13 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     if noise.dtype.kind != "f":
         raise ValueError(f"--sigma {sigma!r} holds text, not numbers")
     chosen = {key: column(table, key, "--covariates") for key in covariates or []}
-    options = ({"components": components, "device": device, "verbose": verbose,
-                **({} if max_iter is None else {"max_iter": max_iter})} if method == "vae" else {})
+    options = {}
+    if method == "vae":
+        options = {"components": components, **({} if max_iter is None else {"max_iter": max_iter}),
+                   **({"closed_form": False, "device": device, "verbose": verbose} if adam else {})}
+    spiked = method in NULL_METHODS and not adam
     fit = fit_normal_means(values, noise, method, covariates=chosen, grid=grid_size,
-                           null=_null(null, method, chosen, values), seed=seed, **options)
+                           null=_null(null, spiked, chosen, values), seed=seed, **options)
     arrays = {"posterior_mean": fit.mean}
     arrays.update({f"posterior_{name}" if name == "std" else name: getattr(fit, name)
                    for name in ("std", "lfsr", "lfdr") if getattr(fit, name) is not None})
@@ -54,11 +60,11 @@ def run_eb(data: str, x: str, *, sigma: str | None = None, noise_std: float | No
     return arrays, summary, files
 
 
-def _null(text: str | None, method: str, covariates: dict, values: np.ndarray) -> str | float | None:
-    """``--null`` as :func:`fit_normal_means` takes it: None (not given) is 0 for the methods
-    with a null spike, without covariates, when 0 lies inside the data's range."""
+def _null(text: str | None, spiked: bool, covariates: dict, values: np.ndarray) -> str | float | None:
+    """``--null`` as :func:`fit_normal_means` takes it: None (not given) is 0 for a fit with a
+    null spike (``spiked``), without covariates, when 0 lies inside the data's range."""
     if text is None:
-        return 0.0 if method in NULL_METHODS and not covariates and values.min() < 0 < values.max() else None
+        return 0.0 if spiked and not covariates and values.min() < 0 < values.max() else None
     return None if text == "none" else text
 
 

@@ -1,4 +1,8 @@
-"""The VAE-like estimator on the normal-means problem: :class:`~invae.VariationalEB` itself.
+"""The VAE-like estimator on the normal-means problem trained by Adam: :class:`~invae.VariationalEB` itself.
+
+``fit_normal_means(..., "vae")`` sets q to the exact posterior at every iteration, which makes
+the fit EM (:mod:`~invae.normal_means.deconvolution`); ``closed_form=False`` runs this module
+instead, the amortized estimator of ``invae fit`` with its encoder trained by Adam.
 
 The prior is a Gaussian mixture with many components (``z ~ Σ_c π_c N(m_c, v_c)``, a
 flexible g), the likelihood ``x_i ~ N(z_i, σ_i²)`` carries each σ_i in the data row
@@ -11,15 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import log_ndtr
 
 from ..inference.estimator import VariationalEB
 from ..model.forward import LinearOperator
 from ..model.likelihoods import NoisePerRowGaussianLikelihood
 from ..model.mixture import GaussianMixture
-from .grid import GridPrior, NormalMeansPosterior, discretize
+from .deconvolution import MixturePrior, narrow_start
+from .grid import NormalMeansPosterior
 
-__all__ = ["variational_normal_means", "mixture_on_grid"]
+__all__ = ["variational_normal_means", "as_mixture_prior"]
 
 
 def variational_normal_means(x, sigma, *, location=None, components: int = 10, seed: int = 0, tol: float = 3e-4,
@@ -35,7 +39,8 @@ def variational_normal_means(x, sigma, *, location=None, components: int = 10, s
     shift = np.zeros(np.shape(x)) if location is None else np.asarray(location, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64) - shift
     rows = NoisePerRowGaussianLikelihood.rows(x, sigma)
-    prior = _narrow_start(x, components)
+    start = narrow_start(x, components)
+    prior = GaussianMixture(start.weights, start.means[:, None], (1 / start.variances)[:, None, None])
     likelihood = NoisePerRowGaussianLikelihood(LinearOperator(torch.eye(1, dtype=torch.float64)))
     estimator = VariationalEB(prior, likelihood, family="mixture", posterior_components=components,
                               random_state=seed, tol=tol, lambda_step=lambda_step, **options).fit(rows)
@@ -44,22 +49,8 @@ def variational_normal_means(x, sigma, *, location=None, components: int = 10, s
     return estimator, NormalMeansPosterior(mean[:, 0] + shift, std[:, 0], np.minimum(below, 1 - below), None)
 
 
-def _narrow_start(x: np.ndarray, components: int) -> GaussianMixture:
-    """Equal weights, means at the quantiles (k + ½)/K of x, sds half the spacing (q95 − q5)/K."""
-    means = np.quantile(x, (np.arange(components) + 0.5) / components)
-    spacing = max((np.quantile(x, 0.95) - np.quantile(x, 0.05)) / components, 1e-6)
-    precision = 1.0 / (0.5 * spacing) ** 2
-    return GaussianMixture(np.full(components, 1.0 / components), means[:, None],
-                           np.full((components, 1, 1), precision))
-
-
-def mixture_on_grid(prior: GaussianMixture, atoms: np.ndarray) -> GridPrior:
-    """A one-dimensional Gaussian mixture as a grid prior (each atom takes its cell's mass)."""
-    weights = prior.weights.detach().cpu().double().numpy()
-    means = prior.means.detach().cpu().double().numpy()[:, 0]
-    stds = prior.covariances.detach().cpu().double().numpy()[:, 0, 0] ** 0.5
-
-    def cdf(t: np.ndarray) -> np.ndarray:
-        return np.exp(log_ndtr((t[:, None] - means) / stds)) @ weights
-
-    return discretize(cdf, atoms)
+def as_mixture_prior(prior: GaussianMixture) -> MixturePrior:
+    """A one-dimensional :class:`~invae.model.mixture.GaussianMixture` as NumPy arrays."""
+    weights, means, covariances = (t.detach().cpu().double().numpy() for t in
+                                   (prior.weights, prior.means[:, 0], prior.covariances[:, 0, 0]))
+    return MixturePrior(weights, means, covariances)
