@@ -403,3 +403,22 @@ def test_a_diagonal_family_that_cannot_identify_the_prior_is_refused_unless_allo
     assert main([*args, "--max-iter", "3", "--allow-unidentified", "--out", str(tmp_path / "fit")]) == 0
     summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert "rank 3 < p = 6" in summary["warnings"][0] and summary["settings"]["allow_unidentified"]
+
+
+def test_a_fit_short_of_the_maximum_likelihood_is_said_in_one_line(tmp_path, capsys):
+    # vae with a 6 × 10 forward matrix runs away (allowed here); 50 exact EM steps from its Λ̂
+    # gain far more than ½ χ²_{21, 0.999} = 23.4 nats (d = min(55 entries of Λ, 6·7/2 entries of
+    # x's covariance) = 21). full-covariance on the same data ends at the maximum and passes.
+    assert main(["simulate", "--p", "10", "--m", "6", "--n", "3000", "--forward", "gaussian", "--noise-std", "0.5",
+                 "--out", str(tmp_path / "pb")]) == 0
+    args = ["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--forward", str(tmp_path / "pb" / "A.npy"),
+            "--noise-std", "0.5", "--quiet"]
+    assert main([*args, "--method", "vae", "--allow-unidentified", "--out", str(tmp_path / "vae")]) == 0
+    assert capsys.readouterr().err.count("short of the maximum likelihood") == 1
+    vae = json.loads((tmp_path / "vae" / "summary.json").read_text())
+    check = vae["likelihood_check"]
+    assert not check["passed"] and check["gain"] > check["threshold"] == pytest.approx(23.398, abs=1e-3)
+    assert check["degrees_of_freedom"] == 21 and "short of the maximum likelihood" in vae["warnings"][-1]
+    assert main([*args, "--method", "full-covariance", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert full["likelihood_check"]["passed"] and "warnings" not in full

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from ..model.noise import NOISE_MODELS
 from ..model.prior import Prior
 from ..model.priors import PRIORS, StartOptions
 from ..references.exact import has_exact_evidence, mean_log_likelihood
+from ..references.sanity import likelihood_check
 from ..validation import check_data
 from .io import load_array
 from .methods import make_estimator, method_name
@@ -106,10 +108,23 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     if path is not None:
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
-        summary["elbo_per_obs"], summary["elbo_standard_error"] = estimator.elbo(x)
-        if estimator.warnings_:
-            summary["warnings"] = estimator.warnings_
+        summary |= _variational_summary(estimator, x, settings.method)
     return estimator, arrays, summary | _posterior_summary(estimator, x)
+
+
+def _variational_summary(estimator: VariationalEB, x: np.ndarray, method: str) -> dict:
+    """The ELBO, the sanity bound where exact EM exists (:mod:`invae.references.sanity`: a
+    failed one warns) and the fit's warnings."""
+    summary = dict(zip(("elbo_per_obs", "elbo_standard_error"), estimator.elbo(x)))
+    said = list(estimator.warnings_)
+    check = likelihood_check(x, estimator.prior_, estimator.likelihood_)
+    if check is not None:
+        summary["likelihood_check"] = {"em_steps": check.steps, "gain": check.gain, "threshold": check.threshold,
+                                       "degrees_of_freedom": check.parameters, "passed": check.passed}
+        if not check.passed:
+            said.append(check.message(method))
+            warnings.warn(said[-1], UserWarning, stacklevel=2)
+    return {**summary, "warnings": said} if said else summary
 
 
 def _posterior_summary(estimator: EmpiricalBayesEstimator, x) -> dict:

@@ -34,7 +34,7 @@ from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihoo
 from ..model.mixture import GaussianMixture
 
 __all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
-           "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence"]
+           "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence", "has_exact_em"]
 
 
 def has_exact_evidence(prior, likelihood) -> bool:
@@ -43,6 +43,13 @@ def has_exact_evidence(prior, likelihood) -> bool:
     return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
             and isinstance(likelihood, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
             and isinstance(likelihood.forward, LinearOperator))
+
+
+def has_exact_em(prior, likelihood) -> bool:
+    """Whether :class:`~invae.references.em.EM` applies: exact evidence, and a graphical prior
+    or a mixture with one noise level (or one per sensor), not one per row."""
+    return has_exact_evidence(prior, likelihood) and not (
+        isinstance(prior, GaussianMixture) and isinstance(likelihood, NoisePerRowGaussianLikelihood))
 
 
 def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
