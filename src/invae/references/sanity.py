@@ -56,7 +56,8 @@ class LikelihoodCheck:
         return (f"{method}'s fitted prior is short of the maximum likelihood: {self.steps} exact EM steps from it "
                 f"raise the log-likelihood by {self.gain:.4g} nats, more than the {self.threshold:.4g} "
                 f"(½ χ² with {self.parameters} degrees of freedom at level {self.level:g}) that sampling noise "
-                "explains; compare with --method em or full-covariance")
+                "explains (its family's bias, or a fit unfinished or run away); compare with --method em or "
+                "full-covariance")
 
 
 def likelihood_check(x: torch.Tensor, prior, likelihood, *, steps: int = STEPS,
