@@ -58,7 +58,7 @@ def case_rows(case: str, seed: int) -> list[dict]:
         error = np.linalg.norm(prior.precision.numpy() - problem.precision) / np.linalg.norm(problem.precision)
         rows.append({"case": case, "seed": seed, "method": method, "seconds": seconds, "lambda_error": float(error),
                      "shortfall": total["em"] - total[method], "gain": check.gain, "threshold": check.threshold,
-                     "degrees_of_freedom": check.parameters, "flagged": not check.passed,
+                     "degrees_of_freedom": check.degrees_of_freedom, "flagged": not check.passed,
                      "below_naive": total[method] < total["naive"]})
         print(f"{case:12s} seed {seed} {method:16s} Λ err {error:8.3f}  short {rows[-1]['shortfall']:9.1f}  "
               f"gain {check.gain:9.1f} / {check.threshold:.1f}  flagged {rows[-1]['flagged']!s:5s}  "

@@ -31,7 +31,7 @@ def test_the_truth_and_the_mle_pass(problem):
     # about 0.001: this seed is not that draw. At the MLE itself EM gains nothing.
     pb, x, likelihood = problem
     truth = likelihood_check(x, _ggm(pb.precision), likelihood)
-    assert truth.parameters == 15 and truth.threshold == pytest.approx(0.5 * chi2.isf(1e-3, 15))
+    assert truth.degrees_of_freedom == 15 and truth.threshold == pytest.approx(0.5 * chi2.isf(1e-3, 15))
     assert truth.passed and 0 < truth.gain < truth.threshold
     mle = EM(_ggm(np.eye(5)), likelihood).fit(x).prior_
     # EM stops when its objective per row (≈ −7) moves by ≤ 1e-9 of it: ≈ 1.4e-5 nats over 2 000 rows
@@ -59,6 +59,9 @@ def test_degrees_of_freedom_count_what_x_can_show():
     assert degrees_of_freedom(mixture, observed=4) == 1 + 2 * 4 + 2 * 4
     assert degrees_of_freedom(mixture, observed=2) == 1 + 2 * 2 + 2 * 3
     assert degrees_of_freedom(GaussianMixture.standard(dim=4, components=2), observed=4) == 1 + 2 * 4 + 2 * 10
+    # each component's precision is capped by x's 3·4/2 covariance entries on its own: 6 + 4, not min(11, 12)
+    unequal = GaussianMixture(np.full(2, 0.5), np.zeros((2, 4)), np.stack([chain[:4, :4], np.eye(4)]), alpha=0.1)
+    assert degrees_of_freedom(unequal, observed=3) == 1 + 2 * 3 + min(4 + 3, 6) + 4
 
 
 def test_no_check_without_exact_em(problem):

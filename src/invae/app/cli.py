@@ -179,9 +179,11 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
                          "VAE-like estimator (a Gaussian-mixture prior); naive: z = x (default: npmle)")
     eb.add_argument("--null", help="the null of the local false discovery rates: a value ν (a point mass at "
                     "ν with its own weight π₀ in the prior), 'empirical' (Efron's central matching on z-values: "
-                    "N(δ₀, σ₀²)) or 'none' (default: 0 for npmle, log-spline and vae without covariates, else none)")
+                    "N(δ₀, σ₀²)) or 'none' (default: 0 for npmle, log-spline and vae (not with --adam) without "
+                    "covariates, else none)")
     eb.add_argument("--grid-size", type=int, default=300, help="atoms of the prior's grid (default: 300)")
-    eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior (default: 10)")
+    eb.add_argument("--components", type=int, default=10, help="mixture components of the vae prior, the null's "
+                    "spike apart (default: 10)")
     eb.add_argument("--adam", action="store_true",
                     help="vae: train VariationalEB's amortized mixture encoder by Adam, instead of setting q to "
                          "the exact posterior at each iteration (EM); slower, and no null spike")

@@ -120,7 +120,8 @@ def _variational_summary(estimator: VariationalEB, x: np.ndarray, method: str) -
     check = likelihood_check(x, estimator.prior_, estimator.likelihood_)
     if check is not None:
         summary["likelihood_check"] = {"em_steps": check.steps, "gain": check.gain, "threshold": check.threshold,
-                                       "degrees_of_freedom": check.parameters, "passed": check.passed}
+                                       "degrees_of_freedom": check.degrees_of_freedom, "passed": check.passed,
+                                       "seconds": check.seconds}
         if not check.passed:
             said.append(check.message(method))
             warnings.warn(said[-1], UserWarning, stacklevel=2)

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .covariates import design_matrix, location_fit
-from .deconvolution import deconvolve, mixture_posterior
+from .deconvolution import deconvolve, posterior_summaries
 from .grid import (GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf,
                    with_null_atom)
 from .log_spline import log_spline
@@ -159,25 +159,14 @@ def _fit(method, x, sigma, location, atoms, seed, options, null) -> tuple[GridPr
             details = {"solver_iterations": result.n_iter, "optimality_gap": result.gap,
                        "converged": result.converged}
         return result.prior, grid_posterior(x, sigma, result.prior, location, null), details
-    return _vae(x, sigma, location, atoms, seed, options, null)
+    return _vae(x, sigma, location, atoms, seed, options, null, residual)
 
 
-def _vae(x, sigma, location, atoms, seed, options, null) -> tuple[GridPrior, NormalMeansPosterior, dict]:
+def _vae(x, sigma, location, atoms, seed, options, null, residual) -> tuple[GridPrior, NormalMeansPosterior, dict]:
     """``_fit`` for vae: EM with q the exact posterior, or with ``closed_form=False`` in
     ``options``, ``VariationalEB``'s encoder trained by Adam (no null spike)."""
-    residual = x if location is None else x - location
     if options.pop("closed_form", True):
-        unknown = options.keys() - {"components", "max_iter", "tol"}
-        if unknown:
-            raise ValueError(f"the closed-form vae takes components, max_iter and tol, not {', '.join(sorted(unknown))}")
-        fit = deconvolve(residual, sigma, null=null, **options)
-        if not fit.converged:
-            from sklearn.exceptions import ConvergenceWarning  # scikit-learn's warning, imported only to warn
-
-            warnings.warn(f"vae's EM stopped at max_iter={fit.n_iter} before its likelihood settled; raise max_iter "
-                          "or tol", ConvergenceWarning, stacklevel=4)
-        details = {"iterations": fit.n_iter, "converged": fit.converged, "closed_form": True}
-        return fit.prior.on_grid(atoms), mixture_posterior(x, sigma, fit.prior, location), details
+        return _vae_by_em(x, sigma, location, atoms, options, null, residual)
     if null is not None:
         raise ValueError("a null spike needs vae's closed-form fit (drop closed_form=False, --adam)")
     from .variational import as_mixture_prior, variational_normal_means
@@ -186,6 +175,20 @@ def _vae(x, sigma, location, atoms, seed, options, null) -> tuple[GridPrior, Nor
     details = {"iterations": estimator.n_iter_, "converged": estimator.converged_,
                "elbo": estimator.history_["elbo"][-1], "closed_form": False}
     return as_mixture_prior(estimator.prior_).on_grid(atoms), posterior, details
+
+
+def _vae_by_em(x, sigma, location, atoms, options, null, residual) -> tuple[GridPrior, NormalMeansPosterior, dict]:
+    unknown = options.keys() - {"components", "max_iter", "tol"}
+    if unknown:
+        raise ValueError(f"the closed-form vae takes components, max_iter and tol, not {', '.join(sorted(unknown))}")
+    fit = deconvolve(residual, sigma, null=null, **options)
+    if not fit.converged:
+        from sklearn.exceptions import ConvergenceWarning  # scikit-learn's warning, imported only to warn
+
+        warnings.warn(f"vae's EM stopped at max_iter={fit.n_iter} before its likelihood settled; raise max_iter "
+                      "or tol", ConvergenceWarning, stacklevel=5)
+    details = {"iterations": fit.n_iter, "converged": fit.converged, "closed_form": True}
+    return fit.prior.on_grid(atoms), posterior_summaries(x, sigma, fit.prior, location), details
 
 
 def _atoms(residual: np.ndarray, grid: np.ndarray | int, null: float | None, margin: float) -> np.ndarray:
