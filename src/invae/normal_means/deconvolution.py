@@ -105,8 +105,8 @@ def deconvolve(x: np.ndarray, sigma: np.ndarray, *, components: int = 10, null: 
     prior, band = narrow_start(x, components), None
     if null is not None:
         band = _Band(null, NULL_WIDTH * float(np.median(sigma)))
-        prior = MixturePrior(np.r_[0.5, 0.5 * prior.weights], np.r_[null, prior.means], np.r_[0.0, prior.variances], 0)
-        prior = MixturePrior(prior.weights, prior.means, band.widened(prior.means, prior.variances, prior.null), 0)
+        means, variances = np.r_[null, prior.means], np.r_[0.0, prior.variances]
+        prior = MixturePrior(np.r_[0.5, 0.5 * prior.weights], means, band.widened(means, variances, 0), 0)
     history: list[float] = []
     for cycle in range(max_iter + 1):
         first, value = _em_map(x, sigma, prior, band)
@@ -126,21 +126,21 @@ class _Band:
     value: float
     width: float
 
-    def inside(self, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
-        """Which components (K,) lie in the band (with a margin of float round-off at its edge)."""
-        return (np.abs(means - self.value) < self.width * (1 - 1e-12)) & (variances < self.width**2 * (1 - 1e-12))
+    def inside(self, means: np.ndarray, variances: np.ndarray, null: int) -> np.ndarray:
+        """Which components (K,) but the spike (index ``null``) lie in the band (with a margin of
+        float round-off at its edge)."""
+        inside = (np.abs(means - self.value) < self.width * (1 - 1e-12)) & (variances < self.width**2 * (1 - 1e-12))
+        inside[null] = False
+        return inside
 
     def widened(self, means: np.ndarray, variances: np.ndarray, null: int) -> np.ndarray:
         """The variances with every component in the band but the spike widened to w²: a start."""
-        inside = self.inside(means, variances)
-        inside[null] = False
-        return np.where(inside, self.width**2, variances)
+        return np.where(self.inside(means, variances, null), self.width**2, variances)
 
     def maximise(self, means: np.ndarray, variances: np.ndarray, null: int) -> tuple[np.ndarray, np.ndarray]:
         """The M-step's (m, v) out of the band: for a component whose unconstrained (m̄, v̄) lies in
         it, the better of (m̄, w²) and (ν ± w, v̄ + (ν ± w − m̄)²) (module docstring); the spike as it is."""
-        inside = self.inside(means, variances)
-        inside[null] = False
+        inside = self.inside(means, variances, null)
         edge = self.value + np.where(means >= self.value, self.width, -self.width)
         spread = variances + (edge - means) ** 2
         wide = -0.5 * np.log(self.width**2) - 0.5 * variances / self.width**2  # objective per unit N_c
@@ -187,7 +187,7 @@ def _valid(prior: MixturePrior, band: _Band | None) -> bool:
         others[prior.null] = False
     if not ((prior.weights > 0).all() and (prior.variances[others] > 0).all()):
         return False
-    return band is None or not band.inside(prior.means[others], prior.variances[others]).any()
+    return band is None or not band.inside(prior.means, prior.variances, prior.null).any()
 
 
 def _components(x: np.ndarray, sigma: np.ndarray,
