@@ -29,13 +29,13 @@ class IsotropicPrior(Prior):
         self.register_buffer("variance", torch.as_tensor(variance, dtype=torch.float64))
         self.dim = dim
 
-    def log_prob(self, z):
+    def log_prob(self, z, covariates=None):
         return Normal(0.0, self.variance.to(z).sqrt()).log_prob(z).sum(-1)
 
-    def sample(self, n, generator=None):
+    def sample(self, n, generator=None, covariates=None):
         return self.variance.sqrt() * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
 
-    def statistics(self, z, weights=None):
+    def statistics(self, z, weights=None, covariates=None):
         w = torch.ones(z.shape[:-1], dtype=z.dtype) if weights is None else weights.to(z)
         return {"mean_square": (w[..., None] * z.square()).sum() / (w.sum() * self.dim)}
 
@@ -84,7 +84,7 @@ class GradientIsotropicPrior(IsotropicPrior):
     def state(self):
         return {"log_variance": self.log_variance}  # θ; the variance is derived from it
 
-    def statistics(self, z, weights=None):
+    def statistics(self, z, weights=None, covariates=None):
         return Prior.statistics(self, z, weights)  # none: the base class says so
 
     def with_state(self, state):

@@ -28,7 +28,8 @@ def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
     if columns is not None and array.shape[1] != columns:
         raise ValueError(
             f"{name} has {array.shape[1]} columns but the model expects {columns} (the rows of A, "
-            "and σ_i where each row carries its noise level); check --forward / the data file"
+            "σ_i where each row carries its noise level, and the prior's covariates); check --forward / "
+            "the data file"
         )
     with np.errstate(over="ignore"):
         array = array.astype(np.float64)

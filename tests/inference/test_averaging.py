@@ -98,6 +98,7 @@ def test_a_step_over_random_rows_is_unbiased_for_the_statistics_over_all_rows(rn
     from torch.distributions import Independent, Normal
 
     from invae.inference.lambda_steps import ExpectedStep
+    from invae.model.likelihoods import linear_gaussian
 
     class HalfEncoder(torch.nn.Module):
         def forward(self, x, index=None):
@@ -105,10 +106,11 @@ def test_a_step_over_random_rows_is_unbiased_for_the_statistics_over_all_rows(rn
 
     n, m, k = 2000, 100, 200
     x = torch.as_tensor(rng.standard_normal((n, 3)))
-    prior, step = GaussianGraphicalModel(dim=3), ExpectedStep(8, rows=m)
-    full = ExpectedStep(8).statistics(prior, HalfEncoder(), x, None, 256, 0)["second_moment"]
+    prior, step, likelihood = GaussianGraphicalModel(dim=3), ExpectedStep(8, rows=m), linear_gaussian(np.eye(3), 1.0)
+    full = ExpectedStep(8).statistics(prior, HalfEncoder(), x, likelihood, 256, 0)["second_moment"]
     torch.manual_seed(0)
-    subsets = torch.stack([step.statistics(prior, HalfEncoder(), x, None, 256, 0)["second_moment"] for _ in range(k)])
+    subsets = torch.stack([step.statistics(prior, HalfEncoder(), x, likelihood, 256, 0)["second_moment"]
+                           for _ in range(k)])
     per_row = (x / 2)[:, :, None] * (x / 2)[:, None, :]
     standard_error = per_row.std(0) * math.sqrt((1 - m / n) / (m * k))
     assert torch.all((subsets.mean(0) - full).abs() < 4 * standard_error)

@@ -258,3 +258,23 @@ def test_only_the_diagonal_families_refuse_a_rank_deficient_forward_matrix():
     fit = VariationalEB(GaussianGraphicalModel(dim=4), likelihood, family="full-covariance", max_iter=2,
                         hidden=(8,)).fit(problem.X)  # a family that holds the correlations runs without a word
     assert fit.warnings_ == []
+
+
+@pytest.mark.parametrize("family, mean_field", [("full-covariance", False), ("diagonal", True)])
+def test_a_closed_form_fit_with_covariates_is_em(rng, family, mean_field):
+    # z_i = μ + B c_i + N(0, Λ⁻¹), x = z + σ ε: the q-step is set at the exact (diagonal) posterior,
+    # whose mean is affine in the row (x_i, c_i), so the fit is EM (its diagonal E-step for
+    # the diagonal family) and stops where EM does, up to its stopping rule
+    truth = GaussianGraphicalModel(simulate_problem(p=3, n=2, graph="chain", seed=3).precision,
+                                   location=[3.0, -1.0, 0.5], coefficients=rng.standard_normal((3, 2)))
+    covariates = torch.as_tensor(rng.standard_normal((1000, 2)))
+    z = truth.sample(1000, torch.Generator().manual_seed(1), covariates=covariates).numpy()
+    rows = np.column_stack([z + 0.5 * rng.standard_normal(z.shape), covariates.numpy()])
+    prior, likelihood = GaussianGraphicalModel(dim=3, covariates=2, fit_intercept=True), linear_gaussian(np.eye(3), 0.5)
+    em = EM(prior, likelihood, max_iter=2000, tol=1e-12, mean_field=mean_field).fit(rows)
+    fit = VariationalEB(prior, likelihood, family=family, dtype=torch.float64, max_iter=500).fit(rows)
+    assert relative_frobenius_error(fit.precision_, em.precision_) < 1e-3
+    torch.testing.assert_close(fit.prior_.location, em.prior_.location, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fit.prior_.coefficients, em.prior_.coefficients, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="has 3 columns but the model expects 5"):
+        fit.transform(rows[:, :3])

@@ -354,3 +354,18 @@ def test_a_closed_form_factor_beyond_the_bound_is_the_nearest_member():
     with torch.no_grad():
         scale = q(torch.zeros(1, 2)).scale_tril.diagonal(dim1=-2, dim2=-1)
     torch.testing.assert_close(scale, torch.full_like(scale, math.exp(-7)), rtol=1e-5, atol=0)
+
+
+def test_an_encoder_of_counts_reads_the_priors_covariates_as_they_are():
+    # log(1 + c) of a negative covariate is NaN: the last `covariates` columns skip the log, so
+    # the encoder is the plain one fed (log(1 + counts), covariates)
+    counting = GaussianEncoder(4, 2, hidden=(8,), log1p=True, covariates=2)
+    plain = GaussianEncoder(4, 2, hidden=(8,))
+    plain.load_state_dict(counting.state_dict())
+    rows = torch.tensor([[3.0, 0.0, -1.5, 0.7], [10.0, 2.0, 2.5, -0.3], [0.0, 1.0, -4.0, 0.1]])
+    read = torch.cat([torch.log1p(rows[:, :2]), rows[:, 2:]], dim=1)
+    counting.standardize_with(rows)
+    plain.standardize_with(read)
+    assert torch.isfinite(counting(rows).mean).all()
+    torch.testing.assert_close(counting(rows).mean, plain(read).mean)
+    torch.testing.assert_close(counting(rows).stddev, plain(read).stddev)

@@ -84,3 +84,22 @@ def test_models_without_closed_form_are_refused(rng):
     with pytest.raises(ValueError, match="one noise level"):
         exact_posterior(torch.zeros(3, 2), GaussianGraphicalModel(dim=2),
                         linear_gaussian(np.eye(2), torch.ones(3, 1)))
+
+
+def test_posterior_and_evidence_with_a_location_equal_brute_force_conditioning(rng):
+    # z ~ N(η_i, Λ⁻¹), η_i = μ + B c_i: E[z|x] = η + Σ_zx Σ_xx⁻¹ (x − A η), x ~ N(A η, Σ_xx)
+    p, m, k, n = 4, 6, 2, 5
+    precision, a = random_spd(rng, p), rng.standard_normal((m, p))
+    location, effects = rng.standard_normal(p), rng.standard_normal((p, k))
+    x, covariates = rng.standard_normal((n, m)), rng.standard_normal((n, k))
+    s_zz, s_zx, s_xx = _joint(precision, a, np.full(m, 0.36))
+    eta = location + covariates @ effects.T
+    mean_bf = eta + (x - eta @ a.T) @ np.linalg.solve(s_xx, s_zx.T)
+    prior = GaussianGraphicalModel(precision, location=location, coefficients=effects)
+    rows = torch.as_tensor(np.column_stack([x, covariates]))
+    mean, cov = exact_posterior(rows, prior, linear_gaussian(a, 0.6))
+    np.testing.assert_allclose(mean.numpy(), mean_bf, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cov.numpy(), s_zz - s_zx @ np.linalg.solve(s_xx, s_zx.T), rtol=1e-9, atol=1e-12)
+    expected = [multivariate_normal(a @ eta_i, s_xx).logpdf(x_i) for x_i, eta_i in zip(x, eta)]
+    got = marginal_log_likelihood(rows, prior, linear_gaussian(a, 0.6))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)

@@ -55,6 +55,9 @@ def test_degrees_of_freedom_count_what_x_can_show():
     assert degrees_of_freedom(penalised, observed=6) == 6 + 5  # the lasso's: diagonal and edges
     assert degrees_of_freedom(_ggm(chain), observed=6) == 21  # no penalty: every entry is free
     assert degrees_of_freedom(penalised, observed=3) == 6  # x's covariance has 3·4/2 entries
+    located = GaussianGraphicalModel(torch.as_tensor(chain), alpha=0.1, covariates=2, fit_intercept=True)
+    assert degrees_of_freedom(located, observed=6) == 6 + 5 + 3 * 6  # and μ, B: 3 design columns of 6
+    assert degrees_of_freedom(located, observed=3) == 6 + 3 * 3  # each moves x's 3-dimensional mean
     mixture = GaussianMixture.standard(dim=4, components=2, alpha=0.1)  # identity precisions: no edges
     assert degrees_of_freedom(mixture, observed=4) == 1 + 2 * 4 + 2 * 4
     assert degrees_of_freedom(mixture, observed=2) == 1 + 2 * 2 + 2 * 3

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import row_dim
 from ..validation import check_data
 
 __all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
@@ -33,7 +34,10 @@ def progress_disabled(verbose: bool | int) -> bool | None:
 
 
 class EmpiricalBayesEstimator(abc.ABC):
-    """Estimates a prior's parameters from ``X`` (n, m) and each signal's posterior (n, p)."""
+    """Estimates a prior's parameters from ``X`` (n, m) and each signal's posterior (n, p).
+
+    A row of X is what the likelihood reads (m = its ``data_dim`` columns), followed by the
+    prior's covariates where it has any (:mod:`invae.model.rows`)."""
 
     def __init__(self, prior: Prior, likelihood: Likelihood, *, warm_start: bool = False,
                  callback: Callable[[int, Prior], None] | None = None, device: str = "cpu",
@@ -87,7 +91,7 @@ class EmpiricalBayesEstimator(abc.ABC):
         return _numpy(self.prior_.precision)
 
     def _tensor(self, X) -> Tensor:
-        array = check_data(X, columns=self.likelihood.data_dim)
+        array = check_data(X, columns=row_dim(self.prior, self.likelihood))
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
 
     def _models(self) -> tuple[Prior, Likelihood]:

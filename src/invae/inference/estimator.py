@@ -16,6 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from ..model.forward import LinearOperator
+from ..model.rows import row_dim
 from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
@@ -283,7 +284,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         family's module); a non-amortized family keeps no per-row factors: every
         ``transform`` fits them afresh under Λ̂. Returns ``self``."""
         super().restore()
-        m = self.likelihood.data_dim
+        m = row_dim(self.prior, self.likelihood)
         self._fitted_data = torch.empty(0, m, dtype=self.dtype, device=self.device)
         if posterior_state is not None:
             module = self.build_posterior(n=0, m=m)

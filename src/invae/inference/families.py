@@ -58,7 +58,8 @@ def _encoder(cls, **options: Callable[[Any], Any]):
     """A builder for an amortized encoder class; ``options`` read further arguments off the estimator."""
     def build(estimator, n: int, m: int) -> nn.Module:
         extra = {key: read(estimator) for key, read in options.items()}
-        return cls(m, estimator.prior.dim, tuple(estimator.hidden), log1p=estimator.likelihood.encoder_log1p, **extra)
+        return cls(m, estimator.prior.dim, tuple(estimator.hidden), log1p=estimator.likelihood.encoder_log1p,
+                   covariates=estimator.prior.covariate_dim, **extra)
     return build
 
 

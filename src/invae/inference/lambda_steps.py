@@ -34,6 +34,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import log_joint, split_rows
 from ..registry import Registry
 from .reweighting import normalised_weights
 from .seeding import seeded
@@ -77,7 +78,7 @@ class LambdaStep(abc.ABC):
     def statistics(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
                    batch_size: int, seed: int) -> dict[str, Tensor]:
         """The prior's expected sufficient statistics under q = posterior(x) over data rows x
-        (n, m); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
+        (n, row columns, :mod:`invae.model.rows`); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
 
     def _rows(self, x: Tensor, seed: int) -> tuple[Tensor, contextlib.AbstractContextManager]:
         """The row indices of this step and the random numbers of its draws: all rows with the
@@ -98,7 +99,7 @@ class BatchStep(LambdaStep):
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index = torch.randint(len(x), (batch_size,), device=x.device)
-        return prior.statistics(_draw(posterior(x[index], index)))
+        return prior.statistics(_draw(posterior(x[index], index)), covariates=split_rows(x[index], likelihood)[1])
 
 
 class ExpectedStep(LambdaStep):
@@ -107,7 +108,8 @@ class ExpectedStep(LambdaStep):
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index, randomness = self._rows(x, seed)
         with randomness:
-            return expected_statistics(prior, posterior(x[index], index), self.n_draws)
+            return expected_statistics(prior, posterior(x[index], index), self.n_draws,
+                                       split_rows(x[index], likelihood)[1])
 
 
 class ImportanceStep(LambdaStep):
@@ -143,24 +145,26 @@ LAMBDA_STEPS.register("importance", ImportanceStep)
 LAMBDA_STEPS.register("gradient", GradientStep)
 
 
-def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8) -> dict[str, Tensor]:
-    """The prior's expected sufficient statistics under q (batch (n,), event (p,)).
+def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
+                        covariates: Tensor | None = None) -> dict[str, Tensor]:
+    """The prior's expected sufficient statistics under q (batch (n,), event (p,)), for rows
+    with ``covariates`` (n, k) where the prior reads them.
 
     Closed form for Gaussian q and a prior whose M-step needs only q's moments
     (``E[z zᵀ] = μμᵀ + Σ_q``, diagonal Σ_q or the average of full ones); otherwise the
     statistics of ``n_draws`` draws per observation, (n_draws, n, p).
     """
     if not prior.closed_form_gaussian_m_step:
-        return prior.statistics(_draw(q, n_draws))
+        return prior.statistics(_draw(q, n_draws), covariates=covariates)
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
-        return prior.gaussian_statistics(q.mean, var=q.variance)
+        return prior.gaussian_statistics(q.mean, var=q.variance, covariates=covariates)
     if isinstance(q, MultivariateNormal):
         tril = q.scale_tril
         # Σ_n L_n L_nᵀ as one matrix product over the stacked columns of every L_n (an einsum
         # over (n, p, p) takes 3 × longer on CPU)
         columns = tril.mT.reshape(-1, tril.shape[-1])
-        return prior.gaussian_statistics(q.mean, columns.T @ columns / len(tril))
-    return prior.statistics(_draw(q, n_draws))
+        return prior.gaussian_statistics(q.mean, columns.T @ columns / len(tril), covariates=covariates)
+    return prior.statistics(_draw(q, n_draws), covariates=covariates)
 
 
 def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
@@ -178,12 +182,13 @@ def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: 
     bound ``Σ_i log (1/S) Σ_s w_si`` (Burda et al., 2016) at these draws; that bound tends to
     log p(x; Λ) as S grows. So Λ̂ tends to the penalised maximum marginal likelihood, as
     with exact EM. The self-normalised weights have a bias of order 1/(S·ESS fraction).
-    q is (batch (n,), event (p,)) over the rows x (n, m). A draw with log w = −∞ (e.g. an
+    q is (batch (n,), event (p,)) over the data rows x (n, row columns). A draw with log w = −∞ (e.g. an
     impossible one) gets weight 0; a NaN or +∞, or a row without a positive weight, raises
     ``FloatingPointError``.
     """
     z = _draw(q, n_draws)  # (S, n, p)
-    return prior.statistics(z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - q.log_prob(z)))
+    weights = normalised_weights(log_joint(x, z, prior, likelihood) - q.log_prob(z))
+    return prior.statistics(z, weights, covariates=split_rows(x, likelihood)[1])
 
 
 def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:

@@ -25,27 +25,30 @@ from torch.distributions import Distribution, Independent, MixtureSameFamily, Mu
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import split_rows
 
 __all__ = ["elbo"]
 
 
 def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_samples: int = 1, *,
          z: Tensor | None = None) -> Tensor:
-    """ELBO estimates for observations x (n, m) under q (batch (n,), event (p,)); returns (n,).
+    """ELBO estimates for data rows x (n, row columns, :mod:`invae.model.rows`) under q (batch
+    (n,), event (p,)); returns (n,).
 
     Terms in closed form (module docstring) take no draws. ``z`` (S, n, p), if given, are
     the draws of q to use for every term (e.g. fixed noise pushed through q); otherwise
     ``n_samples`` fresh reparameterised draws for the terms that need them.
     """
+    x, covariates = split_rows(x, likelihood)
     if isinstance(q, MixtureSameFamily):
-        return _mixture_elbo(x, q, prior, likelihood, n_samples)
+        return _mixture_elbo(x, covariates, q, prior, likelihood, n_samples)
     moments = _gaussian_moments(q) if z is None else None
-    prior_term = prior.expected_log_prob(*moments) if moments else None
+    prior_term = prior.expected_log_prob(*moments, covariates) if moments else None
     likelihood_term = likelihood.expected_log_prob(x, *moments) if moments else None
     if prior_term is not None and likelihood_term is not None:
         return prior_term + likelihood_term + q.entropy()
     z = q.rsample((n_samples,)) if z is None else z  # (S, n, p)
-    log_joint = ((prior.log_prob(z) if prior_term is None else prior_term)
+    log_joint = ((prior.log_prob(z, covariates) if prior_term is None else prior_term)
                  + (likelihood.log_prob(x, z) if likelihood_term is None else likelihood_term))  # (S, n)
     try:
         return log_joint.mean(0) + q.entropy()
@@ -62,9 +65,11 @@ def _gaussian_moments(q: Distribution) -> tuple[Tensor, Tensor] | None:
     return None
 
 
-def _mixture_elbo(x: Tensor, q: MixtureSameFamily, prior: Prior, likelihood: Likelihood, n_samples: int) -> Tensor:
+def _mixture_elbo(x: Tensor, covariates: Tensor | None, q: MixtureSameFamily, prior: Prior, likelihood: Likelihood,
+                  n_samples: int) -> Tensor:
     """``Σ_c w_c mean_s [log g(z_cs) + log p(x | z_cs) − log q(z_cs)]``, z_cs ~ q_c; returns (n,)."""
     z = q.component_distribution.rsample((n_samples,))  # (S, n, K, p)
-    log_joint = prior.log_prob(z) + likelihood.log_prob(x[:, None, :], z)  # (S, n, K)
+    per_component = None if covariates is None else covariates[:, None, :]
+    log_joint = prior.log_prob(z, per_component) + likelihood.log_prob(x[:, None, :], z)  # (S, n, K)
     log_q = q.log_prob(z.movedim(-2, 0)).movedim(0, -1)  # each draw under the whole mixture, (S, n, K)
     return (q.mixture_distribution.probs * (log_joint - log_q).mean(0)).sum(-1)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ..model.forward import LinearOperator
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import row_dim, split_rows
 from ..references.exact import exact_posterior, has_exact_evidence, mean_log_likelihood
 from ..validation import check_data
 from .base import EmpiricalBayesEstimator, progress_disabled
@@ -75,17 +76,18 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
     ``α_max = max_{i≠j} |S_ij|`` for S (p, p) the second moment of the signals under
     ``prior`` (the start values), see the module docstring; X is (n, m).
     """
-    x = torch.as_tensor(check_data(X, columns=likelihood.data_dim), dtype=torch.float64)
+    x = torch.as_tensor(check_data(X, columns=row_dim(prior, likelihood)), dtype=torch.float64)
     prior, likelihood = prior.to("cpu", torch.float64), likelihood.to("cpu", torch.float64)
+    measured, covariates = split_rows(x, likelihood)
     if has_exact_evidence(prior, likelihood):
         mean, cov = exact_posterior(x, prior, likelihood)  # cov (p, p), or (n, p, p) with one σ_i per row
-        s = ((cov if cov.ndim == 2 else cov.mean(0)) + mean.mT @ mean / len(mean)).numpy()
+        statistics = prior.gaussian_statistics(mean, cov, covariates=covariates)
     elif isinstance(likelihood.forward, LinearOperator):
-        z = likelihood.forward.pinv(x)
-        s = (z.mT @ z / len(z)).numpy()
+        statistics = prior.statistics(likelihood.forward.pinv(measured), covariates=covariates)
     else:
         raise ValueError("the default penalty grid needs a linear forward matrix; give the penalties (alphas) "
                          "or a fixed --penalty")
+    s = prior.location_fit(statistics)[1].numpy()  # about the fitted location, where there is one
     largest = np.abs(s - np.diag(np.diag(s))).max()
     if not largest > 0:
         raise ValueError("the data show no dependence between coordinates: every penalty gives a diagonal Λ̂")
@@ -121,7 +123,7 @@ def select_penalty(estimator: EmpiricalBayesEstimator, X, *, criterion: str = "h
     :class:`PenaltyPath` (every α tried, its scores, the chosen α).
     """
     _check_options(criterion, holdout, gamma)
-    x = check_data(X, columns=estimator.likelihood.data_dim)
+    x = check_data(X, columns=row_dim(estimator.prior, estimator.likelihood))
     alphas = np.sort(np.asarray(penalty_grid(x, estimator.prior, estimator.likelihood) if alphas is None else alphas,
                                 dtype=float))[::-1]
     if len(alphas) == 0 or not np.all(alphas >= 0):

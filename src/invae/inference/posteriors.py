@@ -73,11 +73,18 @@ def _affine_posterior(prior, likelihood) -> bool:
             and _sees_every_direction(likelihood, prior.dim))
 
 
-def _unit_rows(like: Tensor, likelihood) -> Tensor:
-    """The unit vectors e_j of the data space as rows (m, m), in ``like``'s dtype and device. The
-    exact posterior mean ``K x`` of an affine posterior (:func:`_affine_posterior`) is linear
-    in x, so its values there are K's columns: ``K = mean(e_1 … e_m)ᵀ``."""
-    return torch.eye(likelihood.forward.out_dim, dtype=like.dtype, device=like.device)
+def _basis_rows(like: Tensor) -> Tensor:
+    """The data rows 0, e_1, …, e_r (1 + r, r) of ``like`` (n, r)'s row space, in its dtype and
+    device. The exact posterior mean of an affine posterior (:func:`_affine_posterior`) is
+    affine in the row (x_i, c_i) (``K x_i + Σ Λ η_i``, η_i = μ + B c_i), so its value at 0 is
+    the offset and its values at the e_j, less that, are the map's columns (:func:`_affine_map`)."""
+    return torch.cat([like.new_zeros(1, like.shape[1]), torch.eye(like.shape[1], dtype=like.dtype,
+                                                                   device=like.device)])
+
+
+def _affine_map(means: Tensor) -> tuple[Tensor, Tensor]:
+    """(W (p, r), b (p,)) of the affine map whose values at :func:`_basis_rows` are ``means`` (1 + r, p)."""
+    return (means[1:] - means[0]).mT, means[0]
 
 
 class _Trunk(nn.Module):
@@ -87,12 +94,13 @@ class _Trunk(nn.Module):
     posterior mean is linear in x and its (co)variance constant. The MLP's last layer
     starts at zero, so the trunk starts as the linear map alone. ``shift`` and ``scale``
     standardise u(x) by the training data (:meth:`standardize_with`); u is the identity,
-    or ``log(1 + x)`` with ``log1p=True`` (counts: see ``Likelihood.encoder_log1p``).
+    or ``log(1 + x)`` with ``log1p=True`` (counts: see ``Likelihood.encoder_log1p``) on all but
+    the last ``covariates`` columns (a prior's covariates, :mod:`invae.model.rows`, read as they are).
     """
 
-    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
+    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False, covariates: int = 0):
         super().__init__()
-        self.log1p = log1p
+        self.log1p, self.counts = log1p, m - covariates
         self.register_buffer("shift", torch.zeros(m))
         self.register_buffer("scale", torch.ones(m))
         self.linear = nn.Linear(m, k)
@@ -107,13 +115,19 @@ class _Trunk(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
 
     def standardize_with(self, x: Tensor) -> None:
-        u = torch.log1p(x) if self.log1p else x
+        u = self._read(x)
         self.shift.copy_(u.mean(0))
         self.scale.copy_(u.std(0).clamp_min(1e-12))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = ((torch.log1p(x) if self.log1p else x) - self.shift) / self.scale
+        h = (self._read(x) - self.shift) / self.scale
         return self.linear(h) + self.mlp(h)
+
+    def _read(self, x: Tensor) -> Tensor:
+        """u(x) (class docstring)."""
+        if not self.log1p:
+            return x
+        return torch.cat([torch.log1p(x[..., : self.counts]), x[..., self.counts :]], dim=-1)
 
     @torch.no_grad()
     def set_affine(self, weight: Tensor, bias: Tensor) -> None:
@@ -131,10 +145,10 @@ class _Trunk(nn.Module):
 class _Encoder(nn.Module):
     """An amortized family: a :class:`_Trunk` whose k outputs parameterise q(z|x)."""
 
-    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False):
+    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False, covariates: int = 0):
         super().__init__()
         self.p = p
-        self.trunk = _Trunk(m, k, hidden, log1p)
+        self.trunk = _Trunk(m, k, hidden, log1p, covariates)
 
     def standardize_with(self, x: Tensor) -> None:
         """Set the input standardisation from training data x (n, m)."""
@@ -154,10 +168,14 @@ class GaussianEncoder(_Encoder):
         Widths of the trunk MLP's hidden layers (SiLU activations).
     log1p : bool
         Read the data as ``log(1 + x)`` (counts); every encoder takes this option.
+    covariates : int
+        The last columns of a row that are a prior's covariates, never read as counts; every
+        encoder takes this option.
     """
 
-    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
-        super().__init__(m, p, 2 * p, hidden, log1p)
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False,
+                 covariates: int = 0):
+        super().__init__(m, p, 2 * p, hidden, log1p, covariates)
         _start_spread_at(self.trunk.linear, slice(p, 2 * p))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
@@ -172,11 +190,10 @@ class GaussianEncoder(_Encoder):
         """The encoder at its optimum given the prior, for every x: the best diagonal Gaussian
         for ``N(K x, Σ)`` is ``μ(x) = K x``, ``σ_j² = 1/(Σ⁻¹)_jj``
         (:func:`~invae.references.exact.mean_field_optimum`), an affine map that the trunk's
-        linear map holds (:func:`_unit_rows`). x (n, m): the rows (dtype, device)."""
-        mean, variance, _ = mean_field_optimum(_unit_rows(x, likelihood), prior, likelihood)
-        gain, log_std = mean.mT, 0.5 * variance.log()
-        self.trunk.set_affine(torch.cat([gain, torch.zeros_like(gain)]),
-                              torch.cat([torch.zeros_like(log_std), log_std]))
+        linear map holds (:func:`_basis_rows`). x (n, r): the data rows (dtype, device)."""
+        means, variance, _ = mean_field_optimum(_basis_rows(x), prior, likelihood)
+        (gain, offset), log_std = _affine_map(means), 0.5 * variance.log()
+        self.trunk.set_affine(torch.cat([gain, torch.zeros_like(gain)]), torch.cat([offset, log_std]))
 
 
 def _start_cholesky_at(linear: nn.Linear, first: int, rows: Tensor, cols: Tensor) -> None:
@@ -225,9 +242,10 @@ class FullCovarianceEncoder(_Encoder):
     ELBO gap measures optimisation alone — the yardstick for the diagonal and IAF families.
     """
 
-    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False):
+    def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False,
+                 covariates: int = 0):
         rows, cols = torch.tril_indices(p, p)
-        super().__init__(m, p, p + len(rows), hidden, log1p)
+        super().__init__(m, p, p + len(rows), hidden, log1p, covariates)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         _start_cholesky_at(self.trunk.linear, p, rows, cols)
@@ -242,12 +260,12 @@ class FullCovarianceEncoder(_Encoder):
 
     @torch.no_grad()
     def set_to_optimum(self, x: Tensor, prior, likelihood) -> None:
-        """The encoder at the exact posterior ``N(K x, Σ)`` for every x (KL zero): μ(x) = K x
-        (:func:`_unit_rows`) and L = chol Σ, constant. x (n, m): the rows (dtype, device)."""
-        mean, cov = exact_posterior(_unit_rows(x, likelihood), prior, likelihood)
-        gain, entries = mean.mT, _raw_entries(torch.linalg.cholesky(cov), self.rows, self.cols)
+        """The encoder at the exact posterior ``N(K x + Σ Λ η, Σ)`` for every row (KL zero): an
+        affine μ (:func:`_basis_rows`) and L = chol Σ, constant. x (n, r): the data rows (dtype, device)."""
+        means, cov = exact_posterior(_basis_rows(x), prior, likelihood)
+        (gain, offset), entries = _affine_map(means), _raw_entries(torch.linalg.cholesky(cov), self.rows, self.cols)
         self.trunk.set_affine(torch.cat([gain, gain.new_zeros(len(entries), gain.shape[1])]),
-                              torch.cat([gain.new_zeros(self.p), entries]))
+                              torch.cat([offset, entries]))
 
 
 class MixtureEncoder(_Encoder):
@@ -271,12 +289,12 @@ class MixtureEncoder(_Encoder):
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2, *,
-                 log1p: bool = False):
+                 log1p: bool = False, covariates: int = 0):
         if components < 1:
             raise ValueError(f"components must be >= 1, got {components}")
         rows, cols = torch.tril_indices(p, p)
         self.components, self.per_component = components, p + len(rows)
-        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p)
+        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p, covariates)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         for c in range(components):
@@ -327,12 +345,13 @@ class IAFEncoder(_Encoder):
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), n_steps: int = 2,
-                 context: int = 16, made_hidden: tuple[int, ...] | None = None, log1p: bool = False):
+                 context: int = 16, made_hidden: tuple[int, ...] | None = None, log1p: bool = False,
+                 covariates: int = 0):
         if p < 2:
             raise ValueError(f"the IAF family needs p >= 2 latent dimensions, got p = {p}")
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        super().__init__(m, p, 2 * p + context, hidden, log1p)
+        super().__init__(m, p, 2 * p + context, hidden, log1p, covariates)
         made_hidden = list(made_hidden or (4 * p,))
         order = torch.arange(p)
         self.steps = nn.ModuleList(

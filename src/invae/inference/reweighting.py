@@ -31,6 +31,7 @@ from torch.distributions.utils import _sum_rightmost
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import log_joint
 
 __all__ = ["WIDTHS", "defensive_draws", "normalised_weights", "importance_draws", "weighted_moments",
            "weighted_cdf", "resample"]
@@ -88,9 +89,9 @@ def normalised_weights(log_w: Tensor) -> Tensor:
 def importance_draws(q: Distribution, x: Tensor, prior: Prior, likelihood: Likelihood, n_draws: int = 256,
                      widths: tuple[float, ...] = WIDTHS) -> tuple[Tensor, Tensor]:
     """Draws z (S, n, p) of the proposal and their weights w̃ (S, n) towards p(z | x; prior),
-    for the rows x (n, m) and q over them (module docstring)."""
+    for the data rows x (n, row columns) and q over them (module docstring)."""
     z, log_r = defensive_draws(q, n_draws, widths)
-    return z, normalised_weights(prior.log_prob(z) + likelihood.log_prob(x, z) - log_r)
+    return z, normalised_weights(log_joint(x, z, prior, likelihood) - log_r)
 
 
 def weighted_moments(z: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:

@@ -290,9 +290,11 @@ def linear_moments(forward: ForwardOperator, mean: Tensor, cov: Tensor) -> tuple
 
 def gaussian_measurements(likelihood: GaussianLikelihood | NoisePerRowGaussianLikelihood,
                           x: Tensor) -> tuple[Tensor, Tensor]:
-    """The measurements (..., m) in data rows x and their noise variances σ², in x's dtype:
+    """The measurements (..., m) in data rows x (which may carry a prior's covariates after the
+    likelihood's columns, :mod:`invae.model.rows`) and their noise variances σ², in x's dtype:
     (m,) for one σ or one per sensor, (..., m) for one σ_i per row."""
     m = likelihood.forward.out_dim
+    x = x[..., : likelihood.data_dim]
     if isinstance(likelihood, NoisePerRowGaussianLikelihood):
         return x[..., :-1], x[..., -1:].square().expand(*x.shape[:-1], m)
     std = likelihood.noise_std.to(x)

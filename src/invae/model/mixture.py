@@ -127,24 +127,28 @@ class GaussianMixture(Prior):
         return (torch.log(self.weights) + half_logdet - 0.5 * (white**2).sum(-1)
                 - 0.5 * self.dim * math.log(2 * math.pi))
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
         """``log Σ_k π_k N(z; μ_k, Λ_k⁻¹)`` for z (..., p); returns (...)."""
+        self.refuse_covariates(covariates)
         return torch.logsumexp(self.component_log_prob(z), dim=-1)
 
     def responsibilities(self, z: Tensor) -> Tensor:
         """``r_k(z) = π_k N(z; μ_k, Λ_k⁻¹) / g(z)`` for z (..., p); returns (..., K)."""
         return torch.softmax(self.component_log_prob(z), dim=-1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, covariates: Tensor | None = None) -> Tensor:
         """Labels c ~ Categorical(π), then ``z = μ_c + L_c⁻ᵀ ε``; shape (n, p)."""
+        self.refuse_covariates(covariates)
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, 1, generator=generator, dtype=self.means.dtype, device=self.means.device)
         offset = torch.linalg.solve_triangular(self._chol[labels].mT, eps, upper=True)[..., 0]
         return self.means[labels] + offset
 
-    def statistics(self, z: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+    def statistics(self, z: Tensor, weights: Tensor | None = None, covariates: Tensor | None = None
+                   ) -> dict[str, Tensor]:
         """The statistics of draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
         see the module's docstring): responsibilities ``r_k(z) · w``, w rescaled to mean 1."""
+        self.refuse_covariates(covariates)
         flat = z.reshape(-1, self.dim)
         resp = self.responsibilities(flat)
         if weights is not None:

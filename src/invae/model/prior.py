@@ -17,6 +17,11 @@ so ``state_dict()`` holds them and ``state()`` returns them). Priors are immutab
 same: an M-step returns a new prior, and :meth:`Prior.to` returns a moved copy (unlike
 ``nn.Module.to``, which moves a module in place). A prior whose maximiser has no closed
 form sets ``has_m_step = False``; the trainer then moves θ by gradient on the ELBO instead.
+
+A prior may depend on k known covariates per row, ``g(z_i; θ, c_i)`` (``covariate_dim = k``,
+e.g. the location ``μ + B c_i`` of :mod:`invae.model.location`): every method that reads the
+rows of z then takes their ``covariates`` (..., n, k). A data row carries them after the
+likelihood's columns (:func:`invae.model.rows.split_rows`), so they follow every minibatch.
 """
 
 from __future__ import annotations
@@ -35,20 +40,23 @@ class Prior(nn.Module, abc.ABC):
     ``super().__init__()`` first and register θ with ``register_buffer``."""
 
     dim: int
+    #: k, the known covariates per row that the prior reads (0: none).
+    covariate_dim: int = 0
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
         """``log g(z; θ)``: a prior called on z is its log-density (e.g. in ``torch.func.functional_call``)."""
-        return self.log_prob(z)
+        return self.log_prob(z, covariates)
 
     @abc.abstractmethod
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``log g(z; θ)`` for ``z`` of shape (..., p); returns shape (...)."""
+    def log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
+        """``log g(z; θ)`` for ``z`` of shape (..., p) (covariates (..., k) broadcasting against
+        it); returns shape (...)."""
 
     @abc.abstractmethod
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` independent draws, shape (n, p)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, covariates: Tensor | None = None) -> Tensor:
+        """``n`` independent draws, shape (n, p); one per row of ``covariates`` (n, k)."""
 
-    def expected_log_prob(self, mean: Tensor, cov: Tensor) -> Tensor | None:
+    def expected_log_prob(self, mean: Tensor, cov: Tensor, covariates: Tensor | None = None) -> Tensor | None:
         """``E[log g(z; θ)]`` for ``z ~ N(mean, cov)``, mean (..., p), cov (..., p, p) or the
         variances (..., p) of a diagonal Gaussian; shape (...). None where it has no closed
         form (the ELBO then averages ``log g`` over draws)."""
@@ -59,12 +67,13 @@ class Prior(nn.Module, abc.ABC):
     #: the ELBO, together with the posterior (:class:`~invae.inference.lambda_steps.GradientStep`).
     has_m_step: bool = True
 
-    def m_step(self, z: Tensor, weights: Tensor | None = None) -> Prior:
+    def m_step(self, z: Tensor, weights: Tensor | None = None, covariates: Tensor | None = None) -> Prior:
         """The maximiser given draws ``z`` of shape (..., n, p) with ``weights`` of shape
         (..., n) (None: all equal): the expectation above is ``Σ w log g(z) / Σ w``."""
-        return self.m_step_from(self.statistics(z, weights))
+        return self.m_step_from(self.statistics(z, weights, covariates))
 
-    def statistics(self, z: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+    def statistics(self, z: Tensor, weights: Tensor | None = None, covariates: Tensor | None = None
+                   ) -> dict[str, Tensor]:
         """The expected sufficient statistics of draws ``z`` (..., n, p) weighted by ``weights``
         (..., n), as averages over the draws: what :meth:`m_step_from` maximises."""
         raise NotImplementedError(f"{type(self).__name__} has no M-step: its parameters are trained by "
@@ -81,17 +90,18 @@ class Prior(nn.Module, abc.ABC):
     closed_form_gaussian_m_step: bool = True
 
     def m_step_gaussian(self, mean: Tensor, cov: Tensor | None = None, *,
-                        var: Tensor | None = None) -> Prior:
+                        var: Tensor | None = None, covariates: Tensor | None = None) -> Prior:
         """The maximiser of the exact expectation under ``q(z_i) = N(mean_i, cov_i)`` (see
         :meth:`gaussian_statistics`)."""
-        return self.m_step_from(self.gaussian_statistics(mean, cov, var=var))
+        return self.m_step_from(self.gaussian_statistics(mean, cov, var=var, covariates=covariates))
 
     def gaussian_statistics(self, mean: Tensor, cov: Tensor | None = None, *,
-                            var: Tensor | None = None) -> dict[str, Tensor]:
+                            var: Tensor | None = None, covariates: Tensor | None = None) -> dict[str, Tensor]:
         """The exact expected sufficient statistics under ``q(z_i) = N(mean_i, cov_i)``.
 
         ``mean`` is (n, p). Give exactly one of ``cov``, (p, p) shared or (n, p, p) per
-        observation, and ``var``, the (n, p) variances of a diagonal Gaussian.
+        observation, and ``var``, the (n, p) variances of a diagonal Gaussian; ``covariates``
+        (n, k) where the prior reads them.
         """
         raise NotImplementedError(f"{type(self).__name__} has no closed-form M-step under a Gaussian q; "
                                   "use m_step on draws")
@@ -125,6 +135,11 @@ class Prior(nn.Module, abc.ABC):
     @abc.abstractmethod
     def from_state(cls, state: dict[str, Tensor], **config) -> Prior:
         """The prior with parameters ``state`` and settings ``config`` (see :meth:`config`)."""
+
+    def refuse_covariates(self, covariates: Tensor | None) -> None:
+        """A ``ValueError`` if rows bring covariates to a prior that reads none (``covariate_dim = 0``)."""
+        if covariates is not None and covariates.shape[-1] > 0:
+            raise ValueError(f"{type(self).__name__} takes no covariates, got {covariates.shape[-1]} per row")
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers for a fit's ``summary.json`` (e.g. the penalty, a graph's edge count)."""

@@ -19,6 +19,7 @@ from ..inference.base import EmpiricalBayesEstimator
 from ..model.forward import LinearOperator
 from ..model.likelihoods import gaussian_measurements
 from ..model.prior import Prior
+from ..model.rows import split_rows
 
 __all__ = ["Naive", "rank_matching", "complete_data_floor"]
 
@@ -42,7 +43,8 @@ class Naive(EmpiricalBayesEstimator):
         x = self._tensor(X)
         prior, likelihood = self._models()
         self.likelihood_ = likelihood
-        self.prior_ = prior.m_step(likelihood.forward.pinv(gaussian_measurements(likelihood, x)[0]))
+        self.prior_ = prior.m_step(likelihood.forward.pinv(gaussian_measurements(likelihood, x)[0]),
+                                   covariates=split_rows(x, likelihood)[1])
         self.n_iter_, self.converged_, self.history_ = 1, True, {}
         return self
 
@@ -72,15 +74,18 @@ def rank_matching(estimates: np.ndarray, quantile: Callable[[np.ndarray], np.nda
     return np.asarray(quantile((ranks + 0.5) / n), dtype=np.float64)
 
 
-def complete_data_floor(z: Tensor | np.ndarray, prior: Prior, *, tol: float = 1e-8, max_iter: int = 1000) -> Prior:
-    """The prior estimated from the true signals ``z`` (n, p): ``prior``'s M-step on z,
+def complete_data_floor(z: Tensor | np.ndarray, prior: Prior, *, tol: float = 1e-8, max_iter: int = 1000,
+                        covariates=None) -> Prior:
+    """The prior estimated from the true signals ``z`` (n, p) (and their rows' ``covariates``
+    (n, k) where the prior reads them): ``prior``'s M-step on z,
     repeated from ``prior`` until the parameters move by less than ``tol`` (relative). A
     Gaussian prior's M-step is exact at once; a mixture's is one EM step on z, so this
     runs EM on the complete data to its maximum."""
     z = torch.as_tensor(np.asarray(z, dtype=np.float64))
-    estimate = prior.to("cpu", torch.float64).m_step(z)
+    covariates = None if covariates is None else torch.as_tensor(np.asarray(covariates, dtype=np.float64))
+    estimate = prior.to("cpu", torch.float64).m_step(z, covariates=covariates)
     for _ in range(max_iter):
-        previous, estimate = estimate, estimate.m_step(z)
+        previous, estimate = estimate, estimate.m_step(z, covariates=covariates)
         if estimate.relative_change(previous) < tol:
             break
     return estimate

@@ -1,8 +1,11 @@
 """Exact EM for the linear-Gaussian Gaussian-graphical model (docs/methods.md §2.5).
 
 E-step (exact):  μ_i = Σ_post Aᵀ D⁻¹ x_i,   S = Σ_post + (1/n) Σ_i μ_i μ_iᵀ
-                 (with one σ_i per row, Σ_post,i differs by row and S averages them)
+                 (with one σ_i per row, Σ_post,i differs by row and S averages them;
+                 with a prior location η_i, μ_i = Σ_post (Λ η_i + Aᵀ D⁻¹ x_i))
 M-step:          Λ ← argmax log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
+                 (with a fitted location, (μ, B) by least squares of the μ_i on (1, c_i)
+                 first and S about them: docs/methods.md §3.13)
 
 Each iteration cannot decrease the penalised marginal log-likelihood
 ``(1/n) Σ_i log p(x_i; Λ) − (α/2) ‖Λ‖_{1,off}``: this is the estimate the variational
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..inference.base import EmpiricalBayesEstimator, progress_disabled
 from ..model.mixture import GaussianMixture
+from ..model.rows import split_rows
 from ..threads import using_threads
 from .exact import exact_posterior, mean_field_optimum, mixture_posterior, penalized_log_likelihood
 
@@ -100,9 +104,10 @@ class EM(EmpiricalBayesEstimator):
             post = mixture_posterior(x, prior, likelihood)
             return prior.m_step_from(prior.component_statistics(post.responsibilities, post.means, post.cov))
         mean, cov, _ = self._e_step(x, prior, likelihood)
+        covariates = split_rows(x, likelihood)[1]
         if self.mean_field:
-            return prior.m_step_gaussian(mean, var=cov.expand_as(mean))
-        return prior.m_step_gaussian(mean, cov)
+            return prior.m_step_gaussian(mean, var=cov.expand_as(mean), covariates=covariates)
+        return prior.m_step_gaussian(mean, cov, covariates=covariates)
 
     def _objective(self, x: Tensor, prior, likelihood) -> float:
         kl = self._e_step(x, prior, likelihood)[2] if self.mean_field else 0.0

@@ -1,11 +1,12 @@
 """Exact posterior and evidence of the linear-Gaussian model (docs/methods.md §2.5).
 
-Model: ``z ~ N(0, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar, one
+Model: ``z_i ~ N(η_i, Λ⁻¹)``, ``x | z ~ N(A z, D)`` with ``D = diag(σ²)`` (σ a scalar, one
 value per sensor, or — :class:`~invae.model.likelihoods.NoisePerRowGaussianLikelihood` — one
-known σ_i per observation, so D_i = σ_i² I differs by row). Then, for every observation,
+known σ_i per observation, so D_i = σ_i² I differs by row) and the prior's location
+``η_i = μ + B c_i`` (0 by default; docs/methods.md §3.13). Then, for every observation,
 
-    Σ_post = (Λ + Aᵀ D⁻¹ A)⁻¹,        μ_post(x) = Σ_post Aᵀ D⁻¹ x,
-    x ~ N(0, A Λ⁻¹ Aᵀ + D)             (the marginal, so log p(x; Λ) is exact).
+    Σ_post = (Λ + Aᵀ D⁻¹ A)⁻¹,        μ_post(x) = Σ_post (Λ η_i + Aᵀ D⁻¹ x),
+    x ~ N(A η_i, A Λ⁻¹ Aᵀ + D)         (the marginal, so log p(x; Λ) is exact).
 
 With D_i per row, Σ_post and the marginal covariance are per row too: (n, p, p), (n, m, m).
 
@@ -32,6 +33,7 @@ from ..model.forward import LinearOperator
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
 from ..model.mixture import GaussianMixture
+from ..model.rows import split_rows
 
 __all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
            "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence", "has_exact_em"]
@@ -50,6 +52,11 @@ def has_exact_em(prior, likelihood) -> bool:
     or a mixture with one noise level (or one per sensor), not one per row."""
     return has_exact_evidence(prior, likelihood) and not (
         isinstance(prior, GaussianMixture) and isinstance(likelihood, NoisePerRowGaussianLikelihood))
+
+
+def _prior_location(prior: GaussianGraphicalModel, likelihood, x: Tensor) -> Tensor:
+    """η_i = μ + B c_i of the data rows x (n, row columns): (p,), or (n, p) with covariates; in x's dtype."""
+    return prior.location_of(split_rows(x, likelihood)[1]).to(x)
 
 
 def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -76,10 +83,12 @@ def _posterior_in_precision(x: Tensor, prior: GaussianGraphicalModel, likelihood
     precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     post_precision, a_scaled = _posterior_precision(precision, a, noise_var)
     chol = torch.linalg.cholesky(post_precision)
+    from_prior = _prior_location(prior, likelihood, x) @ precision  # (Λ η_i)ᵀ
     if chol.ndim == 2:
-        mean = torch.cholesky_solve((measured @ a_scaled).mT, chol).mT
+        mean = torch.cholesky_solve((measured @ a_scaled + from_prior).mT, chol).mT
     else:
-        mean = torch.cholesky_solve(torch.einsum("nm,nmp->np", measured, a_scaled)[..., None], chol)[..., 0]
+        rhs = torch.einsum("nm,nmp->np", measured, a_scaled) + from_prior
+        mean = torch.cholesky_solve(rhs[..., None], chol)[..., 0]
     return mean, post_precision, chol
 
 
@@ -118,13 +127,14 @@ def _gaussian_log_density(x: Tensor, mean: Tensor, cov: Tensor) -> Tensor:
 
 
 def marginal_log_likelihood(x: Tensor, prior, likelihood) -> Tensor:
-    """``log p(x_i; Λ) = log N(x_i; 0, A Λ⁻¹ Aᵀ + D)`` for the data rows x, or its mixture
+    """``log p(x_i; Λ) = log N(x_i; A η_i, A Λ⁻¹ Aᵀ + D)`` for the data rows x, or its mixture
     over the components of a Gaussian-mixture prior; returns (n,)."""
     if isinstance(prior, GaussianMixture):
         return torch.logsumexp(_component_log_joint(x, prior, likelihood), dim=-1)
     precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-    return _gaussian_log_density(measured, torch.zeros_like(measured[0]), a @ cov_z @ a.mT + torch.diag_embed(noise_var))
+    mean = _prior_location(prior, likelihood, x) @ a.mT  # (m,), or (n, m) with covariates
+    return _gaussian_log_density(measured, mean, a @ cov_z @ a.mT + torch.diag_embed(noise_var))
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,7 @@ class MixturePosterior:
 def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood) -> Tensor:
     """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for the data rows x; returns (n, K)."""
     _, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
+    prior.refuse_covariates(split_rows(x, likelihood)[1])
     weights, means, covariances = (t.to(x) for t in (prior.weights, prior.means, prior.covariances))
     return torch.stack([
         torch.log(weights[k]) + _gaussian_log_density(measured, a @ means[k],
@@ -173,7 +184,7 @@ def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLik
     log_joint = _component_log_joint(x, prior, likelihood)  # (n, K)
     chol = torch.linalg.cholesky(post_precisions)  # (K, p, p)
     cov = torch.cholesky_inverse(chol)
-    rhs = (precisions @ means[..., None])[None, :, :, 0] + (x @ a_scaled)[:, None, :]  # (n, K, p)
+    rhs = (precisions @ means[..., None])[None, :, :, 0] + (split_rows(x, likelihood)[0] @ a_scaled)[:, None, :]
     post_means = torch.cholesky_solve(rhs.permute(1, 2, 0), chol).permute(2, 0, 1)
     log_evidence = torch.logsumexp(log_joint, dim=-1)
     return MixturePosterior(torch.exp(log_joint - log_evidence[:, None]), post_means, 0.5 * (cov + cov.mT),

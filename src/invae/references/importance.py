@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..model.rows import log_joint, split_rows
 
 __all__ = ["ImportancePosterior", "importance_posterior", "importance_em"]
 
@@ -51,7 +52,8 @@ class ImportancePosterior:
 
 def importance_posterior(x, prior: Prior, likelihood: Likelihood, *, n_draws: int = 4096, df: float = 5.0,
                          defensive: float = 0.1, seed: int = 0) -> ImportancePosterior:
-    """The importance-sampling posterior (module docstring) of every row of x (n, m), in float64.
+    """The importance-sampling posterior (module docstring) of every data row of x (n, row
+    columns, :mod:`invae.model.rows`), in float64.
 
     ``n_draws`` S per row, ``df`` ν of the Student-t proposal, ``defensive`` δ ∈ (0, 1) the
     prior's share of the proposal; ``seed`` makes the draws repeatable.
@@ -85,7 +87,8 @@ def importance_em(x, prior: Prior, likelihood: Likelihood, *, max_iter: int = 10
     prior = prior.to("cpu", torch.float64)
     for iteration in range(1, max_iter + 1):
         post = importance_posterior(x, prior, likelihood, n_draws=n_draws, seed=seed)
-        previous, prior = prior, prior.m_step_gaussian(post.mean, post.cov)
+        covariates = split_rows(torch.as_tensor(x, dtype=torch.float64), likelihood)[1]
+        previous, prior = prior, prior.m_step_gaussian(post.mean, post.cov, covariates=covariates)
         if prior.relative_change(previous) < tol:
             break
     return prior, iteration
@@ -93,7 +96,7 @@ def importance_em(x, prior: Prior, likelihood: Likelihood, *, max_iter: int = 10
 
 def _negative_log_joint(z: Tensor, x: Tensor, prior: Prior, likelihood: Likelihood) -> Tensor:
     """``−log g(z_i) − log p(x_i | z_i)`` per row, (n,)."""
-    return -(prior.log_prob(z) + likelihood.log_prob(x, z))
+    return -log_joint(x, z, prior, likelihood)
 
 
 def _posterior_mode(x: Tensor, prior: Prior, likelihood: Likelihood) -> Tensor:
@@ -144,11 +147,13 @@ def _weighted(x, mode, scale_tril, prior, likelihood, n_draws, df, defensive, ge
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         chi2 = torch.distributions.Chi2(torch.tensor(df, dtype=torch.float64)).sample((n_draws - n_prior, n, 1))
     laplace = mode + (scale_tril @ eps)[..., 0] * torch.sqrt(df / chi2)
-    from_prior = prior.sample(n_prior * n, generator=generator).reshape(n_prior, n, p)
+    covariates = split_rows(x, likelihood)[1]
+    repeated = None if covariates is None else covariates.repeat(n_prior, 1)  # row i of every block of n
+    from_prior = prior.sample(n_prior * n, generator=generator, covariates=repeated).reshape(n_prior, n, p)
     z = torch.cat([laplace, from_prior])
     log_proposal = torch.logaddexp(math.log1p(-defensive) + _student_t_log_density(z, mode, scale_tril, df),
-                                   math.log(defensive) + prior.log_prob(z))
-    log_w = prior.log_prob(z) + likelihood.log_prob(x, z) - log_proposal  # (S, n)
+                                   math.log(defensive) + prior.log_prob(z, covariates))
+    log_w = log_joint(x, z, prior, likelihood) - log_proposal  # (S, n)
     weights = torch.softmax(log_w, dim=0)  # (S, n)
     mean = torch.einsum("sn,snp->np", weights, z)
     centred = z - mean

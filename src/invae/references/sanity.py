@@ -85,13 +85,14 @@ def degrees_of_freedom(prior, observed: int) -> int:
     A Gaussian graphical prior: Λ's p diagonal entries and its off-diagonal ones — all
     p(p − 1)/2 without a penalty, the |E| edges with one (the lasso's effective degrees of
     freedom, as EBIC counts them) — at most m(m + 1)/2, the entries of x's covariance
-    ``A Λ⁻¹ Aᵀ + D`` (with m < p, Λ is only seen through it); a mixture: its K − 1 free
-    weights, and each component's mean (at most m) and precision alike."""
+    ``A Λ⁻¹ Aᵀ + D`` (with m < p, Λ is only seen through it) — and with a fitted location,
+    each of its q design columns (the intercept and k covariates) moves x's mean by at most m;
+    a mixture: its K − 1 free weights, and each component's mean (at most m) and precision alike."""
     p, covariances = prior.dim, observed * (observed + 1) // 2
     precisions = prior.precisions if isinstance(prior, GaussianMixture) else prior.precision[None]
     penalised = prior.summary()["penalty"] > 0
     entries = sum(min(p + (count_edges(precision) if penalised else p * (p - 1) // 2), covariances)
                   for precision in precisions)
     if not isinstance(prior, GaussianMixture):
-        return entries
+        return entries + (int(prior.fit_intercept) + prior.covariate_dim) * min(p, observed)
     return prior.components - 1 + prior.components * min(p, observed) + entries

@@ -1,0 +1,57 @@
+"""The prior's location given known covariates, ``E[z_i] = μ + B c_i``, and its exact M-step
+(docs/methods.md §3.13).
+
+With design rows ``d_i = (1, c_i)`` (q = 1 + k; without a fitted intercept d_i = c_i, and z
+is taken about the fixed μ) and ``Θ = [μ, B]ᵀ`` (q, p), the expected complete-data
+log-density of ``z_i ~ N(Θᵀ d_i, Λ⁻¹)`` depends on the draws through three averages:
+
+    S = avg E[z zᵀ] (p, p),    C = avg d E[z]ᵀ (q, p),    D = avg d dᵀ (q, q),
+
+and ``avg E[(z − Θᵀd)(z − Θᵀd)ᵀ] = S − ΘᵀC − CᵀΘ + ΘᵀDΘ = R + (Θ − Θ̂)ᵀ D (Θ − Θ̂)`` with
+``Θ̂ = D⁻¹ C`` and ``R = S − Cᵀ D⁻¹ C``. The second term is positive semi-definite, so Θ̂
+maximises ``−tr(Λ ·)`` for every Λ ≻ 0 at once: the M-step is the least-squares fit of the
+posterior means on the design, then the graphical lasso on the residual moment R (for a
+Gaussian q, ``E[z_i] = m_i``, so Θ̂ is ordinary least squares of the m_i on the d_i).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["design_rows", "location_statistics", "least_squares"]
+
+
+def design_rows(covariates: Tensor | None, n: int, intercept: bool, like: Tensor) -> Tensor:
+    """The design (n, q): a column of ones if ``intercept``, then the covariates (n, k), in ``like``'s
+    dtype and device; (n, 0) without either."""
+    parts = [like.new_ones(n, 1)] if intercept else []
+    if covariates is not None:
+        parts.append(covariates.to(like))
+    return torch.cat(parts, dim=1) if parts else like.new_zeros(n, 0)
+
+
+def location_statistics(z: Tensor, design: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+    """``{"cross_moment": C (q, p), "design_moment": D (q, q)}`` for draws z (..., n, p) of the
+    rows with design (n, q) and weights (..., n) (None: all equal), averaged like the second
+    moment ``Σ w z zᵀ / Σ w``."""
+    draws = z.reshape(-1, *z.shape[-2:])  # (S, n, p)
+    w = (torch.ones(draws.shape[:-1], dtype=z.dtype, device=z.device) if weights is None
+         else weights.reshape(draws.shape[:-1]).to(z))
+    row_weights = w.sum(0)  # (n,)
+    total = row_weights.sum()
+    weighted_mean = torch.einsum("sn,snp->np", w, draws)
+    return {"cross_moment": design.mT @ weighted_mean / total,
+            "design_moment": (design * row_weights[:, None]).mT @ design / total}
+
+
+def least_squares(statistics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(Θ̂ = D⁻¹ C (q, p), the residual second moment R = S − Cᵀ D⁻¹ C (p, p)) from the
+    averaged statistics (module docstring). A singular D (collinear covariates) raises ValueError."""
+    second, cross, design = (statistics[key] for key in ("second_moment", "cross_moment", "design_moment"))
+    chol, info = torch.linalg.cholesky_ex(design)
+    if info.item() != 0:
+        raise ValueError("the covariates are collinear (with each other or the intercept): drop one")
+    theta = torch.cholesky_solve(cross, chol)
+    residual = second - cross.mT @ theta
+    return theta, 0.5 * (residual + residual.mT)
