@@ -33,7 +33,8 @@ from typing import Literal
 import numpy as np
 from scipy.special import ndtr
 
-from .covariates import design_matrix, location_fit
+from ..app.covariates import design_matrix
+from .covariates import location_fit
 from .deconvolution import deconvolve, posterior_summaries
 from .grid import (GridPrior, NormalMeansPosterior, default_grid, discretize, grid_posterior, log_marginal, normal_cdf,
                    with_null_atom)

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from .._version import __version__
 from ..app.plotting import normal_means_prior_plot, two_groups_plot
 from .estimate import NULL_METHODS, NormalMeansFit, fit_normal_means
-from .table import column, load_table
+from ..app.table import column, load_table
 
 __all__ = ["run_eb"]
 

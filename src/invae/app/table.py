@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..app.io import load_array
+from .io import load_array
 
 __all__ = ["load_table", "column"]
 
