@@ -135,6 +135,8 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     (["--noise-std", "1", "--components", "3"], "--components is the number of mixture components"),
     (["--noise-std", "1", "--prior", "gmm", "--components", "0"], "--components must be"),
     (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
+    (["--noise-std", "1", "--prior", "gmm", "--fit-mean"], "give the prior a location: --prior ggm, not gmm"),
+    (["--noise-std", "1", "--covariate-columns", "a"], "--covariate-columns picks columns of --covariates FILE"),
 ])
 def test_noise_and_prior_options_are_checked_before_any_work(problem_dir, tmp_path, capsys, extra, message):
     assert main(["fit", "--data", str(problem_dir / "X.npy"), "--out", str(tmp_path / "never"), *extra]) == 2
@@ -422,3 +424,60 @@ def test_a_fit_short_of_the_maximum_likelihood_is_said_in_one_line(tmp_path, cap
     assert main([*args, "--method", "full-covariance", "--out", str(tmp_path / "full")]) == 0
     full = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert full["likelihood_check"]["passed"] and "warnings" not in full
+
+
+def _covariate_problem(folder, n=600, seed=0):
+    """x = z + 0.5 ε with z_i ~ N(μ + B c_i, Λ⁻¹) for c_i = (status indicator, depth): data and
+    covariates.csv (a text column, a numeric one and one left unused) in ``folder``; the truth."""
+    import torch
+
+    from invae import GaussianGraphicalModel, simulate_problem
+
+    rng = np.random.default_rng(seed)
+    status = rng.choice(np.array(["healthy", "infected"]), n)
+    depth = rng.normal(size=n)
+    truth = GaussianGraphicalModel(simulate_problem(p=4, n=2, graph="chain", seed=1).precision,
+                                   location=[5.0, -2.0, 0.0, 1.0], coefficients=[[2.0, 0.5], [0, -1], [1, 0], [0, 0]])
+    covariates = torch.as_tensor(np.column_stack([status == "infected", depth]).astype(float))
+    z = truth.sample(n, torch.Generator().manual_seed(seed), covariates=covariates).numpy()
+    folder.mkdir()
+    np.save(folder / "X.npy", z + 0.5 * rng.standard_normal(z.shape))
+    lines = ["sample,status,depth"] + [f"s{i},{s},{d:.17g}" for i, (s, d) in enumerate(zip(status, depth))]
+    (folder / "covariates.csv").write_text("\n".join(lines) + "\n")
+    return truth
+
+
+@pytest.mark.parametrize("method", ["em", "vae"])
+def test_covariates_give_the_prior_a_location_and_predict_codes_new_rows_alike(tmp_path, method):
+    truth = _covariate_problem(tmp_path / "pb")
+    covariates = str(tmp_path / "pb" / "covariates.csv")
+    model, out = tmp_path / "model.pt", tmp_path / "fit"
+    assert main(["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--noise-std", "0.5", "--covariates", covariates,
+                 "--covariate-columns", "status,depth", "--method", method, "--out", str(out), "--quiet",
+                 "--save", str(model)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["covariates"]["names"] == ["status=infected", "depth"]
+    # μ̂ and B̂ within 5 standard errors: with A = I they are least squares of x on (1, c), and
+    # Var x_j = (Λ⁻¹)_jj + σ² = 1.25, so the SE is 1.12 · √(2/300) ≈ 0.091 for the indicator
+    # (two groups of ≈ 300 rows), ≈ 0.065 for μ (one group's mean) and ≈ 0.046 for the slope
+    np.testing.assert_allclose(np.load(out / "location.npy"), truth.location.numpy(), atol=5 * 0.065)
+    np.testing.assert_allclose(np.load(out / "coefficients.npy"), truth.coefficients.numpy(), atol=5 * 0.091)
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "pb" / "X.npy"), "--covariates",
+                 covariates, "--out", str(tmp_path / "pred")]) == 0
+    for name in ("posterior_mean", "posterior_std"):
+        np.testing.assert_array_equal(np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy"))
+
+
+def test_predict_refuses_rows_without_the_models_covariates_or_with_unseen_labels(tmp_path, capsys):
+    _covariate_problem(tmp_path / "pb", n=200)
+    model = tmp_path / "model.pt"
+    data, covariates = str(tmp_path / "pb" / "X.npy"), tmp_path / "pb" / "covariates.csv"
+    assert main(["fit", "--data", data, "--noise-std", "0.5", "--covariates", str(covariates), "--covariate-columns",
+                 "status,depth", "--method", "em", "--out", str(tmp_path / "fit"), "--quiet", "--save", str(model)]) == 0
+    assert main(["predict", "--model", str(model), "--data", data, "--out", str(tmp_path / "a")]) == 2
+    assert "reads covariates: give the new rows' with --covariates" in capsys.readouterr().err
+    covariates.write_text(covariates.read_text().replace("infected", "sick", 1))
+    assert main(["predict", "--model", str(model), "--data", data, "--covariates", str(covariates),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "label(s) sick that the fit did not have" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

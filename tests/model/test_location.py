@@ -28,6 +28,7 @@ def test_without_a_location_the_prior_is_the_zero_mean_ggm_bit_for_bit(rng):
     formula = (torch.log(chol.diagonal()).sum() - 0.5 * ((mean @ chol) ** 2).sum(-1) - 2 * np.log(2 * np.pi))
     assert torch.equal(prior.log_prob(mean), formula)
     assert set(prior.gaussian_statistics(mean, cov)) == {"second_moment"}
+    assert list(prior.state()) == ["precision"]  # what its model files and outputs hold
 
 
 def test_the_location_m_step_is_the_brute_force_maximiser(rng):

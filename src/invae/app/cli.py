@@ -114,9 +114,17 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
                      "gaussian noise instead of --noise-std; the encoder sees each σ_i")
     fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
-    fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹), or gmm, a mixture of "
+    fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
+                     "--fit-mean or --covariates), or gmm, a mixture of "
                      "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
     fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
+    fit.add_argument("--covariates", help="known covariates c_i, one row per row of --data (.csv with a header of "
+                     "names, or .npy): the prior becomes N(μ + B c_i, Λ⁻¹) with μ and B estimated; numeric columns "
+                     "enter linearly, text columns as one indicator per label but the first")
+    fit.add_argument("--covariate-columns", type=lambda text: [key for key in text.split(",") if key],
+                     help="comma-separated columns of --covariates to use (names or 0-based positions; default: all)")
+    fit.add_argument("--fit-mean", action="store_const", const=True,
+                     help="estimate the prior's mean μ, N(μ, Λ⁻¹) (implied by --covariates; default: μ = 0)")
     fit.add_argument("--penalty", type=_penalty,
                      help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
     fit.add_argument("--penalty-criterion", choices=CRITERIA,
@@ -159,6 +167,8 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--out", default="invae-predict", help="results folder (default: invae-predict)")
     predict.add_argument("--noise-std-file", help="the new rows' known noise sds σ_i (.npy/.csv), for a model "
                          "fitted with --noise-std-file")
+    predict.add_argument("--covariates", help="the new rows' covariates (.csv/.npy), for a model fitted with "
+                         "--covariates: the same columns")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     _threads_option(predict)
 
@@ -218,6 +228,7 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from .covariates import CovariateCoding
     from .io import write_results
     from .persistence import save_model
     from .pipeline import run_fit
@@ -228,7 +239,9 @@ def _fit(args: argparse.Namespace) -> None:
     estimator, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
     if settings.save is not None:
-        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]))
+        coding = CovariateCoding.from_record(summary["covariates"]["coding"]) if "covariates" in summary else None
+        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]),
+                   covariates=coding)
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
         evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
@@ -252,7 +265,8 @@ def _predict(args: argparse.Namespace) -> None:
     from .io import write_results
     from .pipeline import run_predict
 
-    arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file, device=args.device)
+    arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file,
+                                  covariates=args.covariates, device=args.device)
     folder = write_results(args.out, arrays, summary)
     print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 

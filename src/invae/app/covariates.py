@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CovariateCoding", "design_matrix", "ROWS_PER_PARAMETER"]
+from .table import column, load_table
+
+__all__ = ["CovariateCoding", "design_matrix", "read_covariates", "ROWS_PER_PARAMETER"]
 
 #: Rows per location parameter below which a warning is given: each group's effect is then
 #: the mean of a handful of rows, noise included, and the shrinkage towards it all but
@@ -101,3 +103,21 @@ def _warn_if_few_rows_per_parameter(n: int, names: list[str]) -> None:
                       f"({n / len(names):.1f} per parameter, fewer than {ROWS_PER_PARAMETER}): the prior's location "
                       "then follows the data and removes most of the shrinkage (a text column with one label "
                       "per row removes all of it)", UserWarning, stacklevel=3)
+
+
+def read_covariates(path, n: int, columns=None, coding: CovariateCoding | None = None
+                    ) -> tuple[np.ndarray, CovariateCoding]:
+    """The covariates (n, k) of the n data rows from the table at ``path`` (``--covariates``:
+    ``.csv`` with a header of names, or ``.npy``), its ``columns`` (names or 0-based
+    positions; None: all), coded by ``coding`` (new rows) or by a coding of their own (a fit),
+    and that coding. Collinear covariates (with each other or the intercept) are refused."""
+    table = load_table(path, name="the covariates (--covariates)")
+    chosen = {key: column(table, key, "--covariate-columns") for key in columns} if columns else table
+    fitting = coding is None
+    coding = CovariateCoding.of(chosen) if fitting else coding
+    covariates = coding.encode(chosen)
+    if len(covariates) != n:
+        raise ValueError(f"--covariates has {len(covariates)} rows for {n} rows of data: one row of covariates per row")
+    if fitting and np.linalg.matrix_rank(np.hstack([np.ones((n, 1)), covariates])) <= covariates.shape[1]:
+        raise ValueError("the covariates are collinear (with each other or a constant): drop one")
+    return covariates, coding

@@ -8,7 +8,9 @@ its ``state()`` and ``config()``; the likelihood's noise model
 (:data:`invae.model.noise.NOISE_MODELS`, or "one σ_i per row": new rows then come with
 theirs), its ``constants()`` and its forward operator's ``record()`` (the matrix A, or the
 ``FILE.py:FUNCTION`` of a user's function, imported again on loading: that runs the file,
-and loading says so in a warning); and an amortized family's trained weights. A
+and loading says so in a warning); the coding of the prior's covariates, if it has any
+(:class:`~invae.app.covariates.CovariateCoding`: new rows are coded as the fit's); and an
+amortized family's trained weights. A
 ``mean-field`` model keeps no per-row factors: new data get factors fitted afresh under Λ̂,
 as they do in memory.
 """
@@ -30,21 +32,25 @@ from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
 from ..model.noise import NOISE_MODELS, noise_name
 from ..model.prior import Prior
 from ..model.priors import PRIORS, prior_name
+from .covariates import CovariateCoding
 from .methods import make_estimator, method_name
 from .plugins import load_function
 
-__all__ = ["save_model", "load_model"]
+__all__ = ["save_model", "load_model", "load_covariate_coding"]
 
 FORMAT = "invae-model"
-VERSION = 4  # 4: any registered prior and noise model; 3 added "noise_per_row"; 2 the prior's kind; 1 a ggm's Λ̂
+# 5: a prior's location and covariates; 4: any registered prior and noise model; 3 added "noise_per_row";
+# 2 the prior's kind; 1 a ggm's Λ̂
+VERSION = 5
 _PER_ROW = "gaussian, one σ_i per row"  # the noise of NoisePerRowGaussianLikelihood (--noise-std-file)
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
-               data_shape: tuple[int, int] | None = None) -> Path:
+               data_shape: tuple[int, int] | None = None, covariates: CovariateCoding | None = None) -> Path:
     """Write the fitted ``estimator`` (one that :func:`invae.app.methods.make_estimator` builds)
     to ``path``, atomically: a failure leaves an existing file as it was. ``settings`` (plain
-    values) and the (n, m) ``data_shape`` of the fit are recorded with it."""
+    values), the (n, m) ``data_shape`` of the fit and the coding of its ``covariates`` are
+    recorded with it."""
     estimator.check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
@@ -57,6 +63,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "prior": prior_name(prior), "prior_config": prior.config(),
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
         "likelihood": _likelihood_record(likelihood),
+        "covariates": None if covariates is None else covariates.to_record(),
         "posterior": estimator.posterior_state(),
     }
     path = Path(path)
@@ -78,6 +85,25 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
     Raises ``ValueError`` for a missing file, a file that is not an invae model, or a
     format version this invae does not read.
     """
+    record = _read(path)
+    prior = _prior(record)
+    likelihood = _likelihood(record["likelihood"] if record["version"] >= 4 else _likelihood_record_before_4(record))
+    estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
+                               max_iter=record["max_iter"], tol=record["tol"], device=device)
+    try:
+        return estimator.restore(record["posterior"])
+    except ValueError as error:  # the weights' keys or shapes differ from the family's
+        raise ValueError(f"the model {str(path)!r} does not fit its own settings: {error}") from None
+
+
+def load_covariate_coding(path: str | Path) -> CovariateCoding | None:
+    """How the model at ``path`` codes its rows' covariates (None: its prior takes none)."""
+    record = _read(path).get("covariates")
+    return None if record is None else CovariateCoding.from_record(record)
+
+
+def _read(path: str | Path) -> dict:
+    """The record of a model file, checked (:func:`load_model`'s errors)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"cannot read the model {str(path)!r}: no such file")
@@ -91,14 +117,7 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
     if record["version"] not in range(1, VERSION + 1):
         raise ValueError(f"the model {str(path)!r} has format version {record['version']}; "
                          f"this invae reads versions 1 to {VERSION}")
-    prior = _prior(record)
-    likelihood = _likelihood(record["likelihood"] if record["version"] >= 4 else _likelihood_record_before_4(record))
-    estimator = make_estimator(record["method"], prior, likelihood, preset=record["preset"], seed=record["seed"],
-                               max_iter=record["max_iter"], tol=record["tol"], device=device)
-    try:
-        return estimator.restore(record["posterior"])
-    except ValueError as error:  # the weights' keys or shapes differ from the family's
-        raise ValueError(f"the model {str(path)!r} does not fit its own settings: {error}") from None
+    return record
 
 
 def _prior(record: dict) -> Prior:

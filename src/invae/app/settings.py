@@ -38,6 +38,9 @@ class FitSettings:
     noise_df: float | None = None
     prior: str = "ggm"
     components: int | None = None
+    covariates: Path | None = None
+    covariate_columns: tuple[str, ...] | None = None
+    fit_mean: bool = False
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
     method: str = "vae"
@@ -55,7 +58,7 @@ class FitSettings:
     allow_unidentified: bool = False
 
     def __post_init__(self):
-        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file"):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -116,7 +119,15 @@ class FitSettings:
             raise ValueError(f"--noise-df is the degrees of freedom of --noise {takers}, not of {self.noise}")
 
     def _check_prior(self) -> None:
-        """The prior family, and K for a mixture."""
+        """The prior family, K for a mixture, and a location and covariates where it takes them."""
+        if self.covariate_columns is not None:
+            if self.covariates is None:
+                raise ValueError("--covariate-columns picks columns of --covariates FILE: give the file")
+            object.__setattr__(self, "covariate_columns", tuple(self.covariate_columns))
+        if (self.covariates is not None or self.fit_mean) and not PRIORS[self.prior].location:
+            takers = ", ".join(name for name, kind in PRIORS.items() if kind.location)
+            raise ValueError(f"--covariates and --fit-mean give the prior a location: --prior {takers}, "
+                             f"not {self.prior}")
         if PRIORS[self.prior].components:
             k = _DEFAULT_COMPONENTS if self.components is None else self.components
             if not (isinstance(k, int) and k >= 1):
@@ -171,7 +182,7 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file"):  # relative to the config file
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates"):  # relative
         if isinstance(values.get(key), str):
             values[key] = path.parent / values[key]
     return values

@@ -17,20 +17,21 @@ from .io import load_array
 __all__ = ["load_table", "column"]
 
 
-def load_table(path: str | Path) -> dict[str, np.ndarray]:
-    """{column name: values (n,)}, float64 for numeric columns and str otherwise."""
+def load_table(path: str | Path, name: str = "the data (--data)") -> dict[str, np.ndarray]:
+    """{column name: values (n,)}, float64 for numeric columns and str otherwise; ``name`` is
+    what errors call the file."""
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        array = load_array(path, name="the data (--data)")
+        array = load_array(path, name=name)
         if array.ndim == 1:
             array = array[:, None]
         return {str(j): np.asarray(array[:, j], dtype=np.float64) for j in range(array.shape[1])}
     if not path.is_file():
-        raise ValueError(f"cannot read the data (--data): {str(path)!r} does not exist")
+        raise ValueError(f"cannot read {name}: {str(path)!r} does not exist")
     with open(path, newline="", encoding="utf-8") as file:
         rows = [row for row in csv.reader(file) if row]
     if not rows:
-        raise ValueError(f"the data (--data) {str(path)!r} is empty")
+        raise ValueError(f"{name} {str(path)!r} is empty")
     header = None if all(_is_number(cell) for cell in rows[0]) else [cell.strip() for cell in rows[0]]
     body = rows if header is None else rows[1:]
     width = len(header) if header is not None else len(rows[0])

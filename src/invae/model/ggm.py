@@ -201,6 +201,16 @@ class GaussianGraphicalModel(Prior):
         """The penalty α and the number of edges of the graph (non-zero Λ_ij, i < j)."""
         return {"penalty": self.alpha, "edges": count_edges(self.precision)}
 
+    def state(self) -> dict[str, Tensor]:
+        """Λ, and μ and B where this prior has them (fitted, or a fixed μ ≠ 0): a zero-mean
+        GGM's parameters are Λ alone, as its model files and outputs have always been."""
+        state = {"precision": self.precision}
+        if self.fit_intercept or bool(self.location.any()):
+            state["location"] = self.location
+        if self.covariate_dim:
+            state["coefficients"] = self.coefficients
+        return state
+
     def with_state(self, state: dict[str, Tensor]) -> GaussianGraphicalModel:
         return self._with(*(state.get(key, getattr(self, key)).to(self.precision)
                             for key in ("precision", "location", "coefficients")))

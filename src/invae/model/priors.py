@@ -27,11 +27,14 @@ __all__ = ["PriorKind", "StartOptions", "PRIORS", "prior_name"]
 
 @dataclass(frozen=True)
 class StartOptions:
-    """What a fit's start prior may depend on: the penalty α, K components, the seed."""
+    """What a fit's start prior may depend on: the penalty α, K components, the seed, the k
+    covariates each data row carries for the prior and whether it estimates a location μ."""
 
     alpha: float = 0.0
     components: int | None = None
     seed: int = 0
+    covariates: int = 0
+    fit_intercept: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,22 @@ class PriorKind:
         Takes a number of components K (``--components``).
     selects_penalty : bool
         ``--penalty auto`` can choose its α (:mod:`invae.inference.penalty`).
+    location : bool
+        Takes a fitted location and covariates (``--fit-mean``, ``--covariates``;
+        docs/methods.md §3.13).
     """
 
     cls: type[Prior]
     start: Callable[[np.ndarray, Likelihood, StartOptions], Prior]
     components: bool = False
     selects_penalty: bool = False
+    location: bool = False
 
 
 def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianGraphicalModel:
-    """Λ = I, the uninformed start."""
-    return GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=options.alpha)
+    """Λ = I, the uninformed start (μ = 0 and B = 0 where they are fitted)."""
+    return GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=options.alpha, covariates=options.covariates,
+                                  fit_intercept=options.fit_intercept)
 
 
 def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianMixture:
@@ -69,7 +77,7 @@ def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions)
 
 
 PRIORS: Registry[PriorKind] = Registry("prior")
-PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True))
+PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True, location=True))
 PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True))
 
 
