@@ -137,6 +137,8 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
     (["--noise-std", "1", "--prior", "gmm", "--fit-mean"], "give the prior a location: --prior ggm, not gmm"),
     (["--noise-std", "1", "--covariate-columns", "a"], "--covariate-columns picks columns of --covariates FILE"),
+    (["--noise-std", "1", "--offsets", "log-total"], "--offsets move the linear predictor of --noise poisson, "
+                                                     "bernoulli, not of gaussian"),
 ])
 def test_noise_and_prior_options_are_checked_before_any_work(problem_dir, tmp_path, capsys, extra, message):
     assert main(["fit", "--data", str(problem_dir / "X.npy"), "--out", str(tmp_path / "never"), *extra]) == 2
@@ -456,7 +458,7 @@ def test_covariates_give_the_prior_a_location_and_predict_codes_new_rows_alike(t
                  "--covariate-columns", "status,depth", "--method", method, "--out", str(out), "--quiet",
                  "--save", str(model)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["covariates"]["names"] == ["status=infected", "depth"]
+    assert summary["covariates"] == ["status=infected", "depth"]
     # μ̂ and B̂ within 5 standard errors: with A = I they are least squares of x on (1, c), and
     # Var x_j = (Λ⁻¹)_jj + σ² = 1.25, so the SE is 1.12 · √(2/300) ≈ 0.091 for the indicator
     # (two groups of ≈ 300 rows), ≈ 0.065 for μ (one group's mean) and ≈ 0.046 for the slope
@@ -475,9 +477,33 @@ def test_predict_refuses_rows_without_the_models_covariates_or_with_unseen_label
     assert main(["fit", "--data", data, "--noise-std", "0.5", "--covariates", str(covariates), "--covariate-columns",
                  "status,depth", "--method", "em", "--out", str(tmp_path / "fit"), "--quiet", "--save", str(model)]) == 0
     assert main(["predict", "--model", str(model), "--data", data, "--out", str(tmp_path / "a")]) == 2
-    assert "reads covariates: give the new rows' with --covariates" in capsys.readouterr().err
+    assert "this model's rows had --covariates: give the new rows' with --covariates" in capsys.readouterr().err
     covariates.write_text(covariates.read_text().replace("infected", "sick", 1))
     assert main(["predict", "--model", str(model), "--data", data, "--covariates", str(covariates),
                  "--out", str(tmp_path / "b")]) == 2
     assert "label(s) sick that the fit did not have" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_counts_with_log_total_offsets_and_predict_with_the_fits_mean_total(tmp_path, capsys):
+    # x_ij ~ Poisson(d_i exp(z_ij)): --offsets log-total gives o_i = log(total_i / mean total), and
+    # predict offsets new rows by the fit's mean total, so the fit's rows get the fit's answers
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(0.5, 2.0, 300)
+    x = rng.poisson(depth[:, None] * np.exp(2.0 + 0.5 * rng.standard_normal((300, 4)))).astype(float)
+    np.save(tmp_path / "X.npy", x)
+    model, out = tmp_path / "model.pt", tmp_path / "fit"
+    assert main(["fit", "--data", str(tmp_path / "X.npy"), "--noise", "poisson", "--offsets", "log-total",
+                 "--fit-mean", "--max-iter", "30", "--out", str(out), "--quiet", "--save", str(model)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["row_recipe"]["mean_total"] == pytest.approx(x.sum(1).mean())
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "X.npy"), "--out", str(tmp_path / "a")]) == 2
+    assert "this model's rows had --offsets: give the new rows' with --offsets" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "X.npy"),
+                 "--offsets", "log-total", "--out", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "b" / "posterior_mean.npy"), np.load(out / "posterior_mean.npy"))
+    np.save(tmp_path / "X50.npy", x[:50])  # 50 rows alone: their own mean total would shift every offset
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "X50.npy"), "--offsets", "log-total",
+                 "--out", str(tmp_path / "c")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "c" / "posterior_mean.npy"), np.load(out / "posterior_mean.npy")[:50],
+                               rtol=1e-5)

@@ -357,9 +357,9 @@ def test_a_closed_form_factor_beyond_the_bound_is_the_nearest_member():
 
 
 def test_an_encoder_of_counts_reads_the_priors_covariates_as_they_are():
-    # log(1 + c) of a negative covariate is NaN: the last `covariates` columns skip the log, so
+    # log(1 + c) of a negative covariate is NaN: the last `raw_columns` columns skip the log, so
     # the encoder is the plain one fed (log(1 + counts), covariates)
-    counting = GaussianEncoder(4, 2, hidden=(8,), log1p=True, covariates=2)
+    counting = GaussianEncoder(4, 2, hidden=(8,), log1p=True, raw_columns=2)
     plain = GaussianEncoder(4, 2, hidden=(8,))
     plain.load_state_dict(counting.state_dict())
     rows = torch.tensor([[3.0, 0.0, -1.5, 0.7], [10.0, 2.0, 2.5, -0.3], [0.0, 1.0, -4.0, 0.1]])

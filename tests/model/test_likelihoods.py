@@ -143,6 +143,7 @@ _A = np.array([[1.0, 0.5], [0.0, -1.0], [0.3, 0.3]])
 
 
 @pytest.mark.parametrize("likelihood", [PoissonLikelihood(LinearOperator(_A)),
+                                        PoissonLikelihood(LinearOperator(_A), offsets=True),
                                         GaussianLikelihood(LinearOperator(_A), torch.tensor([0.5, 1.0, 2.0])),
                                         NoisePerRowGaussianLikelihood(LinearOperator(_A))])
 def test_expected_log_prob_is_the_average_over_draws(rng, likelihood):
@@ -153,6 +154,8 @@ def test_expected_log_prob_is_the_average_over_draws(rng, likelihood):
     x = torch.as_tensor(rng.poisson(2.0, (3, 3)).astype(float))
     if isinstance(likelihood, NoisePerRowGaussianLikelihood):
         x = torch.as_tensor(NoisePerRowGaussianLikelihood.rows(x.numpy(), [0.5, 1.0, 2.0]))
+    if getattr(likelihood, "offsets", False):
+        x = torch.as_tensor(PoissonLikelihood.rows(x.numpy(), rng.normal(0, 0.5, (3, 3))))
     variances = cov.diagonal(dim1=-2, dim2=-1)
     for covariance, given in ((cov, cov), (torch.diag_embed(variances), variances)):
         z = torch.distributions.MultivariateNormal(mean, covariance).sample((200_000,))
@@ -164,3 +167,30 @@ def test_expected_log_prob_is_the_average_over_draws(rng, likelihood):
 def test_a_nonlinear_forward_has_no_closed_form_expectation():
     assert PoissonLikelihood(saturating(np.eye(2))).expected_log_prob(torch.zeros(1, 2), torch.zeros(1, 2),
                                                                       torch.ones(1, 2)) is None
+
+
+@pytest.mark.parametrize("cls, data, scipy_logpmf", [
+    (PoissonLikelihood, lambda r: r.poisson(2.0, (5, 3)).astype(float), lambda eta, x: poisson(np.exp(eta)).logpmf(x)),
+    (BernoulliLikelihood, lambda r: r.integers(0, 2, (5, 3)).astype(float),
+     lambda eta, x: bernoulli(1 / (1 + np.exp(-eta))).logpmf(x)),
+])
+@pytest.mark.parametrize("per_entry", [False, True])
+def test_offsets_move_the_linear_predictor_as_scipy_says(rng, cls, data, scipy_logpmf, per_entry):
+    # η_ij = o_ij + (A z_i)_j, the offsets carried in each row after its observations
+    a = rng.standard_normal((3, 2))
+    z, x = rng.standard_normal((5, 2)), data(rng)
+    offsets = rng.normal(0, 1, (5, 3) if per_entry else 5)
+    full = np.broadcast_to(offsets if per_entry else offsets[:, None], (5, 3))
+    rows = cls.rows(x, offsets)
+    np.testing.assert_array_equal(rows, np.hstack([x, full]))
+    likelihood = cls(_linear(a), offsets=True)
+    assert likelihood.data_dim == 6 and likelihood.constants() == {"offsets": True}
+    got = likelihood.log_prob(torch.as_tensor(rows), torch.as_tensor(z)).numpy()
+    np.testing.assert_allclose(got, scipy_logpmf(full + z @ a.T, x).sum(-1), rtol=1e-10)
+
+
+def test_offsets_of_the_wrong_shape_or_not_finite_are_refused():
+    with pytest.raises(ValueError, match="one per row .n,. or .n, 1., or one per entry"):
+        PoissonLikelihood.rows(np.ones((4, 3)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        PoissonLikelihood.rows(np.ones((4, 3)), np.array([0.0, np.inf, 0.0, 0.0]))

@@ -114,6 +114,9 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
                      "gaussian noise instead of --noise-std; the encoder sees each σ_i")
     fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")
+    fit.add_argument("--offsets", help="known offsets o of poisson or bernoulli noise, η = o + G(z): a file "
+                     "(.npy/.csv, one per row (n,) or per entry (n, m)), or log-total: log of each row's total "
+                     "count over the mean total (sequencing depth)")
     fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
                      "--fit-mean or --covariates), or gmm, a mixture of "
                      "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
@@ -169,6 +172,8 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
                          "fitted with --noise-std-file")
     predict.add_argument("--covariates", help="the new rows' covariates (.csv/.npy), for a model fitted with "
                          "--covariates: the same columns")
+    predict.add_argument("--offsets", help="the new rows' offsets (.npy/.csv, or log-total: by the fit's mean "
+                         "total), for a model fitted with --offsets")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     _threads_option(predict)
 
@@ -228,10 +233,10 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from .covariates import CovariateCoding
     from .io import write_results
     from .persistence import save_model
     from .pipeline import run_fit
+    from .recipe import RowRecipe
     from .settings import FitSettings
 
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "threads")}
@@ -239,9 +244,8 @@ def _fit(args: argparse.Namespace) -> None:
     estimator, arrays, summary = run_fit(settings)
     folder = write_results(settings.out, arrays, summary)
     if settings.save is not None:
-        coding = CovariateCoding.from_record(summary["covariates"]["coding"]) if "covariates" in summary else None
         save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]),
-                   covariates=coding)
+                   recipe=RowRecipe.from_record(summary["row_recipe"]))
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
         evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
@@ -264,9 +268,10 @@ def _simulate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .io import write_results
     from .pipeline import run_predict
+    from .recipe import RowSources
 
-    arrays, summary = run_predict(args.model, args.data, noise_std_file=args.noise_std_file,
-                                  covariates=args.covariates, device=args.device)
+    sources = RowSources(offsets=args.offsets, noise_std_file=args.noise_std_file, covariates=args.covariates)
+    arrays, summary = run_predict(args.model, args.data, sources, device=args.device)
     folder = write_results(args.out, arrays, summary)
     print(f"{summary['method']}: posterior of {summary['n']} observation(s); results in {folder}/")
 

@@ -8,9 +8,9 @@ its ``state()`` and ``config()``; the likelihood's noise model
 (:data:`invae.model.noise.NOISE_MODELS`, or "one σ_i per row": new rows then come with
 theirs), its ``constants()`` and its forward operator's ``record()`` (the matrix A, or the
 ``FILE.py:FUNCTION`` of a user's function, imported again on loading: that runs the file,
-and loading says so in a warning); the coding of the prior's covariates, if it has any
-(:class:`~invae.app.covariates.CovariateCoding`: new rows are coded as the fit's); and an
-amortized family's trained weights. A
+and loading says so in a warning); the recipe of its rows (:class:`~invae.app.recipe.RowRecipe`:
+the covariates' coding and the offsets' mean total, so that new rows are made as the fit's);
+and an amortized family's trained weights. A
 ``mean-field`` model keeps no per-row factors: new data get factors fitted afresh under Λ̂,
 as they do in memory.
 """
@@ -32,25 +32,25 @@ from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
 from ..model.noise import NOISE_MODELS, noise_name
 from ..model.prior import Prior
 from ..model.priors import PRIORS, prior_name
-from .covariates import CovariateCoding
+from .recipe import RowRecipe
 from .methods import make_estimator, method_name
 from .plugins import load_function
 
-__all__ = ["save_model", "load_model", "load_covariate_coding"]
+__all__ = ["save_model", "load_model", "load_recipe"]
 
 FORMAT = "invae-model"
-# 5: a prior's location and covariates; 4: any registered prior and noise model; 3 added "noise_per_row";
+# 5: a prior's location and covariates, the rows' recipe; 4: any registered prior and noise model; 3 added "noise_per_row";
 # 2 the prior's kind; 1 a ggm's Λ̂
 VERSION = 5
 _PER_ROW = "gaussian, one σ_i per row"  # the noise of NoisePerRowGaussianLikelihood (--noise-std-file)
 
 
 def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings: dict | None = None,
-               data_shape: tuple[int, int] | None = None, covariates: CovariateCoding | None = None) -> Path:
+               data_shape: tuple[int, int] | None = None, recipe: RowRecipe | None = None) -> Path:
     """Write the fitted ``estimator`` (one that :func:`invae.app.methods.make_estimator` builds)
     to ``path``, atomically: a failure leaves an existing file as it was. ``settings`` (plain
-    values), the (n, m) ``data_shape`` of the fit and the coding of its ``covariates`` are
-    recorded with it."""
+    values), the (n, m) ``data_shape`` of the fit and the ``recipe`` of its rows are recorded
+    with it."""
     estimator.check_fitted()
     method = method_name(estimator)
     prior, likelihood = estimator.prior_, estimator.likelihood_
@@ -63,7 +63,7 @@ def save_model(estimator: EmpiricalBayesEstimator, path: str | Path, *, settings
         "prior": prior_name(prior), "prior_config": prior.config(),
         "parameters": {key: value.detach().cpu() for key, value in prior.state().items()},
         "likelihood": _likelihood_record(likelihood),
-        "covariates": None if covariates is None else covariates.to_record(),
+        "rows": (recipe or RowRecipe()).to_record(),
         "posterior": estimator.posterior_state(),
     }
     path = Path(path)
@@ -96,10 +96,9 @@ def load_model(path: str | Path, *, device: str = "cpu") -> EmpiricalBayesEstima
         raise ValueError(f"the model {str(path)!r} does not fit its own settings: {error}") from None
 
 
-def load_covariate_coding(path: str | Path) -> CovariateCoding | None:
-    """How the model at ``path`` codes its rows' covariates (None: its prior takes none)."""
-    record = _read(path).get("covariates")
-    return None if record is None else CovariateCoding.from_record(record)
+def load_recipe(path: str | Path) -> RowRecipe:
+    """How the model at ``path`` makes its rows (before version 5: from the measurements and σ_i alone)."""
+    return RowRecipe.from_record(_read(path).get("rows"))
 
 
 def _read(path: str | Path) -> dict:
@@ -156,7 +155,8 @@ def _likelihood(record: dict) -> Likelihood:
     if record["noise"] == _PER_ROW:
         return NoisePerRowGaussianLikelihood(operator)
     constants = record["constants"]
-    return NOISE_MODELS[record["noise"]].build(operator, constants.get("noise_std"), constants.get("df"))
+    return NOISE_MODELS[record["noise"]].build(operator, constants.get("noise_std"), constants.get("df"),
+                                               constants.get("offsets", False))
 
 
 def _plain(values: dict) -> dict:

@@ -21,19 +21,19 @@ from ..model.priors import PRIORS, StartOptions
 from ..references.exact import has_exact_evidence, mean_log_likelihood
 from ..references.sanity import likelihood_check
 from ..validation import check_data
-from .covariates import CovariateCoding, read_covariates
 from .io import load_array
 from .methods import make_estimator, method_name
-from .persistence import load_covariate_coding, load_model
+from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
+from .recipe import RowRecipe, RowSources, check_sources, make_rows
 from .settings import FitSettings
 
 __all__ = ["load_problem", "run_fit", "run_predict"]
 
-def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood, CovariateCoding | None]:
-    """The data rows X (n, row columns: the measurements, σ_i with --noise-std-file, then the
-    prior's covariates, :mod:`invae.model.rows`), the prior to start from, the likelihood that
-    ``settings`` describe, and the covariates' coding (None without --covariates)."""
+def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood, RowRecipe]:
+    """The data rows X (n, row columns: the measurements, σ_i or offsets, then the prior's
+    covariates; :mod:`invae.app.recipe`), the prior to start from and the likelihood that
+    ``settings`` describe, and the rows' recipe."""
     function = FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
     if function is not None:
         if settings.latent_dim is None:
@@ -54,37 +54,26 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood, 
                          f"{operator.in_dim} columns (it is for a forward function)")
     likelihood = _likelihood(operator, settings)
     x = check_data(x, name="the data (--data)", columns=operator.out_dim)
-    if settings.noise_std_file is not None:
-        x = _rows_with_noise(x, settings.noise_std_file)
-    coding = None
-    if settings.covariates is not None:
-        covariates, coding = read_covariates(settings.covariates, len(x), settings.covariate_columns)
-        x = np.hstack([x, covariates])
+    sources = RowSources(settings.offsets, settings.noise_std_file, settings.covariates, settings.covariate_columns)
+    x, recipe = make_rows(x, likelihood, sources)
     options = StartOptions(alpha=0.0 if settings.penalty == "auto" else settings.penalty,  # auto: set per fit
                            components=settings.components, seed=settings.seed,
-                           covariates=0 if coding is None else len(coding.names),
-                           fit_intercept=settings.fit_mean or coding is not None)
-    return x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, coding
-
-
-def _rows_with_noise(x: np.ndarray, path: Path) -> np.ndarray:
-    """Rows (x_i, σ_i) (n, m + 1) for :class:`NoisePerRowGaussianLikelihood`, σ from ``path`` (n,)."""
-    sigma = np.ravel(load_array(path, name="the noise sds (--noise-std-file)"))
-    if len(sigma) != len(x):
-        raise ValueError(f"--noise-std-file has {len(sigma)} values for {len(x)} rows of data: one σ_i per row")
-    return NoisePerRowGaussianLikelihood.rows(x, sigma)
+                           covariates=0 if recipe.covariates is None else len(recipe.covariates.names),
+                           fit_intercept=settings.fit_mean or recipe.covariates is not None)
+    return x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, recipe
 
 
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
     """The noise model ``settings.noise`` on ``operator`` (σ_i in each row with --noise-std-file)."""
     if settings.noise_std_file is not None:
         return NoisePerRowGaussianLikelihood(operator)
-    return NOISE_MODELS[settings.noise].build(operator, settings.noise_std, settings.noise_df)
+    return NOISE_MODELS[settings.noise].build(operator, settings.noise_std, settings.noise_df,
+                                              settings.offsets is not None)
 
 
 def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:
     """Fit as ``settings`` say; return the estimator, the result arrays and the summary."""
-    x, prior, likelihood, coding = load_problem(settings)
+    x, prior, likelihood, recipe = load_problem(settings)
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
                                verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device,
@@ -105,7 +94,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "settings": settings.to_dict(),
         "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim,
         **estimator.prior_.summary(),
-        **({} if coding is None else {"covariates": {"names": coding.names, "coding": coding.to_record()}}),
+        "row_recipe": recipe.to_record(),
+        **({} if recipe.covariates is None else {"covariates": recipe.covariates.names}),
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
         "fit_seconds": seconds,
     }
@@ -159,26 +149,16 @@ def _history(estimator: EmpiricalBayesEstimator) -> dict:
             "objective_name": "penalised log-likelihood per observation"}
 
 
-def run_predict(model: str | Path, data: str | Path, *, noise_std_file: str | Path | None = None,
-                covariates: str | Path | None = None, device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
+def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSources(), *,
+                device: str = "cpu") -> tuple[dict[str, np.ndarray], dict]:
     """Posterior means and sds of the observations in ``data`` under a saved model, and a
-    summary; ``noise_std_file`` holds the rows' σ_i for a model fitted with one per row,
-    ``covariates`` the rows' covariates for a model whose prior reads them."""
-    estimator, coding = load_model(model, device=device), load_covariate_coding(model)
-    if (coding is None) != (covariates is None):
-        raise ValueError("this model's prior reads covariates: give the new rows' with --covariates" if covariates is None
-                         else "this model's prior takes no covariates: leave out --covariates")
-    per_row = isinstance(estimator.likelihood, NoisePerRowGaussianLikelihood)
-    if per_row != (noise_std_file is not None):
-        raise ValueError("this model was fitted with one noise sd per row: give the new rows' σ_i with "
-                         "--noise-std-file" if per_row else
-                         "this model has its own noise level: leave out --noise-std-file")
+    summary; ``sources`` are the new rows' σ_i, offsets or covariates, where the model's rows
+    had them (made by the model's recipe, :mod:`invae.app.recipe`)."""
+    estimator, recipe = load_model(model, device=device), load_recipe(model)
+    check_sources(estimator.likelihood, recipe, sources)
     m = estimator.likelihood.forward.out_dim
     x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
-    if per_row:
-        x = _rows_with_noise(x, Path(noise_std_file))
-    if coding is not None:
-        x = np.hstack([x, read_covariates(covariates, len(x), list(coding.levels), coding)[0]])
+    x = make_rows(x, estimator.likelihood, sources, recipe)[0]
     mean, std = estimator.posterior(x)
     summary = {"invae_version": __version__, "model": str(model), "data": str(data),
                "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}

@@ -17,6 +17,7 @@ from ..model.noise import NOISE_MODELS
 from ..model.priors import PRIORS
 from ..validation import check_noise_std, check_penalty
 from .methods import methods, variational_names
+from .recipe import LOG_TOTAL
 
 __all__ = ["FitSettings", "PRESETS"]
 
@@ -36,6 +37,7 @@ class FitSettings:
     latent_dim: int | None = None
     noise: str = "gaussian"
     noise_df: float | None = None
+    offsets: str | None = None
     prior: str = "ggm"
     components: int | None = None
     covariates: Path | None = None
@@ -96,8 +98,14 @@ class FitSettings:
                              f"give --penalty α for a {self.prior}")
 
     def _check_noise(self) -> None:
-        """σ where the noise model has a scale (required), none where it has not; ν for student-t."""
+        """σ where the noise model has a scale (required), none where it has not; ν for student-t;
+        offsets where it takes them."""
         noise = NOISE_MODELS[self.noise]
+        if self.offsets is not None and not noise.offsets:
+            takers = ", ".join(name for name, model in NOISE_MODELS.items() if model.offsets)
+            raise ValueError(f"--offsets move the linear predictor of --noise {takers}, not of {self.noise}")
+        if self.offsets is not None:
+            object.__setattr__(self, "offsets", str(self.offsets))
         if self.noise_std_file is not None:
             if self.noise != "gaussian" or self.noise_std is not None:
                 raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
@@ -182,8 +190,8 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates"):  # relative
-        if isinstance(values.get(key), str):
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates", "offsets"):
+        if isinstance(values.get(key), str) and values[key] != LOG_TOTAL:  # relative to the config file
             values[key] = path.parent / values[key]
     return values
 

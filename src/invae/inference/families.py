@@ -59,7 +59,7 @@ def _encoder(cls, **options: Callable[[Any], Any]):
     def build(estimator, n: int, m: int) -> nn.Module:
         extra = {key: read(estimator) for key, read in options.items()}
         return cls(m, estimator.prior.dim, tuple(estimator.hidden), log1p=estimator.likelihood.encoder_log1p,
-                   covariates=estimator.prior.covariate_dim, **extra)
+                   raw_columns=m - estimator.likelihood.forward.out_dim, **extra)
     return build
 
 

@@ -95,12 +95,13 @@ class _Trunk(nn.Module):
     starts at zero, so the trunk starts as the linear map alone. ``shift`` and ``scale``
     standardise u(x) by the training data (:meth:`standardize_with`); u is the identity,
     or ``log(1 + x)`` with ``log1p=True`` (counts: see ``Likelihood.encoder_log1p``) on all but
-    the last ``covariates`` columns (a prior's covariates, :mod:`invae.model.rows`, read as they are).
+    the last ``raw_columns`` columns (read as they are: a count likelihood's offsets, a prior's
+    covariates, :mod:`invae.model.rows`).
     """
 
-    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False, covariates: int = 0):
+    def __init__(self, m: int, k: int, hidden: tuple[int, ...], log1p: bool = False, raw_columns: int = 0):
         super().__init__()
-        self.log1p, self.counts = log1p, m - covariates
+        self.log1p, self.counts = log1p, m - raw_columns
         self.register_buffer("shift", torch.zeros(m))
         self.register_buffer("scale", torch.ones(m))
         self.linear = nn.Linear(m, k)
@@ -145,10 +146,10 @@ class _Trunk(nn.Module):
 class _Encoder(nn.Module):
     """An amortized family: a :class:`_Trunk` whose k outputs parameterise q(z|x)."""
 
-    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False, covariates: int = 0):
+    def __init__(self, m: int, p: int, k: int, hidden: tuple[int, ...], log1p: bool = False, raw_columns: int = 0):
         super().__init__()
         self.p = p
-        self.trunk = _Trunk(m, k, hidden, log1p, covariates)
+        self.trunk = _Trunk(m, k, hidden, log1p, raw_columns)
 
     def standardize_with(self, x: Tensor) -> None:
         """Set the input standardisation from training data x (n, m)."""
@@ -168,14 +169,14 @@ class GaussianEncoder(_Encoder):
         Widths of the trunk MLP's hidden layers (SiLU activations).
     log1p : bool
         Read the data as ``log(1 + x)`` (counts); every encoder takes this option.
-    covariates : int
-        The last columns of a row that are a prior's covariates, never read as counts; every
+    raw_columns : int
+        The last columns of a row, never read as counts (offsets, a prior's covariates); every
         encoder takes this option.
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False,
-                 covariates: int = 0):
-        super().__init__(m, p, 2 * p, hidden, log1p, covariates)
+                 raw_columns: int = 0):
+        super().__init__(m, p, 2 * p, hidden, log1p, raw_columns)
         _start_spread_at(self.trunk.linear, slice(p, 2 * p))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> Distribution:
@@ -243,9 +244,9 @@ class FullCovarianceEncoder(_Encoder):
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), *, log1p: bool = False,
-                 covariates: int = 0):
+                 raw_columns: int = 0):
         rows, cols = torch.tril_indices(p, p)
-        super().__init__(m, p, p + len(rows), hidden, log1p, covariates)
+        super().__init__(m, p, p + len(rows), hidden, log1p, raw_columns)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         _start_cholesky_at(self.trunk.linear, p, rows, cols)
@@ -289,12 +290,12 @@ class MixtureEncoder(_Encoder):
     """
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), components: int = 2, *,
-                 log1p: bool = False, covariates: int = 0):
+                 log1p: bool = False, raw_columns: int = 0):
         if components < 1:
             raise ValueError(f"components must be >= 1, got {components}")
         rows, cols = torch.tril_indices(p, p)
         self.components, self.per_component = components, p + len(rows)
-        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p, covariates)
+        super().__init__(m, p, components * (1 + self.per_component), hidden, log1p, raw_columns)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
         for c in range(components):
@@ -346,12 +347,12 @@ class IAFEncoder(_Encoder):
 
     def __init__(self, m: int, p: int, hidden: tuple[int, ...] = (128, 128), n_steps: int = 2,
                  context: int = 16, made_hidden: tuple[int, ...] | None = None, log1p: bool = False,
-                 covariates: int = 0):
+                 raw_columns: int = 0):
         if p < 2:
             raise ValueError(f"the IAF family needs p >= 2 latent dimensions, got p = {p}")
         if n_steps < 1:
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-        super().__init__(m, p, 2 * p + context, hidden, log1p, covariates)
+        super().__init__(m, p, 2 * p + context, hidden, log1p, raw_columns)
         made_hidden = list(made_hidden or (4 * p,))
         order = torch.arange(p)
         self.steps = nn.ModuleList(

@@ -158,8 +158,54 @@ class _PointwiseLikelihood(_LawGivenSignal):
         return moved
 
 
-class PoissonLikelihood(_PointwiseLikelihood):
-    """Counts ``x_j ~ Poisson(exp(η_j))``, ``η = G(z)`` (log link):
+class _LinkLikelihood(_PointwiseLikelihood):
+    """``x_j ~ law(η_j)`` through a link, with known offsets: ``η_i = o_i + G(z_i)``.
+
+    An offset o_ij is known per entry, e.g. the log of a sample's sequencing depth for
+    counts: it moves η without a parameter. With ``offsets=True`` a data row is
+    ``(x_i1, …, x_im, o_i1, …, o_im)`` (:meth:`rows` builds them), so minibatches, the
+    encoder and new rows carry their own; without, o = 0 and a row is x_i alone.
+    """
+
+    def __init__(self, forward: ForwardOperator, offsets: bool = False):
+        super().__init__(forward)
+        self.offsets = bool(offsets)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.forward!r}{', offsets=True' if self.offsets else ''})"
+
+    @property
+    def data_dim(self) -> int:
+        return self.forward.out_dim * (2 if self.offsets else 1)
+
+    @staticmethod
+    def rows(x, offsets) -> np.ndarray:
+        """Data rows (n, 2m) from observations x (n, m) and offsets (n, m), (n, 1) or (n,) (one per row)."""
+        x = np.asarray(x, dtype=np.float64)
+        offsets = np.asarray(offsets, dtype=np.float64)
+        offsets = offsets[:, None] if offsets.ndim == 1 else offsets
+        if offsets.shape not in ((len(x), 1), x.shape):
+            raise ValueError(f"offsets must be one per row (n,) or (n, 1), or one per entry {x.shape}; "
+                             f"got shape {offsets.shape}")
+        if not np.isfinite(offsets).all():
+            raise ValueError("the offsets hold NaN or inf values")
+        return np.hstack([x, np.broadcast_to(offsets, x.shape)])
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
+        """(the observations (..., m), the offsets (..., m), or 0 without them) of data rows x."""
+        m = self.forward.out_dim
+        return (x[..., :m], x[..., m:]) if self.offsets else (x, 0.0)
+
+    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        measured, offset = self.split(x)
+        return Independent(self._law(offset + self.forward(z)), 1, validate_args=False).log_prob(measured)
+
+    def constants(self) -> dict:
+        return {"offsets": True} if self.offsets else {}
+
+
+class PoissonLikelihood(_LinkLikelihood):
+    """Counts ``x_j ~ Poisson(exp(η_j))``, ``η = o + G(z)`` (log link, offsets o: :class:`_LinkLikelihood`):
     ``log p(x | z) = Σ_j (x_j η_j − exp(η_j) − log x_j!)``.
 
     Above η = 40 (a rate of 2.4e17, beyond any count) the rate continues as exp(40)'s
@@ -178,17 +224,19 @@ class PoissonLikelihood(_PointwiseLikelihood):
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """From η itself, not from the rate: a rate that underflows to 0 (η < −104 in
         float32) would give x log 0 = −∞ for x > 0."""
-        eta = self.forward(z)
+        x, offset = self.split(x)
+        eta = offset + self.forward(z)
         return (x * eta - _overflow_safe_exp(eta) - torch.lgamma(x + 1)).sum(-1)
 
     def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
-        """For a linear G (else None), with η = A z ~ N(η̄, V): ``E[exp η_j] = exp(η̄_j + V_jj/2)``
+        """For a linear G (else None), with η = o + A z ~ N(η̄, V): ``E[exp η_j] = exp(η̄_j + V_jj/2)``
         (the log-normal mean), so ``Σ_j [x_j η̄_j − exp(η̄_j + V_jj/2) − log x_j!]``, the
         Poisson log-normal ELBO of Chiquet et al. (2018)."""
         moments = linear_moments(self.forward, mean, cov)
         if moments is None:
             return None
-        eta, eta_var = moments
+        (x, offset), (eta, eta_var) = self.split(x), moments
+        eta = offset + eta
         return (x * eta - _overflow_safe_exp(eta + 0.5 * eta_var) - torch.lgamma(x + 1)).sum(-1)
 
 
@@ -201,8 +249,8 @@ def _overflow_safe_exp(eta: Tensor) -> Tensor:
     return eta.clamp_max(_SAFE_EXP_KNOT).exp() * (1 + excess + 0.5 * excess.square())
 
 
-class BernoulliLikelihood(_PointwiseLikelihood):
-    """Binary ``x_j ~ Bernoulli(sigmoid(η_j))``, ``η = G(z)`` (logistic link):
+class BernoulliLikelihood(_LinkLikelihood):
+    """Binary ``x_j ~ Bernoulli(sigmoid(η_j))``, ``η = o + G(z)`` (logistic link, offsets o: :class:`_LinkLikelihood`):
     ``log p(x | z) = Σ_j (x_j η_j − log(1 + exp(η_j)))``."""
 
     def _law(self, eta: Tensor) -> Distribution:

@@ -23,25 +23,29 @@ class NoiseModel:
     """One noise model.
 
     cls : the :class:`Likelihood` class it builds (model files find the name by it)
-    build : callable ``(operator, noise_std, df) -> Likelihood``
+    build : callable ``(operator, noise_std, df, offsets) -> Likelihood``
         ``noise_std`` is σ where the model has a scale, ``df`` ν where it has degrees of
-        freedom: the likelihood's own :meth:`~invae.model.likelihoods.Likelihood.constants`.
+        freedom, ``offsets`` whether rows carry known offsets of η where it takes them: the
+        likelihood's own :meth:`~invae.model.likelihoods.Likelihood.constants`.
     scale : bool
         Has a known scale σ > 0 (``--noise-std``, required).
     default_df : float or None
         Has degrees of freedom ν (``--noise-df``), with this default; None: takes none.
     exact : bool
         The exact references (``em``, ``naive``) hold for it (linear-Gaussian formulas).
+    offsets : bool
+        Takes known offsets of its linear predictor (``--offsets``): a link likelihood.
     """
 
     cls: type[Likelihood]
-    build: Callable[[ForwardOperator, float | None, float | None], Likelihood]
+    build: Callable[[ForwardOperator, float | None, float | None, bool], Likelihood]
     scale: bool = False
     default_df: float | None = None
     exact: bool = False
+    offsets: bool = False
 
 
-def _gaussian(operator: ForwardOperator, noise_std: float, df: None) -> GaussianLikelihood:
+def _gaussian(operator: ForwardOperator, noise_std: float, df: None, offsets: bool) -> GaussianLikelihood:
     """``x = G(z) + σε``; for a matrix, :func:`linear_gaussian` (it warns on a rank-deficient A)."""
     if isinstance(operator, LinearOperator):
         return linear_gaussian(operator.matrix, noise_std)
@@ -50,12 +54,13 @@ def _gaussian(operator: ForwardOperator, noise_std: float, df: None) -> Gaussian
 
 NOISE_MODELS: Registry[NoiseModel] = Registry("noise model")
 NOISE_MODELS.register("gaussian", NoiseModel(GaussianLikelihood, _gaussian, scale=True, exact=True))
-NOISE_MODELS.register("poisson", NoiseModel(PoissonLikelihood, lambda operator, noise_std, df: PoissonLikelihood(operator)))
-NOISE_MODELS.register("bernoulli", NoiseModel(BernoulliLikelihood,
-                                              lambda operator, noise_std, df: BernoulliLikelihood(operator)))
-NOISE_MODELS.register("student-t", NoiseModel(StudentTLikelihood,
-                                              lambda operator, noise_std, df: StudentTLikelihood(operator, df, noise_std),
-                                              scale=True, default_df=4.0))
+NOISE_MODELS.register("poisson", NoiseModel(
+    PoissonLikelihood, lambda operator, noise_std, df, offsets: PoissonLikelihood(operator, offsets), offsets=True))
+NOISE_MODELS.register("bernoulli", NoiseModel(
+    BernoulliLikelihood, lambda operator, noise_std, df, offsets: BernoulliLikelihood(operator, offsets), offsets=True))
+NOISE_MODELS.register("student-t", NoiseModel(
+    StudentTLikelihood, lambda operator, noise_std, df, offsets: StudentTLikelihood(operator, df, noise_std),
+    scale=True, default_df=4.0))
 
 
 def noise_name(likelihood: Likelihood) -> str:
