@@ -52,7 +52,7 @@ def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
             np.testing.assert_array_equal(predicted, fitted)
     predicted = json.loads((tmp_path / "pred" / "summary.json").read_text())
     assert predicted.get("importance_ess") == summary.get("importance_ess")  # the same draws, the same weights
-    fit_figures = {"precision", "signals"} | ({"convergence"} if method != "naive" else set())
+    fit_figures = {"precision", "network", "signals"} | ({"convergence"} if method != "naive" else set())
     for folder, figures in ((out, fit_figures), (tmp_path / "pred", {"signals"})):
         assert main(["report", str(folder)]) == 0
         check_report(folder, figures)

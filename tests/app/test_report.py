@@ -41,7 +41,7 @@ def test_report_command_rerenders_a_fit_folder(tmp_path, capsys):
                  "--penalty", "auto", "--out", str(fit), "--quiet"]) == 0
     assert main(["report", str(fit)]) == 0
     assert f"report: {fit / 'report.html'}" in capsys.readouterr().out
-    check_report(fit, {"precision", "signals", "penalty_path", "convergence"})
+    check_report(fit, {"precision", "network", "signals", "penalty_path", "convergence"})
 
 
 def test_report_of_a_folder_without_results_is_refused(tmp_path, capsys):
@@ -49,3 +49,27 @@ def test_report_of_a_folder_without_results_is_refused(tmp_path, capsys):
     assert "no summary.json" in capsys.readouterr().err
     with pytest.raises(ValueError, match="summary.json"):
         write_report(tmp_path)
+
+
+def test_the_network_figure_and_edges_csv_name_the_variables(tmp_path):
+    # a chain a - b - c with the .csv header's names: two edges, strongest partial correlation first
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    precision = np.array([[1.0, 0.45, 0.0], [0.45, 1.0, -0.2], [0.0, -0.2, 1.0]])
+    z = rng.multivariate_normal(np.zeros(3), np.linalg.inv(precision), 4000)
+    np.savetxt(tmp_path / "x.csv", z + 0.3 * rng.standard_normal(z.shape), delimiter=",", header="a,b,c",
+               comments="")
+    fit = tmp_path / "fit"
+    assert main(["fit", "--data", str(tmp_path / "x.csv"), "--noise-std", "0.3", "--method", "em", "--penalty", "0.02",
+                 "--out", str(fit), "--quiet"]) == 0
+    lines = (fit / "edges.csv").read_text().splitlines()
+    assert lines[0] == "a,b,precision,partial_correlation"
+    assert [line.split(",")[:2] for line in lines[1:3]] == [["a", "b"], ["b", "c"]]
+    # ρ_ab = −Λ_ab/√(Λ_aa Λ_bb) = −0.45 and ρ_bc = +0.2, each within 0.05: 4 standard errors
+    # (1 − ρ²)/√n ≈ 0.013 at n = 4000, beside the lasso's shrinkage of order α = 0.02; a − c,
+    # if kept, is weaker than both
+    rho = [float(line.split(",")[3]) for line in lines[1:]]
+    assert abs(rho[0] + 0.45) < 0.05 and abs(rho[1] - 0.2) < 0.05 and all(abs(r) < 0.05 for r in rho[2:])
+    assert main(["report", str(fit)]) == 0
+    check_report(fit, {"precision", "network", "signals", "convergence"})

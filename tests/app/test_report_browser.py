@@ -33,5 +33,5 @@ def test_report_renders_every_figure_without_console_errors(tmp_path):
                              "--v=0", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
-    assert len(console) == 1 and '"decoded 4 of 4 images"' in console[0], console
+    assert len(console) == 1 and '"decoded 5 of 5 images"' in console[0], console
     assert 'id="penalty_path"' in result.stdout  # the browser's DOM holds the figures

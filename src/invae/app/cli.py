@@ -108,6 +108,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
     fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
+    fit.add_argument("--names", help="a text file of the p variables' names (one per line, or comma-separated); "
+                     "default: the header of a .csv --data without --forward, else z0 … z(p-1)")
     fit.add_argument("--noise", choices=NOISE_MODELS.names(), help="noise model: gaussian x = G(z) + σε, poisson "
                      "counts (log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
     fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
@@ -241,8 +243,8 @@ def _fit(args: argparse.Namespace) -> None:
 
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "threads")}
     settings = FitSettings.from_sources(args.config, overrides)
-    estimator, arrays, summary = run_fit(settings)
-    folder = write_results(settings.out, arrays, summary)
+    estimator, arrays, summary, files = run_fit(settings)
+    folder = write_results(settings.out, arrays, summary, files)
     if settings.save is not None:
         save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]),
                    recipe=RowRecipe.from_record(summary["row_recipe"]))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array", "write_results"]
+__all__ = ["load_array", "csv_header", "read_names", "is_number", "write_results"]
 
 
 def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
@@ -39,6 +39,35 @@ def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"cannot read {label} ({str(path)!r}) as a numeric array: {reason}") from None
     raise ValueError(f"cannot read {label}: {str(path)!r} is neither .npy nor .csv")
+
+
+def csv_header(path: str | Path) -> list[str] | None:
+    """The column names of a ``.csv`` file whose first line is not all numbers; None otherwise
+    (or for a ``.npy`` file)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as file:
+        cells = [cell.strip() for cell in file.readline().split(",")]
+    return None if all(is_number(cell) for cell in cells) else cells
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Names from a text file: one per line, or separated by commas (``--names``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read the variable names (--names): no such file {str(path)!r}")
+    text = path.read_text(encoding="utf-8")
+    return [name.strip() for line in text.splitlines() for name in line.split(",") if name.strip()]
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` parses as a number."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Unreadable(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,33 @@ from ..model.priors import PRIORS, StartOptions
 from ..references.exact import has_exact_evidence, mean_log_likelihood
 from ..references.sanity import likelihood_check
 from ..validation import check_data
-from .io import load_array
+from .io import csv_header, load_array, read_names
 from .methods import make_estimator, method_name
+from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
 from .settings import FitSettings
 
-__all__ = ["load_problem", "run_fit", "run_predict"]
+__all__ = ["Problem", "load_problem", "run_fit", "run_predict"]
 
-def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood, RowRecipe]:
-    """The data rows X (n, row columns: the measurements, σ_i or offsets, then the prior's
-    covariates; :mod:`invae.app.recipe`), the prior to start from and the likelihood that
-    ``settings`` describe, and the rows' recipe."""
+@dataclass(frozen=True)
+class Problem:
+    """What ``settings`` describe: the data rows x (n, row columns: the measurements, σ_i or
+    offsets, then the prior's covariates; :mod:`invae.app.recipe`), the prior to start from,
+    the likelihood, the rows' recipe, and the p signal coordinates' names."""
+
+    x: np.ndarray
+    prior: Prior
+    likelihood: Likelihood
+    recipe: RowRecipe
+    names: list[str]
+
+
+def load_problem(settings: FitSettings) -> Problem:
+    """The problem ``settings`` describe (:class:`Problem`). The variables' names are
+    ``--names``, else a ``.csv`` data file's header where the signals are the data (no
+    ``--forward``), else z0 … z(p−1)."""
     function = FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
     if function is not None:
         if settings.latent_dim is None:
@@ -60,7 +75,10 @@ def load_problem(settings: FitSettings) -> tuple[np.ndarray, Prior, Likelihood, 
                            components=settings.components, seed=settings.seed,
                            covariates=0 if recipe.covariates is None else len(recipe.covariates.names),
                            fit_intercept=settings.fit_mean or recipe.covariates is not None)
-    return x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, recipe
+    given = read_names(settings.names) if settings.names is not None else \
+        csv_header(settings.data) if settings.forward is None else None
+    return Problem(x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, recipe,
+                   variable_names(operator.in_dim, given))
 
 
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
@@ -71,9 +89,11 @@ def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
                                               settings.offsets is not None)
 
 
-def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict]:
-    """Fit as ``settings`` say; return the estimator, the result arrays and the summary."""
-    x, prior, likelihood, recipe = load_problem(settings)
+def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict, dict[str, bytes]]:
+    """Fit as ``settings`` say; return the estimator, the result arrays, the summary and the
+    other files (``edges.csv`` for a graphical prior, :mod:`invae.app.network`)."""
+    problem = load_problem(settings)
+    x, prior, likelihood, recipe = problem.x, problem.prior, problem.likelihood, problem.recipe
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
                                verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device,
@@ -92,7 +112,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
-        "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim,
+        "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim, "variables": problem.names,
         **estimator.prior_.summary(),
         "row_recipe": recipe.to_record(),
         **({} if recipe.covariates is None else {"covariates": recipe.covariates.names}),
@@ -109,7 +129,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary |= _variational_summary(estimator, x, settings.method)
-    return estimator, arrays, summary | _posterior_summary(estimator, x)
+    files = {"edges.csv": edges_csv(edge_rows(arrays["precision"], problem.names))} if "precision" in arrays else {}
+    return estimator, arrays, summary | _posterior_summary(estimator, x), files
 
 
 def _variational_summary(estimator: VariationalEB, x: np.ndarray, method: str) -> dict:

@@ -1,4 +1,4 @@
-"""Figures: precision heatmaps, signals with credible bands, convergence, the penalty path.
+"""Figures: precision heatmaps, the network, signals with credible bands, convergence, the penalty path.
 
 Each function takes plain arrays and returns a matplotlib ``Figure`` (drawn with the
 non-interactive Agg canvas, so no display is needed); :mod:`invae.app.report` saves them.
@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from ..normal_means.grid import log_likelihood_matrix
 
 __all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot",
-           "two_groups_plot"]
+           "two_groups_plot", "network_plot"]
 
 _Z90 = 1.6448536269514722  # the standard normal's 95% quantile: a central 90% band is mean ± _Z90·sd
 
@@ -174,4 +174,35 @@ def two_groups_plot(x: np.ndarray, sigma: np.ndarray, prior, null: float, lfdr: 
     right.axhline(0.2, color="tab:green", linestyle=":", linewidth=1)
     right.set_ylim(0, 1.02)
     right.set_ylabel(f"lfdr ({method}; dotted: 0.2)", color="tab:green")
+    return figure
+
+
+def network_plot(precision: np.ndarray, names: list[str]) -> Figure:
+    """The graph of a (p, p) precision matrix: nodes labelled with ``names``, an edge for each
+    nonzero Λ_ab, its width by the partial correlation |ρ_ab| and its colour by ρ's sign.
+
+    The layout is networkx's spring layout (Fruchterman–Reingold, seeded: the same figure every
+    time) weighted by |ρ|, so strongly linked variables sit together.
+    """
+    import networkx as nx
+
+    from .network import partial_correlations
+
+    rho = partial_correlations(precision)
+    graph = nx.Graph()
+    graph.add_nodes_from(names)
+    rows, cols = np.nonzero(np.triu(precision, k=1))
+    graph.add_edges_from((names[i], names[j], {"weight": abs(rho[i, j]), "rho": rho[i, j]}) for i, j in zip(rows, cols))
+    position = nx.spring_layout(graph, weight="weight", seed=0)
+    size = min(12.0, 4.0 + 0.08 * len(names))
+    figure = Figure(figsize=(size, size), layout="constrained")
+    ax = figure.subplots()
+    edges = list(graph.edges(data=True))
+    nx.draw_networkx_edges(graph, position, ax=ax, edgelist=[(a, b) for a, b, _ in edges],
+                           width=[0.5 + 6 * data["weight"] for *_, data in edges],
+                           edge_color=["tab:blue" if data["rho"] > 0 else "tab:red" for *_, data in edges], alpha=0.8)
+    nx.draw_networkx_nodes(graph, position, ax=ax, node_size=120, node_color="0.85", edgecolors="0.3")
+    nx.draw_networkx_labels(graph, position, ax=ax, font_size=8 if len(names) <= 40 else 6)
+    ax.set_title(f"{len(edges)} edges: width |partial correlation|, blue positive, red negative", fontsize=10)
+    ax.set_axis_off()
     return figure

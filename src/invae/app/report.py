@@ -1,8 +1,8 @@
 """A results folder's figures and one self-contained HTML report (``invae report DIR``).
 
 Works on the folders ``invae demo`` writes (the truth is known: Λ_true beside each Λ̂,
-signals against the true z, convergence curves), those ``invae fit`` writes (Λ̂, the
-posterior bands, the penalty path where ``--penalty auto`` chose α) and those
+signals against the true z, convergence curves), those ``invae fit`` writes (Λ̂ and its
+network, the posterior bands, the penalty path where ``--penalty auto`` chose α) and those
 ``invae predict`` writes (the posterior bands). The figures are saved
 as PNG files beside the results and embedded in ``report.html``, which needs no other file.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..evaluation.tables import COLUMNS, format_cell
-from .plotting import convergence_curves, penalty_path_plot, precision_heatmaps, signal_bands
+from .plotting import convergence_curves, network_plot, penalty_path_plot, precision_heatmaps, signal_bands
 
 __all__ = ["write_report", "REPORT_NAME"]
 
@@ -78,8 +78,14 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
     method = _method(summary)
     figures = {}
     if (folder / "precision.npy").is_file():
-        figures["precision"] = (precision_heatmaps({f"Λ̂ ({method})": np.load(folder / "precision.npy")}),
+        precision = np.load(folder / "precision.npy")
+        figures["precision"] = (precision_heatmaps({f"Λ̂ ({method})": precision}),
                                 "The estimated precision matrix (the graph: nonzero off-diagonal entries).")
+        names = summary.get("variables") or [f"z{j}" for j in range(len(precision))]
+        figures["network"] = (network_plot(precision, names),
+                              "The estimated graph: an edge per nonzero Λ̂_ab, its width by the partial correlation "
+                              "|ρ_ab| = |Λ̂_ab| / √(Λ̂_aa Λ̂_bb), blue where ρ_ab > 0 and red where ρ_ab < 0 "
+                              "(edges.csv lists them).")
     mean, std = folder / "posterior_mean.npy", folder / "posterior_std.npy"
     if mean.is_file() and std.is_file():
         figures["signals"] = (signal_bands({method: np.load(mean)}, {method: np.load(std)}),

@@ -35,6 +35,7 @@ class FitSettings:
     out: Path = Path("invae-out")
     forward: Path | None = None
     latent_dim: int | None = None
+    names: Path | None = None
     noise: str = "gaussian"
     noise_df: float | None = None
     offsets: str | None = None
@@ -60,7 +61,7 @@ class FitSettings:
     allow_unidentified: bool = False
 
     def __post_init__(self):
-        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates"):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates", "names"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -190,7 +191,7 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates", "offsets"):
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates", "offsets", "names"):
         if isinstance(values.get(key), str) and values[key] != LOG_TOTAL:  # relative to the config file
             values[key] = path.parent / values[key]
     return values

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import load_array
+from .io import is_number, load_array
 
 __all__ = ["load_table", "column"]
 
@@ -32,7 +32,7 @@ def load_table(path: str | Path, name: str = "the data (--data)") -> dict[str, n
         rows = [row for row in csv.reader(file) if row]
     if not rows:
         raise ValueError(f"{name} {str(path)!r} is empty")
-    header = None if all(_is_number(cell) for cell in rows[0]) else [cell.strip() for cell in rows[0]]
+    header = None if all(is_number(cell) for cell in rows[0]) else [cell.strip() for cell in rows[0]]
     body = rows if header is None else rows[1:]
     width = len(header) if header is not None else len(rows[0])
     for number, row in enumerate(body, start=1 if header is None else 2):
@@ -54,14 +54,6 @@ def column(table: dict[str, np.ndarray], key: str, option: str) -> np.ndarray:
 
 def _typed(values: tuple[str, ...]) -> np.ndarray:
     cells = [value.strip() for value in values]
-    if all(_is_number(cell) for cell in cells):
+    if all(is_number(cell) for cell in cells):
         return np.array([float(cell) for cell in cells], dtype=np.float64)
     return np.array(cells, dtype=str)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
