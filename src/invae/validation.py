@@ -12,8 +12,9 @@ __all__ = ["check_data", "check_noise_std", "check_penalty"]
 _LARGEST = float(np.sqrt(np.finfo(np.float32).max)) / 100
 
 
-def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
-    """``X`` as a finite float64 array of shape (n, m) with n ≥ 2 (and m == ``columns``)."""
+def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing: bool = False) -> np.ndarray:
+    """``X`` as a finite float64 array of shape (n, m) with n ≥ 2 (and m == ``columns``);
+    with ``allow_missing``, NaN marks a missing entry (inf is still refused)."""
     array = np.asarray(X)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
@@ -33,14 +34,14 @@ def check_data(X, *, name: str = "X", columns: int | None = None) -> np.ndarray:
         )
     with np.errstate(over="ignore"):
         array = array.astype(np.float64)
-    bad = ~np.isfinite(array)
+    bad = np.isinf(array) if allow_missing else ~np.isfinite(array)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(
-            f"{name} holds {int(bad.sum())} NaN/inf value(s), the first at row {row}, column {col}; "
-            "remove or impute them first"
+            f"{name} holds {int(bad.sum())} {'inf' if allow_missing else 'NaN/inf'} value(s), the first at row {row}, "
+            f"column {col}; {'remove them' if allow_missing else 'remove or impute them, or mark missing entries (NaN) with MissingEntries'}"
         )
-    largest = float(np.abs(array).max())
+    largest = float(np.nanmax(np.abs(array))) if allow_missing else float(np.abs(array).max())
     if largest > _LARGEST:
         raise ValueError(f"{name} holds values up to {largest:.3g}, too large for second moments in floating "
                          f"point (limit {_LARGEST:g}); rescale the data (and the noise level) first")

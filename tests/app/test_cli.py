@@ -100,8 +100,9 @@ def _renamed_npz(tmp_path, name):
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda d, t: ["--data", _write(t, "nan.npy", np.array([[1.0, np.nan]] * 3))], "NaN/inf"),
-    (lambda d, t: ["--data", _write(t, "inf.npy", np.array([[1.0, np.inf]] * 3))], "NaN/inf"),
+    (lambda d, t: ["--data", _write(t, "nan.npy", np.array([[1.0, np.nan]] * 3))],
+     "column 1 of the data is never observed"),
+    (lambda d, t: ["--data", _write(t, "inf.npy", np.array([[1.0, np.inf]] * 3))], "holds 3 inf value(s)"),
     (lambda d, t: ["--data", str(d / "X.npy"), "--forward", _write(t, "a.npy", np.eye(4))], "columns"),
     (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "0"], "noise standard deviation"),
     (lambda d, t: ["--data", str(d / "X.npy"), "--noise-std", "-1"], "noise standard deviation"),
@@ -507,3 +508,58 @@ def test_counts_with_log_total_offsets_and_predict_with_the_fits_mean_total(tmp_
                  "--out", str(tmp_path / "c")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "c" / "posterior_mean.npy"), np.load(out / "posterior_mean.npy")[:50],
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["em", "vae"])
+def test_missing_entries_are_read_as_nan_and_imputed(problem_dir, tmp_path, method):
+    # NaN marks a missing entry: the fit uses the observed ones, imputed.npy completes the data
+    # with each missing entry's posterior predictive mean, and predict takes NaN too
+    x = np.load(problem_dir / "X.npy")
+    missing = np.random.default_rng(0).random(x.shape) < 0.2
+    x[missing] = np.nan
+    np.save(tmp_path / "X.npy", x)
+    model, out = tmp_path / "model.pt", tmp_path / "fit"
+    assert _fit(problem_dir, out, "--method", method, "--save", str(model)) == 0  # complete data: no imputed.npy
+    assert not (out / "imputed.npy").exists()
+    assert main(["fit", "--data", str(tmp_path / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+                 "0.5", "--method", method, "--out", str(out), "--quiet", "--save", str(model)]) == 0
+    imputed = np.load(out / "imputed.npy")
+    np.testing.assert_array_equal(imputed[~missing], x[~missing])
+    assert np.isfinite(imputed).all()
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "X.npy"), "--out", str(tmp_path / "p")]) == 0
+    for name in ("posterior_mean", "imputed"):
+        np.testing.assert_array_equal(np.load(tmp_path / "p" / f"{name}.npy"), np.load(out / f"{name}.npy"))
+
+
+@pytest.mark.parametrize("hole, message", [("row", "row 3 of the data has no observed entry"),
+                                           ("column", "column 2 of the data is never observed")])
+def test_a_row_or_a_column_without_observations_is_refused(problem_dir, tmp_path, capsys, hole, message):
+    x = np.load(problem_dir / "X.npy")
+    if hole == "row":
+        x[3] = np.nan
+    else:
+        x[:, 2] = np.nan
+    np.save(tmp_path / "X.npy", x)
+    assert main(["fit", "--data", str(tmp_path / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+                 "0.5", "--out", str(tmp_path / "never")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_naive_refuses_missing_entries_and_a_complete_data_model_refuses_them_in_predict(problem_dir, tmp_path, capsys):
+    x = np.load(problem_dir / "X.npy")
+    x[0, 0] = np.nan
+    np.save(tmp_path / "X.npy", x)
+    assert main(["fit", "--data", str(tmp_path / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+                 "0.5", "--method", "naive", "--out", str(tmp_path / "never")]) == 2
+    assert "needs every entry observed" in capsys.readouterr().err
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--save", str(tmp_path / "m.pt")) == 0
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "X.npy"),
+                 "--out", str(tmp_path / "never")]) == 2
+    assert "which this model was not fitted with" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_a_csv_marks_missing_entries_by_an_empty_field_na_or_nan(tmp_path):
+    from invae.app.io import load_array
+
+    (tmp_path / "x.csv").write_text("a,b,c\n1,2,3\n4,,6\nNA,8,nan\n")
+    np.testing.assert_array_equal(load_array(tmp_path / "x.csv"), [[1, 2, 3], [4, np.nan, 6], [np.nan, 8, np.nan]])

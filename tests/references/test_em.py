@@ -188,3 +188,52 @@ def test_em_with_covariates_never_lowers_the_likelihood_and_its_location_is_leas
     np.testing.assert_allclose(em.prior_.coefficients.numpy(), theta[1:].T, atol=1e-5)
     # and Λ̂ is near the truth: relative error of order √(p²/n) ≈ 0.1 at n = 2000
     assert relative_frobenius_error(em.precision_, truth.precision.numpy()) < 0.25
+
+
+def test_em_with_missing_entries_climbs_to_the_maximum_of_the_observed_data_likelihood(rng):
+    # brute force: L-BFGS on Σ_i log N(x_iO; 0, Λ⁻¹_OO + σ² I) over Λ = L Lᵀ must find EM's Λ̂
+    from invae.model.missing import MissingEntries
+    from invae.references.exact import marginal_log_likelihood
+
+    problem = simulate_problem(p=3, n=300, graph="chain", noise_std=0.5, seed=2)
+    x = problem.X.copy()
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x = x[~np.isnan(x).all(1)]
+    likelihood = MissingEntries(linear_gaussian(np.eye(3), 0.5))
+    rows = likelihood.rows(x)
+    em = EM(GaussianGraphicalModel(dim=3), likelihood, max_iter=5000, tol=1e-13).fit(rows)
+    assert np.diff(em.history_["objective"]).min() >= -1e-10
+    raw = torch.zeros(3, 3, requires_grad=True)
+    optimizer = torch.optim.LBFGS([raw], max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                  line_search_fn="strong_wolfe")
+    data = torch.as_tensor(rows)
+
+    def closure():
+        optimizer.zero_grad()
+        chol = torch.tril(raw, -1) + torch.diag(torch.exp(raw.diagonal()))
+        loss = -marginal_log_likelihood(data, GaussianGraphicalModel(chol @ chol.mT), likelihood).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    chol = (torch.tril(raw, -1) + torch.diag(torch.exp(raw.diagonal()))).detach()
+    np.testing.assert_allclose(em.precision_, (chol @ chol.mT).numpy(), atol=1e-4)
+
+
+def test_imputation_is_the_conditional_mean_of_the_missing_entries_given_the_observed(rng):
+    # x ~ N(0, A Λ⁻¹ Aᵀ + σ² I): E[x_M | x_O] = Σ_MO Σ_OO⁻¹ x_O, row by row, under the true Λ
+    from invae.model.missing import MissingEntries
+
+    problem = simulate_problem(p=4, n=50, graph="chain", forward="gaussian", m=6, noise_std=0.5, seed=4)
+    x = problem.X.copy()
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[:, 0] = np.where(np.isnan(x).all(1), 0.0, x[:, 0])
+    likelihood = MissingEntries(linear_gaussian(problem.A, 0.5))
+    oracle = EM(GaussianGraphicalModel(problem.precision), likelihood).restore()
+    imputed = oracle.impute(likelihood.rows(x))
+    cov = problem.A @ np.linalg.inv(problem.precision) @ problem.A.T + 0.25 * np.eye(6)
+    for x_i, got in zip(x, imputed):
+        seen = ~np.isnan(x_i)
+        expected = cov[np.ix_(~seen, seen)] @ np.linalg.solve(cov[np.ix_(seen, seen)], x_i[seen])
+        np.testing.assert_allclose(got[~seen], expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(got[seen], x_i[seen])

@@ -103,3 +103,31 @@ def test_posterior_and_evidence_with_a_location_equal_brute_force_conditioning(r
     expected = [multivariate_normal(a @ eta_i, s_xx).logpdf(x_i) for x_i, eta_i in zip(x, eta)]
     got = marginal_log_likelihood(rows, prior, linear_gaussian(a, 0.6))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_posterior_and_evidence_with_missing_entries_condition_on_the_observed_block(rng):
+    # each row conditions the dense joint Gaussian of (z, x) on its observed entries alone
+    from invae.model.missing import MissingEntries
+
+    p, m, n = 4, 6, 8
+    precision, a = random_spd(rng, p), rng.standard_normal((m, p))
+    sigma = rng.uniform(0.3, 1.2, m)
+    location = rng.standard_normal(p)
+    x = rng.standard_normal((n, m)) * 2
+    x[rng.random((n, m)) < 0.4] = np.nan
+    x[0, :] = np.r_[np.nan, x[0, 1:]]  # at least one entry each
+    x[:, 0] = np.where(np.isnan(x[:, 0]).all(), 1.0, x[:, 0])
+    likelihood = MissingEntries(linear_gaussian(a, torch.as_tensor(sigma)))
+    rows = torch.as_tensor(likelihood.rows(x))
+    prior = GaussianGraphicalModel(precision, location=location)
+    mean, cov = exact_posterior(rows, prior, likelihood)
+    log_evidence = marginal_log_likelihood(rows, prior, likelihood)
+    s_zz, s_zx, s_xx = _joint(precision, a, sigma**2)
+    for i in range(n):
+        seen = ~np.isnan(x[i])
+        gain = np.linalg.solve(s_xx[np.ix_(seen, seen)], s_zx[:, seen].T).T  # Σ_zO Σ_OO⁻¹
+        np.testing.assert_allclose(mean[i].numpy(), location + gain @ (x[i, seen] - a[seen] @ location),
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(cov[i].numpy(), s_zz - gain @ s_zx[:, seen].T, rtol=1e-9, atol=1e-12)
+        expected = multivariate_normal(a[seen] @ location, s_xx[np.ix_(seen, seen)]).logpdf(x[i, seen])
+        assert float(log_evidence[i]) == pytest.approx(expected, rel=1e-10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -88,16 +89,35 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_csv(path: Path) -> np.ndarray:
-    """Comma-separated numbers; a first line that does not parse as numbers is a header."""
+    """Comma-separated numbers; a first line that does not parse as numbers is a header. An
+    empty field, ``NA`` or ``NaN`` is a missing entry (NaN), read by a slower parser only when
+    the fast one meets one."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy warns (not raises) on an empty file
-        try:
-            return np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError as first:
+        for options in ({}, {"converters": _cell}):
             try:
-                return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
-            except (ValueError, UserWarning):
-                raise first from None
+                return _load_csv_with(path, options)
+            except ValueError as error:
+                failure = error
+        raise failure
+
+
+def _load_csv_with(path: Path, options: dict) -> np.ndarray:
+    try:
+        return np.loadtxt(path, delimiter=",", ndmin=2, **options)
+    except ValueError as first:
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1, **options)
+        except (ValueError, UserWarning):
+            raise first from None
+
+
+_MISSING = {"", "na", "nan"}
+
+
+def _cell(text: str) -> float:
+    """A number, or NaN for a missing entry (module docstring of :func:`_load_csv`)."""
+    return math.nan if text.strip().lower() in _MISSING else float(text)
 
 
 def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict,

@@ -29,6 +29,7 @@ from ..inference.base import EmpiricalBayesEstimator
 from ..model.forward import FunctionOperator, LinearOperator
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS, noise_name
 from ..model.prior import Prior
 from ..model.priors import PRIORS, prior_name
@@ -39,7 +40,7 @@ from .plugins import load_function
 __all__ = ["save_model", "load_model", "load_recipe"]
 
 FORMAT = "invae-model"
-# 5: a prior's location and covariates, the rows' recipe; 4: any registered prior and noise model; 3 added "noise_per_row";
+# 5: a prior's location and covariates, the rows' recipe, missing entries; 4: any registered prior and noise model; 3 added "noise_per_row";
 # 2 the prior's kind; 1 a ggm's Λ̂
 VERSION = 5
 _PER_ROW = "gaussian, one σ_i per row"  # the noise of NoisePerRowGaussianLikelihood (--noise-std-file)
@@ -130,9 +131,13 @@ def _prior(record: dict) -> Prior:
 
 
 def _likelihood_record(likelihood: Likelihood) -> dict:
-    """The noise model's name, its constants and the forward operator's record."""
-    noise = _PER_ROW if isinstance(likelihood, NoisePerRowGaussianLikelihood) else noise_name(likelihood)
-    return {"noise": noise, "constants": _plain(likelihood.constants()), "forward": _plain(likelihood.forward.record())}
+    """The noise model's name, its constants, the forward operator's record, and whether
+    entries may be missing (:class:`~invae.model.missing.MissingEntries`)."""
+    missing = isinstance(likelihood, MissingEntries)
+    base = likelihood.base if missing else likelihood
+    noise = _PER_ROW if isinstance(base, NoisePerRowGaussianLikelihood) else noise_name(base)
+    return {"noise": noise, "constants": _plain(base.constants()), "forward": _plain(base.forward.record()),
+            "missing": missing}
 
 
 def _likelihood_record_before_4(record: dict) -> dict:
@@ -153,10 +158,12 @@ def _likelihood(record: dict) -> Likelihood:
         operator = FunctionOperator(load_function(forward["function"]), forward["latent_dim"],
                                     name=forward["function"], source=forward["function"])
     if record["noise"] == _PER_ROW:
-        return NoisePerRowGaussianLikelihood(operator)
-    constants = record["constants"]
-    return NOISE_MODELS[record["noise"]].build(operator, constants.get("noise_std"), constants.get("df"),
-                                               constants.get("offsets", False))
+        likelihood = NoisePerRowGaussianLikelihood(operator)
+    else:
+        constants = record["constants"]
+        likelihood = NOISE_MODELS[record["noise"]].build(operator, constants.get("noise_std"), constants.get("df"),
+                                                         constants.get("offsets", False))
+    return MissingEntries(likelihood) if record.get("missing") else likelihood
 
 
 def _plain(values: dict) -> dict:

@@ -16,6 +16,7 @@ from ..inference.estimator import VariationalEB
 from ..inference.penalty import select_penalty
 from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS
 from ..model.prior import Prior
 from ..model.priors import PRIORS, StartOptions
@@ -67,8 +68,10 @@ def load_problem(settings: FitSettings) -> Problem:
     if function is None and settings.latent_dim not in (None, operator.in_dim):
         raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
                          f"{operator.in_dim} columns (it is for a forward function)")
+    x = check_data(x, name="the data (--data)", columns=operator.out_dim, allow_missing=True)
     likelihood = _likelihood(operator, settings)
-    x = check_data(x, name="the data (--data)", columns=operator.out_dim)
+    if np.isnan(x).any():  # missing entries: the likelihood of the observed ones
+        likelihood = MissingEntries(likelihood)
     sources = RowSources(settings.offsets, settings.noise_std_file, settings.covariates, settings.covariate_columns)
     x, recipe = make_rows(x, likelihood, sources)
     options = StartOptions(alpha=0.0 if settings.penalty == "auto" else settings.penalty,  # auto: set per fit
@@ -108,7 +111,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     seconds = time.perf_counter() - start
     mean, std = estimator.posterior(x)
     parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
-    arrays = {**parameters, "posterior_mean": mean, "posterior_std": std}
+    arrays = {**parameters, "posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
@@ -178,9 +181,15 @@ def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSo
     estimator, recipe = load_model(model, device=device), load_recipe(model)
     check_sources(estimator.likelihood, recipe, sources)
     m = estimator.likelihood.forward.out_dim
-    x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m)
+    x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m, allow_missing=True)
     x = make_rows(x, estimator.likelihood, sources, recipe)[0]
     mean, std = estimator.posterior(x)
     summary = {"invae_version": __version__, "model": str(model), "data": str(data),
                "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}
-    return {"posterior_mean": mean, "posterior_std": std}, summary | _posterior_summary(estimator, x)
+    return {"posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}, \
+        summary | _posterior_summary(estimator, x)
+
+
+def _imputed(estimator: EmpiricalBayesEstimator, x: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"imputed": the data with each missing entry's posterior predictive mean}`` where entries are missing."""
+    return {"imputed": estimator.impute(x)} if isinstance(estimator.likelihood_, MissingEntries) else {}

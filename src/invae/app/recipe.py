@@ -2,8 +2,9 @@
 rows alike (``invae predict``).
 
 A data row (:mod:`invae.model.rows`) is the measurements, what the likelihood knows of each
-row (its σ_i with ``--noise-std-file``, its offsets with ``--offsets``), then the prior's
-covariates (``--covariates``). The recipe holds what new rows must share with the fit's:
+row (its σ_i with ``--noise-std-file``, its offsets with ``--offsets``), the indicators of
+its observed entries where some are missing (NaN, :mod:`invae.model.missing`), then the
+prior's covariates (``--covariates``). The recipe holds what new rows must share with the fit's:
 the covariates' coding (:class:`~invae.app.covariates.CovariateCoding`) and, for
 ``--offsets log-total``, the fit's mean row total (an offset is a row's log total over it,
 so the same count gets the same offset in the fit and in ``predict``).
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.missing import MissingEntries
 from .covariates import CovariateCoding, read_covariates
 from .io import load_array
 
@@ -61,11 +63,17 @@ def make_rows(x: np.ndarray, likelihood: Likelihood, sources: RowSources,
     (``recipe`` None), or a saved model's, which new rows must follow."""
     fitting = recipe is None
     recipe = recipe or RowRecipe()
-    if getattr(likelihood, "offsets", False):
+    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
+    if getattr(base, "offsets", False):
         offsets, mean_total = _offsets(x, sources.offsets, recipe.mean_total)
-        x, recipe = likelihood.rows(x, offsets), RowRecipe(recipe.covariates, mean_total)
-    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
+        x, recipe = base.rows(x, offsets), RowRecipe(recipe.covariates, mean_total)
+    if isinstance(base, NoisePerRowGaussianLikelihood):
         x = _rows_with_noise(x, sources.noise_std_file)
+    if isinstance(likelihood, MissingEntries):
+        x = likelihood.rows(x)
+    elif np.isnan(x).any():
+        raise ValueError("the data hold missing entries (NaN), which this model was not fitted with: its "
+                         "encoder reads no mask; refit on data with missing entries")
     if sources.covariates is not None:
         columns = sources.covariate_columns if fitting else list(recipe.covariates.levels)
         covariates, coding = read_covariates(sources.covariates, len(x), columns, recipe.covariates)
@@ -75,8 +83,9 @@ def make_rows(x: np.ndarray, likelihood: Likelihood, sources: RowSources,
 
 def check_sources(likelihood: Likelihood, recipe: RowRecipe, sources: RowSources) -> None:
     """A ``ValueError`` where new rows' ``sources`` lack what a saved model's rows had, or bring what they had not."""
-    needs = {"--noise-std-file": isinstance(likelihood, NoisePerRowGaussianLikelihood),
-             "--offsets": bool(getattr(likelihood, "offsets", False)), "--covariates": recipe.covariates is not None}
+    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
+    needs = {"--noise-std-file": isinstance(base, NoisePerRowGaussianLikelihood),
+             "--offsets": bool(getattr(base, "offsets", False)), "--covariates": recipe.covariates is not None}
     given = {"--noise-std-file": sources.noise_std_file, "--offsets": sources.offsets,
              "--covariates": sources.covariates}
     for flag, needed in needs.items():
@@ -90,7 +99,7 @@ def _offsets(x: np.ndarray, source, mean_total: float | None) -> tuple[np.ndarra
     """(offsets (n, m) or (n, 1), the mean total for log-total offsets) from ``--offsets``."""
     if str(source) != LOG_TOTAL:
         return load_array(source, name="the offsets (--offsets)"), mean_total
-    totals = x.sum(1)
+    totals = np.nansum(x, axis=1)  # over the observed entries
     if not (totals > 0).all():
         raise ValueError(f"--offsets {LOG_TOTAL} needs every row to have counts: row {int(np.argmin(totals > 0))} "
                          "sums to 0")

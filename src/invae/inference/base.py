@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
-from ..model.rows import row_dim
+from ..model.missing import MissingEntries
+from ..model.rows import row_dim, split_rows
 from ..validation import check_data
 
 __all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
@@ -70,6 +71,27 @@ class EmpiricalBayesEstimator(abc.ABC):
         self.check_fitted()
         mean, std = self._posterior(self._tensor(X))
         return _numpy(mean), _numpy(std)
+
+    def impute(self, X) -> np.ndarray:
+        """The measurements (n, m) of the data rows X, each missing entry (:class:`~invae.model.missing.MissingEntries`)
+        replaced by its posterior predictive mean ``E[x_ij | x_iO] = E[E[x_ij | z] | x_iO]``.
+
+        Here from the posterior mean, exact where E[x | z] is linear in z (additive noise through
+        a matrix A: ``A E[z | x_iO]``); :class:`~invae.inference.estimator.VariationalEB` averages
+        ``E[x | z]`` over posterior draws otherwise."""
+        self.check_fitted()
+        x = self._tensor(X)
+        rows = split_rows(x, self.likelihood_)[0]
+        return self._completed(X, self.likelihood_.predictive_mean(rows, self._posterior(x)[0]))
+
+    def _completed(self, X, predicted: Tensor) -> np.ndarray:
+        """The measurements (n, m) of the data rows X as given (float64), the missing ones from ``predicted`` (n, m)."""
+        if not isinstance(self.likelihood_, MissingEntries):
+            raise ValueError("impute needs a likelihood with missing entries (MissingEntries)")
+        rows = torch.as_tensor(check_data(X, columns=row_dim(self.prior, self.likelihood)))
+        base_rows, observed = self.likelihood_.split(split_rows(rows, self.likelihood_)[0])
+        measured = base_rows[:, : self.likelihood_.forward.out_dim].numpy()
+        return np.where(observed.numpy() > 0, measured, _numpy(predicted))
 
     def posterior_state(self) -> dict | None:
         """The trained weights a model file keeps (the argument of :meth:`restore`); None here."""

@@ -16,7 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from ..model.forward import LinearOperator
-from ..model.rows import row_dim
+from ..model.rows import row_dim, split_rows
 from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
@@ -376,6 +376,23 @@ class VariationalEB(EmpiricalBayesEstimator):
         x = self._tensor(X)
         with seeded(self.random_state, x.device):
             return _numpy(torch.cat([1 / w.square().sum(0) for _, _, w in self._weighted_chunks(x)]))
+
+    @torch.no_grad()
+    def impute(self, X) -> np.ndarray:
+        """See :meth:`~invae.inference.base.EmpiricalBayesEstimator.impute`; where E[x | z] is not
+        linear in z (a link function, a nonlinear G), its mean over ``n_moment_draws`` posterior
+        draws per row (reweighted ones under ``reweight``)."""
+        self.check_fitted()
+        if self.likelihood_.predictive_mean_is_linear:
+            return super().impute(X)
+        x = self._tensor(X)
+        predicted = self.likelihood_.predictive_mean
+        with seeded(self.random_state, x.device):
+            parts = ([torch.einsum("sn,snm->nm", w, predicted(split_rows(x[rows], self.likelihood_)[0], z))
+                      for rows, z, w in self._weighted_chunks(x)] if self.reweighted
+                     else [predicted(split_rows(x[rows], self.likelihood_)[0], q.sample((self.n_moment_draws,))).mean(0)
+                           for rows, q in self._chunks(x)])
+        return self._completed(X, torch.cat(parts))
 
     @torch.no_grad()
     def sample_posterior(self, X, n_samples: int = 100) -> np.ndarray:

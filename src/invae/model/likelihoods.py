@@ -2,8 +2,9 @@
 
 ``likelihood.log_prob(x, z)`` takes ``x`` of shape (..., m) and ``z`` of shape (..., p)
 (broadcasting over leading dimensions, e.g. (S, n, ·) Monte Carlo draws against (n, ·)
-data) and returns (...). ``distribution(z)`` returns a ``torch.distributions`` object
-with event shape (m,).
+data) and returns (...): the sum over the m entries of ``entry_log_prob`` (..., m), the
+x_j being independent given z (so that :class:`MissingEntries` can sum over the observed
+ones alone). ``distribution(z)`` returns a ``torch.distributions`` object with event shape (m,).
 """
 
 from __future__ import annotations
@@ -43,15 +44,36 @@ class Likelihood(abc.ABC):
         """Columns of a data row."""
         return self.forward.out_dim
 
-    @abc.abstractmethod
     def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        """``log p(x | z)`` for data rows x (..., data_dim) and signals z (..., p); shape (...)."""
+        """``log p(x | z) = Σ_j log p(x_j | z)`` for data rows x (..., data_dim) and signals z (..., p); shape (...)."""
+        return self.entry_log_prob(x, z).sum(-1)
+
+    @abc.abstractmethod
+    def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x_j | z)`` of each of the m measurements, shape (..., m)."""
 
     def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
         """``E[log p(x | z)]`` for ``z ~ N(mean, cov)`` (shapes as in
         :meth:`~invae.model.prior.Prior.expected_log_prob`) and data rows x (..., data_dim);
         shape (...). None where it has no closed form (the ELBO then averages over draws)."""
+        entries = self.expected_entry_log_prob(x, mean, cov)
+        return None if entries is None else entries.sum(-1)
+
+    def expected_entry_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+        """``E[log p(x_j | z)]`` of each measurement under ``z ~ N(mean, cov)``, (..., m); None
+        where it has no closed form."""
         return None
+
+    def predictive_mean(self, x: Tensor, z: Tensor) -> Tensor:
+        """``E[x_j | z]`` (..., m) for signals z (..., p) of data rows x (their offsets, where
+        the rows carry them): G(z) for additive noise, the inverse link of η for the others."""
+        return self.forward(z)
+
+    @property
+    def predictive_mean_is_linear(self) -> bool:
+        """Whether :meth:`predictive_mean` is linear in z (additive noise through a matrix), so that
+        its posterior mean is its value at the posterior mean of z."""
+        return isinstance(self.forward, LinearOperator)
 
     @abc.abstractmethod
     def to(self, device=None, dtype=None) -> Likelihood:
@@ -70,8 +92,8 @@ class _LawGivenSignal(Likelihood):
     def distribution(self, z: Tensor) -> Distribution:
         """The law of ``x`` given ``z`` (..., p): batch shape (...), event shape (m,)."""
 
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.distribution(z).log_prob(x)
+    def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.distribution(z).base_dist.log_prob(x)
 
     @abc.abstractmethod
     def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -115,7 +137,7 @@ class GaussianLikelihood(_LawGivenSignal):
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + self._std(mean) * eps
 
-    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+    def expected_entry_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
         """For a linear G (else None): :func:`_expected_gaussian_log_prob`."""
         moments = linear_moments(self.forward, mean, cov)
         return None if moments is None else _expected_gaussian_log_prob(x, self._std(x), *moments)
@@ -196,9 +218,15 @@ class _LinkLikelihood(_PointwiseLikelihood):
         m = self.forward.out_dim
         return (x[..., :m], x[..., m:]) if self.offsets else (x, 0.0)
 
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+    def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         measured, offset = self.split(x)
-        return Independent(self._law(offset + self.forward(z)), 1, validate_args=False).log_prob(measured)
+        return self._law(offset + self.forward(z)).log_prob(measured)
+
+    def predictive_mean(self, x: Tensor, z: Tensor) -> Tensor:
+        """The law's mean at η = o + G(z)."""
+        return self._law(self.split(x)[1] + self.forward(z)).mean
+
+    predictive_mean_is_linear = False  # a link function
 
     def constants(self) -> dict:
         return {"offsets": True} if self.offsets else {}
@@ -221,14 +249,14 @@ class PoissonLikelihood(_LinkLikelihood):
     def _law(self, eta: Tensor) -> Distribution:
         return Poisson(rate=_overflow_safe_exp(eta), validate_args=False)
 
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+    def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """From η itself, not from the rate: a rate that underflows to 0 (η < −104 in
         float32) would give x log 0 = −∞ for x > 0."""
         x, offset = self.split(x)
         eta = offset + self.forward(z)
-        return (x * eta - _overflow_safe_exp(eta) - torch.lgamma(x + 1)).sum(-1)
+        return x * eta - _overflow_safe_exp(eta) - torch.lgamma(x + 1)
 
-    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+    def expected_entry_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
         """For a linear G (else None), with η = o + A z ~ N(η̄, V): ``E[exp η_j] = exp(η̄_j + V_jj/2)``
         (the log-normal mean), so ``Σ_j [x_j η̄_j − exp(η̄_j + V_jj/2) − log x_j!]``, the
         Poisson log-normal ELBO of Chiquet et al. (2018)."""
@@ -237,7 +265,7 @@ class PoissonLikelihood(_LinkLikelihood):
             return None
         (x, offset), (eta, eta_var) = self.split(x), moments
         eta = offset + eta
-        return (x * eta - _overflow_safe_exp(eta + 0.5 * eta_var) - torch.lgamma(x + 1)).sum(-1)
+        return x * eta - _overflow_safe_exp(eta + 0.5 * eta_var) - torch.lgamma(x + 1)
 
 
 _SAFE_EXP_KNOT = 40.0
@@ -304,12 +332,12 @@ class NoisePerRowGaussianLikelihood(Likelihood):
             raise ValueError("every noise standard deviation σ_i must be finite and > 0")
         return np.column_stack([x, noise_std])
 
-    def log_prob(self, x: Tensor, z: Tensor) -> Tensor:
+    def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         measured, noise_std = x[..., :-1], x[..., -1:]
         mean = self.forward(z)
-        return Normal(mean, noise_std.expand_as(mean), validate_args=False).log_prob(measured).sum(-1)
+        return Normal(mean, noise_std.expand_as(mean), validate_args=False).log_prob(measured)
 
-    def expected_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
+    def expected_entry_log_prob(self, x: Tensor, mean: Tensor, cov: Tensor) -> Tensor | None:
         """For a linear G (else None): :func:`_expected_gaussian_log_prob` with each row's σ_i."""
         moments = linear_moments(self.forward, mean, cov)
         return None if moments is None else _expected_gaussian_log_prob(x[..., :-1], x[..., -1:], *moments)
@@ -319,10 +347,10 @@ class NoisePerRowGaussianLikelihood(Likelihood):
 
 
 def _expected_gaussian_log_prob(measured: Tensor, std: Tensor, eta: Tensor, eta_var: Tensor) -> Tensor:
-    """``E[log N(x; η, σ²)] = Σ_j [−((x_j − η̄_j)² + V_j)/(2σ_j²) − log σ_j − ½ log 2π]`` for
-    η ~ N(η̄, diag V): measured, η̄, V (..., m), σ broadcasting against them; shape (...)."""
+    """``E[log N(x_j; η_j, σ_j²)] = −((x_j − η̄_j)² + V_j)/(2σ_j²) − log σ_j − ½ log 2π`` for
+    η ~ N(η̄, diag V): measured, η̄, V (..., m), σ broadcasting against them; shape (..., m)."""
     squared = (measured - eta).square() + eta_var
-    return (-squared / (2 * std.square()) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return -squared / (2 * std.square()) - std.log() - 0.5 * math.log(2 * math.pi)
 
 
 def linear_moments(forward: ForwardOperator, mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..inference.base import EmpiricalBayesEstimator
 from ..model.forward import LinearOperator
 from ..model.likelihoods import gaussian_measurements
+from ..model.missing import MissingEntries
 from ..model.prior import Prior
 from ..model.rows import split_rows
 
@@ -37,6 +38,9 @@ class Naive(EmpiricalBayesEstimator):
     def fit(self, X) -> Naive:
         if not isinstance(self.likelihood.forward, LinearOperator):
             raise ValueError("the naive method needs a linear forward matrix A (it computes A⁺x)")
+        if isinstance(self.likelihood, MissingEntries):
+            raise ValueError("the naive method needs every entry observed (it computes A⁺x): use em or a variational "
+                             "method with missing entries")
         if not self.prior.has_m_step:
             raise ValueError(f"the naive method takes the M-step on A⁺x, and {type(self.prior).__name__} has none: "
                              "use a variational method")

@@ -32,6 +32,7 @@ from torch import Tensor
 from ..model.forward import LinearOperator
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
+from ..model.missing import MissingEntries
 from ..model.mixture import GaussianMixture
 from ..model.rows import split_rows
 
@@ -41,17 +42,18 @@ __all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "Mixtur
 
 def has_exact_evidence(prior, likelihood) -> bool:
     """Whether this module applies: a Gaussian graphical or Gaussian-mixture prior and a
-    linear-Gaussian likelihood (one σ, one per sensor, or one per row)."""
+    linear-Gaussian likelihood (one σ, one per sensor, or one per row; entries may be missing)."""
+    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
     return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
-            and isinstance(likelihood, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
-            and isinstance(likelihood.forward, LinearOperator))
+            and isinstance(base, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
+            and isinstance(base.forward, LinearOperator))
 
 
 def has_exact_em(prior, likelihood) -> bool:
     """Whether :class:`~invae.references.em.EM` applies: exact evidence, and a graphical prior
-    or a mixture with one noise level (or one per sensor), not one per row."""
+    or a mixture with the same noise for every row (one σ, or one per sensor, every entry observed)."""
     return has_exact_evidence(prior, likelihood) and not (
-        isinstance(prior, GaussianMixture) and isinstance(likelihood, NoisePerRowGaussianLikelihood))
+        isinstance(prior, GaussianMixture) and not isinstance(likelihood, GaussianLikelihood))
 
 
 def _prior_location(prior: GaussianGraphicalModel, likelihood, x: Tensor) -> Tensor:
@@ -68,7 +70,17 @@ def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor
             f"linear-Gaussian likelihood, got {prior!r} and {likelihood!r}"
         )
     precision = (prior.precisions if isinstance(prior, GaussianMixture) else prior.precision).to(x)
-    return precision, likelihood.forward.matrix.to(x), *gaussian_measurements(likelihood, x)
+    return precision, likelihood.forward.matrix.to(x), *_measurements(likelihood, x)
+
+
+def _measurements(likelihood, x: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`~invae.model.likelihoods.gaussian_measurements`; with missing entries, (n, m)
+    variances that are infinite where an entry is missing (its weight 1/σ² in every formula is 0)."""
+    if not isinstance(likelihood, MissingEntries):
+        return gaussian_measurements(likelihood, x)
+    rows, observed = likelihood.split(split_rows(x, likelihood)[0])
+    measured, noise_var = gaussian_measurements(likelihood.base, rows)
+    return measured, noise_var / observed
 
 
 def _posterior_precision(precision: Tensor, a: Tensor, noise_var: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,9 +144,31 @@ def marginal_log_likelihood(x: Tensor, prior, likelihood) -> Tensor:
     if isinstance(prior, GaussianMixture):
         return torch.logsumexp(_component_log_joint(x, prior, likelihood), dim=-1)
     precision, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
-    cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
     mean = _prior_location(prior, likelihood, x) @ a.mT  # (m,), or (n, m) with covariates
+    if isinstance(likelihood, MissingEntries):
+        return _observed_log_density(measured - mean, precision, a, noise_var)
+    cov_z = torch.cholesky_inverse(torch.linalg.cholesky(precision))
     return _gaussian_log_density(measured, mean, a @ cov_z @ a.mT + torch.diag_embed(noise_var))
+
+
+def _observed_log_density(residual: Tensor, precision: Tensor, a: Tensor, noise_var: Tensor) -> Tensor:
+    """``log N(y_O; 0, C)``, ``C = A_O Λ⁻¹ A_Oᵀ + D_O``, of each row's observed entries O (where
+    σ² is finite), for the residuals y = x − A η (n, m); returns (n,). By Woodbury's identity
+    and the determinant lemma, with W = D_O⁻¹ (0 off O), P = Λ + Aᵀ W A and b = Aᵀ W y,
+
+        yᵀ C⁻¹ y = yᵀ W y − bᵀ P⁻¹ b,      log det C = Σ_O log σ_j² + log det P − log det Λ,
+
+    so no row's m_O × m_O block is formed (docs/methods.md §3.14)."""
+    observed = torch.isfinite(noise_var)
+    y = torch.where(observed, residual, 0.0)
+    post_precision, a_scaled = _posterior_precision(precision, a, noise_var)  # (n, p, p), (n, m, p)
+    chol = torch.linalg.cholesky(post_precision)
+    b = torch.einsum("nm,nmp->np", y, a_scaled)
+    white = torch.linalg.solve_triangular(chol, b[..., None], upper=False)[..., 0]
+    quad = (y.square() / noise_var).sum(-1) - white.square().sum(-1)
+    log_det = (torch.where(observed, noise_var.log(), 0.0).sum(-1) + 2 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+               - 2 * torch.log(torch.linalg.cholesky(precision).diagonal()).sum())
+    return -0.5 * (quad + log_det + observed.sum(-1) * math.log(2 * math.pi))
 
 
 @dataclass(frozen=True)
@@ -175,9 +209,9 @@ def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood) -> Tenso
 
 def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
     """The exact posterior (module docstring) for x (n, m); one σ, or one per sensor."""
-    if isinstance(likelihood, NoisePerRowGaussianLikelihood):
-        raise ValueError("the exact mixture posterior takes one noise level (or one per sensor), "
-                         "not one per row")
+    if not isinstance(likelihood, GaussianLikelihood):
+        raise ValueError("the exact mixture posterior takes one noise level (or one per sensor) and every "
+                         "entry observed, not one per row or missing entries")
     precisions, a, _, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     post_precisions, a_scaled = _posterior_precision(precisions, a, noise_var)
     means = prior.means.to(x)
