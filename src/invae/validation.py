@@ -57,9 +57,10 @@ def check_noise_std(noise_std: float) -> float:
 
 
 def check_penalty(alpha: float | str) -> float | str:
-    """A finite penalty α ≥ 0, or ``"auto"`` (chosen from the data, :mod:`invae.inference.penalty`)."""
-    if alpha == "auto":
+    """A finite penalty α ≥ 0, or ``"auto"`` or ``"stars"`` (chosen from the data, :mod:`invae.inference.penalty`,
+    :mod:`invae.inference.stability`)."""
+    if alpha in ("auto", "stars"):
         return alpha
     if not (isinstance(alpha, (int, float, np.floating, np.integer)) and np.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"the penalty must be a finite number >= 0 or 'auto', got {alpha!r}")
+        raise ValueError(f"the penalty must be a finite number >= 0, 'auto' or 'stars', got {alpha!r}")
     return float(alpha)

@@ -42,12 +42,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _penalty(text: str) -> float | str:
-    if text == "auto":
+    if text in ("auto", "stars"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, auto or stars, got {text!r}") from None
 
 
 def _threads_option(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +131,11 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--fit-mean", action="store_const", const=True,
                      help="estimate the prior's mean μ, N(μ, Λ⁻¹) (implied by --covariates; default: μ = 0)")
     fit.add_argument("--penalty", type=_penalty,
-                     help="graphical-lasso α, per-sample scale, or auto: chosen along a path (default: 0)")
+                     help="graphical-lasso α, per-sample scale; or auto: chosen along a path by --penalty-criterion; "
+                          "or stars: the densest graph that halves of the rows agree on (StARS) (default: 0)")
+    fit.add_argument("--stability", type=int, help="B: refit on B random halves of the rows (em where exact, else "
+                     "the method) and give each edge its selection frequency in edges.csv (default: 0, none; "
+                     "20 with --penalty stars)")
     fit.add_argument("--penalty-criterion", choices=CRITERIA,
                      help="how auto chooses: held-out likelihood (or ELBO), or ebic (default: held-out)")
     _fit_run_options(fit)
@@ -249,7 +253,7 @@ def _fit(args: argparse.Namespace) -> None:
         save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]),
                    recipe=RowRecipe.from_record(summary["row_recipe"]))
     if not settings.quiet:
-        chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty == "auto" else ""
+        chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty in ("auto", "stars") else ""
         evidence = (f"log p(x)/n = {summary['log_likelihood_per_obs']:.4f}" if "log_likelihood_per_obs" in summary
                     else f"ELBO/n = {summary['elbo_per_obs']:.4f}")
         edges = f"{summary['edges']} edges, " if "edges" in summary else ""

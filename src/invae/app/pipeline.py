@@ -13,14 +13,16 @@ import torch
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
-from ..inference.penalty import select_penalty
+from ..inference.penalty import penalty_grid, select_penalty
+from ..inference.stability import selection_frequencies, stars
 from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
 from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS
 from ..model.prior import Prior
 from ..model.priors import PRIORS, StartOptions
-from ..references.exact import has_exact_evidence, mean_log_likelihood
+from ..references.em import EM
+from ..references.exact import has_exact_em, has_exact_evidence, mean_log_likelihood
 from ..references.sanity import likelihood_check
 from ..validation import check_data
 from .io import csv_header, load_array, read_names
@@ -31,7 +33,11 @@ from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
 from .settings import FitSettings
 
-__all__ = ["Problem", "load_problem", "run_fit", "run_predict"]
+__all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
+
+#: Halves of the rows that ``--penalty stars`` refits on when ``--stability`` does not say.
+STARS_SUBSAMPLES = 20
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -74,7 +80,7 @@ def load_problem(settings: FitSettings) -> Problem:
         likelihood = MissingEntries(likelihood)
     sources = RowSources(settings.offsets, settings.noise_std_file, settings.covariates, settings.covariate_columns)
     x, recipe = make_rows(x, likelihood, sources)
-    options = StartOptions(alpha=0.0 if settings.penalty == "auto" else settings.penalty,  # auto: set per fit
+    options = StartOptions(alpha=0.0 if isinstance(settings.penalty, str) else settings.penalty,  # auto, stars: per fit
                            components=settings.components, seed=settings.seed,
                            covariates=0 if recipe.covariates is None else len(recipe.covariates.names),
                            fit_intercept=settings.fit_mean or recipe.covariates is not None)
@@ -102,13 +108,13 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
                                verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device,
                                allow_unidentified=settings.allow_unidentified)
     start = time.perf_counter()
-    path = None
-    if settings.penalty == "auto":
-        estimator, path = select_penalty(estimator, x, criterion=settings.penalty_criterion, seed=settings.seed,
-                                         verbose=settings.verbosity)
-    else:
-        estimator.fit(x)
+    estimator, chosen = _fit_with_penalty(estimator, x, settings)
     seconds = time.perf_counter() - start
+    frequencies = chosen.pop("frequencies", None)
+    if settings.stability and frequencies is None:
+        frequencies = selection_frequencies(_refitter(estimator, fitted=True), x, [estimator.prior_.alpha],
+                                            subsamples=settings.stability, seed=settings.seed,
+                                            verbose=settings.verbosity)[0]
     mean, std = estimator.posterior(x)
     parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
     arrays = {**parameters, "posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
@@ -120,7 +126,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         "row_recipe": recipe.to_record(),
         **({} if recipe.covariates is None else {"covariates": recipe.covariates.names}),
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
-        "fit_seconds": seconds,
+        "fit_seconds": seconds, **chosen,
     }
     if has_exact_evidence(estimator.prior_, estimator.likelihood_):
         log_lik = mean_log_likelihood(x, estimator.prior_, likelihood)
@@ -128,12 +134,40 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         summary["penalized_log_likelihood_per_obs"] = log_lik - estimator.prior_.penalty()
     if estimator.history_:
         summary["history"] = _history(estimator)
-    if path is not None:
-        summary["penalty_path"] = path.to_dict()
     if isinstance(estimator, VariationalEB):
         summary |= _variational_summary(estimator, x, settings.method)
-    files = {"edges.csv": edges_csv(edge_rows(arrays["precision"], problem.names))} if "precision" in arrays else {}
+    if frequencies is not None:
+        summary["stability"] = {"subsamples": settings.stability or STARS_SUBSAMPLES,
+                                "refits": method_name(_refitter(estimator, fitted=True))}
+    files = ({"edges.csv": edges_csv(edge_rows(arrays["precision"], problem.names, frequencies), frequencies is not None)}
+             if "precision" in arrays else {})
     return estimator, arrays, summary | _posterior_summary(estimator, x), files
+
+
+def _fit_with_penalty(estimator: EmpiricalBayesEstimator, x: np.ndarray, settings: FitSettings
+                      ) -> tuple[EmpiricalBayesEstimator, dict]:
+    """The estimator fitted at the penalty ``settings`` give or choose, and what the choice
+    recorded: ``penalty_path`` (auto), or ``stars`` and the chosen α's edge ``frequencies`` (stars)."""
+    if settings.penalty == "auto":
+        estimator, path = select_penalty(estimator, x, criterion=settings.penalty_criterion, seed=settings.seed,
+                                         verbose=settings.verbosity)
+        return estimator, {"penalty_path": path.to_dict()}
+    if settings.penalty == "stars":
+        alphas = penalty_grid(x, estimator.prior, estimator.likelihood)
+        path, frequencies = stars(_refitter(estimator), x, alphas, subsamples=settings.stability or STARS_SUBSAMPLES,
+                                  seed=settings.seed, verbose=settings.verbosity)
+        estimator.prior = estimator.prior.with_penalty(path.alpha)
+        return estimator.fit(x), {"stars": path.to_dict(), "frequencies": frequencies}
+    return estimator.fit(x), {}
+
+
+def _refitter(estimator: EmpiricalBayesEstimator, fitted: bool = False) -> EmpiricalBayesEstimator:
+    """What stability selection refits on halves of the rows: exact EM where it exists (fast
+    and exact), else the estimator's own method; started from the fit on all rows if ``fitted``."""
+    prior = estimator.prior_ if fitted else estimator.prior
+    if has_exact_em(prior, estimator.likelihood) and not isinstance(estimator, EM):
+        return EM(prior, estimator.likelihood, device=estimator.device)
+    return estimator
 
 
 def _variational_summary(estimator: VariationalEB, x: np.ndarray, method: str) -> dict:

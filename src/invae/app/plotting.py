@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from ..normal_means.grid import log_likelihood_matrix
 
 __all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot",
-           "two_groups_plot", "network_plot"]
+           "two_groups_plot", "network_plot", "stars_plot"]
 
 _Z90 = 1.6448536269514722  # the standard normal's 95% quantile: a central 90% band is mean ± _Z90·sd
 
@@ -115,6 +115,24 @@ def penalty_path_plot(path: dict) -> Figure:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
+    return figure
+
+
+def stars_plot(path: dict) -> Figure:
+    """StARS: the graph's instability D(α) and its monotone envelope against α (log scale), β
+    and the chosen α marked; ``path`` as in summary.json (:mod:`invae.inference.stability`)."""
+    figure = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = figure.subplots()
+    alphas = np.asarray(path["alphas"])
+    ax.plot(alphas, path["instability"], "o-", linewidth=1.2, label="instability D(α)")
+    ax.plot(alphas, path["envelope"], "--", linewidth=1.2, label="envelope max over larger α")
+    ax.axhline(path["beta"], color="0.4", linewidth=1, label=f"β = {path['beta']:g}")
+    ax.axvline(path["alpha"], color="tab:red", linewidth=1, label=f"chosen α = {path['alpha']:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("α")
+    ax.set_ylabel(f"mean 2θ(1 − θ) over pairs, {path['subsamples']} halves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return figure
 
 

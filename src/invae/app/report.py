@@ -19,7 +19,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..evaluation.tables import COLUMNS, format_cell
-from .plotting import convergence_curves, network_plot, penalty_path_plot, precision_heatmaps, signal_bands
+from .plotting import (convergence_curves, network_plot, penalty_path_plot, precision_heatmaps, signal_bands,
+                       stars_plot)
 
 __all__ = ["write_report", "REPORT_NAME"]
 
@@ -95,6 +96,10 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
         history = summary["history"]
         figures["convergence"] = (convergence_curves({method: history}, (("objective", history["objective_name"]),)),
                                   "Convergence: the fit's objective against the time it had run.")
+    if summary.get("stars"):
+        figures["stars"] = (stars_plot(summary["stars"]),
+                            "How --penalty stars chose α: the densest graph whose edges halves of the rows agree on "
+                            "(instability below β).")
     if summary.get("penalty_path"):
         figures["penalty_path"] = (penalty_path_plot(summary["penalty_path"]),
                                    "How --penalty auto chose α: the held-out score and EBIC along the path.")

@@ -46,6 +46,7 @@ class FitSettings:
     fit_mean: bool = False
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
+    stability: int = 0
     method: str = "vae"
     preset: str = "default"
     seed: int = 0
@@ -79,8 +80,8 @@ class FitSettings:
         if self.checkpoint_dir is not None and not method.variational:
             raise ValueError(f"--checkpoint-dir applies to the variational methods ({variational_names()}), "
                              f"not to {self.method!r}")
-        if self.checkpoint_dir is not None and self.penalty == "auto":
-            raise ValueError("--checkpoint-dir does not combine with --penalty auto (a path of fits); "
+        if self.checkpoint_dir is not None and self.penalty in ("auto", "stars"):
+            raise ValueError(f"--checkpoint-dir does not combine with --penalty {self.penalty} (a path of fits); "
                              "choose α first, then checkpoint that fit")
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
@@ -93,10 +94,16 @@ class FitSettings:
         if not method.variational and not NOISE_MODELS[self.noise].exact:
             raise ValueError(f"--method {self.method} needs Gaussian noise (its exact formulas); "
                              f"for --noise {self.noise} use a variational method ({variational_names()})")
-        if self.penalty == "auto" and not PRIORS[self.prior].selects_penalty:
+        if self.penalty in ("auto", "stars") and not PRIORS[self.prior].selects_penalty:
             choosers = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
-            raise ValueError(f"--penalty auto chooses α for the {choosers} prior; "
+            raise ValueError(f"--penalty {self.penalty} chooses α for the {choosers} prior; "
                              f"give --penalty α for a {self.prior}")
+        if not (isinstance(self.stability, int) and self.stability >= 0):
+            raise ValueError(f"--stability must be an integer >= 0 (subsamples), got {self.stability!r}")
+        if self.stability and not PRIORS[self.prior].selects_penalty:
+            graphs = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
+            raise ValueError(f"--stability gives the edges of a graph their frequencies: --prior {graphs}, "
+                             f"not {self.prior}")
 
     def _check_noise(self) -> None:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t;

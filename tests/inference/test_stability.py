@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
+from invae.inference.stability import selection_frequencies, stars
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return simulate_problem(p=6, n=2000, graph="chain", noise_std=0.5, seed=5)
+
+
+def test_an_edge_every_half_finds_scores_one_and_a_planted_non_edge_near_zero(chain):
+    # halves of 1000 rows: the chain's partial correlations are ~10 standard errors (1/√1000 ≈ 0.03)
+    # clear of 0, the graphical lasso's α = 0.1 is ~3 of them above a non-edge's noise: every
+    # half keeps the chain, and a non-edge survives with a probability of order 1e-3 per half
+    em = EM(GaussianGraphicalModel(dim=6, alpha=0.1), linear_gaussian(np.eye(6), 0.5)).fit(chain.X)
+    theta = selection_frequencies(em, chain.X, [0.1], subsamples=10, seed=0)[0]
+    true_edges = np.triu(chain.precision != 0, k=1)
+    assert np.allclose(theta, theta.T) and np.all((0 <= theta) & (theta <= 1))
+    assert np.all(theta[true_edges] == 1.0)
+    assert theta[0, 5] <= 0.1  # the chain's two ends; pairs two steps apart may be kept by the lasso's bias
+
+
+def test_stars_takes_the_densest_graph_whose_instability_stays_below_beta():
+    # a 15-variable chain (105 pairs: one edge torn between halves moves D by ≤ 0.005)
+    chain = simulate_problem(p=15, n=2000, graph="chain", noise_std=0.5, seed=5)
+    em = EM(GaussianGraphicalModel(dim=15), linear_gaussian(np.eye(15), 0.5))
+    alphas = np.geomspace(0.5, 0.01, 10)
+    path, theta = stars(em, chain.X, alphas, subsamples=10, seed=0, beta=0.05)
+    envelope = np.asarray(path.envelope)
+    chosen = path.alphas.index(path.alpha)
+    assert envelope[chosen] <= 0.05 and (chosen == len(alphas) - 1 or envelope[chosen + 1] > 0.05)
+    assert np.all(np.diff(envelope) >= 0)  # monotone from the sparse end
+    assert np.all(theta[np.triu(chain.precision != 0, k=1)] == 1.0)  # the chosen graph keeps the chain
+
+
+def test_stability_needs_subsamples_and_rows():
+    em = EM(GaussianGraphicalModel(dim=2), linear_gaussian(np.eye(2), 0.5))
+    with pytest.raises(ValueError, match="at least one subsample"):
+        selection_frequencies(em, np.zeros((10, 2)), [0.1], subsamples=0)
+    with pytest.raises(ValueError, match="β must lie in"):
+        stars(em, np.ones((10, 2)), [0.1], beta=0.7)
