@@ -147,7 +147,7 @@ def test_a_start_that_is_not_positive_definite_is_ignored(rng):
 def test_newton_falls_back_to_sklearn_when_it_runs_out_of_steps(rng, monkeypatch):
     monkeypatch.setattr(graphical_lasso_module, "_MAX_NEWTON", 1)
     s = _second_moment(rng, 30, "well")
-    assert graphical_lasso_module._newton(s, 0.02, None, 1e-6) is None
+    assert not graphical_lasso_module._newton(s, 0.02, None, 1e-6)[1]
     precision = solve_precision(s, 0.02)
     assert optimality_violation(precision, s, 0.02, relative=True) <= 1e-6
 
@@ -165,3 +165,21 @@ def test_a_coordinate_without_signal_gets_a_finite_answer_from_the_ridge():
         precision = solve_precision(s, 0.1, solver=solver)
         assert np.all(np.isfinite(precision)) and np.all(np.linalg.eigvalsh(precision) > 0)
         assert precision[0, 0] > 1e6  # 1 / (ridge · mean diag S) with the smallest ridge, 1e-8
+
+
+def test_where_no_solver_converges_the_answer_is_an_ascent_step(rng, monkeypatch):
+    # a rank-deficient S (fewer rows than coordinates) and solvers that give up: the answer is
+    # Newton's last iterate, whose objective beats the start it was given
+    monkeypatch.setattr(graphical_lasso_module, "_MAX_NEWTON", 3)
+
+    def fail(*args):
+        raise FloatingPointError("Non SPD result")
+
+    monkeypatch.setattr(graphical_lasso_module, "_sklearn", fail)
+    z = rng.standard_normal((8, 12))
+    s = z.T @ z / 8 + 1e-3 * np.eye(12)
+    start = np.diag(1 / np.diag(s))
+    with pytest.warns(ConvergenceWarning, match="best iterate reached"):
+        precision = solve_precision(s, 0.05, initial=start)
+    assert np.all(np.linalg.eigvalsh(precision) > 0)
+    assert glasso_objective(precision, s, 0.05) > glasso_objective(start, s, 0.05)

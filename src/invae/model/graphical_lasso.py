@@ -105,13 +105,18 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
     An ill-conditioned S (scikit-learn raises ``FloatingPointError``; Newton's steps stall),
     or one with a zero on its diagonal (a coordinate without signal, whose Λ̂_jj is
     unbounded), is retried with a small ridge on S, at most 1e-4 of its mean diagonal,
-    which moves the answer by as much.
+    which moves the answer by as much. Where even that fails (an S near rank-deficient, as
+    with about as many rows as coordinates), the answer is Newton's last iterate on S: not
+    the maximiser, but better than ``initial`` (Newton starts from the best start and only
+    descends), so that an M-step built on it is still an ascent step (a generalised M-step,
+    Dempster, Laird & Rubin 1977), with a ``ConvergenceWarning``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     s = 0.5 * (second_moment + second_moment.T)
     scale = float(np.mean(np.diag(s)))
     last_error: Exception | None = None
+    best = None  # Newton's last iterate on S itself: the answer of last resort (docstring)
     for ridge in _RIDGES:
         s_r = s + ridge * scale * np.eye(len(s)) if ridge else s
         if not np.all(np.diag(s_r) > 0):
@@ -120,12 +125,17 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
             if alpha == 0.0:
                 return _cholesky_inverse(s_r)
             if solver == "newton":
-                precision = _newton(s_r, alpha, initial, _KKT_TOL)
-                if precision is not None:
+                precision, converged = _newton(s_r, alpha, initial, _KKT_TOL)
+                if converged:
                     return precision
+                best = precision if best is None else best
             return _sklearn(s_r, alpha, _KKT_TOL)
         except (FloatingPointError, np.linalg.LinAlgError) as error:
             last_error = error
+    if best is not None:
+        warnings.warn(f"the graphical lasso did not converge (α = {alpha:g}, S near singular: {last_error}); Λ̂ is "
+                      "the best iterate reached, an ascent step", ConvergenceWarning, stacklevel=3)
+        return best
     reason = last_error or "S has a diagonal entry <= 0"
     raise FloatingPointError(f"the Λ-step failed even with a ridge of {_RIDGES[-1]:g}·mean(diag S) on S: {reason}")
 
@@ -150,7 +160,7 @@ def _relative(violation: np.ndarray, s: np.ndarray) -> float:
     return float((violation / np.outer(root, root)).max())
 
 
-def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: float) -> np.ndarray | None:
+def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: float) -> tuple[np.ndarray, bool]:
     """Orthant-wise Newton-CG for ``min_Λ f(Λ) = −log det Λ + tr(ΛS) + α‖Λ‖_{1,off}``.
 
     Each step: ``W = Λ⁻¹``, smooth gradient ``G = S − W``. The free set F holds the upper
@@ -160,8 +170,9 @@ def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: fl
     symmetric D supported on F, to relative accuracy 0.1 (measured: the looser
     ``min(½, √‖g‖)`` took gradient-like steps and hundreds of iterations on
     ill-conditioned S). A backtracking (Armijo) line search projects entries that leave
-    their orthant to zero and rejects points that are not positive definite. Returns None
-    if it does not converge or stops making progress.
+    their orthant to zero and rejects points that are not positive definite. Returns
+    (the last iterate, whether it met the optimality conditions); it stops early when it
+    stops making progress.
     """
     p = len(s)
     starts = [np.diag(1.0 / np.diag(s)), _cholesky_inverse(s + alpha * np.eye(p))]
@@ -176,7 +187,7 @@ def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: fl
         gradient = s - w
         subgradient = _minimum_norm_subgradient(theta, gradient, alpha)
         if _relative(np.abs(subgradient), s) <= kkt_tol:
-            return theta
+            return theta, True
         free = ((theta != 0) | (subgradient != 0))[upper]
         rows, cols = upper[0][free], upper[1][free]
         x = theta[rows, cols]
@@ -197,9 +208,9 @@ def _newton(s: np.ndarray, alpha: float, initial: np.ndarray | None, kkt_tol: fl
                 break
             step *= 0.5
         if not value - new_value > _NO_PROGRESS * abs(value):  # no step found, or rounding only
-            return None
+            return theta, False
         theta, value = candidate, new_value
-    return None
+    return theta, False
 
 
 def _newton_direction(w: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
