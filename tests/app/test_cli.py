@@ -583,3 +583,30 @@ def test_stability_and_stars_give_each_edge_its_frequency(tmp_path):
         assert found[(f"z{i}", f"z{j}")] == 1.0
     assert main(["report", str(out)]) == 0
     assert (out / "stars.png").is_file()
+
+
+def test_a_headerless_csv_whose_first_row_misses_an_entry_keeps_that_row(tmp_path):
+    from invae.app.io import csv_header, load_array
+
+    (tmp_path / "x.csv").write_text("1,NA,3\n4,5,6\n")
+    np.testing.assert_array_equal(load_array(tmp_path / "x.csv"), [[1, np.nan, 3], [4, 5, 6]])
+    assert csv_header(tmp_path / "x.csv") is None
+
+
+def test_a_model_fitted_with_missing_entries_predicts_a_sensor_it_always_saw_missing(problem_dir, tmp_path):
+    # the mask column of that sensor was constant (1) in the fit: its encoder input must stay finite
+    x = np.load(problem_dir / "X.npy")
+    x[np.random.default_rng(1).random(x.shape) < 0.2] = np.nan
+    x[:, 0] = np.load(problem_dir / "X.npy")[:, 0]  # sensor 0 always seen in the fit
+    np.save(tmp_path / "X.npy", x)
+    assert main(["fit", "--data", str(tmp_path / "X.npy"), "--forward", str(problem_dir / "A.npy"), "--noise-std",
+                 "0.5", "--method", "vae", "--out", str(tmp_path / "fit"), "--quiet", "--save",
+                 str(tmp_path / "m.pt")]) == 0
+    new = np.load(problem_dir / "X.npy")[:20]
+    new[:, 0] = np.nan
+    np.save(tmp_path / "new.npy", new)
+    assert main(["predict", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "new.npy"),
+                 "--out", str(tmp_path / "p")]) == 0
+    mean = np.load(tmp_path / "p" / "posterior_mean.npy")
+    fitted = np.load(tmp_path / "fit" / "posterior_mean.npy")
+    assert np.isfinite(mean).all() and np.abs(mean).max() < 10 * np.abs(fitted).max()

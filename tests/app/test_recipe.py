@@ -33,3 +33,18 @@ def test_new_rows_must_bring_what_the_models_rows_had():
     with pytest.raises(ValueError, match="had no --offsets: leave it out"):
         check_sources(PoissonLikelihood(plain), RowRecipe(), RowSources(offsets="log-total"))
     check_sources(counted, RowRecipe(), RowSources(offsets="log-total"))
+
+
+def test_log_total_offsets_need_every_count_and_predict_takes_a_column_missing_everywhere():
+    from invae.model.missing import MissingEntries
+
+    x = np.array([[1.0, np.nan], [2.0, 3.0]])
+    counted = MissingEntries(PoissonLikelihood(LinearOperator(np.eye(2)), offsets=True))
+    with pytest.raises(ValueError, match="log-total needs every count of a row"):
+        make_rows(x, counted, RowSources(offsets="log-total"))
+    plain = MissingEntries(PoissonLikelihood(LinearOperator(np.eye(2))))
+    new = np.array([[1.0, np.nan], [2.0, np.nan]])  # the second sensor in no new row: a posterior all the same
+    rows, _ = make_rows(new, plain, RowSources(), RowRecipe())
+    np.testing.assert_array_equal(rows, [[1, 0, 1, 0], [2, 0, 1, 0]])
+    with pytest.raises(ValueError, match="column 1 of the data is never observed"):
+        make_rows(new, plain, RowSources())

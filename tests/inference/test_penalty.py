@@ -102,3 +102,16 @@ def test_warm_start_continues_from_the_last_fit(problem):
     warm_move = np.linalg.norm(fitted.precision_ - before) / np.linalg.norm(before)
     cold_move = np.linalg.norm(cold.precision_ - before) / np.linalg.norm(before)
     assert warm_move < 0.2 * cold_move
+
+
+def test_the_grid_reads_the_measurements_of_rows_that_carry_offsets(rng):
+    # rows (x, o) of 2m columns: the anchor comes from A⁺x on the m measurements alone
+    from invae.model.forward import LinearOperator
+    from invae.model.likelihoods import PoissonLikelihood
+
+    x = rng.poisson(3.0, (200, 4)).astype(float)
+    likelihood = PoissonLikelihood(LinearOperator(np.eye(4)), offsets=True)
+    rows = PoissonLikelihood.rows(x, rng.normal(0, 0.3, 200))
+    grid = penalty_grid(rows, GaussianGraphicalModel(dim=4), likelihood)
+    s = x.T @ x / 200
+    assert grid[0] == pytest.approx(np.abs(s - np.diag(np.diag(s))).max())

@@ -131,3 +131,14 @@ def test_posterior_and_evidence_with_missing_entries_condition_on_the_observed_b
         np.testing.assert_allclose(cov[i].numpy(), s_zz - gain @ s_zx[:, seen].T, rtol=1e-9, atol=1e-12)
         expected = multivariate_normal(a[seen] @ location, s_xx[np.ix_(seen, seen)]).logpdf(x[i, seen])
         assert float(log_evidence[i]) == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_mixture_prior_has_no_exact_evidence_with_missing_entries():
+    from invae.model.missing import MissingEntries
+    from invae.model.mixture import GaussianMixture
+    from invae.references.exact import has_exact_evidence
+
+    likelihood = linear_gaussian(np.eye(3), 0.5)
+    mixture = GaussianMixture.standard(3, 2)
+    assert has_exact_evidence(mixture, likelihood) and not has_exact_evidence(mixture, MissingEntries(likelihood))
+    assert has_exact_evidence(GaussianGraphicalModel(dim=3), MissingEntries(likelihood))

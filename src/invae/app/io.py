@@ -50,7 +50,7 @@ def csv_header(path: str | Path) -> list[str] | None:
         return None
     with open(path, encoding="utf-8") as file:
         cells = [cell.strip() for cell in file.readline().split(",")]
-    return None if all(is_number(cell) for cell in cells) else cells
+    return None if all(is_number(cell) or cell.lower() in _MISSING for cell in cells) else cells
 
 
 def read_names(path: str | Path) -> list[str]:
@@ -89,27 +89,19 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_csv(path: Path) -> np.ndarray:
-    """Comma-separated numbers; a first line that does not parse as numbers is a header. An
-    empty field, ``NA`` or ``NaN`` is a missing entry (NaN), read by a slower parser only when
-    the fast one meets one."""
+    """Comma-separated numbers; a first line that does not parse as numbers (an empty field,
+    ``NA`` or ``NaN`` counting as a number: a missing entry) is a header. A missing entry is
+    read by a slower parser only when the fast one meets one."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy warns (not raises) on an empty file
+        skip = int(csv_header(path) is not None)
+        failure = None
         for options in ({}, {"converters": _cell}):
             try:
-                return _load_csv_with(path, options)
+                return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=skip, **options)
             except ValueError as error:
-                failure = error
+                failure = failure or error
         raise failure
-
-
-def _load_csv_with(path: Path, options: dict) -> np.ndarray:
-    try:
-        return np.loadtxt(path, delimiter=",", ndmin=2, **options)
-    except ValueError as first:
-        try:
-            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1, **options)
-        except (ValueError, UserWarning):
-            raise first from None
 
 
 _MISSING = {"", "na", "nan"}

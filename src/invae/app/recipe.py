@@ -70,7 +70,7 @@ def make_rows(x: np.ndarray, likelihood: Likelihood, sources: RowSources,
     if isinstance(base, NoisePerRowGaussianLikelihood):
         x = _rows_with_noise(x, sources.noise_std_file)
     if isinstance(likelihood, MissingEntries):
-        x = likelihood.rows(x)
+        x = likelihood.rows(x, fitting)
     elif np.isnan(x).any():
         raise ValueError("the data hold missing entries (NaN), which this model was not fitted with: its "
                          "encoder reads no mask; refit on data with missing entries")
@@ -99,7 +99,10 @@ def _offsets(x: np.ndarray, source, mean_total: float | None) -> tuple[np.ndarra
     """(offsets (n, m) or (n, 1), the mean total for log-total offsets) from ``--offsets``."""
     if str(source) != LOG_TOTAL:
         return load_array(source, name="the offsets (--offsets)"), mean_total
-    totals = np.nansum(x, axis=1)  # over the observed entries
+    if np.isnan(x).any():
+        raise ValueError(f"--offsets {LOG_TOTAL} needs every count of a row (its total): with missing entries, "
+                         "give the offsets (e.g. the sequencing depths' logs) in a file")
+    totals = x.sum(1)
     if not (totals > 0).all():
         raise ValueError(f"--offsets {LOG_TOTAL} needs every row to have counts: row {int(np.argmin(totals > 0))} "
                          "sums to 0")

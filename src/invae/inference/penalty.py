@@ -83,7 +83,10 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
         mean, cov = exact_posterior(x, prior, likelihood)  # cov (p, p), or (n, p, p) with one σ_i per row
         statistics = prior.gaussian_statistics(mean, cov, covariates=covariates)
     elif isinstance(likelihood.forward, LinearOperator):
-        statistics = prior.statistics(likelihood.forward.pinv(measured), covariates=covariates)
+        # the measurements alone (a row may carry offsets or a missing-entry mask after them;
+        # a missing entry counts as 0 here, which only moves the grid's anchor)
+        statistics = prior.statistics(likelihood.forward.pinv(measured[..., : likelihood.forward.out_dim]),
+                                      covariates=covariates)
     else:
         raise ValueError("the default penalty grid needs a linear forward matrix; give the penalties (alphas) "
                          "or a fixed --penalty")

@@ -118,7 +118,10 @@ class _Trunk(nn.Module):
     def standardize_with(self, x: Tensor) -> None:
         u = self._read(x)
         self.shift.copy_(u.mean(0))
-        self.scale.copy_(u.std(0).clamp_min(1e-12))
+        spread = u.std(0)
+        # a column constant in the training data (a mask never 0, one offset for all) gets scale 1:
+        # every training row reads 0 there either way, and a new row's other value stays finite
+        self.scale.copy_(torch.where(spread > 1e-12, spread, torch.ones_like(spread)))
 
     def forward(self, x: Tensor) -> Tensor:
         h = (self._read(x) - self.shift) / self.scale

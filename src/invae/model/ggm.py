@@ -127,7 +127,7 @@ class GaussianGraphicalModel(Prior):
         """``{"second_moment": S = Σ w z zᵀ / Σ w}`` (p, p) over all draws z (..., n, p), weights
         (..., n); with a fitted location also the cross and design moments of
         :func:`~invae.model.location.location_statistics` (z about a fixed μ otherwise)."""
-        z = z - self._fixed_location()
+        z = self._precise(z) - self._fixed_location()
         flat = z.reshape(-1, self.dim)
         if weights is None:
             statistics = {"second_moment": flat.mT @ flat / flat.shape[0]}
@@ -144,7 +144,7 @@ class GaussianGraphicalModel(Prior):
         with a fitted location ``C = (1/n) Σ_i d_i m_iᵀ`` and ``D = (1/n) Σ_i d_i d_iᵀ`` (§3.13)."""
         if (cov is None) == (var is None):
             raise ValueError("give exactly one of cov (p, p) or (n, p, p) and var (n, p)")
-        mean = mean - self._fixed_location()
+        mean = self._precise(mean) - self._fixed_location()
         second = mean.mT @ mean / mean.shape[0]
         if var is not None:
             statistics = {"second_moment": second + torch.diag(var.mean(0))}
@@ -224,9 +224,14 @@ class GaussianGraphicalModel(Prior):
         return GaussianGraphicalModel(precision, alpha=self.alpha, solver=self.solver, location=location,
                                       coefficients=coefficients, fit_intercept=self.fit_intercept)
 
+    def _precise(self, z: Tensor) -> Tensor:
+        """z in float64 where a location is fitted: the residual moment S − Cᵀ D⁻¹ C is a difference
+        of moments taken about 0, which float32 would lose to cancellation when |μ| ≫ the spread."""
+        return z.double() if self.fits_location else z
+
     def _fixed_location(self) -> Tensor | float:
         """The μ the M-step keeps (the statistics are taken about it), or 0 where it estimates μ."""
-        return 0.0 if self.fit_intercept else self.location
+        return 0.0 if self.fit_intercept else self.location.to(dtype=torch.float64 if self.fits_location else None)
 
     def _design(self, covariates: Tensor | None, like: Tensor) -> Tensor:
         """The design rows (n, q) of the location's least squares for the rows of ``like`` (..., n, p)."""

@@ -213,6 +213,16 @@ class _LinkLikelihood(_PointwiseLikelihood):
             raise ValueError("the offsets hold NaN or inf values")
         return np.hstack([x, np.broadcast_to(offsets, x.shape)])
 
+    def distribution(self, z: Tensor) -> Distribution:
+        if self.offsets:
+            raise ValueError("with offsets the law of x depends on each row's offsets: use log_prob or predictive_mean")
+        return super().distribution(z)
+
+    def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if self.offsets:
+            raise ValueError("with offsets the law of x depends on each row's offsets: draw at o + G(z) yourself")
+        return super().sample(z, generator)
+
     def split(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
         """(the observations (..., m), the offsets (..., m), or 0 without them) of data rows x."""
         m = self.forward.out_dim

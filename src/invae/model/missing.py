@@ -37,10 +37,11 @@ class MissingEntries(Likelihood):
     def data_dim(self) -> int:
         return self.base.data_dim + self.forward.out_dim
 
-    def rows(self, x) -> np.ndarray:
+    def rows(self, x, fitting: bool = True) -> np.ndarray:
         """Data rows (n, base columns + m) from the base likelihood's rows (n, base columns) with
         NaN for each missing measurement (one of the first m columns). A row with nothing
-        observed, a column never observed, or NaN elsewhere, raises ValueError."""
+        observed, NaN elsewhere, or (when ``fitting``: the prior's parameters need it) a column
+        never observed, raises ValueError."""
         x = np.asarray(x, dtype=np.float64)
         m = self.forward.out_dim
         missing = np.isnan(x[:, :m])
@@ -48,7 +49,7 @@ class MissingEntries(Likelihood):
             raise ValueError("only measurements may be missing (NaN): not a row's noise level or offsets")
         if missing.all(1).any():
             raise ValueError(f"row {int(np.argmax(missing.all(1)))} of the data has no observed entry: drop it")
-        if missing.all(0).any():
+        if fitting and missing.all(0).any():
             raise ValueError(f"column {int(np.argmax(missing.all(0)))} of the data is never observed: drop it")
         filled = x.copy()
         filled[:, :m][missing] = 0.0

@@ -42,10 +42,13 @@ __all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "Mixtur
 
 def has_exact_evidence(prior, likelihood) -> bool:
     """Whether this module applies: a Gaussian graphical or Gaussian-mixture prior and a
-    linear-Gaussian likelihood (one σ, one per sensor, or one per row; entries may be missing)."""
-    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
-    return (isinstance(prior, (GaussianGraphicalModel, GaussianMixture))
-            and isinstance(base, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
+    linear-Gaussian likelihood (one σ, one per sensor, or one per row; entries may be missing
+    under a graphical prior)."""
+    missing = isinstance(likelihood, MissingEntries)
+    base = likelihood.base if missing else likelihood
+    graphical_or_mixture = isinstance(prior, GaussianGraphicalModel) or (isinstance(prior, GaussianMixture)
+                                                                         and not missing)
+    return (graphical_or_mixture and isinstance(base, (GaussianLikelihood, NoisePerRowGaussianLikelihood))
             and isinstance(base.forward, LinearOperator))
 
 
