@@ -38,3 +38,15 @@ def test_a_coding_codes_new_rows_as_the_fits_and_refuses_what_it_has_not_seen():
         coding.encode({"status": new["status"]})
     with pytest.raises(ValueError, match="was numeric in the fit but holds text"):
         coding.encode({**new, "depth": np.array(["a", "b"])})
+
+
+def test_a_covariate_file_with_a_gap_or_an_id_column_is_refused_or_warned_of(tmp_path):
+    from invae.app.covariates import read_covariates
+
+    (tmp_path / "gap.csv").write_text("dose,group\n0.5,a\n,b\n2.0,a\n")
+    with pytest.raises(ValueError, match="covariate column dose has a missing value .row 1."):
+        read_covariates(tmp_path / "gap.csv", 3)
+    ids = "\n".join(f"s{i},{i % 2}" for i in range(12))
+    (tmp_path / "ids.csv").write_text("sample,flag\n" + ids + "\n")
+    with pytest.warns(UserWarning, match="12 location parameters for 12 rows"):
+        read_covariates(tmp_path / "ids.csv", 12, ["sample"])

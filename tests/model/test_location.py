@@ -116,3 +116,14 @@ def test_state_and_config_rebuild_the_prior_and_old_states_have_no_location(rng)
     assert rebuilt.fit_intercept and rebuilt.covariate_dim == 2
     old = GaussianGraphicalModel.from_state({"precision": prior.precision}, alpha=0.0, solver="newton")
     assert torch.equal(old.location, torch.zeros(3)) and old.covariate_dim == 0
+
+
+def test_the_relative_change_takes_each_block_in_its_own_units():
+    # a large μ must not hide a change of Λ, and a move of Θ away from 0 counts fully
+    before = GaussianGraphicalModel(torch.eye(2), location=[1000.0, 0.0], fit_intercept=True)
+    after = GaussianGraphicalModel(2 * torch.eye(2), location=[1000.0, 0.0], fit_intercept=True)
+    assert after.relative_change(before) == pytest.approx(1.0)  # ‖Λ − Λ_prev‖ / ‖Λ_prev‖
+    start = GaussianGraphicalModel(torch.eye(2), fit_intercept=True)
+    moved = GaussianGraphicalModel(torch.eye(2), location=[0.1, 0.0], fit_intercept=True)
+    assert moved.relative_change(start) == pytest.approx(1.0)
+    assert GaussianGraphicalModel(2 * torch.eye(2)).relative_change(GaussianGraphicalModel(torch.eye(2))) == 1.0

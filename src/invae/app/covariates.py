@@ -113,6 +113,8 @@ def read_covariates(path, n: int, columns=None, coding: CovariateCoding | None =
     and that coding. Collinear covariates (with each other or the intercept) are refused."""
     table = load_table(path, name="the covariates (--covariates)")
     chosen = {key: column(table, key, "--covariate-columns") for key in columns} if columns else table
+    for name, values in chosen.items():
+        _check_complete(name, values)
     fitting = coding is None
     coding = CovariateCoding.of(chosen) if fitting else coding
     covariates = coding.encode(chosen)
@@ -120,4 +122,16 @@ def read_covariates(path, n: int, columns=None, coding: CovariateCoding | None =
         raise ValueError(f"--covariates has {len(covariates)} rows for {n} rows of data: one row of covariates per row")
     if fitting and np.linalg.matrix_rank(np.hstack([np.ones((n, 1)), covariates])) <= covariates.shape[1]:
         raise ValueError("the covariates are collinear (with each other or a constant): drop one")
+    if fitting:
+        _warn_if_few_rows_per_parameter(n, ["intercept", *coding.names])
     return covariates, coding
+
+
+def _check_complete(name: str, values: np.ndarray) -> None:
+    """A ValueError for a covariate column with a missing value (an empty field, NA or NaN), which
+    a table reads as text (a numeric column with gaps) or as NaN."""
+    cells = np.char.lower(np.char.strip(values.astype(str)))
+    blank = np.isin(cells, ["", "na", "nan"])
+    if blank.any():
+        raise ValueError(f"covariate column {name} has a missing value (row {int(np.argmax(blank))}): "
+                         "covariates must be known for every row")

@@ -180,9 +180,14 @@ class GaussianGraphicalModel(Prior):
         return 0.5 * self.alpha * float(off)
 
     def relative_change(self, previous: GaussianGraphicalModel) -> float:
-        """``‖θ − θ_prev‖_F / ‖θ_prev‖_F`` over θ = (Λ, μ, B): ``‖Λ − Λ_prev‖_F / ‖Λ_prev‖_F`` without a location."""
-        now, before = self._parameter_vector(), previous._parameter_vector()
-        return float(torch.linalg.norm(now - before) / torch.linalg.norm(before))
+        """``‖Λ − Λ_prev‖_F / ‖Λ_prev‖_F``, and with a location the larger of that and
+        ``‖Θ − Θ_prev‖_F / max(‖Θ‖_F, ‖Θ_prev‖_F)`` for Θ = (μ, B): each block in its own units."""
+        change = float(torch.linalg.norm(self.precision - previous.precision) / torch.linalg.norm(previous.precision))
+        if not self.fits_location:
+            return change
+        now, before = self._location_vector(), previous._location_vector()
+        scale = torch.maximum(torch.linalg.norm(now), torch.linalg.norm(before))
+        return max(change, float(torch.linalg.norm(now - before) / scale) if scale > 0 else 0.0)
 
     def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
         return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver, location=self.location,
@@ -238,9 +243,9 @@ class GaussianGraphicalModel(Prior):
         self.location_of(covariates)  # checks that the rows carry this prior's covariates
         return design_rows(covariates, like.shape[-2], self.fit_intercept, like)
 
-    def _parameter_vector(self) -> Tensor:
-        """θ = (Λ, μ, B) flattened into one vector."""
-        return torch.cat([self.precision.reshape(-1), self.location, self.coefficients.reshape(-1)])
+    def _location_vector(self) -> Tensor:
+        """Θ = (μ, B) flattened into one vector."""
+        return torch.cat([self.location, self.coefficients.reshape(-1)])
 
 
 def _vector(values, p: int, like: Tensor) -> Tensor:
