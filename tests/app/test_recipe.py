@@ -10,7 +10,8 @@ def test_rows_are_the_counts_their_offsets_then_the_covariates(tmp_path):
     x = np.array([[1.0, 3.0], [2.0, 2.0], [0.0, 8.0]])
     (tmp_path / "c.csv").write_text("group,dose\na,0.5\nb,1.0\na,2.0\n")
     likelihood = PoissonLikelihood(LinearOperator(np.eye(2)), offsets=True)
-    rows, recipe = make_rows(x, likelihood, RowSources(offsets="log-total", covariates=tmp_path / "c.csv"))
+    with pytest.warns(UserWarning, match="3 location parameters for 3 rows"):  # 3 rows: a toy
+        rows, recipe = make_rows(x, likelihood, RowSources(offsets="log-total", covariates=tmp_path / "c.csv"))
     offsets = np.log(x.sum(1) / 16 * 3)  # totals 4, 4, 8 over their mean 16/3
     np.testing.assert_allclose(rows, np.column_stack([x, offsets, offsets, [0, 1, 0], [0.5, 1.0, 2.0]]))
     assert recipe.mean_total == pytest.approx(16 / 3) and recipe.covariates.names == ["group=b", "dose"]

@@ -1,4 +1,5 @@
-"""How sure is each edge: stability selection and StARS (``--stability B``, ``--penalty stars``).
+"""How sure is each edge: stability selection and StARS (``--stability B``, ``--penalty stars``;
+docs/methods.md §3.15).
 
 Refit on B random halves of the rows (subsamples without replacement) and count, for each
 pair (a, b), the share of fits whose Λ̂ has the edge, ``θ̂_ab = (1/B) Σ_k 1[Λ̂^(k)_ab ≠ 0]``:
