@@ -87,13 +87,18 @@ def design_matrix(columns: dict[str, np.ndarray] | list[np.ndarray]) -> tuple[np
     if not isinstance(columns, dict):
         columns = {f"c{index}": column for index, column in enumerate(columns)}
     coding = CovariateCoding.of(columns)
-    covariates = coding.encode(columns)
+    names = ["intercept", *coding.names]
+    return _checked_design(coding.encode(columns), names), names
+
+
+def _checked_design(covariates: np.ndarray, names: list[str]) -> np.ndarray:
+    """The design (n, 1 + k) of an intercept and ``covariates`` (n, k), named ``names``: refused
+    where collinear (with each other or the intercept), warned of where its rows are few."""
     design = np.hstack([np.ones((len(covariates), 1)), covariates])
     if np.linalg.matrix_rank(design) < design.shape[1]:
         raise ValueError("the covariates are collinear (with each other or a constant): drop one")
-    names = ["intercept", *coding.names]
     _warn_if_few_rows_per_parameter(len(design), names)
-    return design, names
+    return design
 
 
 def _warn_if_few_rows_per_parameter(n: int, names: list[str]) -> None:
@@ -120,10 +125,8 @@ def read_covariates(path, n: int, columns=None, coding: CovariateCoding | None =
     covariates = coding.encode(chosen)
     if len(covariates) != n:
         raise ValueError(f"--covariates has {len(covariates)} rows for {n} rows of data: one row of covariates per row")
-    if fitting and np.linalg.matrix_rank(np.hstack([np.ones((n, 1)), covariates])) <= covariates.shape[1]:
-        raise ValueError("the covariates are collinear (with each other or a constant): drop one")
     if fitting:
-        _warn_if_few_rows_per_parameter(n, ["intercept", *coding.names])
+        _checked_design(covariates, ["intercept", *coding.names])
     return covariates, coding
 
 

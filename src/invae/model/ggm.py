@@ -89,14 +89,18 @@ class GaussianGraphicalModel(Prior):
 
     def location_of(self, covariates: Tensor | None = None) -> Tensor:
         """E[z_i] = μ + B c_i: (p,) without covariates, (..., n, p) for covariates c (..., n, k)."""
+        self._check_covariates(covariates)
         if self.covariate_dim == 0:
-            if covariates is not None and covariates.shape[-1] > 0:
-                raise ValueError(f"this prior takes no covariates, got {covariates.shape[-1]} per row")
             return self.location
-        if covariates is None or covariates.shape[-1] != self.covariate_dim:
+        return self.location + covariates.to(self.coefficients) @ self.coefficients.mT
+
+    def _check_covariates(self, covariates: Tensor | None) -> None:
+        """A ValueError unless rows bring exactly this prior's k covariates (none where k = 0)."""
+        if self.covariate_dim == 0:
+            self.refuse_covariates(covariates)
+        elif covariates is None or covariates.shape[-1] != self.covariate_dim:
             got = "none" if covariates is None else covariates.shape[-1]
             raise ValueError(f"this prior needs {self.covariate_dim} covariates per row, got {got}")
-        return self.location + covariates.to(self.coefficients) @ self.coefficients.mT
 
     @property
     def covariance(self) -> Tensor:
@@ -240,7 +244,7 @@ class GaussianGraphicalModel(Prior):
 
     def _design(self, covariates: Tensor | None, like: Tensor) -> Tensor:
         """The design rows (n, q) of the location's least squares for the rows of ``like`` (..., n, p)."""
-        self.location_of(covariates)  # checks that the rows carry this prior's covariates
+        self._check_covariates(covariates)
         return design_rows(covariates, like.shape[-2], self.fit_intercept, like)
 
     def _location_vector(self) -> Tensor:
