@@ -167,9 +167,8 @@ def test_a_coordinate_without_signal_gets_a_finite_answer_from_the_ridge():
         assert precision[0, 0] > 1e6  # 1 / (ridge · mean diag S) with the smallest ridge, 1e-8
 
 
-def test_where_no_solver_converges_the_answer_is_an_ascent_step(rng, monkeypatch):
-    # a rank-deficient S (fewer rows than coordinates) and solvers that give up: the answer is
-    # Newton's last iterate, whose objective beats the start it was given
+def _rank_deficient_problem(rng, monkeypatch):
+    """S (12, 12) of 8 rows, Newton capped at 3 steps and scikit-learn failing outright."""
     monkeypatch.setattr(graphical_lasso_module, "_MAX_NEWTON", 3)
 
     def fail(*args):
@@ -177,7 +176,22 @@ def test_where_no_solver_converges_the_answer_is_an_ascent_step(rng, monkeypatch
 
     monkeypatch.setattr(graphical_lasso_module, "_sklearn", fail)
     z = rng.standard_normal((8, 12))
-    s = z.T @ z / 8 + 1e-3 * np.eye(12)
+    return z.T @ z / 8 + 1e-3 * np.eye(12)
+
+
+def test_where_newton_gives_up_admm_meets_the_optimality_conditions(rng, monkeypatch):
+    s = _rank_deficient_problem(rng, monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        precision = solve_precision(s, 0.05)
+    assert optimality_violation(precision, s, 0.05, relative=True) <= 1e-6
+
+
+def test_where_no_solver_converges_the_answer_is_an_ascent_step(rng, monkeypatch):
+    # Newton and ADMM both capped: the answer is ADMM's last iterate, or its start (Newton's
+    # last iterate) where ADMM ended below it; either beats the start it was given
+    s = _rank_deficient_problem(rng, monkeypatch)
+    monkeypatch.setattr(graphical_lasso_module, "_MAX_ADMM", 3)
     start = np.diag(1 / np.diag(s))
     with pytest.warns(ConvergenceWarning, match="best iterate reached"):
         precision = solve_precision(s, 0.05, initial=start)
