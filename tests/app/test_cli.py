@@ -136,7 +136,8 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     (["--noise-std", "1", "--components", "3"], "--components is the number of mixture components"),
     (["--noise-std", "1", "--prior", "gmm", "--components", "0"], "--components must be"),
     (["--noise-std", "1", "--prior", "gmm", "--penalty", "auto"], "--penalty auto chooses α for the ggm"),
-    (["--noise-std", "1", "--prior", "gmm", "--fit-mean"], "give the prior a location: --prior ggm, not gmm"),
+    (["--noise-std", "1", "--prior", "gmm", "--fit-mean"], "--fit-mean estimates a prior mean that is otherwise 0: "
+                                                           "--prior ggm, not gmm (whose means are always estimated)"),
     (["--noise-std", "1", "--covariate-columns", "a"], "--covariate-columns picks columns of --covariates FILE"),
     (["--noise-std", "1", "--offsets", "log-total"], "--offsets move the linear predictor of --noise poisson, "
                                                      "bernoulli, not of gaussian"),
@@ -465,6 +466,26 @@ def test_covariates_give_the_prior_a_location_and_predict_codes_new_rows_alike(t
     # (two groups of ≈ 300 rows), ≈ 0.065 for μ (one group's mean) and ≈ 0.046 for the slope
     np.testing.assert_allclose(np.load(out / "location.npy"), truth.location.numpy(), atol=5 * 0.065)
     np.testing.assert_allclose(np.load(out / "coefficients.npy"), truth.coefficients.numpy(), atol=5 * 0.091)
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "pb" / "X.npy"), "--covariates",
+                 covariates, "--out", str(tmp_path / "pred")]) == 0
+    for name in ("posterior_mean", "posterior_std"):
+        np.testing.assert_array_equal(np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy"))
+
+
+@pytest.mark.parametrize("method", ["em", "vae"])
+def test_covariates_move_each_mixture_components_mean(tmp_path, method):
+    # the one-component truth of _covariate_problem, fitted by a 2-component mixture: each
+    # component's effects B_k (p × k) written as coefficients (K, p, k), predict answering alike
+    _covariate_problem(tmp_path / "pb", n=400)
+    covariates = str(tmp_path / "pb" / "covariates.csv")
+    model, out = tmp_path / "model.pt", tmp_path / "fit"
+    assert main(["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--noise-std", "0.5", "--covariates", covariates,
+                 "--covariate-columns", "status,depth", "--prior", "gmm", "--components", "2", "--method", method,
+                 "--max-iter", "30", "--out", str(out), "--quiet", "--save", str(model)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["covariates"] == ["status=infected", "depth"] and "log_likelihood_per_obs" in summary
+    assert np.load(out / "coefficients.npy").shape == (2, 4, 2) and np.load(out / "means.npy").shape == (2, 4)
+    assert not (out / "location.npy").exists()
     assert main(["predict", "--model", str(model), "--data", str(tmp_path / "pb" / "X.npy"), "--covariates",
                  covariates, "--out", str(tmp_path / "pred")]) == 0
     for name in ("posterior_mean", "posterior_std"):

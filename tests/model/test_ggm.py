@@ -86,7 +86,7 @@ def test_a_prior_is_a_module_whose_state_dict_holds_its_parameters_and_to_return
     prior = GaussianGraphicalModel(random_spd(rng, 4))
     mixture = GaussianMixture.standard(4, 3)
     assert isinstance(prior, torch.nn.Module) and list(prior.state_dict()) == ["precision", "location", "coefficients"]
-    assert list(mixture.state_dict()) == ["weights", "means", "precisions"]  # the Cholesky factors are derived
+    assert list(mixture.state_dict()) == ["weights", "means", "precisions", "coefficients"]  # Cholesky factors: derived
     moved = prior.to(dtype=torch.float32)  # priors are immutable: a moved copy, the original as it was
     assert moved is not prior and prior.precision.dtype == torch.float64 and moved.precision.dtype == torch.float32
     z = torch.as_tensor(rng.standard_normal((5, 4)))

@@ -190,6 +190,36 @@ def test_em_with_covariates_never_lowers_the_likelihood_and_its_location_is_leas
     assert relative_frobenius_error(em.precision_, truth.precision.numpy()) < 0.25
 
 
+def test_mixture_em_with_a_covariate_climbs_and_recovers_each_components_effects(rng):
+    # z_i ~ Σ_k π_k N(μ_k + B_k c_i, Λ_k⁻¹), x = z + σ ε, c_i ~ N(0, 1), components 8.5 apart
+    from invae.model.mixture import GaussianMixture, match_components
+    from invae.references.exact import marginal_log_likelihood
+
+    n, noise_std = 2000, 0.5
+    precisions = np.array([[[2.0, 0.6], [0.6, 1.0]], [[1.0, -0.4], [-0.4, 1.5]]])
+    truth = GaussianMixture([0.5, 0.5], [[3.0, 3.0], [-3.0, -3.0]], precisions, coefficients=[[[1.0], [-0.5]],
+                                                                                             [[-1.0], [0.8]]])
+    covariates = torch.as_tensor(rng.standard_normal((n, 1)))
+    z = truth.sample(n, torch.Generator().manual_seed(5), covariates=covariates)
+    likelihood = linear_gaussian(np.eye(2), noise_std)
+    rows = torch.cat([likelihood.sample(z, generator=torch.Generator().manual_seed(6)), covariates], dim=1)
+    start = GaussianMixture.from_signals(rows[:, :2], 2, covariates=1)
+    em = EM(start, likelihood, max_iter=1000).fit(rows.numpy())
+    objective = np.array(em.history_["objective"])
+    # exact EM is monotone, up to reg_covar = 1e-6's O(1e-6) nats; the maximum is at least the truth's
+    assert em.converged_ and np.diff(objective).min() > -1e-6
+    assert objective[-1] >= float(marginal_log_likelihood(rows, truth, likelihood).mean())
+    # Standard error of B̂_k: the components overlap with probability ~ Φ(−8.5/2.3) ≈ 1e-4, so the
+    # MLE is, to that order, the Gaussian MLE of component k's regression of x on (1, c) given
+    # the labels, which (identical regressors, A = I) is least squares on its ≈ n π_k rows:
+    # SE_kj = √(Var(x_j | c, k) / (n π_k Var c)), Var(x_j | c, k) = (Λ_k⁻¹)_jj + σ². Within 5 SE.
+    order = match_components(em.prior_, truth)
+    variance = np.diagonal(np.linalg.inv(precisions), axis1=1, axis2=2) + noise_std**2  # (K, p)
+    standard_error = np.sqrt(variance / (n * 0.5 * 1.0))
+    error = em.prior_.coefficients[order, :, 0].numpy() - truth.coefficients[:, :, 0].numpy()
+    assert np.all(np.abs(error) < 5 * standard_error), (error, standard_error)
+
+
 def test_em_with_missing_entries_climbs_to_the_maximum_of_the_observed_data_likelihood(rng):
     # brute force: L-BFGS on Σ_i log N(x_iO; 0, Λ⁻¹_OO + σ² I) over Λ = L Lᵀ must find EM's Λ̂
     from invae.model.missing import MissingEntries

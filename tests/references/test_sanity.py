@@ -62,6 +62,8 @@ def test_degrees_of_freedom_count_what_x_can_show():
     assert degrees_of_freedom(mixture, observed=4) == 1 + 2 * 4 + 2 * 4
     assert degrees_of_freedom(mixture, observed=2) == 1 + 2 * 2 + 2 * 3
     assert degrees_of_freedom(GaussianMixture.standard(dim=4, components=2), observed=4) == 1 + 2 * 4 + 2 * 10
+    located_mixture = GaussianMixture.standard(dim=4, components=2, alpha=0.1, covariates=3)
+    assert degrees_of_freedom(located_mixture, observed=2) == 1 + 2 * (1 + 3) * 2 + 2 * 3  # each μ_k, B_k column
     # each component's precision is capped by x's 3·4/2 covariance entries on its own: 6 + 4, not min(11, 12)
     unequal = GaussianMixture(np.full(2, 0.5), np.zeros((2, 4)), np.stack([chain[:4, :4], np.eye(4)]), alpha=0.1)
     assert degrees_of_freedom(unequal, observed=3) == 1 + 2 * 3 + min(4 + 3, 6) + 4

@@ -121,11 +121,12 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "count over the mean total (sequencing depth)")
     fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
                      "--fit-mean or --covariates), or gmm, a mixture of "
-                     "--components Gaussians N(μ_k, Λ_k⁻¹) (default: ggm)")
+                     "--components Gaussians N(μ_k, Λ_k⁻¹) (N(μ_k + B_k c_i, Λ_k⁻¹) with --covariates) (default: ggm)")
     fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
     fit.add_argument("--covariates", help="known covariates c_i, one row per row of --data (.csv with a header of "
-                     "names, or .npy): the prior becomes N(μ + B c_i, Λ⁻¹) with μ and B estimated; numeric columns "
-                     "enter linearly, text columns as one indicator per label but the first")
+                     "names, or .npy): the prior becomes N(μ + B c_i, Λ⁻¹) with μ and B estimated (gmm: each "
+                     "component's μ_k + B_k c_i); numeric columns enter linearly, text columns as one indicator per "
+                     "label but the first")
     fit.add_argument("--covariate-columns", type=lambda text: [key for key in text.split(",") if key],
                      help="comma-separated columns of --covariates to use (names or 0-based positions; default: all)")
     fit.add_argument("--fit-mean", action="store_const", const=True,

@@ -140,10 +140,13 @@ class FitSettings:
             if self.covariates is None:
                 raise ValueError("--covariate-columns picks columns of --covariates FILE: give the file")
             object.__setattr__(self, "covariate_columns", tuple(self.covariate_columns))
-        if (self.covariates is not None or self.fit_mean) and not PRIORS[self.prior].location:
+        if self.covariates is not None and not PRIORS[self.prior].covariates:
+            takers = ", ".join(name for name, kind in PRIORS.items() if kind.covariates)
+            raise ValueError(f"--covariates move the prior's location: --prior {takers}, not {self.prior}")
+        if self.fit_mean and not PRIORS[self.prior].location:
             takers = ", ".join(name for name, kind in PRIORS.items() if kind.location)
-            raise ValueError(f"--covariates and --fit-mean give the prior a location: --prior {takers}, "
-                             f"not {self.prior}")
+            raise ValueError(f"--fit-mean estimates a prior mean that is otherwise 0: --prior {takers}, not "
+                             f"{self.prior} (whose means are always estimated)")
         if PRIORS[self.prior].components:
             k = _DEFAULT_COMPONENTS if self.components is None else self.components
             if not (isinstance(k, int) and k >= 1):

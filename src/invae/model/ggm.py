@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .graphical_lasso import SOLVERS, solve_precision
-from .location import design_rows, least_squares, location_statistics
+from .location import covariate_effects, design_rows, least_squares, location_statistics
 from .prior import Prior
 
 __all__ = ["GaussianGraphicalModel", "count_edges"]
@@ -67,7 +67,7 @@ class GaussianGraphicalModel(Prior):
         self.dim = precision.shape[0]
         self.register_buffer("precision", 0.5 * (precision + precision.T))
         self.register_buffer("location", _vector(location, self.dim, precision))
-        self.register_buffer("coefficients", _effects(coefficients, self.dim, covariates, precision))
+        self.register_buffer("coefficients", covariate_effects(coefficients, (self.dim,), covariates, precision))
         self.alpha = float(alpha)
         self.solver = solver
         self.fit_intercept = bool(fit_intercept)
@@ -93,14 +93,6 @@ class GaussianGraphicalModel(Prior):
         if self.covariate_dim == 0:
             return self.location
         return self.location + covariates.to(self.coefficients) @ self.coefficients.mT
-
-    def _check_covariates(self, covariates: Tensor | None) -> None:
-        """A ValueError unless rows bring exactly this prior's k covariates (none where k = 0)."""
-        if self.covariate_dim == 0:
-            self.refuse_covariates(covariates)
-        elif covariates is None or covariates.shape[-1] != self.covariate_dim:
-            got = "none" if covariates is None else covariates.shape[-1]
-            raise ValueError(f"this prior needs {self.covariate_dim} covariates per row, got {got}")
 
     @property
     def covariance(self) -> Tensor:
@@ -258,14 +250,6 @@ def _vector(values, p: int, like: Tensor) -> Tensor:
     if vector.shape != (p,) or not torch.isfinite(vector).all():
         raise ValueError(f"the location must be {p} finite numbers, got shape {tuple(vector.shape)}")
     return vector
-
-
-def _effects(values, p: int, k: int, like: Tensor) -> Tensor:
-    """Covariate effects B (p, k) in ``like``'s dtype and device (None: zeros)."""
-    effects = like.new_zeros(p, k) if values is None else torch.as_tensor(values).to(like)
-    if effects.ndim != 2 or effects.shape[0] != p or not torch.isfinite(effects).all():
-        raise ValueError(f"the covariate effects must be a finite ({p}, k) matrix, got shape {tuple(effects.shape)}")
-    return effects
 
 
 def count_edges(precision: Tensor) -> int:

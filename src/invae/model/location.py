@@ -12,6 +12,11 @@ and ``avg E[(z − Θᵀd)(z − Θᵀd)ᵀ] = S − ΘᵀC − CᵀΘ + ΘᵀD�
 maximises ``−tr(Λ ·)`` for every Λ ≻ 0 at once: the M-step is the least-squares fit of the
 posterior means on the design, then the graphical lasso on the residual moment R (for a
 Gaussian q, ``E[z_i] = m_i``, so Θ̂ is ordinary least squares of the m_i on the d_i).
+
+A Gaussian mixture's component k, ``z_i | ℓ_i = k ~ N(Θ_kᵀ d_i, Λ_k⁻¹)`` with ℓ_i the component
+of row i (:mod:`invae.model.mixture`), takes the same fit with row i weighted by its
+responsibility r_ik: the averages ``S_k, C_k, D_k`` of :func:`component_location_statistics`
+and, per component, ``Θ̂_k = D_k⁻¹ C_k`` (:func:`least_squares` on a stack of K).
 """
 
 from __future__ import annotations
@@ -19,7 +24,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["design_rows", "location_statistics", "least_squares"]
+__all__ = ["covariate_effects", "design_rows", "location_statistics", "component_location_statistics",
+           "least_squares"]
+
+
+def covariate_effects(values, rows: tuple[int, ...], k: int, like: Tensor) -> Tensor:
+    """Covariate effects B (*rows, k) in ``like``'s dtype and device (None: zeros): (p, k) for a
+    graphical prior, (K, p, k) for a mixture's components."""
+    effects = like.new_zeros(*rows, k) if values is None else torch.as_tensor(values).to(like)
+    if effects.shape[:-1] != rows or effects.ndim != len(rows) + 1 or not torch.isfinite(effects).all():
+        expected = ", ".join(map(str, rows))
+        raise ValueError(f"the covariate effects must be a finite ({expected}, k) array, "
+                         f"got shape {tuple(effects.shape)}")
+    return effects
 
 
 def design_rows(covariates: Tensor | None, n: int, intercept: bool, like: Tensor) -> Tensor:
@@ -45,12 +62,24 @@ def location_statistics(z: Tensor, design: Tensor, weights: Tensor | None = None
             "design_moment": (design * row_weights[:, None]).mT @ design / total}
 
 
+def component_location_statistics(design: Tensor, resp: Tensor, mean: Tensor) -> dict[str, Tensor]:
+    """``{"cross_moment": C_k (K, q, p), "design_moment": D_k (K, q, q)}`` of a mixture's components,
+
+        C_k = (1/n) Σ_i r_ik d_i E[z_i | ℓ_i = k]ᵀ,      D_k = (1/n) Σ_i r_ik d_i d_iᵀ,
+
+    for the design (n, q), the responsibilities r (n, K) and the component means E[z_i | ℓ_i = k] (n, K, p)."""
+    n = len(design)
+    return {"cross_moment": torch.einsum("nk,nq,nkp->kqp", resp, design, mean) / n,
+            "design_moment": torch.einsum("nk,nq,nr->kqr", resp, design, design) / n}
+
+
 def least_squares(statistics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """(Θ̂ = D⁻¹ C (q, p), the residual second moment R = S − Cᵀ D⁻¹ C (p, p)) from the
-    averaged statistics (module docstring). A singular D (collinear covariates) raises ValueError."""
+    """(Θ̂ = D⁻¹ C (..., q, p), the residual second moment R = S − Cᵀ D⁻¹ C (..., p, p)) from the
+    averaged statistics (module docstring), each a stack (...) of fits: none, or a mixture's K.
+    A singular D (collinear covariates) raises ValueError."""
     second, cross, design = (statistics[key] for key in ("second_moment", "cross_moment", "design_moment"))
     chol, info = torch.linalg.cholesky_ex(design)
-    if info.item() != 0:
+    if bool((info != 0).any()):
         raise ValueError("the covariates are collinear (with each other or the intercept): drop one")
     theta = torch.cholesky_solve(cross, chol)
     residual = second - cross.mT @ theta

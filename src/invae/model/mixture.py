@@ -1,18 +1,31 @@
-"""The Gaussian-mixture prior (docs/methods.md §2.7): ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)``, k = 1..K.
+"""The Gaussian-mixture prior (docs/methods.md §2.7): ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)``, k = 1..K;
+with k known covariates c_i per row, ``z_i ~ Σ_k π_k N(μ_k + B_k c_i, Λ_k⁻¹)`` (§3.13).
 
-The M-step maximises the expected complete-data log-density over (z, c), c the component
-label, given responsibilities ``r_ik = q(c_i = k)`` and the moments of z in each component:
+The M-step maximises the expected complete-data log-density over (z, ℓ), ℓ the component
+label, given responsibilities ``r_ik = q(ℓ_i = k)`` and the moments of z in each component:
 
-    N_k = Σ_i r_ik,    π_k = N_k / n,    μ_k = (1/N_k) Σ_i r_ik E[z_i | c_i = k],
-    C_k = (1/N_k) Σ_i r_ik E[(z_i − μ_k)(z_i − μ_k)ᵀ | c_i = k] + ε I,
+    N_k = Σ_i r_ik,    π_k = N_k / n,    μ_k = (1/N_k) Σ_i r_ik E[z_i | ℓ_i = k],
+    C_k = (1/N_k) Σ_i r_ik E[(z_i − μ_k)(z_i − μ_k)ᵀ | ℓ_i = k] + ε I,
     Λ_k = argmax  log det Λ − tr(Λ C_k) − (α n / N_k) ‖Λ‖_{1,off}
 
-— the maximiser of ``(1/n) Σ_i E[log π_c + log N(z_i; μ_c, Λ_c⁻¹)] − (α/2) Σ_k ‖Λ_k‖_{1,off}``
+— the maximiser of ``(1/n) Σ_i E[log π_ℓ + log N(z_i; μ_ℓ, Λ_ℓ⁻¹)] − (α/2) Σ_k ‖Λ_k‖_{1,off}``
 (component k's terms carry the weight N_k/n, hence its penalty α n/N_k). ``ε`` (``reg_covar``)
 keeps a component that holds few points invertible, as in scikit-learn's GaussianMixture.
 
+With covariates, each component's location μ_k + B_k c_i is the least-squares fit of
+E[z_i | ℓ_i = k] on the design d_i = (1, c_i) (q = 1 + ``covariate_dim`` entries), row i
+weighted by r_ik (:mod:`invae.model.location`):
+
+    D_k = (1/n) Σ_i r_ik d_i d_iᵀ (q, q),   X_k = (1/n) Σ_i r_ik d_i E[z_i | k]ᵀ (q, p),
+    S_k = (1/n) Σ_i r_ik E[z_i z_iᵀ | k],   [μ_k, B_k]ᵀ = D_k⁻¹ X_k,
+    C_k = (S_k − X_kᵀ D_k⁻¹ X_k) / π_k + ε I      (the residual scatter; then Λ_k as above)
+
+— for each fixed Λ_k the exact maximiser, as for one Gaussian (:mod:`invae.model.location`,
+whose C is X_k here).
+Without covariates D_k = π_k and X_k = π_k μ_k: the means and scatter above.
+
 From draws of z (:meth:`GaussianMixture.statistics`, then :meth:`GaussianMixture.m_step_from`)
-the responsibilities are the current prior's ``r_k(z) ∝ π_k N(z; μ_k, Λ_k⁻¹)``: one EM step
+the responsibilities are the current prior's ``r_k(z) ∝ π_k N(z; μ_k + B_k c, Λ_k⁻¹)``: one EM step
 on the draws, which cannot lower their mean log-density (a generalised M-step; the exact
 maximiser has no closed form). Exact EM for a linear-Gaussian likelihood
 (:mod:`invae.references.em`) passes the exact per-component posterior moments
@@ -31,15 +44,18 @@ from torch import Tensor
 
 from .ggm import count_edges
 from .graphical_lasso import SOLVERS, solve_precision
+from .location import component_location_statistics, covariate_effects, design_rows, least_squares
 from .prior import Prior
 
 __all__ = ["GaussianMixture", "match_components"]
 
 _REG_COVAR = 1e-6  # scikit-learn's GaussianMixture default
+_OFF_ZERO = 10 * torch.finfo(torch.float64).eps  # keeps N_k off zero, as scikit-learn
 
 
 class GaussianMixture(Prior):
-    """``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` with weights π (K,), means μ (K, p), precisions Λ (K, p, p).
+    """``z ~ Σ_k π_k N(μ_k + B_k c, Λ_k⁻¹)`` with weights π (K,), means μ (K, p), precisions
+    Λ (K, p, p) and, for k known covariates c per row, each component's effects B_k (K, p, k).
 
     Parameters
     ----------
@@ -50,12 +66,17 @@ class GaussianMixture(Prior):
         ε ≥ 0 added to the diagonal of each component's covariance in the M-step.
     solver : {"newton", "sklearn"}
         The graphical-lasso solver when ``alpha > 0``.
+    coefficients : array or tensor (K, p, k), or None
+        The B_k, which every row's k covariates then enter (``covariate_dim = k``) and the
+        M-step estimates; None: ``covariates`` columns of zeros.
+    covariates : int
+        k, when ``coefficients`` is None.
     """
 
     closed_form_gaussian_m_step = False
 
     def __init__(self, weights, means, precisions, *, alpha: float = 0.0, reg_covar: float = _REG_COVAR,
-                 solver: str = "newton"):
+                 solver: str = "newton", coefficients=None, covariates: int = 0):
         super().__init__()
         precisions = torch.as_tensor(precisions)
         weights = torch.as_tensor(weights).to(precisions)
@@ -73,8 +94,9 @@ class GaussianMixture(Prior):
         self.register_buffer("weights", weights / weights.sum())
         self.register_buffer("means", means)
         self.register_buffer("precisions", 0.5 * (precisions + precisions.mT))
+        self.register_buffer("coefficients", covariate_effects(coefficients, (k, p), covariates, precisions))
         self.alpha, self.reg_covar, self.solver = float(alpha), float(reg_covar), solver
-        self.components, self.dim = k, p
+        self.components, self.dim, self.covariate_dim = k, p, self.coefficients.shape[-1]
         chol, info = torch.linalg.cholesky_ex(self.precisions)
         self.register_buffer("_chol", chol, persistent=False)  # derived from the Λ_k: not a parameter
         if (info != 0).any() or not torch.isfinite(means).all():
@@ -101,7 +123,8 @@ class GaussianMixture(Prior):
         return cls(fitted.weights_, fitted.means_, fitted.precisions_, **options)
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(dim={self.dim}, components={self.components}, alpha={self.alpha:g})"
+        extra = f", covariates={self.covariate_dim}" if self.covariate_dim else ""
+        return f"GaussianMixture(dim={self.dim}, components={self.components}, alpha={self.alpha:g}{extra})"
 
     @property
     def covariances(self) -> Tensor:
@@ -110,60 +133,75 @@ class GaussianMixture(Prior):
 
     @property
     def mean(self) -> Tensor:
-        """E z = Σ_k π_k μ_k, shape (p,)."""
+        """E z = Σ_k π_k μ_k, shape (p,) (at c = 0 where there are covariates)."""
         return self.weights @ self.means
 
     @property
     def covariance(self) -> Tensor:
-        """Cov z = Σ_k π_k (Λ_k⁻¹ + μ_k μ_kᵀ) − E z E zᵀ, shape (p, p)."""
+        """Cov z = Σ_k π_k (Λ_k⁻¹ + μ_k μ_kᵀ) − E z E zᵀ, shape (p, p) (at c = 0 where there are
+        covariates)."""
         second = torch.einsum("k,kij->ij", self.weights, self.covariances + self.means[:, :, None] * self.means[:, None])
         return second - torch.outer(self.mean, self.mean)
 
-    def component_log_prob(self, z: Tensor) -> Tensor:
-        """``log π_k + log N(z; μ_k, Λ_k⁻¹)`` for z (..., p); returns (..., K)."""
-        diff = z[..., None, :] - self.means  # (..., K, p)
+    def component_means(self, covariates: Tensor | None = None) -> Tensor:
+        """E[z | ℓ = k] = μ_k + B_k c: the μ_k (K, p) without covariates, (..., K, p) for covariates c (..., k)."""
+        self._check_covariates(covariates)
+        if self.covariate_dim == 0:
+            return self.means
+        return self.means + torch.einsum("...j,kpj->...kp", covariates.to(self.coefficients), self.coefficients)
+
+    def component_log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
+        """``log π_k + log N(z; μ_k + B_k c, Λ_k⁻¹)`` for z (..., p), covariates (..., k); returns (..., K)."""
+        diff = z[..., None, :] - self.component_means(covariates)  # (..., K, p)
         white = torch.einsum("...ki,kij->...kj", diff, self._chol)  # (z−μ_k)ᵀ L_k, Λ_k = L_k L_kᵀ
         half_logdet = torch.log(torch.diagonal(self._chol, dim1=-2, dim2=-1)).sum(-1)
         return (torch.log(self.weights) + half_logdet - 0.5 * (white**2).sum(-1)
                 - 0.5 * self.dim * math.log(2 * math.pi))
 
     def log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
-        """``log Σ_k π_k N(z; μ_k, Λ_k⁻¹)`` for z (..., p); returns (...)."""
-        self.refuse_covariates(covariates)
-        return torch.logsumexp(self.component_log_prob(z), dim=-1)
+        """``log Σ_k π_k N(z; μ_k + B_k c, Λ_k⁻¹)`` for z (..., p), covariates (..., k); returns (...)."""
+        return torch.logsumexp(self.component_log_prob(z, covariates), dim=-1)
 
-    def responsibilities(self, z: Tensor) -> Tensor:
-        """``r_k(z) = π_k N(z; μ_k, Λ_k⁻¹) / g(z)`` for z (..., p); returns (..., K)."""
-        return torch.softmax(self.component_log_prob(z), dim=-1)
+    def responsibilities(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
+        """``r_k(z) = π_k N(z; μ_k + B_k c, Λ_k⁻¹) / g(z)`` for z (..., p), covariates c (..., k);
+        returns (..., K)."""
+        return torch.softmax(self.component_log_prob(z, covariates), dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None, covariates: Tensor | None = None) -> Tensor:
-        """Labels c ~ Categorical(π), then ``z = μ_c + L_c⁻ᵀ ε``; shape (n, p)."""
-        self.refuse_covariates(covariates)
+        """Labels ℓ_i ~ Categorical(π), then ``z_i = μ_ℓ + B_ℓ c_i + L_ℓ⁻ᵀ ε``; shape (n, p),
+        covariates c (n, k)."""
+        centres = self.component_means(covariates).expand(n, self.components, self.dim)
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dim, 1, generator=generator, dtype=self.means.dtype, device=self.means.device)
         offset = torch.linalg.solve_triangular(self._chol[labels].mT, eps, upper=True)[..., 0]
-        return self.means[labels] + offset
+        return centres[torch.arange(n, device=labels.device), labels] + offset
 
     def statistics(self, z: Tensor, weights: Tensor | None = None, covariates: Tensor | None = None
                    ) -> dict[str, Tensor]:
         """The statistics of draws z (..., n, p) weighted by ``weights`` (..., n) (None: equally;
-        see the module's docstring): responsibilities ``r_k(z) · w``, w rescaled to mean 1."""
-        self.refuse_covariates(covariates)
+        see the module's docstring) of rows with ``covariates`` (n, k): responsibilities
+        ``r_k(z) · w``, w rescaled to mean 1."""
+        self._check_covariates(covariates)
         flat = z.reshape(-1, self.dim)
-        resp = self.responsibilities(flat)
+        rows = None if covariates is None else covariates.expand(*z.shape[:-1], -1).reshape(len(flat), -1)
+        resp = self.responsibilities(flat, rows)
         if weights is not None:
             w = weights.reshape(-1, 1).to(resp)
             resp = resp * (w * len(w) / w.sum())
-        return self.component_statistics(resp, flat)
+        return self.component_statistics(resp, flat, covariates=rows)
 
-    def component_statistics(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None) -> dict[str, Tensor]:
+    def component_statistics(self, resp: Tensor, mean: Tensor, cov: Tensor | None = None,
+                             covariates: Tensor | None = None) -> dict[str, Tensor]:
         """``weights`` N_k/n (K,), ``first`` (1/n) Σ_i r_ik E[z_i | k] (K, p) and ``second``
-        (1/n) Σ_i r_ik E[z_i z_iᵀ | k] (K, p, p), in float64 (the scatter is their difference).
+        (1/n) Σ_i r_ik E[z_i z_iᵀ | k] (K, p, p), in float64 (the scatter is their difference);
+        with covariates also X_k (K, 1 + k, p) and D_k (K, 1 + k, 1 + k) of the module's docstring
+        (``cross_moment``, ``design_moment``).
 
-        ``resp`` (n, K) are r_ik; ``mean`` is E[z_i | c_i = k], (n, K, p), or (n, p) when z_i
-        is known (a draw); ``cov`` the within-component posterior covariance Cov[z_i | c_i = k],
-        (K, p, p) shared by all rows, or None when z_i is known.
+        ``resp`` (n, K) are r_ik; ``mean`` is E[z_i | ℓ_i = k], (n, K, p), or (n, p) when z_i
+        is known (a draw); ``cov`` the within-component posterior covariance Cov[z_i | ℓ_i = k],
+        (K, p, p) shared by all rows, or None when z_i is known; ``covariates`` the rows' c_i (n, k).
         """
+        self._check_covariates(covariates)
         resp, mean = resp.to(torch.float64), mean.to(torch.float64)
         n = resp.shape[0]
         mean = (mean if mean.ndim == 3 else mean[:, None, :]).expand(n, self.components, self.dim)
@@ -171,17 +209,34 @@ class GaussianMixture(Prior):
         second = torch.einsum("nk,nki,nkj->kij", resp, mean, mean) / n
         if cov is not None:
             second = second + weights[:, None, None] * cov.to(second)
-        return {"weights": weights, "first": torch.einsum("nk,nkp->kp", resp, mean) / n, "second": second}
+        statistics = {"weights": weights, "first": torch.einsum("nk,nkp->kp", resp, mean) / n, "second": second}
+        if self.covariate_dim:
+            statistics |= component_location_statistics(design_rows(covariates, n, True, mean), resp, mean)
+        return statistics
 
     def m_step_from(self, statistics: dict[str, Tensor]) -> GaussianMixture:
-        """π_k, μ_k, C_k and Λ_k of the module's docstring from :meth:`component_statistics`."""
-        totals = statistics["weights"] + 10 * torch.finfo(torch.float64).eps  # kept off zero, as scikit-learn
-        means = statistics["first"] / totals[:, None]
-        scatter = statistics["second"] / totals[:, None, None] - means[:, :, None] * means[:, None, :]
+        """π_k, μ_k (and B_k), C_k and Λ_k of the module's docstring from :meth:`component_statistics`."""
+        totals = statistics["weights"] + _OFF_ZERO
+        theta, scatter = self.location_fit(statistics)
         scatter = scatter + self.reg_covar * torch.eye(self.dim, dtype=scatter.dtype, device=scatter.device)
         precisions = torch.stack([self._solve(scatter[k], self.alpha / float(totals[k]), k)
                                   for k in range(self.components)])
-        return self._with(*(t.to(self.means) for t in (totals / totals.sum(), means, precisions)))
+        return self._with(*(t.to(self.means) for t in (totals / totals.sum(), theta[:, 0], precisions,
+                                                         theta[:, 1:].mT)))
+
+    def location_fit(self, statistics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(Θ̂_k = D_k⁻¹ X_k, stacked (K, 1 + k, p): rows μ_k, then B_kᵀ; the scatter
+        (S_k − X_kᵀ D_k⁻¹ X_k) / π_k (K, p, p)) from :meth:`component_statistics` (module
+        docstring), by :func:`~invae.model.location.least_squares` on the moments divided by π_k:
+        without covariates (D_k = π_k, X_k = ``first``) exactly ``first/π_k`` and
+        ``second/π_k − μ_k μ_kᵀ``. π_k + ε' and D_k + ε' I (ε' = 10 machine epsilons) keep an
+        empty component's fit defined (μ_k = 0, B_k = 0), as scikit-learn keeps N_k off zero."""
+        totals = (statistics["weights"] + _OFF_ZERO)[:, None, None]
+        design = statistics.get("design_moment", statistics["weights"][:, None, None])
+        ridge = _OFF_ZERO * torch.eye(design.shape[-1], dtype=design.dtype, device=design.device)
+        cross = statistics.get("cross_moment", statistics["first"][:, None, :])
+        return least_squares({"second_moment": statistics["second"] / totals, "cross_moment": cross / totals,
+                              "design_moment": (design + ridge) / totals})
 
     def penalty(self) -> float:
         """``(α/2) Σ_k ‖Λ_k‖_{1,off}``."""
@@ -189,32 +244,45 @@ class GaussianMixture(Prior):
         return 0.5 * self.alpha * float(off)
 
     def relative_change(self, previous: GaussianMixture) -> float:
-        """The largest ``‖θ − θ_prev‖_F / ‖θ_prev‖_F`` over θ = π, the means (if not all 0) and the Λ's."""
+        """The largest ``‖θ − θ_prev‖_F / ‖θ_prev‖_F`` over θ = π, the Λ's, and the means and the
+        covariates' effects B_k where they were not all 0."""
         pairs = [(self.weights, previous.weights), (self.precisions, previous.precisions)]
-        if bool(previous.means.any()):
-            pairs.append((self.means, previous.means))
+        pairs += [(new, old) for new, old in ((self.means, previous.means), (self.coefficients, previous.coefficients))
+                  if bool(old.any())]
         return max(float(torch.linalg.norm(new - old) / torch.linalg.norm(old)) for new, old in pairs)
 
     def with_penalty(self, alpha: float) -> GaussianMixture:
         return GaussianMixture(self.weights, self.means, self.precisions, alpha=alpha, reg_covar=self.reg_covar,
-                               solver=self.solver)
+                               solver=self.solver, coefficients=self.coefficients)
 
     def config(self) -> dict:
         return {"alpha": self.alpha, "reg_covar": self.reg_covar, "solver": self.solver}
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], **config) -> GaussianMixture:
-        return cls(state["weights"], state["means"], state["precisions"], **config)
+        """Model files of a mixture without covariates hold no ``coefficients``."""
+        return cls(state["weights"], state["means"], state["precisions"], coefficients=state.get("coefficients"),
+                   **config)
 
     def summary(self) -> dict:
         """The penalty α and the edges of the K components' graphs, summed."""
         return {"penalty": self.alpha, "edges": count_edges(self.precisions)}
 
+    def state(self) -> dict[str, Tensor]:
+        """π, the μ_k and the Λ_k, and the B_k where rows bring covariates: a mixture without
+        them has the parameters its model files and outputs have always had."""
+        state = {"weights": self.weights, "means": self.means, "precisions": self.precisions}
+        if self.covariate_dim:
+            state["coefficients"] = self.coefficients
+        return state
+
     def with_state(self, state: dict[str, Tensor]) -> GaussianMixture:
-        return self._with(*(state[key].to(self.precisions) for key in ("weights", "means", "precisions")))
+        return self._with(*(state[key].to(self.precisions) for key in ("weights", "means", "precisions")),
+                          state.get("coefficients", self.coefficients).to(self.precisions))
 
     def to(self, device=None, dtype=None) -> GaussianMixture:
-        return self._with(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.precisions)))
+        return self._with(*(t.to(device=device, dtype=dtype) for t in (self.weights, self.means, self.precisions,
+                                                                         self.coefficients)))
 
     def _solve(self, scatter: Tensor, alpha: float, k: int) -> Tensor:
         """Λ_k from its covariance C_k: C_k⁻¹ for α = 0, else the graphical lasso warm-started at Λ_k."""
@@ -222,10 +290,10 @@ class GaussianMixture(Prior):
         start = self.precisions[k].detach().to("cpu", torch.float64).numpy()
         return torch.from_numpy(solve_precision(s, alpha, initial=start, solver=self.solver)).to(scatter)
 
-    def _with(self, weights: Tensor, means: Tensor, precisions: Tensor) -> GaussianMixture:
+    def _with(self, weights: Tensor, means: Tensor, precisions: Tensor, coefficients: Tensor) -> GaussianMixture:
         """This prior's settings with other parameters."""
         return GaussianMixture(weights, means, precisions, alpha=self.alpha, reg_covar=self.reg_covar,
-                               solver=self.solver)
+                               solver=self.solver, coefficients=coefficients)
 
 
 def match_components(estimate: GaussianMixture, truth: GaussianMixture) -> np.ndarray:

@@ -141,6 +141,14 @@ class Prior(nn.Module, abc.ABC):
         if covariates is not None and covariates.shape[-1] > 0:
             raise ValueError(f"{type(self).__name__} takes no covariates, got {covariates.shape[-1]} per row")
 
+    def _check_covariates(self, covariates: Tensor | None) -> None:
+        """A ValueError unless rows bring exactly this prior's k covariates (none where k = 0)."""
+        if self.covariate_dim == 0:
+            self.refuse_covariates(covariates)
+        elif covariates is None or covariates.shape[-1] != self.covariate_dim:
+            got = "none" if covariates is None else covariates.shape[-1]
+            raise ValueError(f"this prior needs {self.covariate_dim} covariates per row, got {got}")
+
     def summary(self) -> dict[str, Any]:
         """Plain numbers for a fit's ``summary.json`` (e.g. the penalty, a graph's edge count)."""
         return {}

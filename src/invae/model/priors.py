@@ -21,6 +21,7 @@ from .ggm import GaussianGraphicalModel
 from .likelihoods import GaussianLikelihood, Likelihood
 from .mixture import GaussianMixture
 from .prior import Prior
+from .rows import split_rows
 
 __all__ = ["PriorKind", "StartOptions", "PRIORS", "prior_name"]
 
@@ -49,8 +50,9 @@ class PriorKind:
     selects_penalty : bool
         ``--penalty auto`` can choose its α (:mod:`invae.inference.penalty`).
     location : bool
-        Takes a fitted location and covariates (``--fit-mean``, ``--covariates``;
-        docs/methods.md §3.13).
+        Estimates a mean μ that is otherwise fixed (``--fit-mean``; docs/methods.md §3.13).
+    covariates : bool
+        Takes covariates that move its location (``--covariates``; docs/methods.md §3.13).
     """
 
     cls: type[Prior]
@@ -58,6 +60,7 @@ class PriorKind:
     components: bool = False
     selects_penalty: bool = False
     location: bool = False
+    covariates: bool = False
 
 
 def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianGraphicalModel:
@@ -68,17 +71,19 @@ def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> 
 
 def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianMixture:
     """A mixture fitted to the naive signals A⁺x where the model is linear-Gaussian (components
-    placed by k-means, as scikit-learn starts EM), else spread at random."""
+    placed by k-means, as scikit-learn starts EM), else spread at random; the covariates'
+    effects B_k = 0 (the means always fitted, ``fit_intercept`` has nothing to add)."""
+    settings = {"alpha": options.alpha, "seed": options.seed, "covariates": options.covariates}
     if isinstance(likelihood, GaussianLikelihood) and likelihood.is_linear:
-        pilot = likelihood.forward.pinv(torch.as_tensor(x, dtype=torch.float64))
-        return GaussianMixture.from_signals(pilot, options.components, alpha=options.alpha, seed=options.seed)
-    return GaussianMixture.standard(likelihood.forward.in_dim, options.components, alpha=options.alpha,
-                                    seed=options.seed)
+        measured = split_rows(torch.as_tensor(x, dtype=torch.float64), likelihood)[0]
+        return GaussianMixture.from_signals(likelihood.forward.pinv(measured), options.components, **settings)
+    return GaussianMixture.standard(likelihood.forward.in_dim, options.components, **settings)
 
 
 PRIORS: Registry[PriorKind] = Registry("prior")
-PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True, location=True))
-PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True))
+PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True, location=True,
+                                  covariates=True))
+PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True, covariates=True))
 
 
 def prior_name(prior: Prior) -> str:

@@ -13,8 +13,10 @@ estimators chase. It stops when that objective rises by less than ``tol`` (relat
 
 Gaussian-mixture prior (:class:`~invae.model.mixture.GaussianMixture`): the E-step is the exact
 mixture posterior (responsibilities and per-component Gaussian posteriors, :mod:`invae.references.exact`)
-and the M-step ``m_step_from`` on :meth:`~invae.model.mixture.GaussianMixture.component_statistics`;
-EM over (z, c) ascends the same objective with the penalty ``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
+and the M-step ``m_step_from`` on :meth:`~invae.model.mixture.GaussianMixture.component_statistics`
+(with covariates, each component's (μ_k, B_k) by least squares weighted by the responsibilities);
+EM over (z, ℓ), ℓ the component labels, ascends the same objective with the penalty
+``(α/2) Σ_k ‖Λ_k‖_{1,off}``.
 
 ``mean_field=True`` restricts the E-step to diagonal Gaussians, the family of the ``vae``
 and ``mean-field`` methods. For a Gaussian posterior N(μ, P⁻¹) the best such q has the
@@ -98,13 +100,14 @@ class EM(EmpiricalBayesEstimator):
 
     def _m_step(self, x: Tensor, prior, likelihood):
         """One EM iteration: the prior that maximises the expected complete-data objective."""
+        covariates = split_rows(x, likelihood)[1]
         if isinstance(prior, GaussianMixture):
             if self.mean_field:
                 raise ValueError("mean_field applies to the Gaussian graphical prior, not to a mixture")
             post = mixture_posterior(x, prior, likelihood)
-            return prior.m_step_from(prior.component_statistics(post.responsibilities, post.means, post.cov))
+            return prior.m_step_from(prior.component_statistics(post.responsibilities, post.means, post.cov,
+                                                                covariates=covariates))
         mean, cov, _ = self._e_step(x, prior, likelihood)
-        covariates = split_rows(x, likelihood)[1]
         if self.mean_field:
             return prior.m_step_gaussian(mean, var=cov.expand_as(mean), covariates=covariates)
         return prior.m_step_gaussian(mean, cov, covariates=covariates)

@@ -12,13 +12,14 @@ With D_i per row, Σ_post and the marginal covariance are per row too: (n, p, p)
 
 With the true Λ the posterior mean is the Bayes oracle, the floor for signal MSE.
 
-Gaussian-mixture prior ``z ~ Σ_k π_k N(μ_k, Λ_k⁻¹)`` (:class:`~invae.model.mixture.GaussianMixture`):
-the posterior is a mixture of the components' Gaussian posteriors,
+Gaussian-mixture prior ``z_i ~ Σ_k π_k N(η_ik, Λ_k⁻¹)`` (:class:`~invae.model.mixture.GaussianMixture`),
+with the component locations ``η_ik = μ_k + B_k c_i`` (μ_k without covariates) and ℓ_i the
+component of row i: the posterior is a mixture of the components' Gaussian posteriors,
 
-    p(c = k | x) ∝ π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D),      V_k = (Λ_k + Aᵀ D⁻¹ A)⁻¹,
-    z | x, c = k ~ N(m_k(x), V_k),   m_k(x) = V_k (Λ_k μ_k + Aᵀ D⁻¹ x),
+    p(ℓ_i = k | x_i) ∝ π_k N(x_i; A η_ik, A Λ_k⁻¹ Aᵀ + D),      V_k = (Λ_k + Aᵀ D⁻¹ A)⁻¹,
+    z_i | x_i, ℓ_i = k ~ N(m_ik, V_k),   m_ik = V_k (Λ_k η_ik + Aᵀ D⁻¹ x_i),
 
-and ``log p(x) = log Σ_k π_k N(x; A μ_k, A Λ_k⁻¹ Aᵀ + D)``: exact EM is tractable.
+and ``log p(x_i) = log Σ_k π_k N(x_i; A η_ik, A Λ_k⁻¹ Aᵀ + D)``: exact EM is tractable.
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ def has_exact_em(prior, likelihood) -> bool:
         isinstance(prior, GaussianMixture) and not isinstance(likelihood, GaussianLikelihood))
 
 
-def _prior_location(prior: GaussianGraphicalModel, likelihood, x: Tensor) -> Tensor:
-    """η_i = μ + B c_i of the data rows x (n, row columns): (p,), or (n, p) with covariates; in x's dtype."""
-    return prior.location_of(split_rows(x, likelihood)[1]).to(x)
+def _prior_location(prior, likelihood, x: Tensor) -> Tensor:
+    """η_i = μ + B c_i of the data rows x (n, row columns): (p,), or (n, p) with covariates; a
+    mixture's η_ik = μ_k + B_k c_i: (K, p), or (n, K, p) with covariates; in x's dtype."""
+    covariates = split_rows(x, likelihood)[1]
+    if isinstance(prior, GaussianMixture):
+        return prior.component_means(covariates).to(x)
+    return prior.location_of(covariates).to(x)
 
 
 def _linear_gaussian_parts(prior, likelihood, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -178,7 +183,7 @@ def _observed_log_density(residual: Tensor, precision: Tensor, a: Tensor, noise_
 class MixturePosterior:
     """The exact posterior of z given x (n, m) under a Gaussian-mixture prior.
 
-    ``responsibilities`` p(c = k | x_i), (n, K); ``means`` m_k(x_i), (n, K, p); ``cov`` V_k,
+    ``responsibilities`` p(ℓ_i = k | x_i), (n, K); ``means`` m_ik, (n, K, p); ``cov`` V_k,
     (K, p, p); ``log_evidence`` log p(x_i), (n,).
     """
 
@@ -200,28 +205,29 @@ class MixturePosterior:
 
 
 def _component_log_joint(x: Tensor, prior: GaussianMixture, likelihood) -> Tensor:
-    """``log π_k + log N(x_i; A μ_k, A Λ_k⁻¹ Aᵀ + D)`` for the data rows x; returns (n, K)."""
+    """``log π_k + log N(x_i; A η_ik, A Λ_k⁻¹ Aᵀ + D)`` for the data rows x; returns (n, K)."""
     _, a, measured, noise_var = _linear_gaussian_parts(prior, likelihood, x)
-    prior.refuse_covariates(split_rows(x, likelihood)[1])
-    weights, means, covariances = (t.to(x) for t in (prior.weights, prior.means, prior.covariances))
+    centres = _prior_location(prior, likelihood, x) @ a.mT  # A η_ik: (K, m), or (n, K, m) with covariates
+    weights, covariances = prior.weights.to(x), prior.covariances.to(x)
     return torch.stack([
-        torch.log(weights[k]) + _gaussian_log_density(measured, a @ means[k],
+        torch.log(weights[k]) + _gaussian_log_density(measured, centres[..., k, :],
                                                       a @ covariances[k] @ a.mT + torch.diag_embed(noise_var))
         for k in range(prior.components)], dim=-1)
 
 
 def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLikelihood) -> MixturePosterior:
-    """The exact posterior (module docstring) for x (n, m); one σ, or one per sensor."""
+    """The exact posterior (module docstring) for the data rows x (n, m + k, the prior's k
+    covariates last); one σ, or one per sensor."""
     if not isinstance(likelihood, GaussianLikelihood):
         raise ValueError("the exact mixture posterior takes one noise level (or one per sensor) and every "
                          "entry observed, not one per row or missing entries")
     precisions, a, _, noise_var = _linear_gaussian_parts(prior, likelihood, x)
     post_precisions, a_scaled = _posterior_precision(precisions, a, noise_var)
-    means = prior.means.to(x)
+    centres = _prior_location(prior, likelihood, x)  # η_ik: (K, p), or (n, K, p) with covariates
     log_joint = _component_log_joint(x, prior, likelihood)  # (n, K)
     chol = torch.linalg.cholesky(post_precisions)  # (K, p, p)
     cov = torch.cholesky_inverse(chol)
-    rhs = (precisions @ means[..., None])[None, :, :, 0] + (split_rows(x, likelihood)[0] @ a_scaled)[:, None, :]
+    rhs = (precisions @ centres[..., None])[..., 0] + (split_rows(x, likelihood)[0] @ a_scaled)[:, None, :]
     post_means = torch.cholesky_solve(rhs.permute(1, 2, 0), chol).permute(2, 0, 1)
     log_evidence = torch.logsumexp(log_joint, dim=-1)
     return MixturePosterior(torch.exp(log_joint - log_evidence[:, None]), post_means, 0.5 * (cov + cov.mT),

@@ -87,7 +87,8 @@ def degrees_of_freedom(prior, observed: int) -> int:
     freedom, as EBIC counts them) — at most m(m + 1)/2, the entries of x's covariance
     ``A Λ⁻¹ Aᵀ + D`` (with m < p, Λ is only seen through it) — and with a fitted location,
     each of its q design columns (the intercept and k covariates) moves x's mean by at most m;
-    a mixture: its K − 1 free weights, and each component's mean (at most m) and precision alike."""
+    a mixture: its K − 1 free weights, and each component's mean (at most m), the effects of its
+    k covariates (at most m each) and its precision alike."""
     p, covariances = prior.dim, observed * (observed + 1) // 2
     precisions = prior.precisions if isinstance(prior, GaussianMixture) else prior.precision[None]
     penalised = prior.summary()["penalty"] > 0
@@ -95,4 +96,4 @@ def degrees_of_freedom(prior, observed: int) -> int:
                   for precision in precisions)
     if not isinstance(prior, GaussianMixture):
         return entries + (int(prior.fit_intercept) + prior.covariate_dim) * min(p, observed)
-    return prior.components - 1 + prior.components * min(p, observed) + entries
+    return prior.components - 1 + prior.components * (1 + prior.covariate_dim) * min(p, observed) + entries
