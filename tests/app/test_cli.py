@@ -139,6 +139,7 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
     (["--noise-std", "1", "--prior", "gmm", "--fit-mean"], "--fit-mean estimates a prior mean that is otherwise 0: "
                                                            "--prior ggm, not gmm (whose means are always estimated)"),
     (["--noise-std", "1", "--covariate-columns", "a"], "--covariate-columns picks columns of --covariates FILE"),
+    (["--noise-std", "1", "--stability", "4", "--jobs", "0"], "--jobs must be an integer >= 1"),
     (["--noise-std", "1", "--offsets", "log-total"], "--offsets move the linear predictor of --noise poisson, "
                                                      "bernoulli, not of gaussian"),
 ])
@@ -592,7 +593,7 @@ def test_stability_and_stars_give_each_edge_its_frequency(tmp_path):
     assert main(["simulate", "--p", "12", "--n", "3000", "--noise-std", "0.5", "--out", str(tmp_path / "pb")]) == 0
     out = tmp_path / "fit"
     assert main(["fit", "--data", str(tmp_path / "pb" / "X.npy"), "--noise-std", "0.5", "--method", "vae",
-                 "--penalty", "stars", "--stability", "6", "--out", str(out), "--quiet"]) == 0
+                 "--penalty", "stars", "--stability", "6", "--jobs", "2", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stability"] == {"subsamples": 6, "refits": "em"}
     assert summary["penalty"] == summary["stars"]["alpha"] and summary["stars"]["subsamples"] == 6

@@ -35,9 +35,22 @@ def test_stars_takes_the_densest_graph_whose_instability_stays_below_beta():
     assert np.all(theta[np.triu(chain.precision != 0, k=1)] == 1.0)  # the chosen graph keeps the chain
 
 
+def test_refits_in_two_processes_give_the_frequencies_of_one(chain):
+    # every refit is a seeded copy of the same fit: where it runs cannot change its Λ̂; the
+    # α path near the lasso's threshold, where a half keeps an edge or not by a hair, tells
+    em = EM(GaussianGraphicalModel(dim=6), linear_gaussian(np.eye(6), 0.5))
+    alphas = [0.3, 0.15, 0.08]
+    serial = selection_frequencies(em, chain.X, alphas, subsamples=4, seed=1)
+    parallel = selection_frequencies(em, chain.X, alphas, subsamples=4, seed=1, n_jobs=2)
+    assert np.array_equal(serial, parallel)
+    assert np.any((serial > 0) & (serial < 1))  # some edges split the halves: a real comparison
+
+
 def test_stability_needs_subsamples_and_rows():
     em = EM(GaussianGraphicalModel(dim=2), linear_gaussian(np.eye(2), 0.5))
     with pytest.raises(ValueError, match="at least one subsample"):
         selection_frequencies(em, np.zeros((10, 2)), [0.1], subsamples=0)
+    with pytest.raises(ValueError, match="n_jobs must be an integer >= 1"):
+        selection_frequencies(em, np.zeros((10, 2)), [0.1], n_jobs=0)
     with pytest.raises(ValueError, match="β must lie in"):
         stars(em, np.ones((10, 2)), [0.1], beta=0.7)

@@ -137,6 +137,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--stability", type=int, help="B: refit on B random halves of the rows (em where exact, else "
                      "the method) and give each edge its selection frequency in edges.csv (default: 0, none; "
                      "20 with --penalty stars)")
+    fit.add_argument("--jobs", type=int, help="processes that run the --stability or --penalty stars refits "
+                     "side by side (default: 1)")
     fit.add_argument("--penalty-criterion", choices=CRITERIA,
                      help="how auto chooses: held-out likelihood (or ELBO), or ebic (default: held-out)")
     _fit_run_options(fit)

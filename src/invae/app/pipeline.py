@@ -114,7 +114,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
     if settings.stability and frequencies is None:
         frequencies = selection_frequencies(_refitter(estimator, fitted=True), x, [estimator.prior_.alpha],
                                             subsamples=settings.stability, seed=settings.seed,
-                                            verbose=settings.verbosity)[0]
+                                            verbose=settings.verbosity, n_jobs=settings.jobs)[0]
     mean, std = estimator.posterior(x)
     parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
     arrays = {**parameters, "posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
@@ -155,7 +155,7 @@ def _fit_with_penalty(estimator: EmpiricalBayesEstimator, x: np.ndarray, setting
     if settings.penalty == "stars":
         alphas = penalty_grid(x, estimator.prior, estimator.likelihood)
         path, frequencies = stars(_refitter(estimator), x, alphas, subsamples=settings.stability or STARS_SUBSAMPLES,
-                                  seed=settings.seed, verbose=settings.verbosity)
+                                  seed=settings.seed, verbose=settings.verbosity, n_jobs=settings.jobs)
         estimator.prior = estimator.prior.with_penalty(path.alpha)
         return estimator.fit(x), {"stars": path.to_dict(), "frequencies": frequencies}
     return estimator.fit(x), {}

@@ -47,6 +47,7 @@ class FitSettings:
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
     stability: int = 0
+    jobs: int = 1
     method: str = "vae"
     preset: str = "default"
     seed: int = 0
@@ -100,6 +101,8 @@ class FitSettings:
                              f"give --penalty α for a {self.prior}")
         if not (isinstance(self.stability, int) and self.stability >= 0):
             raise ValueError(f"--stability must be an integer >= 0 (subsamples), got {self.stability!r}")
+        if not (isinstance(self.jobs, int) and self.jobs >= 1):
+            raise ValueError(f"--jobs must be an integer >= 1 (processes), got {self.jobs!r}")
         if self.stability and not PRIORS[self.prior].selects_penalty:
             graphs = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
             raise ValueError(f"--stability gives the edges of a graph their frequencies: --prior {graphs}, "

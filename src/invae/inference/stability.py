@@ -8,6 +8,9 @@ its selection frequency (Meinshausen & Bühlmann 2010). An edge that every half 
 penalties from large to small, warm-started from the previous one (or, for one penalty,
 from the fit on all rows).
 
+The B refits are independent: ``n_jobs`` runs them in that many processes (joblib's loky
+pool), each a copy of the same seeded fit, so the frequencies do not depend on ``n_jobs``.
+
 StARS (Liu, Roeder & Wasserman 2010) chooses the penalty from the same fits: an edge's
 instability across halves is ``ξ_ab = 2 θ̂_ab (1 − θ̂_ab)`` (the chance that two halves
 disagree on it), the graph's is its mean over the p(p − 1)/2 pairs, ``D(α)``, made monotone
@@ -22,6 +25,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from ..validation import check_data
@@ -31,21 +35,24 @@ __all__ = ["selection_frequencies", "StabilityPath", "stars"]
 
 
 def selection_frequencies(estimator: EmpiricalBayesEstimator, X, alphas, *, subsamples: int = 20, seed: int = 0,
-                          verbose: bool | int = False) -> np.ndarray:
+                          verbose: bool | int = False, n_jobs: int = 1) -> np.ndarray:
     """θ̂ (len(alphas), p, p): the share of ``subsamples`` fits on random halves of the rows of X
     whose Λ̂ has each edge, at each penalty of ``alphas`` (walked from large to small, each
     warm-started from the previous one, the first from ``estimator``'s fit where it has one).
-    ``estimator`` is a template, left unchanged; ``alphas`` must be sorted large to small."""
+    ``estimator`` is a template, left unchanged; ``alphas`` must be sorted large to small;
+    ``n_jobs`` processes refit the halves (1: in this process)."""
     x = np.asarray(X)
     if subsamples < 1:
         raise ValueError(f"stability selection needs at least one subsample, got {subsamples}")
+    if not (isinstance(n_jobs, int) and n_jobs >= 1):
+        raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     if len(x) < 4:
         raise ValueError(f"{len(x)} rows are too few to refit on halves of them")
     rng = np.random.default_rng(seed)
     halves = [rng.choice(len(x), len(x) // 2, replace=False) for _ in range(subsamples)]
-    counts = np.zeros((len(alphas), estimator.prior.dim, estimator.prior.dim))
-    for rows in tqdm(halves, desc="stability", disable=progress_disabled(verbose), leave=False):
-        counts += _edges_along(estimator, x[np.sort(rows)], alphas)
+    refits = Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_edges_along)(estimator, x[np.sort(rows)], alphas) for rows in halves)
+    counts = sum(tqdm(refits, total=subsamples, desc="stability", disable=progress_disabled(verbose), leave=False))
     frequencies = counts / subsamples
     return frequencies + np.swapaxes(frequencies, 1, 2)
 
@@ -80,15 +87,16 @@ class StabilityPath:
 
 
 def stars(estimator: EmpiricalBayesEstimator, X, alphas, *, subsamples: int = 20, beta: float = 0.05,
-          seed: int = 0, verbose: bool | int = False) -> tuple[StabilityPath, np.ndarray]:
+          seed: int = 0, verbose: bool | int = False, n_jobs: int = 1) -> tuple[StabilityPath, np.ndarray]:
     """StARS (module docstring) with ``estimator`` (a template, left unchanged) refitted on the
-    halves along ``alphas``: (the :class:`StabilityPath` with the chosen α, and the selection
-    frequencies (p, p) at that α). Fit the method of your choice at ``path.alpha`` next."""
+    halves along ``alphas`` by ``n_jobs`` processes: (the :class:`StabilityPath` with the chosen α,
+    and the selection frequencies (p, p) at that α). Fit the method of your choice at ``path.alpha`` next."""
     if not 0 < beta < 0.5:
         raise ValueError(f"StARS's β must lie in (0, 0.5), got {beta}")
     x = check_data(X)
     alphas = np.sort(np.asarray(alphas, dtype=float))[::-1]
-    frequencies = selection_frequencies(estimator, x, alphas, subsamples=subsamples, seed=seed, verbose=verbose)
+    frequencies = selection_frequencies(estimator, x, alphas, subsamples=subsamples, seed=seed, verbose=verbose,
+                                        n_jobs=n_jobs)
     pairs = np.triu_indices(estimator.prior.dim, k=1)
     instability = np.array([np.mean(2 * theta[pairs] * (1 - theta[pairs])) for theta in frequencies])
     envelope = np.maximum.accumulate(instability)
