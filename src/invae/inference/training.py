@@ -38,7 +38,10 @@ error (averaged or not) below ``tol``, relative.
 Both are needed: Λ can sit still while the encoder is still improving, and the reverse.
 Adam's step size is cut by ``lr_decay`` whenever the ELBO has not beaten its best by that
 margin for ``window // 2`` outer iterations. (torch's ``ReduceLROnPlateau`` does this with a
-relative threshold ``best·(1 ± tol)`` that points the wrong way for a negative ELBO.)
+relative threshold ``best·(1 ± tol)`` that points the wrong way for a negative ELBO.) With
+``lr_warmup = W`` the steps of outer iteration t ≤ W take ``t / W`` of that step size; with
+``gradient_clip = K`` a gradient above K × the running mean of recent gradient norms is
+scaled down to it (both on for ``iaf``: docs/benchmarks.md, "The flow's warm-up").
 
 Draws that are compared between iterations — the evaluation ELBO, and the Λ-step draws over
 all rows — reuse the same random numbers at every iteration (:func:`~invae.inference.seeding.seeded`),
@@ -92,6 +95,8 @@ class TrainingSettings:
     window: int
     n_samples: int = 1
     lr_decay: float = 0.3
+    lr_warmup: int = 0
+    gradient_clip: float = 0.0
     lambda_draws: int = 8
     lambda_rows: int | None = None
     averaging_exponent: float = 1.0
@@ -109,6 +114,10 @@ class TrainingSettings:
             raise ValueError(f"averaging_exponent must be in (0.5, 1], got {self.averaging_exponent!r}")
         if not (isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1):
             raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not (isinstance(self.lr_warmup, int) and self.lr_warmup >= 0):
+            raise ValueError(f"lr_warmup must be an integer >= 0, got {self.lr_warmup!r}")
+        if not (isinstance(self.gradient_clip, (int, float)) and (self.gradient_clip == 0 or self.gradient_clip >= 1)):
+            raise ValueError(f"gradient_clip must be 0 (off) or a number >= 1, got {self.gradient_clip!r}")
         for name in ("learning_rate", "tol"):
             value = getattr(self, name)
             if name == "tol" and value is None:
@@ -206,6 +215,7 @@ class _Run:
         self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [],
                                                 "monte_carlo_error": [], "time": []}
         self.iteration = 0
+        self.gradient_norm: float | None = None  # the running mean of _clip_gradient
 
     def _stopping_targets(self, by_gradient: bool) -> tuple[StatisticsAverage | None, float | None]:
         """The statistics' average (its ``tolerance``: the relative Monte Carlo error they may
@@ -240,20 +250,45 @@ class _Run:
         """``n_critic`` Adam steps on the batch ELBO; their mean ELBO. Raises _Diverged if a loss
         or a weight stops being finite."""
         x, settings, train_elbo = self.x, self.settings, 0.0
-        for _ in range(settings.n_critic):
-            index = torch.randint(len(x), (self.batch,), device=x.device)
-            loss = -elbo(x[index], self.posterior(x[index], index), self._prior_with_theta(), self.likelihood,
-                         settings.n_samples).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            train_elbo -= loss.item() / settings.n_critic
+        with _scaled_steps(self.optimizer, self._warmup_factor()):
+            for _ in range(settings.n_critic):
+                index = torch.randint(len(x), (self.batch,), device=x.device)
+                loss = -elbo(x[index], self.posterior(x[index], index), self._prior_with_theta(), self.likelihood,
+                             settings.n_samples).mean()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._clip_gradient()
+                self.optimizer.step()
+                train_elbo -= loss.item() / settings.n_critic
         if self.theta:
             self.prior = self._prior_with_theta(detached=True)
         if not math.isfinite(train_elbo):
             raise _Diverged("the training ELBO is not finite")
         self._check_weights()
         return train_elbo
+
+    def _clip_gradient(self) -> None:
+        """Scale this step's gradient to at most ``gradient_clip`` × the running mean of recent
+        gradient norms (weight 0.1 on the newest). One draw in q's tail, where exp(z) of a
+        count model is huge, gives a gradient far above the others; Adam would turn it into a
+        step of about 3 × its step size in every weight at once."""
+        limit = self.settings.gradient_clip
+        if limit == 0:
+            return
+        params = [leaf for group in self.optimizer.param_groups for leaf in group["params"] if leaf.grad is not None]
+        total = torch.nn.utils.get_total_norm([leaf.grad for leaf in params])
+        norm = float(total)
+        if not math.isfinite(norm):
+            return  # the step's non-finite weights end the iteration (_check_weights)
+        if self.gradient_norm is not None and norm > limit * self.gradient_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, limit * self.gradient_norm, total)
+            norm = limit * self.gradient_norm
+        self.gradient_norm = norm if self.gradient_norm is None else 0.9 * self.gradient_norm + 0.1 * norm
+
+    def _warmup_factor(self) -> float:
+        """``min(1, t / lr_warmup)`` at outer iteration t: the share of Adam's step size taken."""
+        warmup = self.settings.lr_warmup
+        return 1.0 if warmup == 0 else min(1.0, self.iteration / warmup)
 
     def _check_weights(self) -> None:
         if not all(bool(torch.isfinite(weight).all()) for weight in self.posterior.parameters()):
@@ -326,7 +361,7 @@ class _Run:
                 "average": self.average.state_dict() if self.average is not None else None,
                 "prior": {key: value.detach().clone() for key, value in (self.theta or self.prior.state()).items()},
                 "history": {key: list(values) for key, values in self.history.items()},
-                "iteration": self.iteration, "rng": torch.get_rng_state(),
+                "iteration": self.iteration, "gradient_norm": self.gradient_norm, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def restore(self, state: dict) -> None:
@@ -341,6 +376,7 @@ class _Run:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.history = {key: list(values) for key, values in state["history"].items()}
         self.prior, self.iteration = self.prior.with_state(state["prior"]), state["iteration"]
+        self.gradient_norm = state.get("gradient_norm")  # checkpoints from before clipping have none
         with torch.no_grad():  # in place: Adam holds the leaves
             for key, leaf in self.theta.items():
                 leaf.copy_(state["prior"][key])
@@ -358,6 +394,20 @@ class _Run:
 
     def checkpoint_body(self, good: dict) -> dict:
         return {**good, "eval_index": self.eval_index.cpu(), "seeds": [self.eval_seed, self.lambda_seed]}
+
+
+@contextlib.contextmanager
+def _scaled_steps(optimizer: torch.optim.Optimizer, factor: float):
+    """Adam's step size times ``factor`` for the steps inside; the schedule's own value after
+    (the plateau's decays and the rollbacks' halvings act on it, not on the warm-up)."""
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, rate in zip(optimizer.param_groups, scheduled):
+        group["lr"] = rate * factor
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, scheduled):
+            group["lr"] = rate
 
 
 def _stop_if_hopeless(rollbacks: int, iteration: int, error: Exception, checkpoint: Checkpointer | None) -> None:
