@@ -320,7 +320,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         data = x.to(torch.float64)
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
                 "posterior_components": posterior_components(self),
-                "random_state": self.random_state, "settings": dataclasses.asdict(settings),
+                "random_state": self.random_state, "settings": _settings_identity(settings),
                 "prior": [type(self.prior).__name__, self.prior.dim, self.prior.config()],
                 "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
 
@@ -438,3 +438,14 @@ class VariationalEB(EmpiricalBayesEstimator):
     def score(self, X) -> float:
         """Mean ELBO per observation (higher is better), a lower bound on mean log p(x; Λ̂)."""
         return self.elbo(X)[0]
+
+
+# Settings that checkpoints written before them lack: off, they leave the fit as it was, and
+# such checkpoints still resume.
+_LATER_SETTINGS = ("lr_warmup", "gradient_clip")
+
+
+def _settings_identity(settings: TrainingSettings) -> dict:
+    """The settings a checkpoint must match: all, less the later ones that are off."""
+    return {key: value for key, value in dataclasses.asdict(settings).items()
+            if not (key in _LATER_SETTINGS and value == 0)}

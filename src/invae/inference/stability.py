@@ -60,7 +60,9 @@ def selection_frequencies(estimator: EmpiricalBayesEstimator, X, alphas, *, subs
 def _edges_along(template: EmpiricalBayesEstimator, x: np.ndarray, alphas) -> np.ndarray:
     """(len(alphas), p, p) indicators of the edges (above the diagonal) of fits on x along ``alphas``."""
     walker = copy.deepcopy(template)
-    walker.warm_start, walker.verbose = True, 0
+    walker.warm_start, walker.verbose, walker.callback = True, 0, None
+    if hasattr(walker, "checkpoint_dir"):  # a refit must not write over, or resume, the main fit's checkpoint
+        walker.checkpoint_dir, walker.resume = None, False
     found = []
     for alpha in alphas:
         walker.prior = template.prior.with_penalty(alpha)

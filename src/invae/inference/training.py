@@ -275,13 +275,12 @@ class _Run:
         limit = self.settings.gradient_clip
         if limit == 0:
             return
-        params = [leaf for group in self.optimizer.param_groups for leaf in group["params"] if leaf.grad is not None]
-        total = torch.nn.utils.get_total_norm([leaf.grad for leaf in params])
-        norm = float(total)
+        grads = [leaf.grad for group in self.optimizer.param_groups for leaf in group["params"] if leaf.grad is not None]
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         if not math.isfinite(norm):
             return  # the step's non-finite weights end the iteration (_check_weights)
-        if self.gradient_norm is not None and norm > limit * self.gradient_norm:
-            torch.nn.utils.clip_grads_with_norm_(params, limit * self.gradient_norm, total)
+        if self.gradient_norm and norm > limit * self.gradient_norm:
+            torch._foreach_mul_(grads, limit * self.gradient_norm / norm)
             norm = limit * self.gradient_norm
         self.gradient_norm = norm if self.gradient_norm is None else 0.9 * self.gradient_norm + 0.1 * norm
 

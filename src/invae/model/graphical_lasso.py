@@ -63,7 +63,7 @@ _SMALLEST_STEP = 1e-10
 _NO_PROGRESS = 1e-14
 _MAX_NEWTON = 100
 _MAX_CG = 200
-_CG_FAILURES = 2  # Newton steps in a row whose CG hit _MAX_CG before Newton gives up
+_CG_FAILURES = 2  # capped CG solves in a row that Newton tolerates (it gives up on the next)
 
 # ADMM: the step count cap, how often the KKT residual is checked (it costs an inverse),
 # the primal/dual residual ratio that rebalances ρ (Boyd et al. 2011, §3.4.1) and the
@@ -73,6 +73,7 @@ _MAX_ADMM = 5000
 _ADMM_CHECK = 10
 _ADMM_BALANCE = 3.0
 _ADMM_RELAX = 1.6
+_ADMM_ADAPTIVE = 1000  # ρ is fixed after these steps: ADMM's convergence needs it fixed eventually
 
 
 def glasso_objective(precision: np.ndarray, second_moment: np.ndarray, alpha: float) -> float:
@@ -132,7 +133,7 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
     s = 0.5 * (second_moment + second_moment.T)
     scale = float(np.mean(np.diag(s)))
     last_error: Exception | None = None
-    best = None  # Newton's last iterate on S itself: the answer of last resort (docstring)
+    best = None  # ADMM's answer on S itself (its last iterate, or Newton's): the one of last resort
     for ridge in _RIDGES:
         s_r = s + ridge * scale * np.eye(len(s)) if ridge else s
         if not np.all(np.diag(s_r) > 0):
@@ -147,7 +148,9 @@ def solve_precision(second_moment: np.ndarray, alpha: float, *, initial: np.ndar
                 if converged:
                     return precision
                 best = precision if best is None else best
-            return _sklearn(s_r, alpha, _KKT_TOL)
+            precision = _sklearn(s_r, alpha, _KKT_TOL)
+            if solver == "sklearn" or _is_optimal(precision, s_r, alpha, _KKT_TOL):
+                return precision
         except (FloatingPointError, np.linalg.LinAlgError) as error:
             last_error = error
     if best is not None:
@@ -248,6 +251,7 @@ def _admm(s: np.ndarray, alpha: float, start: np.ndarray, kkt_tol: float) -> tup
     for step in range(1, _MAX_ADMM + 1):
         eigenvalues, vectors = np.linalg.eigh(rho * (z - dual) - s)
         precision = (vectors * ((eigenvalues + np.sqrt(eigenvalues**2 + 4 * rho)) / (2 * rho))) @ vectors.T
+        precision = 0.5 * (precision + precision.T)  # rounding would let Z_ij and Z_ji part
         relaxed = _ADMM_RELAX * precision + (1 - _ADMM_RELAX) * z
         previous, z = z, relaxed + dual
         z[off] = np.sign(z[off]) * np.maximum(np.abs(z[off]) - alpha / rho, 0.0)
@@ -255,7 +259,7 @@ def _admm(s: np.ndarray, alpha: float, start: np.ndarray, kkt_tol: float) -> tup
         if step % _ADMM_CHECK == 0 and _is_optimal(z, s, alpha, kkt_tol):
             return z, True
         primal, dual_residual = np.linalg.norm(precision - z), rho * np.linalg.norm(z - previous)
-        if primal > _ADMM_BALANCE * dual_residual or dual_residual > _ADMM_BALANCE * primal:
+        if step <= _ADMM_ADAPTIVE and max(primal, dual_residual) > _ADMM_BALANCE * min(primal, dual_residual):
             factor = 2.0 if primal > dual_residual else 0.5
             rho, dual = rho * factor, dual / factor  # U is the dual scaled by 1/ρ
     better = glasso_objective(z, s, alpha) > glasso_objective(start, s, alpha)
