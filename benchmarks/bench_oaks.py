@@ -13,7 +13,7 @@ into 5 folds (a seeded permutation); on each, the other 4 folds are fitted by
 
 and each fit's (μ̂, B̂, Λ̂) scores the held-out fold by its mean ``log p(x_i; θ̂)`` per sample,
 with one estimator for all: :func:`invae.references.importance.importance_posterior` (a
-Student-t Laplace proposal with a defensive prior component), and its median ESS. Times are
+Student-t Laplace proposal with a defensive prior component, 1 024 draws per row), and its median ESS. Times are
 whole selections (the path and the refit), one torch thread, after a warm-up fit of each kind.
 
     benchmarks/.venv-bench/bin/python benchmarks/bench_oaks.py [--taxa 30] [--folds 5]
@@ -38,17 +38,14 @@ from sklearn.exceptions import ConvergenceWarning
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines_speed import _silenced, plnnetwork_penalty  # noqa: E402
+from pln_common import IS_DRAWS, data_rows, has_pyplnmodels, held_out, pln_prior, poisson_likelihood  # noqa: E402
 
 from invae import GaussianGraphicalModel, VariationalEB  # noqa: E402
 from invae.inference.penalty import penalty_grid, select_penalty  # noqa: E402
-from invae.model.forward import LinearOperator  # noqa: E402
-from invae.model.likelihoods import PoissonLikelihood  # noqa: E402
-from invae.references.importance import importance_posterior  # noqa: E402
 
 OAKS = Path(__file__).parent.parent / "examples" / "oaks"
 FAMILIES = {"iaf": "iaf", "vae": "diagonal"}
 LEVELS = ("intermediate", "resistant")  # indicators; susceptible is the reference
-IS_DRAWS = 2048
 
 
 def load(taxa: int | None) -> dict:
@@ -63,12 +60,12 @@ def load(taxa: int | None) -> dict:
 
 def rows_of(data: dict, index: np.ndarray) -> np.ndarray:
     """invae's data rows (x, offsets, tree indicators) of the samples ``index``: (len, 2K + 2)."""
-    return np.hstack([PoissonLikelihood.rows(data["counts"][index], data["offsets"][index]), data["design"][index]])
+    return data_rows(data["counts"][index], data["offsets"][index], data["design"][index])
 
 
 def template(p: int, family: str) -> VariationalEB:
     return VariationalEB(GaussianGraphicalModel(dim=p, covariates=len(LEVELS), fit_intercept=True),
-                         PoissonLikelihood(LinearOperator.identity(p), offsets=True), family=FAMILIES[family],
+                         poisson_likelihood(p), family=FAMILIES[family],
                          random_state=0, n_threads=1)
 
 
@@ -92,18 +89,8 @@ def fit_pln(data: dict, train: np.ndarray, alphas: np.ndarray) -> tuple[Gaussian
         collection.fit()
         best = collection.best_model("BIC")
     seconds = time.perf_counter() - start
-    coef = best.coef.detach().numpy().astype(np.float64)  # (1 + 2, K): the constant's row first
-    prior = GaussianGraphicalModel(best.precision.numpy().astype(np.float64), location=coef[0],
-                                   coefficients=coef[1:].T, fit_intercept=True)
-    return prior, {"method": "pyPLNmodels PlnNetwork", "seconds": seconds, "alpha": 2 * best.penalty / len(train)}
-
-
-def held_out(prior: GaussianGraphicalModel, data: dict, test: np.ndarray) -> dict:
-    p = data["counts"].shape[1]
-    likelihood = PoissonLikelihood(LinearOperator.identity(p), offsets=True)
-    post = importance_posterior(rows_of(data, test), prior, likelihood, n_draws=IS_DRAWS, seed=0)
-    return {"held_out_log_lik": float(post.log_evidence.mean()), "median_ess": float(post.ess.median()),
-            "edges": prior.summary()["edges"]}
+    return pln_prior(best), {"method": "pyPLNmodels PlnNetwork", "seconds": seconds,
+                             "alpha": 2 * best.penalty / len(train)}
 
 
 def fold(data: dict, k: int, test: np.ndarray, families: list[str], with_pln: bool) -> list[dict]:
@@ -113,7 +100,8 @@ def fold(data: dict, k: int, test: np.ndarray, families: list[str], with_pln: bo
     fits = [fit_invae(family, data, train, alphas) for family in families]
     if with_pln:
         fits.append(fit_pln(data, train, alphas))
-    rows = [{**row, **held_out(prior, data, test), "fold": k, "taxa": p} for prior, row in fits]
+    rows = [{**row, **held_out(prior, rows_of(data, test), p), "edges": prior.summary()["edges"], "fold": k, "taxa": p}
+            for prior, row in fits]
     for row in rows:
         print(f"fold {k}: {row['method']:<24} α {row['alpha']:.4g}  edges {row['edges']:>5}  held-out log p(x) "
               f"{row['held_out_log_lik']:10.3f}  ESS {row['median_ess']:7.1f}  {row['seconds']:7.1f} s", flush=True)
@@ -139,13 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     families = [name for name in args.families.split(",") if name]
-    try:
-        with _silenced(True):
-            import pyPLNmodels  # noqa: F401
-        with_pln = True
-    except ImportError:
-        print("pyPLNmodels is not installed (bash benchmarks/setup_bench_env.sh): PlnNetwork rows skipped")
-        with_pln = False
+    with_pln = has_pyplnmodels()
     data = load(args.taxa)
     warm_up(data, families, with_pln)
     folds = np.array_split(np.random.default_rng(0).permutation(len(data["counts"])), args.folds)

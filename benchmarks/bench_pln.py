@@ -46,16 +46,13 @@ from sklearn.exceptions import ConvergenceWarning
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines_speed import _silenced, plnnetwork_penalty  # noqa: E402
 from bench_speed import chain_hub_precision, scores  # noqa: E402
+from pln_common import IS_DRAWS, data_rows, has_pyplnmodels, held_out, pln_prior, poisson_likelihood  # noqa: E402
 
 from invae import GaussianGraphicalModel, VariationalEB  # noqa: E402
-from invae.model.forward import LinearOperator  # noqa: E402
-from invae.model.likelihoods import PoissonLikelihood  # noqa: E402
-from invae.references.importance import importance_posterior  # noqa: E402
 
 ALPHA = 0.02
 FAMILIES = {"iaf": "iaf", "vae": "diagonal"}
 HELD_OUT = 0.2
-IS_DRAWS = 1024
 IS_ROWS = 1000  # held-out rows scored (the first of the random 20%), to bound the sampler's time
 LEAD = 0.85  # the issue's target: invae iaf's Λ error ≤ 0.85 × PlnNetwork's
 
@@ -75,18 +72,13 @@ def simulate(p: int, n: int, seed: int) -> dict:
 
 def rows_of(data: dict, index: np.ndarray) -> np.ndarray:
     """invae's data rows (x, offsets, covariate) of the rows ``index``: (len, 2p + 1)."""
-    return np.hstack([PoissonLikelihood.rows(data["counts"][index], data["offsets"][index]),
-                      data["covariate"][index]])
-
-
-def likelihood(p: int) -> PoissonLikelihood:
-    return PoissonLikelihood(LinearOperator.identity(p), offsets=True)
+    return data_rows(data["counts"][index], data["offsets"][index], data["covariate"][index])
 
 
 def fit_invae(family: str, data: dict, train: np.ndarray, seed: int) -> tuple[GaussianGraphicalModel, dict]:
     p = data["counts"].shape[1]
     estimator = VariationalEB(GaussianGraphicalModel(dim=p, alpha=ALPHA, covariates=1, fit_intercept=True),
-                              likelihood(p), family=FAMILIES[family], random_state=seed, n_threads=1)
+                              poisson_likelihood(p), family=FAMILIES[family], random_state=seed, n_threads=1)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -111,17 +103,7 @@ def fit_pln(data: dict, train: np.ndarray) -> tuple[GaussianGraphicalModel, dict
                          offsets=offsets, add_const=True)
         net.fit()
     seconds = time.perf_counter() - start
-    coef = net.coef.detach().numpy().astype(np.float64)  # (2, p): the constant's row first (add_const)
-    prior = GaussianGraphicalModel(net.precision.numpy().astype(np.float64), location=coef[0],
-                                   coefficients=coef[1:].T, fit_intercept=True)
-    return prior, {"method": "pyPLNmodels PlnNetwork", "seconds": seconds}
-
-
-def held_out(prior: GaussianGraphicalModel, data: dict) -> dict:
-    """The held-out mean log p(x_i; θ̂) and the median ESS of its importance sampler."""
-    p = data["counts"].shape[1]
-    post = importance_posterior(rows_of(data, data["test"][:IS_ROWS]), prior, likelihood(p), n_draws=IS_DRAWS, seed=0)
-    return {"held_out_log_lik": float(post.log_evidence.mean()), "median_ess": float(post.ess.median())}
+    return pln_prior(net), {"method": "pyPLNmodels PlnNetwork", "seconds": seconds}
 
 
 def scored(prior: GaussianGraphicalModel | None, row: dict, data: dict) -> dict:
@@ -130,7 +112,9 @@ def scored(prior: GaussianGraphicalModel | None, row: dict, data: dict) -> dict:
     precision = prior.precision.double().numpy()
     location_error = float(np.linalg.norm(prior.location.double().numpy() - data["location"])
                            / np.linalg.norm(data["location"]))
-    return {**row, **scores(precision, data["precision"]), "location_error": location_error, **held_out(prior, data)}
+    test = rows_of(data, data["test"][:IS_ROWS])
+    return {**row, **scores(precision, data["precision"]), "location_error": location_error,
+            **held_out(prior, test, data["counts"].shape[1])}
 
 
 def case(p: int, n: int, seed: int, families: list[str], with_pln: bool) -> list[dict]:
@@ -191,13 +175,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     families = [name for name in args.families.split(",") if name]
-    try:
-        with _silenced(True):
-            import pyPLNmodels  # noqa: F401
-        with_pln = True
-    except ImportError:
-        print("pyPLNmodels is not installed (bash benchmarks/setup_bench_env.sh): PlnNetwork rows skipped")
-        with_pln = False
+    with_pln = has_pyplnmodels()
     warm_up(families, with_pln)
     rows = []
     for size in args.sizes.split(","):
