@@ -140,6 +140,8 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(problem_dir, tmp_path
                                                            "--prior ggm, not gmm (whose means are always estimated)"),
     (["--noise-std", "1", "--covariate-columns", "a"], "--covariate-columns picks columns of --covariates FILE"),
     (["--noise-std", "1", "--stability", "4", "--jobs", "0"], "--jobs must be an integer >= 1"),
+    (["--noise-std", "1", "--covariate-ridge", "2"], "--covariate-ridge shrinks the effects of --covariates FILE"),
+    (["--noise-std", "1", "--covariate-ridge", "-1"], "--covariate-ridge must be a finite number >= 0"),
     (["--noise-std", "1", "--offsets", "log-total"], "--offsets move the linear predictor of --noise poisson, "
                                                      "bernoulli, not of gaussian"),
 ])
@@ -471,6 +473,30 @@ def test_covariates_give_the_prior_a_location_and_predict_codes_new_rows_alike(t
                  covariates, "--out", str(tmp_path / "pred")]) == 0
     for name in ("posterior_mean", "posterior_std"):
         np.testing.assert_array_equal(np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy"))
+
+
+def test_a_covariate_ridge_shrinks_the_effects_and_travels_with_the_model(tmp_path):
+    # each M-step's B̂ is (D + ρJ)⁻¹ C (exact: tests/model/test_location.py): with the
+    # covariates' centred moments ≈ diag(0.25, 1) (an indicator of two halves, a unit normal)
+    # ρ = 1 shrinks the indicator's effects to roughly 0.25/1.25 = 0.2 of their size and the
+    # slope's to roughly a half (EM's fixed point, where Λ̂ moves too, is not exactly that)
+    _covariate_problem(tmp_path / "pb")
+    common = ["--data", str(tmp_path / "pb" / "X.npy"), "--noise-std", "0.5", "--covariates",
+              str(tmp_path / "pb" / "covariates.csv"), "--covariate-columns", "status,depth", "--method", "em",
+              "--quiet"]
+    assert main(["fit", *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["fit", *common, "--covariate-ridge", "1", "--out", str(tmp_path / "ridge"),
+                 "--save", str(tmp_path / "model.pt")]) == 0
+    plain, ridge = (np.load(tmp_path / name / "coefficients.npy") for name in ("plain", "ridge"))
+    big = np.abs(plain) > 0.4  # the effects of the truth that are not 0
+    ratio = ridge[big] / plain[big]
+    indicator = np.argwhere(big)[:, 1] == 0
+    assert np.all((ratio[indicator] > 0.1) & (ratio[indicator] < 0.3))
+    assert np.all((ratio[~indicator] > 0.35) & (ratio[~indicator] < 0.65))
+    assert main(["predict", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "pb" / "X.npy"),
+                 "--covariates", str(tmp_path / "pb" / "covariates.csv"), "--out", str(tmp_path / "pred")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "pred" / "posterior_mean.npy"),
+                                  np.load(tmp_path / "ridge" / "posterior_mean.npy"))
 
 
 @pytest.mark.parametrize("method", ["em", "vae"])

@@ -31,14 +31,16 @@ def test_without_a_location_the_prior_is_the_zero_mean_ggm_bit_for_bit(rng):
     assert list(prior.state()) == ["precision"]  # what its model files and outputs hold
 
 
-def test_the_location_m_step_is_the_brute_force_maximiser(rng):
-    # maximise (1/n) Σ_i E_q[log N(z_i; μ + B c_i, Λ⁻¹)] over (μ, B, Λ = L Lᵀ) by L-BFGS from
-    # scratch; the closed form (least squares, then Λ = R⁻¹) must be that maximiser
+@pytest.mark.parametrize("ridge", [0.0, 0.7])
+def test_the_location_m_step_is_the_brute_force_maximiser(rng, ridge):
+    # maximise (1/n) Σ_i E_q[log N(z_i; μ + B c_i, Λ⁻¹)] − (ρ/2) Σ_j b_jᵀ Λ b_j over (μ, B, Λ = L Lᵀ)
+    # by L-BFGS from scratch; the closed form (least squares with D + ρJ, then Λ = R⁻¹) must be
+    # that maximiser (ρ = 0.7 moves B by ~0.5, far beyond the tolerance)
     n, p, k = 200, 3, 2
     mean, cov = _gaussian_q(rng, n, p)
     covariates = torch.as_tensor(rng.standard_normal((n, k)))
     mean = mean + covariates @ torch.as_tensor([[1.0, -0.5, 0.2], [0.3, 0.8, -1.0]])
-    prior = GaussianGraphicalModel(dim=p, covariates=k, fit_intercept=True)
+    prior = GaussianGraphicalModel(dim=p, covariates=k, fit_intercept=True, ridge=ridge)
     fitted = prior.m_step_gaussian(mean, cov, covariates=covariates)
 
     location, effects = torch.zeros(p, requires_grad=True), torch.zeros(p, k, requires_grad=True)
@@ -50,7 +52,8 @@ def test_the_location_m_step_is_the_brute_force_maximiser(rng):
         optimizer.zero_grad()
         chol = torch.tril(raw, -1) + torch.diag(torch.exp(raw.diagonal()))
         candidate = GaussianGraphicalModel(chol @ chol.mT, location=location, coefficients=effects)
-        loss = -candidate.expected_log_prob(mean, cov.expand(n, p, p), covariates).mean()
+        shrinkage = 0.5 * ridge * torch.trace(effects.mT @ chol @ chol.mT @ effects)
+        loss = -candidate.expected_log_prob(mean, cov.expand(n, p, p), covariates).mean() + shrinkage
         loss.backward()
         return loss
 

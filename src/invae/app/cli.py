@@ -129,6 +129,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "label but the first")
     fit.add_argument("--covariate-columns", type=lambda text: [key for key in text.split(",") if key],
                      help="comma-separated columns of --covariates to use (names or 0-based positions; default: all)")
+    fit.add_argument("--covariate-ridge", type=float, help="ρ: shrink the covariates' effects B by the ridge "
+                     "(ρ/2) Σ_j b_jᵀ Λ b_j per sample, μ unpenalised (default: 0)")
     fit.add_argument("--fit-mean", action="store_const", const=True,
                      help="estimate the prior's mean μ, N(μ, Λ⁻¹) (implied by --covariates; default: μ = 0)")
     fit.add_argument("--penalty", type=_penalty,

@@ -83,7 +83,8 @@ def load_problem(settings: FitSettings) -> Problem:
     options = StartOptions(alpha=0.0 if isinstance(settings.penalty, str) else settings.penalty,  # auto, stars: per fit
                            components=settings.components, seed=settings.seed,
                            covariates=0 if recipe.covariates is None else len(recipe.covariates.names),
-                           fit_intercept=settings.fit_mean or recipe.covariates is not None)
+                           fit_intercept=settings.fit_mean or recipe.covariates is not None,
+                           ridge=settings.covariate_ridge)
     given = read_names(settings.names) if settings.names is not None else \
         csv_header(settings.data) if settings.forward is None else None
     return Problem(x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, recipe,

@@ -44,6 +44,7 @@ class FitSettings:
     covariates: Path | None = None
     covariate_columns: tuple[str, ...] | None = None
     fit_mean: bool = False
+    covariate_ridge: float = 0.0
     penalty: float | str = 0.0
     penalty_criterion: str = "held-out"
     stability: int = 0
@@ -146,6 +147,11 @@ class FitSettings:
         if self.covariates is not None and not PRIORS[self.prior].covariates:
             takers = ", ".join(name for name, kind in PRIORS.items() if kind.covariates)
             raise ValueError(f"--covariates move the prior's location: --prior {takers}, not {self.prior}")
+        if not (isinstance(self.covariate_ridge, (int, float)) and 0 <= self.covariate_ridge < float("inf")):
+            raise ValueError(f"--covariate-ridge must be a finite number >= 0, got {self.covariate_ridge!r}")
+        if self.covariate_ridge != 0 and (self.covariates is None or not PRIORS[self.prior].location):
+            takers = ", ".join(name for name, kind in PRIORS.items() if kind.location)
+            raise ValueError(f"--covariate-ridge shrinks the effects of --covariates FILE under --prior {takers}")
         if self.fit_mean and not PRIORS[self.prior].location:
             takers = ", ".join(name for name, kind in PRIORS.items() if kind.location)
             raise ValueError(f"--fit-mean estimates a prior mean that is otherwise 0: --prior {takers}, not "

@@ -47,11 +47,14 @@ class GaussianGraphicalModel(Prior):
         k, when ``coefficients`` is None.
     fit_intercept : bool
         Whether the M-step estimates μ.
+    ridge : float
+        ρ ≥ 0, a ridge on B in Λ's metric, ``−(ρ/2) Σ_j b_jᵀ Λ b_j`` per sample (μ unpenalised;
+        :mod:`invae.model.location`): the M-step stays exact, with D + ρJ for D.
     """
 
     def __init__(self, precision: Tensor | np.ndarray | None = None, *, alpha: float = 0.0,
                  dim: int | None = None, solver: str = "newton", location=None, coefficients=None,
-                 covariates: int = 0, fit_intercept: bool = False):
+                 covariates: int = 0, fit_intercept: bool = False, ridge: float = 0.0):
         super().__init__()
         if precision is None:
             if dim is None:
@@ -62,6 +65,8 @@ class GaussianGraphicalModel(Prior):
             raise ValueError(f"precision must be a square (p, p) matrix, got shape {tuple(precision.shape)}")
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"the penalty alpha must be a finite number >= 0, got {alpha}")
+        if not (ridge >= 0 and math.isfinite(ridge)):
+            raise ValueError(f"the ridge on the covariates' effects must be a finite number >= 0, got {ridge}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown graphical-lasso solver {solver!r}; choose one of {', '.join(SOLVERS)}")
         self.dim = precision.shape[0]
@@ -71,6 +76,7 @@ class GaussianGraphicalModel(Prior):
         self.alpha = float(alpha)
         self.solver = solver
         self.fit_intercept = bool(fit_intercept)
+        self.ridge = float(ridge)
         self.covariate_dim = self.coefficients.shape[1]
         chol, info = torch.linalg.cholesky_ex(self.precision)
         self.register_buffer("_chol", chol, persistent=False)  # derived from Λ: not a parameter
@@ -79,7 +85,8 @@ class GaussianGraphicalModel(Prior):
 
     def __repr__(self) -> str:
         extra = "".join([", fit_intercept=True" if self.fit_intercept else "",
-                         f", covariates={self.covariate_dim}" if self.covariate_dim else ""])
+                         f", covariates={self.covariate_dim}" if self.covariate_dim else "",
+                         f", ridge={self.ridge:g}" if self.ridge else ""])
         return f"GaussianGraphicalModel(dim={self.dim}, alpha={self.alpha:g}{extra})"
 
     @property
@@ -168,7 +175,7 @@ class GaussianGraphicalModel(Prior):
         second = statistics["second_moment"]
         if not self.fits_location:
             return second.new_zeros(0, self.dim), second
-        return least_squares(statistics)
+        return least_squares(statistics, self.ridge, self.fit_intercept)
 
     def penalty(self) -> float:
         """``(α/2) ‖Λ‖_{1,off}``."""
@@ -187,10 +194,12 @@ class GaussianGraphicalModel(Prior):
 
     def with_penalty(self, alpha: float) -> GaussianGraphicalModel:
         return GaussianGraphicalModel(self.precision, alpha=alpha, solver=self.solver, location=self.location,
-                                      coefficients=self.coefficients, fit_intercept=self.fit_intercept)
+                                      coefficients=self.coefficients, fit_intercept=self.fit_intercept,
+                                      ridge=self.ridge)
 
     def config(self) -> dict:
-        return {"alpha": self.alpha, "solver": self.solver, "fit_intercept": self.fit_intercept}
+        config = {"alpha": self.alpha, "solver": self.solver, "fit_intercept": self.fit_intercept}
+        return config | ({"ridge": self.ridge} if self.ridge else {})  # model files without a ridge stay as they were
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor], **config) -> GaussianGraphicalModel:
@@ -223,7 +232,7 @@ class GaussianGraphicalModel(Prior):
     def _with(self, precision: Tensor, location: Tensor, coefficients: Tensor) -> GaussianGraphicalModel:
         """This prior's settings with other parameters."""
         return GaussianGraphicalModel(precision, alpha=self.alpha, solver=self.solver, location=location,
-                                      coefficients=coefficients, fit_intercept=self.fit_intercept)
+                                      coefficients=coefficients, fit_intercept=self.fit_intercept, ridge=self.ridge)
 
     def _precise(self, z: Tensor) -> Tensor:
         """z in float64 where a location is fitted: the residual moment S − Cᵀ D⁻¹ C is a difference

@@ -13,6 +13,11 @@ maximises ``−tr(Λ ·)`` for every Λ ≻ 0 at once: the M-step is the least-s
 posterior means on the design, then the graphical lasso on the residual moment R (for a
 Gaussian q, ``E[z_i] = m_i``, so Θ̂ is ordinary least squares of the m_i on the d_i).
 
+A ridge on the covariates' effects in Λ's metric, ``−(ρ/2) Σ_j b_jᵀ Λ b_j`` for the columns
+b_j of B (the intercept unpenalised), adds ``ρ ΘᵀJΘ`` to the bracket above (J = diag(0, 1,
+…, 1), or I without an intercept), so D becomes ``D + ρJ`` throughout: ``Θ̂ = (D + ρJ)⁻¹ C``,
+``R = S − Cᵀ (D + ρJ)⁻¹ C`` — still the exact maximiser for every Λ at once.
+
 A Gaussian mixture's component k, ``z_i | ℓ_i = k ~ N(Θ_kᵀ d_i, Λ_k⁻¹)`` with ℓ_i the component
 of row i (:mod:`invae.model.mixture`), takes the same fit with row i weighted by its
 responsibility r_ik: the averages ``S_k, C_k, D_k`` of :func:`component_location_statistics`
@@ -73,11 +78,18 @@ def component_location_statistics(design: Tensor, resp: Tensor, mean: Tensor) ->
             "design_moment": torch.einsum("nk,nq,nr->kqr", resp, design, design) / n}
 
 
-def least_squares(statistics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """(Θ̂ = D⁻¹ C (..., q, p), the residual second moment R = S − Cᵀ D⁻¹ C (..., p, p)) from the
-    averaged statistics (module docstring), each a stack (...) of fits: none, or a mixture's K.
-    A singular D (collinear covariates) raises ValueError."""
+def least_squares(statistics: dict[str, Tensor], ridge: float = 0.0, intercept: bool = True
+                  ) -> tuple[Tensor, Tensor]:
+    """(Θ̂ = (D + ρJ)⁻¹ C (..., q, p), the residual second moment R = S − Cᵀ (D + ρJ)⁻¹ C
+    (..., p, p)) from the averaged statistics (module docstring), each a stack (...) of fits:
+    none, or a mixture's K. ``ridge`` ρ ≥ 0 shrinks the covariates' effects, not the intercept
+    (the design's first column where ``intercept``). A singular D + ρJ (collinear covariates)
+    raises ValueError."""
     second, cross, design = (statistics[key] for key in ("second_moment", "cross_moment", "design_moment"))
+    if ridge:
+        penalised = torch.ones(design.shape[-1], dtype=design.dtype, device=design.device)
+        penalised[:int(intercept)] = 0.0
+        design = design + ridge * torch.diag(penalised)
     chol, info = torch.linalg.cholesky_ex(design)
     if bool((info != 0).any()):
         raise ValueError("the covariates are collinear (with each other or the intercept): drop one")

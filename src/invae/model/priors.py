@@ -36,6 +36,7 @@ class StartOptions:
     seed: int = 0
     covariates: int = 0
     fit_intercept: bool = False
+    ridge: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class PriorKind:
 def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianGraphicalModel:
     """Λ = I, the uninformed start (μ = 0 and B = 0 where they are fitted)."""
     return GaussianGraphicalModel(dim=likelihood.forward.in_dim, alpha=options.alpha, covariates=options.covariates,
-                                  fit_intercept=options.fit_intercept)
+                                  fit_intercept=options.fit_intercept, ridge=options.ridge)
 
 
 def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianMixture:
