@@ -105,13 +105,30 @@ def test_warm_start_continues_from_the_last_fit(problem):
 
 
 def test_the_grid_reads_the_measurements_of_rows_that_carry_offsets(rng):
-    # rows (x, o) of 2m columns: the anchor comes from A⁺x on the m measurements alone
+    # rows (x, o) of 2m columns: the anchor comes from the m counts on the link's scale, log(x + ½) − o
     from invae.model.forward import LinearOperator
     from invae.model.likelihoods import PoissonLikelihood
 
     x = rng.poisson(3.0, (200, 4)).astype(float)
+    offsets = rng.normal(0, 0.3, 200)
     likelihood = PoissonLikelihood(LinearOperator(np.eye(4)), offsets=True)
-    rows = PoissonLikelihood.rows(x, rng.normal(0, 0.3, 200))
-    grid = penalty_grid(rows, GaussianGraphicalModel(dim=4), likelihood)
-    s = x.T @ x / 200
+    grid = penalty_grid(PoissonLikelihood.rows(x, offsets), GaussianGraphicalModel(dim=4), likelihood)
+    naive = np.log(x + 0.5) - offsets[:, None]
+    s = naive.T @ naive / 200
     assert grid[0] == pytest.approx(np.abs(s - np.diag(np.diag(s))).max())
+
+
+def test_the_grid_of_counts_with_a_mean_is_anchored_on_the_latent_scale(rng):
+    # z ~ N(μ, Σ) with μ = 2 (counts ≈ 7) and max |Σ_ij| = 0.5: log(x + ½) − o tracks z up to
+    # Poisson noise, which adds to the diagonal and attenuates the off-diagonal by ≈ Var z /
+    # (Var z + 1/7) ≈ 0.9; the anchor must be of Σ's size, not of the counts' (≈ 10²)
+    from invae.model.forward import LinearOperator
+    from invae.model.likelihoods import PoissonLikelihood
+
+    cov = 0.5 * np.eye(5) + 0.5
+    z = 2.0 + rng.multivariate_normal(np.zeros(5), cov, size=2000)
+    offsets = rng.normal(0, 0.3, 2000)
+    rows = PoissonLikelihood.rows(rng.poisson(np.exp(offsets[:, None] + z)).astype(float), offsets)
+    likelihood = PoissonLikelihood(LinearOperator(np.eye(5)), offsets=True)
+    grid = penalty_grid(rows, GaussianGraphicalModel(dim=5, fit_intercept=True), likelihood)
+    assert 0.35 <= grid[0] <= 0.55

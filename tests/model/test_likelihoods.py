@@ -194,3 +194,23 @@ def test_offsets_of_the_wrong_shape_or_not_finite_are_refused():
         PoissonLikelihood.rows(np.ones((4, 3)), np.zeros((4, 2)))
     with pytest.raises(ValueError, match="NaN or inf"):
         PoissonLikelihood.rows(np.ones((4, 3)), np.array([0.0, np.inf, 0.0, 0.0]))
+
+
+def test_the_link_scale_inverts_each_link_less_the_offsets():
+    from invae.model.likelihoods import BernoulliLikelihood, PoissonLikelihood
+    from invae.model.missing import MissingEntries
+
+    identity = LinearOperator.identity(2)
+    x, offsets = np.array([[0.0, 1.0], [3.0, 0.0]]), np.array([0.5, -1.0])
+    poisson = torch.as_tensor(PoissonLikelihood.rows(x, offsets))
+    expected = np.log(x + 0.5) - offsets[:, None]
+    np.testing.assert_allclose(PoissonLikelihood(identity, offsets=True).link_scale(poisson).numpy(), expected)
+    binary = torch.as_tensor(BernoulliLikelihood.rows(x[:1], offsets[:1]))
+    np.testing.assert_allclose(BernoulliLikelihood(identity, offsets=True).link_scale(binary).numpy(),
+                               [[-np.log(3) - 0.5, np.log(3) - 0.5]])
+    gaussian = linear_gaussian(np.eye(2), 1.0)
+    np.testing.assert_array_equal(gaussian.link_scale(torch.as_tensor(x)).numpy(), x)
+    missing = MissingEntries(PoissonLikelihood(identity, offsets=True))
+    rows = torch.as_tensor(missing.rows(np.hstack([[[np.nan, 1.0], [3.0, 0.0]], offsets[:, None] * [1, 1]])))
+    np.testing.assert_allclose(missing.link_scale(rows).numpy(), np.where([[1, 0], [0, 0]], np.log(0.5) - 0.5,
+                                                                           expected))

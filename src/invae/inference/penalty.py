@@ -5,7 +5,10 @@ A path of penalties ``α_1 > α_2 > … > α_K``, geometric from ``α_max`` down
 lasso on ``S`` return a diagonal Λ̂ (scikit-learn's ``GraphicalLassoCV`` starts its grid
 the same way), for ``S`` the signals' second moment at the start prior: one exact E-step
 (``S = Σ_post + (1/n) Σ_i μ_i μ_iᵀ``) where the model is linear-Gaussian, else the second
-moment of the naive reconstructions ``A⁺x``. (``A⁺x`` alone is no anchor where A is
+moment of the naive reconstructions ``A⁺ g(x)``, g the likelihood's
+:meth:`~invae.model.likelihoods.Likelihood.link_scale` (counts: ``log(x + ½) − o``; raw
+counts put ``α_max`` in the hundreds on the 8 most abundant oak taxa), about the fitted
+location where there is one. (``A⁺x`` alone is no anchor where A is
 ill-conditioned: for a square Gaussian A at p = 50 it put ``α_max`` near 2·10⁶.) The fits
 walk the path from large to small α, each warm-started from the previous one
 (``warm_start=True``: its Λ̂, and for ``VariationalEB`` its posterior network too).
@@ -83,10 +86,9 @@ def penalty_grid(X, prior: Prior, likelihood: Likelihood, n_alphas: int = 8, rat
         mean, cov = exact_posterior(x, prior, likelihood)  # cov (p, p), or (n, p, p) with one σ_i per row
         statistics = prior.gaussian_statistics(mean, cov, covariates=covariates)
     elif isinstance(likelihood.forward, LinearOperator):
-        # the measurements alone (a row may carry offsets or a missing-entry mask after them;
-        # a missing entry counts as 0 here, which only moves the grid's anchor)
-        statistics = prior.statistics(likelihood.forward.pinv(measured[..., : likelihood.forward.out_dim]),
-                                      covariates=covariates)
+        # the measurements on G(z)'s scale (counts: log(x + ½) less the offsets; a missing entry
+        # counts as 0 here, which only moves the grid's anchor)
+        statistics = prior.statistics(likelihood.forward.pinv(likelihood.link_scale(measured)), covariates=covariates)
     else:
         raise ValueError("the default penalty grid needs a linear forward matrix; give the penalties (alphas) "
                          "or a fixed --penalty")

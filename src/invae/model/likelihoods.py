@@ -69,6 +69,12 @@ class Likelihood(abc.ABC):
         the rows carry them): G(z) for additive noise, the inverse link of η for the others."""
         return self.forward(z)
 
+    def link_scale(self, x: Tensor) -> Tensor:
+        """The measurements of data rows x (..., data_dim) on the scale of G(z), (..., m): a
+        rough inverse of the noise for a starting point (e.g. the penalty grid's anchor); the
+        measurements themselves for additive noise."""
+        return x[..., : self.forward.out_dim]
+
     @property
     def predictive_mean_is_linear(self) -> bool:
         """Whether :meth:`predictive_mean` is linear in z (additive noise through a matrix), so that
@@ -238,6 +244,15 @@ class _LinkLikelihood(_PointwiseLikelihood):
 
     predictive_mean_is_linear = False  # a link function
 
+    def link_scale(self, x: Tensor) -> Tensor:
+        """The empirical link of the measurements less the offsets, ``g(x) − o`` (g: :meth:`_empirical_link`)."""
+        measured, offset = self.split(x)
+        return self._empirical_link(measured) - offset
+
+    @abc.abstractmethod
+    def _empirical_link(self, measured: Tensor) -> Tensor:
+        """The link of each measurement, kept finite at the edges of its range (x = 0, 1)."""
+
     def constants(self) -> dict:
         return {"offsets": True} if self.offsets else {}
 
@@ -258,6 +273,9 @@ class PoissonLikelihood(_LinkLikelihood):
 
     def _law(self, eta: Tensor) -> Distribution:
         return Poisson(rate=_overflow_safe_exp(eta), validate_args=False)
+
+    def _empirical_link(self, measured: Tensor) -> Tensor:
+        return torch.log(measured + 0.5)  # log(x + ½): the usual start for log-linear counts
 
     def entry_log_prob(self, x: Tensor, z: Tensor) -> Tensor:
         """From η itself, not from the rate: a rate that underflows to 0 (η < −104 in
@@ -293,6 +311,9 @@ class BernoulliLikelihood(_LinkLikelihood):
 
     def _law(self, eta: Tensor) -> Distribution:
         return Bernoulli(logits=eta, validate_args=False)
+
+    def _empirical_link(self, measured: Tensor) -> Tensor:
+        return torch.logit((measured + 0.5) / 2)  # ±log 3 for 0 and 1: finite where logit(x) is not
 
 
 class StudentTLikelihood(_PointwiseLikelihood):

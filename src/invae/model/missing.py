@@ -72,6 +72,10 @@ class MissingEntries(Likelihood):
     def predictive_mean(self, x: Tensor, z: Tensor) -> Tensor:
         return self.base.predictive_mean(self.split(x)[0], z)
 
+    def link_scale(self, x: Tensor) -> Tensor:
+        """The base's, with a missing entry read as its 0."""
+        return self.base.link_scale(self.split(x)[0])
+
     @property
     def predictive_mean_is_linear(self) -> bool:
         return self.base.predictive_mean_is_linear
