@@ -73,7 +73,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         Outer iterations over which Adam's step size rises linearly to its value (Goyal et
         al. 2017): Adam's first steps move every weight by about the step size at once, which
         at the flow's larger step sent q's spread where exp(z) of a count model overflows.
-        The default preset takes 10 for ``iaf``, 0 (none) otherwise.
+        The default preset takes 3 for ``iaf``, 0 (none) otherwise.
     gradient_clip : float or None
         K ≥ 1: a gradient whose norm exceeds K × the running mean of recent norms is scaled
         down to that (0: never). One draw in q's tail gives a count model's gradient a spike

@@ -76,7 +76,7 @@ _DRAWN = {"lambda_step": "importance"}
 # The flow learns faster with a larger step: a better q (ELBO gap) in less time, Λ̂ as good
 # (docs/benchmarks.md, "The flow's step size"); with a warm-up and clipped gradient spikes,
 # without which counts with a nonzero mean diverged (docs/benchmarks.md, "The flow's warm-up").
-_FLOW = {**_DRAWN, "learning_rate": 1e-2, "lr_warmup": 10, "gradient_clip": 3.0}
+_FLOW = {**_DRAWN, "learning_rate": 1e-2, "lr_warmup": 3, "gradient_clip": 3.0}
 # Non-amortized factors see each observation only when it is in a batch: full batches with a
 # larger step (measured in docs/benchmarks.md, "mean-field settings").
 _FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 10}
