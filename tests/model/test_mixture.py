@@ -346,3 +346,24 @@ def test_a_mixture_with_covariates_round_trips_and_checks_its_rows(rng):
     # the effects count in relative_change once they are not all 0
     nudged = prior.with_state({**prior.state(), "coefficients": 1.5 * prior.coefficients})
     assert nudged.relative_change(prior) == pytest.approx(0.5)
+
+
+def test_covariates_collinear_on_one_components_rows_leave_its_fitted_locations_unique(rng):
+    # on component 0's rows the two covariates agree (c_1 = c_2), so B_0 is not identified but
+    # its locations μ_0 + B_0 c_i are: they must be the least-squares fit of those rows, and the
+    # other component's fit must be untouched (its rows see the covariates apart)
+    n, p = 300, 3
+    labels = np.arange(n) % 2
+    shared = rng.standard_normal(n)
+    covariates = np.column_stack([shared, np.where(labels == 0, shared, rng.standard_normal(n))])
+    z = rng.standard_normal((n, p)) + covariates @ rng.standard_normal((2, p)) + 3.0 * labels[:, None]
+    resp = torch.as_tensor(np.eye(2)[labels])
+    prior = GaussianMixture.standard(p, 2, seed=0, covariates=2)
+    c, draws = torch.as_tensor(covariates), torch.as_tensor(z)
+    fitted = prior.m_step_from(prior.component_statistics(resp, draws, covariates=c))
+    for k in (0, 1):
+        rows = labels == k
+        design = np.column_stack([np.ones(rows.sum()), covariates[rows]])
+        expected = design @ np.linalg.lstsq(design, z[rows], rcond=None)[0]
+        got = fitted.component_means(c[rows])[:, k].numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6)
