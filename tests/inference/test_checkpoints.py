@@ -151,6 +151,26 @@ def test_a_collapsed_evaluation_elbo_is_rolled_back(problem, monkeypatch):
     assert fitted.history_["elbo"][2] != clean.history_["elbo"][2]
 
 
+def test_each_rollback_halves_the_step_size_again(problem, monkeypatch):
+    # Iteration 3 collapses on its first two tries: the retries take 1/2, then 1/4 of the step
+    # size (a retry at the same step size would redo the same collapse: its RNG is restored too).
+    original_elbo, original_steps, calls, sizes = (invae.inference.training._Run._fixed_noise_elbo,
+                                                   invae.inference.training._Run._adam_steps, [0], [])
+
+    def collapsed_twice(run):
+        calls[0] += 1
+        return original_elbo(run) - (1e6 if calls[0] in (3, 4) else 0.0)
+
+    def recorded_steps(run):
+        sizes.append(run.optimizer.param_groups[0]["lr"])
+        return original_steps(run)
+
+    monkeypatch.setattr(invae.inference.training._Run, "_fixed_noise_elbo", collapsed_twice)
+    monkeypatch.setattr(invae.inference.training._Run, "_adam_steps", recorded_steps)
+    fitted = _vae(problem).fit(problem.X)
+    assert sizes[2:5] == [sizes[2], sizes[2] / 2, sizes[2] / 4] and min(fitted.history_["elbo"]) > -1e5
+
+
 def test_persistent_divergence_ends_in_a_clear_error(problem, monkeypatch, tmp_path):
     _poisoned_elbo(monkeypatch, set(range(60, 10_000)))
     with pytest.raises(FloatingPointError, match=r"diverged at outer iteration 3 \(the training ELBO is not "

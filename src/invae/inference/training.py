@@ -381,10 +381,12 @@ class _Run:
                 leaf.copy_(state["prior"][key])
 
     def roll_back(self, good: dict) -> None:
-        """Back to the last good iteration, with half Adam's step size."""
+        """Back to the last good iteration, with half the step size the failed one took (so that
+        each rollback halves it again: ``good`` holds the step size before any of them)."""
+        halved = [0.5 * group["lr"] for group in self.optimizer.param_groups]
         self.restore(good)
-        for group in self.optimizer.param_groups:
-            group["lr"] *= 0.5
+        for group, lr in zip(self.optimizer.param_groups, halved):
+            group["lr"] = lr
 
     def resume(self, saved: dict) -> None:
         """Continue from a checkpoint: its state, evaluation rows and seeds."""
