@@ -106,7 +106,7 @@ def penalty_path_plot(path: dict) -> Figure:
     left, right = figure.subplots(1, 2)
     alphas = np.asarray(path["alphas"])
     scores = np.array([np.nan if s is None else s for s in path["score"]], dtype=float)
-    for ax, values, label in ((left, scores, f"held-out {path['score_name']} per observation"),
+    for ax, values, label in ((left, scores, "held-out log p(x) per observation"),
                               (right, np.asarray(path["ebic"]), "EBIC")):
         ax.plot(alphas, values, "o-", linewidth=1.2)
         ax.axvline(path["alpha"], color="tab:red", linewidth=1, label=f"chosen α = {path['alpha']:.3g}")
