@@ -54,3 +54,18 @@ def test_stability_needs_subsamples_and_rows():
         selection_frequencies(em, np.zeros((10, 2)), [0.1], n_jobs=0)
     with pytest.raises(ValueError, match="β must lie in"):
         stars(em, np.ones((10, 2)), [0.1], beta=0.7)
+
+
+def test_a_rare_covariate_level_absent_from_some_halves_does_not_stop_them(chain):
+    # the level holds 3 of 2000 rows: about 1 half in 8 misses it, where B's column for it is
+    # not identified (the M-step keeps the fitted locations unique; docs/methods.md §3.13)
+    level = np.zeros((len(chain.X), 1))
+    level[:3] = 1.0
+    rows = np.hstack([chain.X + 2.0 * level, level])
+    em = EM(GaussianGraphicalModel(dim=6, alpha=0.1, covariates=1, fit_intercept=True),
+            linear_gaussian(np.eye(6), 0.5)).fit(rows)
+    rng = np.random.default_rng(0)  # the halves selection_frequencies draws with seed 0
+    halves = [rng.choice(len(rows), len(rows) // 2, replace=False) for _ in range(10)]
+    assert any(not np.isin(np.arange(3), half).any() for half in halves)
+    theta = selection_frequencies(em, rows, [0.1], subsamples=10, seed=0)[0]
+    assert np.all(theta[np.triu(chain.precision != 0, k=1)] == 1.0)

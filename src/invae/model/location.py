@@ -22,6 +22,13 @@ A Gaussian mixture's component k, ``z_i | ℓ_i = k ~ N(Θ_kᵀ d_i, Λ_k⁻¹)`
 of row i (:mod:`invae.model.mixture`), takes the same fit with row i weighted by its
 responsibility r_ik: the averages ``S_k, C_k, D_k`` of :func:`component_location_statistics`
 and, per component, ``Θ̂_k = D_k⁻¹ C_k`` (:func:`least_squares` on a stack of K).
+
+Covariates collinear on the rows at hand (a level absent from a stability half or from a
+mixture component's rows, two covariates that agree there) make D singular: Θ is then not
+identified, but the fitted locations Θᵀd_i are. :func:`least_squares` adds ε = 10⁻¹⁰ × D's
+mean diagonal to the covariates' entries, which leaves the locations unique (D's null
+directions get coefficient 0, as the minimum-norm least squares) instead of stopping the fit.
+Data whose covariates are collinear on all rows are refused where they enter (the CLI).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from torch import Tensor
 
 __all__ = ["covariate_effects", "design_rows", "location_statistics", "component_location_statistics",
            "least_squares"]
+
+_COLLINEAR_RIDGE = 1e-10  # ε of the module docstring, relative to D's mean diagonal
 
 
 def covariate_effects(values, rows: tuple[int, ...], k: int, like: Tensor) -> Tensor:
@@ -83,16 +92,13 @@ def least_squares(statistics: dict[str, Tensor], ridge: float = 0.0, intercept: 
     """(Θ̂ = (D + ρJ)⁻¹ C (..., q, p), the residual second moment R = S − Cᵀ (D + ρJ)⁻¹ C
     (..., p, p)) from the averaged statistics (module docstring), each a stack (...) of fits:
     none, or a mixture's K. ``ridge`` ρ ≥ 0 shrinks the covariates' effects, not the intercept
-    (the design's first column where ``intercept``). A singular D + ρJ (collinear covariates)
-    raises ValueError."""
+    (the design's first column where ``intercept``); ε J keeps collinear covariates' fitted
+    locations unique (module docstring)."""
     second, cross, design = (statistics[key] for key in ("second_moment", "cross_moment", "design_moment"))
-    if ridge:
-        penalised = torch.ones(design.shape[-1], dtype=design.dtype, device=design.device)
-        penalised[:int(intercept)] = 0.0
-        design = design + ridge * torch.diag(penalised)
-    chol, info = torch.linalg.cholesky_ex(design)
-    if bool((info != 0).any()):
-        raise ValueError("the covariates are collinear (with each other or the intercept): drop one")
-    theta = torch.cholesky_solve(cross, chol)
+    penalised = torch.ones(design.shape[-1], dtype=design.dtype, device=design.device)
+    penalised[:int(intercept)] = 0.0
+    scale = design.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    design = design + (ridge + _COLLINEAR_RIDGE * scale) * torch.diag(penalised)
+    theta = torch.cholesky_solve(cross, torch.linalg.cholesky(design))
     residual = second - cross.mT @ theta
     return theta, 0.5 * (residual + residual.mT)

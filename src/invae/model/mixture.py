@@ -51,7 +51,6 @@ __all__ = ["GaussianMixture", "match_components"]
 
 _REG_COVAR = 1e-6  # scikit-learn's GaussianMixture default
 _OFF_ZERO = 10 * torch.finfo(torch.float64).eps  # keeps N_k off zero, as scikit-learn
-_COLLINEAR_RIDGE = 1e-10  # relative to D_k's mean diagonal (location_fit)
 
 
 class GaussianMixture(Prior):
@@ -232,18 +231,11 @@ class GaussianMixture(Prior):
         without covariates (D_k = π_k, X_k = ``first``) exactly ``first/π_k`` and
         ``second/π_k − μ_k μ_kᵀ``. π_k + ε' and D_k + ε' I (ε' = 10 machine epsilons) keep an
         empty component's fit defined (μ_k = 0, B_k = 0), as scikit-learn keeps N_k off zero;
-        with covariates D_k's covariate entries (not the intercept's) also get 1e-10 of its mean
-        diagonal, so that covariates collinear
-        on one component's rows (a level it never holds, two that agree there) leave its
-        fitted locations unique instead of stopping the fit."""
+        covariates collinear on one component's rows leave its fitted locations unique
+        (:mod:`invae.model.location`)."""
         totals = (statistics["weights"] + _OFF_ZERO)[:, None, None]
         design = statistics.get("design_moment", statistics["weights"][:, None, None])
         ridge = _OFF_ZERO * torch.eye(design.shape[-1], dtype=design.dtype, device=design.device)
-        if "design_moment" in statistics:  # a component's own rows may be collinear in the covariates
-            covariate_entries = torch.ones(design.shape[-1], dtype=design.dtype, device=design.device)
-            covariate_entries[0] = 0.0  # the intercept's
-            scale = design.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
-            ridge = ridge + _COLLINEAR_RIDGE * scale * torch.diag(covariate_entries)
         cross = statistics.get("cross_moment", statistics["first"][:, None, :])
         return least_squares({"second_moment": statistics["second"] / totals, "cross_moment": cross / totals,
                               "design_moment": (design + ridge) / totals})
