@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import nn
 
+from ..model.missing import MissingEntries
+from ..paths.encoder import PathEncoder
+from ..paths.prior import PathPrior
 from ..registry import Registry
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder
 
@@ -63,6 +67,17 @@ def _encoder(cls, **options: Callable[[Any], Any]):
     return build
 
 
+def _path_encoder(estimator, n: int, m: int) -> PathEncoder:
+    """The Gauss–Markov encoder of a path prior's series, in units of its start law."""
+    prior, likelihood = estimator.prior, estimator.likelihood
+    if not isinstance(prior, PathPrior):
+        raise ValueError(f"the markov family is a posterior over paths: it needs a path prior, got {type(prior).__name__}")
+    mean, cov = prior.sde().initial(torch.float64)
+    return PathEncoder(prior.grid, prior.substeps, likelihood.forward.per_time.out_dim, prior.sde_dim,
+                       (mean, cov.diagonal().sqrt()), hidden=estimator.hidden[0], layers=len(estimator.hidden),
+                       log1p=likelihood.encoder_log1p, masked=isinstance(likelihood, MissingEntries))
+
+
 def posterior_components(estimator) -> int:
     """q's components: as asked, else the prior's K for a mixture prior, else 2."""
     if estimator.posterior_components is not None:
@@ -88,6 +103,7 @@ FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: 
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
+FAMILIES.register("markov", PosteriorFamily(_path_encoder, method="markov"))
 FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),
                                                 method="mean-field", amortized=False, defaults=_FREE_FACTORS,
                                                 diagonal=True))

@@ -1,0 +1,140 @@
+"""An SDE's law over paths as an invae :class:`~invae.model.prior.Prior`: one data row is one
+whole series, and z its latent path on the grid, flattened time-major.
+
+The series are seen at times t_0 < … < t_{T−1}, shared by every row; the latent grid refines
+them k-fold (:func:`invae.paths.sde.refine`), G = (T − 1) k + 1 points, so z ∈ R^{G d}
+with ``z[g d + j]`` coordinate j at grid point g. The density is the SDE's
+(:meth:`invae.paths.sde.SDEPrior.log_prob`): its start law and one Gaussian step per grid
+interval. θ (the drift, the diffusion, the start) has no closed-form M-step:
+``has_m_step = False``, and the trainer moves θ by gradient on the ELBO, with the posterior
+(docs/methods.md §3.12). θ lives in this prior's buffers, named as the SDE module's
+parameters; the module is a template that :func:`torch.func.functional_call` evaluates at θ,
+so that :meth:`PathPrior.with_state` stays differentiable in θ.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from ..model.prior import Prior
+from .sde import SDE_PRIORS, SDEPrior, check_times, refine
+
+__all__ = ["PathPrior"]
+
+
+class PathPrior(Prior):
+    """``g(z; θ)``: the law of ``sde``'s path on the grid of ``times`` (T,) refined ``substeps``-fold.
+
+    Parameters
+    ----------
+    sde : SDEPrior
+        A built-in SDE (:data:`invae.paths.sde.SDE_PRIORS`); its parameters are θ's start.
+    times : array (T,)
+        The observation times, strictly increasing, shared by every series.
+    substeps : int
+        k, the grid points per observation interval.
+    """
+
+    has_m_step = False
+    closed_form_gaussian_m_step = False
+
+    def __init__(self, sde: SDEPrior, times, substeps: int = 1):
+        super().__init__()
+        times = check_times(times)
+        if times.ndim != 1:
+            raise ValueError(f"a path prior's times must be shared by every series, shape (T,), got {tuple(times.shape)}")
+        self.grid, self.observed_index = refine(times.to(torch.float64), substeps)
+        self.times, self.substeps, self.sde_dim = self.grid[self.observed_index], substeps, sde.dim
+        self.dim = len(self.grid) * sde.dim
+        object.__setattr__(self, "template", sde)  # not a submodule: θ is in the buffers below
+        for name, value in sde.named_parameters():
+            self.register_buffer(name, value.detach().clone())
+
+    def _theta(self) -> dict[str, Tensor]:
+        return dict(self.named_buffers())
+
+    def paths(self, z: Tensor) -> Tensor:
+        """z (..., G d) as paths (..., G, d)."""
+        return z.reshape(*z.shape[:-1], len(self.grid), self.sde_dim)
+
+    def log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
+        """``log g(z; θ)`` for z (..., G d); shape (...)."""
+        self.refuse_covariates(covariates)
+        paths = self.paths(z)
+        flat = paths.reshape(-1, *paths.shape[-2:])
+        log_density = functional_call(self.template, self._theta(), (flat, self.grid.to(z), 1))
+        return log_density.reshape(z.shape[:-1])
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, covariates: Tensor | None = None) -> Tensor:
+        """``n`` paths drawn by the same steps as :meth:`log_prob` (the start law, then each grid
+        step's Gaussian transition), flattened: (n, G d)."""
+        self.refuse_covariates(covariates)
+        sde, like = self.sde(), next(iter(self._theta().values()))
+        mean, cov = sde.initial(like.dtype, like.device)
+        z = mean + _normal(n, sde.dim, like, generator) @ torch.linalg.cholesky(cov).mT
+        path, grid = [z], self.grid.to(like)
+        for g in range(len(grid) - 1):
+            mean, cov = sde.transition(z, grid[g + 1] - grid[g], grid[g])
+            z = mean + (torch.linalg.cholesky(cov) @ _normal(n, sde.dim, like, generator)[..., None])[..., 0]
+            path.append(z)
+        return torch.stack(path, dim=1).reshape(n, self.dim)
+
+    def sde(self) -> SDEPrior:
+        """The SDE module at θ (a copy, without gradient to θ): for sampling and outputs."""
+        module = copy.deepcopy(self.template)
+        module.load_state_dict({name: value.detach() for name, value in self._theta().items()})
+        return module
+
+    def penalty(self) -> float:
+        return 0.0
+
+    def relative_change(self, previous: PathPrior) -> float:
+        """The largest ``‖θ_k − θ_k,prev‖ / max(‖θ_k‖, ‖θ_k,prev‖)`` over θ's named parts (each in its units)."""
+        changes = [0.0]
+        for name, now in self._theta().items():
+            before = previous._theta()[name]
+            scale = torch.maximum(torch.linalg.norm(now), torch.linalg.norm(before))
+            if scale > 0:
+                changes.append(float(torch.linalg.norm(now - before) / scale))
+        return max(changes)
+
+    def with_penalty(self, alpha: float) -> PathPrior:
+        if alpha != 0:
+            raise ValueError(f"an SDE prior takes no penalty, got alpha={alpha!r}")
+        return self
+
+    def state(self) -> dict[str, Tensor]:
+        return self._theta()
+
+    def with_state(self, state: dict[str, Tensor]) -> PathPrior:
+        """This prior at θ = ``state`` (the tensors themselves, so gradients reach them)."""
+        prior = PathPrior(self.template, self.times, self.substeps)
+        for name, value in state.items():
+            setattr(prior, name, value)  # a registered buffer's slot: keeps the tensor as given
+        return prior
+
+    def config(self) -> dict[str, Any]:
+        name = SDE_PRIORS.find(lambda cls: type(self.template) is cls, f"a {type(self.template).__name__}")
+        return {"sde": name, "sde_dim": self.sde_dim, "times": self.times.tolist(), "substeps": self.substeps}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor], *, sde: str, sde_dim: int, times, substeps: int) -> PathPrior:
+        return cls(SDE_PRIORS[sde](sde_dim), times, substeps).with_state(state)
+
+    def to(self, device=None, dtype=None) -> PathPrior:
+        return self.with_state({name: value.to(device=device, dtype=dtype) for name, value in self._theta().items()})
+
+    def summary(self) -> dict[str, Any]:
+        """θ by name (:meth:`~invae.paths.sde.SDEPrior.parameters_by_name`), as plain numbers and lists."""
+        return {name: value.tolist() if isinstance(value, Tensor) else value
+                for name, value in self.sde().parameters_by_name().items()}
+
+
+def _normal(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(n, d, dtype=like.dtype, device=like.device, generator=generator)
