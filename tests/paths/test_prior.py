@@ -66,5 +66,8 @@ def test_what_it_refuses():
         prior.log_prob(torch.zeros(2, prior.dim), torch.zeros(2, 1))
     with pytest.raises(ValueError, match="shared by every series"):
         PathPrior(_ou(1), TIMES.expand(3, -1))
+    unstable = prior.with_state({**prior.state(), "drift_matrix": torch.tensor([[float("nan")]])})
+    with pytest.raises(FloatingPointError, match="left their domain.*not finite"):  # a fit rolls it back
+        unstable.log_prob(torch.zeros(2, prior.dim))
     with pytest.raises(ValueError, match="increasing"):
         PathPrior(_ou(1), torch.tensor([0.0, 1.0, 1.0]))

@@ -63,11 +63,16 @@ class PathPrior(Prior):
         return z.reshape(*z.shape[:-1], len(self.grid), self.sde_dim)
 
     def log_prob(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
-        """``log g(z; θ)`` for z (..., G d); shape (...)."""
+        """``log g(z; θ)`` for z (..., G d); shape (...). A θ outside the SDE's domain (an OU drift
+        without a stationary law) raises ``FloatingPointError``: in a fit, a step that left the
+        domain is rolled back as a divergence."""
         self.refuse_covariates(covariates)
         paths = self.paths(z)
         flat = paths.reshape(-1, *paths.shape[-2:])
-        log_density = functional_call(self.template, self._theta(), (flat, self.grid.to(z), 1))
+        try:
+            log_density = functional_call(self.template, self._theta(), (flat, self.grid.to(z), 1))
+        except ValueError as error:
+            raise FloatingPointError(f"the SDE's parameters left their domain: {error}") from None
         return log_density.reshape(z.shape[:-1])
 
     @torch.no_grad()

@@ -239,7 +239,9 @@ class OrnsteinUhlenbeck(SDEPrior):
         return lyapunov(self.drift_matrix, scale @ scale.mT)
 
     def initial(self, dtype: torch.dtype | None = None, device=None) -> tuple[Tensor, Tensor]:
-        """The stationary law N(μ, Σ∞); a ``ValueError`` when Θ is not stable (no such law)."""
+        """The stationary law N(μ, Σ∞); a ``ValueError`` when Θ is not finite or not stable (no such law)."""
+        if not bool(torch.isfinite(self.drift_matrix).all()):  # eigvals of NaN crashes LAPACK, and the process
+            raise ValueError("this Ornstein–Uhlenbeck prior's drift Θ is not finite")
         if not bool((torch.linalg.eigvals(self.drift_matrix.detach()).real > 0).all()):
             raise ValueError("this Ornstein–Uhlenbeck prior has no stationary law: "
                              "Θ has an eigenvalue with real part <= 0")
