@@ -8,7 +8,7 @@ from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 
 from invae.paths.kalman import kalman_filter, rts_smoother
-from invae.paths.kalman_em import (_maximise, complete_data_mle, direct_mle, expected_log_prior, kalman_em,
+from invae.paths.kalman_em import (maximise, complete_data_mle, direct_mle, expected_log_prior, kalman_em,
                                    smoothed_statistics, state_space)
 from invae.paths.sde import Brownian, DoubleWell, OrnsteinUhlenbeck
 from invae.threads import using_threads
@@ -282,6 +282,6 @@ def test_maximise_backs_away_from_points_outside_the_domain():
         trials.append(float(x.detach()))
         return torch.log(x) - x
 
-    _maximise(objective, [x])
+    maximise(objective, [x])
     assert min(trials) < 0  # the wall was met
     assert float(x.detach()) == pytest.approx(1.0, abs=1e-6)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from invae.paths.kalman_em import complete_data_mle
 from invae.paths.prior import PathPrior
 from invae.paths.sde import DoubleWell, OrnsteinUhlenbeck
 
@@ -71,3 +72,26 @@ def test_what_it_refuses():
         unstable.log_prob(torch.zeros(2, prior.dim))
     with pytest.raises(ValueError, match="increasing"):
         PathPrior(_ou(1), torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_the_m_step_on_paths_themselves_is_the_complete_data_mle():
+    # statistics of the true paths (one draw each): Q(θ) is their log-density, so its maximiser
+    # is complete_data_mle's; both stop where L-BFGS's gradient tolerance 1e-10 holds
+    truth = OrnsteinUhlenbeck(1, drift=0.7, mean=0.5, diffusion=0.6)
+    prior = PathPrior(truth, torch.arange(40) * 0.5)
+    z = prior.sample(100, torch.Generator().manual_seed(2))
+    start = PathPrior(OrnsteinUhlenbeck(1, drift=1.5, mean=0.0, diffusion=1.0), prior.times)
+    fitted = start.m_step(z[None])
+    floor = complete_data_mle(prior.paths(z), OrnsteinUhlenbeck(1, drift=1.5, mean=0.0, diffusion=1.0), prior.times)
+    for name, value in floor.named_parameters():
+        torch.testing.assert_close(fitted.state()[name], value.detach(), rtol=1e-5, atol=1e-6)
+    assert start.has_m_step and not PathPrior(DoubleWell(), TIMES).has_m_step
+
+
+def test_statistics_are_averages_that_the_trainer_may_average_again():
+    prior = PathPrior(_ou(), TIMES, substeps=2)
+    z, weights = torch.randn(3, 8, prior.dim), torch.rand(3, 8)
+    halves = [prior.statistics(z[:, :4], weights[:, :4]), prior.statistics(z[:, 4:], weights[:, 4:])]
+    share = weights[:, :4].sum() / weights.sum()
+    for key, whole in prior.statistics(z, weights).items():
+        torch.testing.assert_close(share * halves[0][key] + (1 - share) * halves[1][key], whole)

@@ -28,8 +28,8 @@ _SHOWN_ROWS = 200  # observations whose posteriors the demo keeps for the signal
 
 
 # The demo's posteriors are Gaussian (a GGM seen through A z + σε): a mixture q adds nothing
-# that full-covariance lacks, only time.
-_DEMO_METHODS = tuple(method for method in methods() if method != "mixture")
+# that full-covariance lacks, only time; a posterior over paths needs a path prior.
+_DEMO_METHODS = tuple(name for name, method in methods().items() if name != "mixture" and not method.paths)
 
 
 def run_demo(out: str | Path = "invae-demo", *, p: int = 20, n: int = 10_000, graph: str = "chain",

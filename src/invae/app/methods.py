@@ -31,25 +31,28 @@ class Method:
         Whether an estimator is one this method builds (the name a model file records).
     variational : bool
         Trains a posterior network: takes any noise model, and checkpoints.
+    paths : bool
+        Fits latent paths (:mod:`invae.paths`): it needs a path prior.
     """
 
     build: Callable[[Prior, Likelihood, dict], EmpiricalBayesEstimator]
     builds: Callable[[EmpiricalBayesEstimator], bool]
     variational: bool = False
+    paths: bool = False
 
 
 def _limits(options: dict) -> dict:
     return {key: options[key] for key in ("max_iter", "tol") if options[key] is not None}
 
 
-def _variational(family: str) -> Method:
+def _variational(family: str, paths: bool) -> Method:
     def build(prior, likelihood, options):
         return VariationalEB(prior, likelihood, family=family, preset=options["preset"], random_state=options["seed"],
                              verbose=options["verbose"], callback=options["callback"], device=options["device"],
                              allow_unidentified=options["allow_unidentified"], **(options["checkpoint"] or {}),
                              **_limits(options))
     return Method(build, lambda estimator: isinstance(estimator, VariationalEB) and estimator.family == family,
-                  variational=True)
+                  variational=True, paths=paths)
 
 
 #: The methods that are not a posterior family: exact EM and the naive baseline (Gaussian noise).
@@ -67,7 +70,7 @@ def methods() -> Registry[Method]:
     """Every method by name: one per registered posterior family, then the reference methods."""
     everything: Registry[Method] = Registry("method")
     for family_name, family in FAMILIES.items():
-        everything.register(family.method, _variational(family_name))
+        everything.register(family.method, _variational(family_name, family.paths))
     for name, method in REFERENCE_METHODS.items():
         everything.register(name, method)
     return everything

@@ -41,6 +41,8 @@ class PosteriorFamily:
     defaults : mapping
         Optimiser settings of the ``"default"`` preset that differ for this family
         (:data:`invae.inference.estimator.PRESETS`).
+    paths : bool
+        q is a law over latent paths (:mod:`invae.paths`): it needs a path prior.
     diagonal : bool
         q factorises over the coordinates of z. Such a family cannot identify the prior
         through a forward matrix of rank < p: its optimum runs away (EM with a diagonal
@@ -53,6 +55,7 @@ class PosteriorFamily:
     amortized: bool = True
     defaults: Mapping[str, Any] = field(default_factory=dict)
     diagonal: bool = False
+    paths: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -103,7 +106,7 @@ FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: 
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
-FAMILIES.register("markov", PosteriorFamily(_path_encoder, method="markov"))
+FAMILIES.register("markov", PosteriorFamily(_path_encoder, method="markov", paths=True, defaults=_DRAWN))
 FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),
                                                 method="mean-field", amortized=False, defaults=_FREE_FACTORS,
                                                 diagonal=True))

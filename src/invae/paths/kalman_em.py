@@ -36,7 +36,7 @@ from .kalman import LinearGaussianSSM, SmootherResult, kalman_filter, rts_smooth
 from .sde import SDEPrior, check_times
 
 __all__ = ["KalmanEMResult", "MLEResult", "SmoothedStatistics", "complete_data_mle", "direct_mle",
-           "expected_log_prior", "kalman_em", "smoothed_statistics", "state_space"]
+           "expected_log_prior", "kalman_em", "maximise", "smoothed_statistics", "state_space"]
 
 # L-BFGS's objectives are divided by their number of terms so these absolute tolerances mean the
 # same at every data size; the value then is O(1) and float64 resolves it to ~1e-16.
@@ -167,7 +167,7 @@ def _noise_update(x: Tensor, smoothed: SmootherResult, H: Tensor) -> Tensor:
     return torch.where(observed, residual.square() + spread, 0.0).sum((0, 1)) / observed.sum((0, 1))
 
 
-def _maximise(objective: Callable[[], Tensor], parameters: list[Tensor]) -> None:
+def maximise(objective: Callable[[], Tensor], parameters: list[Tensor]) -> None:
     """Maximise ``objective()`` over ``parameters`` in place by L-BFGS from their current values.
     Its strong-Wolfe line search takes a step only where the objective rises (the sufficient-increase
     condition), else none, so the end point never falls below the start: what EM's M-step needs.
@@ -263,7 +263,7 @@ def _m_step(x: Tensor, smoothed: SmootherResult, prior: SDEPrior, times, H: Tens
     Q(θ) / (n T) (the scale for L-BFGS's tolerances); returns r, updated when ``learn_noise``."""
     stats = smoothed_statistics(smoothed, shared=check_times(times).ndim == 1)
     scale = x.shape[0] * x.shape[1]
-    _maximise(lambda: expected_log_prior(stats, state_space(prior, times, H, noise_var)) / scale,
+    maximise(lambda: expected_log_prior(stats, state_space(prior, times, H, noise_var)) / scale,
               list(prior.parameters()))
     return _noise_update(x, smoothed, torch.as_tensor(H).to(x)) if learn_noise else noise_var
 
@@ -288,7 +288,7 @@ def direct_mle(x: Tensor, prior: SDEPrior, times, H: Tensor, noise_var: Tensor, 
         return kalman_filter(x, state_space(prior, times, H, log_noise.exp())).log_likelihood.sum()
 
     with using_threads(n_threads):
-        _maximise(lambda: log_likelihood() / (~torch.isnan(x)).sum(), parameters)
+        maximise(lambda: log_likelihood() / (~torch.isnan(x)).sum(), parameters)
         with torch.no_grad():
             return MLEResult(prior, log_noise.detach().exp(), float(log_likelihood()))
 
@@ -300,5 +300,5 @@ def complete_data_mle(z: Tensor, prior: SDEPrior, times, *, n_threads: int | Non
     prior = copy.deepcopy(prior)
     z = torch.as_tensor(z).to(next(prior.parameters()))
     with using_threads(n_threads):
-        _maximise(lambda: prior.log_prob(z, times).sum() / (z.shape[0] * z.shape[1]), list(prior.parameters()))
+        maximise(lambda: prior.log_prob(z, times).sum() / (z.shape[0] * z.shape[1]), list(prior.parameters()))
     return prior

@@ -5,11 +5,18 @@ The series are seen at times t_0 < … < t_{T−1}, shared by every row; the lat
 them k-fold (:func:`invae.paths.sde.refine`), G = (T − 1) k + 1 points, so z ∈ R^{G d}
 with ``z[g d + j]`` coordinate j at grid point g. The density is the SDE's
 (:meth:`invae.paths.sde.SDEPrior.log_prob`): its start law and one Gaussian step per grid
-interval. θ (the drift, the diffusion, the start) has no closed-form M-step:
-``has_m_step = False``, and the trainer moves θ by gradient on the ELBO, with the posterior
-(docs/methods.md §3.12). θ lives in this prior's buffers, named as the SDE module's
-parameters; the module is a template that :func:`torch.func.functional_call` evaluates at θ,
-so that :meth:`PathPrior.with_state` stays differentiable in θ.
+interval. θ lives in this prior's buffers, named as the SDE module's parameters; the module
+is a template that :func:`torch.func.functional_call` evaluates at θ, so that
+:meth:`PathPrior.with_state` stays differentiable in θ.
+
+θ's M-step. Where the SDE's transition is linear-Gaussian (Ornstein–Uhlenbeck, Brownian:
+``linear_transition``), ``E_q[log g(z; θ)]`` depends on q through the moments E[z_0],
+E[z_0 z_0ᵀ] and, per grid step, E[z_g], E[z_{g+1}], E[z_g z_gᵀ], E[z_{g+1} z_{g+1}ᵀ],
+E[z_{g+1} z_gᵀ]: it is Kalman EM's Q(θ) (:func:`invae.paths.kalman_em.expected_log_prior`) of
+those moments. They are averages, so the trainer's averaged statistics are valid arguments,
+and :meth:`PathPrior.m_step_from` maximises Q by L-BFGS from the current θ. Otherwise (a
+nonlinear drift) θ has no such step: ``has_m_step`` is False and the trainer moves θ by
+gradient on the ELBO (docs/methods.md §3.12).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from ..model.prior import Prior
+from .kalman_em import SmoothedStatistics, expected_log_prior, maximise, state_space
 from .sde import SDE_PRIORS, SDEPrior, check_times, refine
 
 __all__ = ["PathPrior"]
@@ -40,7 +48,6 @@ class PathPrior(Prior):
         k, the grid points per observation interval.
     """
 
-    has_m_step = False
     closed_form_gaussian_m_step = False
 
     def __init__(self, sde: SDEPrior, times, substeps: int = 1):
@@ -95,6 +102,41 @@ class PathPrior(Prior):
         module = copy.deepcopy(self.template)
         module.load_state_dict({name: value.detach() for name, value in self._theta().items()})
         return module
+
+    @property
+    def has_m_step(self) -> bool:
+        """Whether θ has the M-step of the module docstring (a linear-Gaussian transition)."""
+        return callable(getattr(self.template, "linear_transition", None))
+
+    def statistics(self, z: Tensor, weights: Tensor | None = None, covariates: Tensor | None = None
+                   ) -> dict[str, Tensor]:
+        """The moments of the module docstring from draws z (..., n, G d) weighted by ``weights``
+        (..., n), averaged over draws and series (``Σ w f(z) / Σ w``)."""
+        if not self.has_m_step:
+            return super().statistics(z, weights, covariates)
+        self.refuse_covariates(covariates)
+        paths = self.paths(z).reshape(-1, *z.shape[-2:-1], len(self.grid), self.sde_dim)  # (S, n, G, d)
+        w = torch.ones(paths.shape[:2], dtype=z.dtype, device=z.device) if weights is None else weights.reshape(paths.shape[:2])
+        w = w / w.sum()
+        outer = paths[..., :, None] * paths[..., None, :]
+        lagged = paths[..., 1:, :, None] * paths[..., :-1, None, :]
+        sums = {"start_sum": paths[..., 0, :], "start_outer": outer[..., 0, :, :], "current_sum": paths[..., :-1, :],
+                "next_sum": paths[..., 1:, :], "current_outer": outer[..., :-1, :, :],
+                "next_outer": outer[..., 1:, :, :], "lagged": lagged}
+        return {key: (w.reshape(*w.shape, *[1] * (value.ndim - 2)) * value).sum((0, 1)) for key, value in sums.items()}
+
+    def m_step_from(self, statistics: dict[str, Tensor]) -> PathPrior:
+        """θ maximising Q(θ) of the averaged moments ``statistics`` (:meth:`statistics`), by L-BFGS
+        from the current θ, in float64; Q's observation term does not depend on θ."""
+        if not self.has_m_step:
+            return super().m_step_from(statistics)
+        like = next(iter(self._theta().values()))
+        sde = self.sde().to(torch.float64)
+        moments = SmoothedStatistics(1, 1, **{key: value.to(torch.float64) for key, value in statistics.items()})
+        eye = torch.eye(self.sde_dim, dtype=torch.float64)
+        maximise(lambda: expected_log_prior(moments, state_space(sde, self.grid, eye, eye.diagonal())) / len(self.grid),
+                 list(sde.parameters()))
+        return PathPrior(sde, self.times, self.substeps).to(like.device, like.dtype)
 
     def penalty(self) -> float:
         return 0.0
