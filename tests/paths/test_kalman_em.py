@@ -8,8 +8,15 @@ from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning
 
 from invae.paths.kalman import kalman_filter, rts_smoother
-from invae.paths.kalman_em import (maximise, complete_data_mle, direct_mle, expected_log_prior, kalman_em,
-                                   smoothed_statistics, state_space)
+from invae.paths.kalman_em import (
+    complete_data_mle,
+    direct_mle,
+    expected_log_prior,
+    kalman_em,
+    maximise,
+    smoothed_statistics,
+    state_space,
+)
 from invae.paths.sde import Brownian, DoubleWell, OrnsteinUhlenbeck
 from invae.threads import using_threads
 

@@ -6,8 +6,7 @@ import torch
 from invae.model.forward import LinearOperator
 from invae.model.likelihoods import PoissonLikelihood, linear_gaussian
 from invae.paths.kalman import LinearGaussianSSM, kalman_filter, rts_smoother
-from invae.paths.particles import (particle_filter, particle_smoother, repeated_log_likelihood,
-                                   systematic_resampling)
+from invae.paths.particles import particle_filter, particle_smoother, repeated_log_likelihood, systematic_resampling
 from invae.paths.sde import DoubleWell, OrnsteinUhlenbeck
 
 N_SERIES, STEPS, NOISE, PARTICLES, REPEATS = 5, 20, 0.5, 1000, 20

@@ -74,7 +74,8 @@ def _path_encoder(estimator, n: int, m: int) -> PathEncoder:
     """The Gauss–Markov encoder of a path prior's series, in units of its start law."""
     prior, likelihood = estimator.prior, estimator.likelihood
     if not isinstance(prior, PathPrior):
-        raise ValueError(f"the markov family is a posterior over paths: it needs a path prior, got {type(prior).__name__}")
+        raise ValueError("the markov family is a posterior over paths: it needs a path prior, "
+                         f"got {type(prior).__name__}")
     mean, cov = prior.sde().initial(torch.float64)
     return PathEncoder(prior.grid, prior.substeps, likelihood.forward.per_time.out_dim, prior.sde_dim,
                        (mean, cov.diagonal().sqrt()), hidden=estimator.hidden[0], layers=len(estimator.hidden),

@@ -253,7 +253,8 @@ def kalman_em(x: Tensor, prior: SDEPrior, times, H: Tensor, noise_var: Tensor, *
                 break
     if not converged:
         warnings.warn(f"Kalman EM stopped at max_iter={max_iter} before the log-likelihood settled "
-                      f"(last change {history[-1] - history[-2]:.3g}); raise max_iter or tol", ConvergenceWarning)
+                      f"(last change {history[-1] - history[-2]:.3g}); raise max_iter or tol", ConvergenceWarning,
+                      stacklevel=2)
     return KalmanEMResult(prior, noise_var, history[-1], history, len(history) - 1, converged)
 
 

@@ -15,7 +15,6 @@ forward operator: its entries are independent given z, as every invae likelihood
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..model.forward import ForwardOperator

@@ -54,7 +54,8 @@ class PathPrior(Prior):
         super().__init__()
         times = check_times(times)
         if times.ndim != 1:
-            raise ValueError(f"a path prior's times must be shared by every series, shape (T,), got {tuple(times.shape)}")
+            raise ValueError("a path prior's times must be shared by every series, shape (T,), "
+                             f"got {tuple(times.shape)}")
         self.grid, self.observed_index = refine(times.to(torch.float64), substeps)
         self.times, self.substeps, self.sde_dim = self.grid[self.observed_index], substeps, sde.dim
         self.dim = len(self.grid) * sde.dim
@@ -116,7 +117,8 @@ class PathPrior(Prior):
             return super().statistics(z, weights, covariates)
         self.refuse_covariates(covariates)
         paths = self.paths(z).reshape(-1, *z.shape[-2:-1], len(self.grid), self.sde_dim)  # (S, n, G, d)
-        w = torch.ones(paths.shape[:2], dtype=z.dtype, device=z.device) if weights is None else weights.reshape(paths.shape[:2])
+        w = torch.ones(paths.shape[:2], dtype=z.dtype, device=z.device) if weights is None else weights
+        w = w.reshape(paths.shape[:2])
         w = w / w.sum()
         outer = paths[..., :, None] * paths[..., None, :]
         lagged = paths[..., 1:, :, None] * paths[..., :-1, None, :]
