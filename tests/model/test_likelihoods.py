@@ -214,3 +214,22 @@ def test_the_link_scale_inverts_each_link_less_the_offsets():
     rows = torch.as_tensor(missing.rows(np.hstack([[[np.nan, 1.0], [3.0, 0.0]], offsets[:, None] * [1, 1]])))
     np.testing.assert_allclose(missing.link_scale(rows).numpy(), np.where([[1, 0], [0, 0]], np.log(0.5) - 0.5,
                                                                            expected))
+
+
+def test_a_learned_noise_level_is_its_log_and_maps_back_differentiably(rng):
+    # d/d log σ of Σ_j log N(x_j; G(z)_j, σ²) is Σ_j ((x_j − G(z)_j)²/σ² − 1)
+    operator = LinearOperator(rng.standard_normal((4, 3)))
+    learned = GaussianLikelihood(operator, 0.7, learn_noise=True)
+    known = GaussianLikelihood(operator, 0.7)
+    assert known.state() == {} and known.with_state({}) is known
+    log_std = learned.state()["log_noise_std"].clone().requires_grad_()
+    x, z = torch.as_tensor(rng.standard_normal((5, 4))), torch.as_tensor(rng.standard_normal((5, 3)))
+    learned.with_state({"log_noise_std": log_std}).log_prob(x, z).sum().backward()
+    residual = x - operator(z)
+    torch.testing.assert_close(log_std.grad, (residual.square() / 0.49 - 1).sum())
+    from invae.model.missing import MissingEntries
+
+    missing = MissingEntries(learned)
+    assert missing.state().keys() == {"log_noise_std"}
+    assert missing.with_state({"log_noise_std": torch.tensor(0.0)}).base.noise_std == 1.0
+    assert learned.to(dtype=torch.float32).learn_noise and not learned.constants()["noise_std"].requires_grad

@@ -271,10 +271,9 @@ class VariationalEB(EmpiricalBayesEstimator):
         with seeded(self.random_state, x.device), using_threads(self.n_threads):
             reuse = self._warm() and (self._amortized or len(x) == len(self._fitted_data))
             posterior = self.posterior_ if reuse else self._new_posterior(x)
-            prior, history, n_iter, converged = train(x, posterior, prior, likelihood, settings,
-                                                      settings.new_lambda_step(), verbose=self.verbose, callback=self.callback,
-                                                      checkpoint=self._checkpointer(),
-                                                      identity=self._identity(x, settings))
+            prior, likelihood, history, n_iter, converged = train(
+                x, posterior, prior, likelihood, settings, settings.new_lambda_step(), verbose=self.verbose,
+                callback=self.callback, checkpoint=self._checkpointer(), identity=self._identity(x, settings))
         if not converged:
             warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before the prior's parameters "
                           "and the ELBO settled; raise max_iter or tol", ConvergenceWarning)

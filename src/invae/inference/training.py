@@ -30,7 +30,8 @@ outer iteration, when
   (statistics of a q that is still learning would be stale); nor are the parameters of a
   prior trained by gradient. Their noise is Adam's, which a smaller step size reduces:
   their relative step-to-step noise (:meth:`~invae.inference.averaging.StatisticsAverage.relative_error`)
-  must fall below c·√(2/n) (√(2/n): the relative standard error of a variance from n rows).
+  must fall below c·√(2/n) (√(2/n): the relative standard error of a variance from n rows;
+  n counts the prior's independent terms, ``n × prior.terms_per_row``: a path's grid steps).
 
 A number ``tol`` replaces 1e-4 for the ELBO, and the statistics' criteria by a Monte Carlo
 error (averaged or not) below ``tol``, relative.
@@ -134,8 +135,9 @@ class TrainingSettings:
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
           lambda_step: LambdaStep | None, *, verbose: bool = False,
           callback: Callable[[int, Prior], None] | None = None, checkpoint: Checkpointer | None = None,
-          identity: dict | None = None) -> tuple[Prior, dict, int, bool]:
-    """Run Algorithm 1 on data x (n, m); return (prior, history, n_iter, converged).
+          identity: dict | None = None) -> tuple[Prior, Likelihood, dict, int, bool]:
+    """Run Algorithm 1 on data x (n, m); return (prior, likelihood, history, n_iter, converged):
+    the likelihood with its learned noise where it has some (``Likelihood.state``).
 
     ``lambda_step`` updates the prior after each round of Adam steps (e.g.
     ``settings.new_lambda_step()``); None keeps it fixed and trains q alone (inference on
@@ -181,7 +183,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
                 _save(checkpoint, run, good, identity or {}, converged)
             if converged:
                 break
-    return run.prior, run.history, run.iteration, converged
+    return run.prior, run.likelihood, run.history, run.iteration, converged
 
 
 class _Diverged(Exception):
@@ -200,9 +202,12 @@ class _Run:
         by_gradient = lambda_step is not None and lambda_step.by_gradient
         self.theta = {key: value.detach().clone().requires_grad_() for key, value in prior.state().items()
                       if by_gradient}
+        # Noise parameters learned with the prior (Likelihood.state; not when only q is trained),
+        # in x's dtype: Adam's third group.
+        self.psi = {key: value.detach().to(x.dtype).clone().requires_grad_()
+                    for key, value in likelihood.state().items() if lambda_step is not None}
         groups = [{"params": list(posterior.parameters())}]
-        if self.theta:
-            groups.append({"params": list(self.theta.values())})
+        groups += [{"params": list(leaves.values())} for leaves in (self.theta, self.psi) if leaves]
         # fused: one kernel per step instead of a dozen (2–5 × faster on CPU, the same update)
         self.optimizer = torch.optim.Adam(groups, lr=settings.learning_rate, fused=True)
         self.plateau = _Plateau(self.optimizer, settings.lr_decay, patience=max(1, settings.window // 2))
@@ -224,7 +229,8 @@ class _Run:
         n, settings, step = len(self.x), self.settings, self.lambda_step
         if step is None:
             return None, None
-        target = _PRECISION * math.sqrt(2 / n) if settings.tol is None else settings.tol
+        terms = n * self.prior.terms_per_row
+        target = _PRECISION * math.sqrt(2 / terms) if settings.tol is None else settings.tol
         averaging = not by_gradient and step.averages(n, self.batch)
         enough = _PRECISION**2 * step.rows_per_step(n, self.batch) / n if averaging and settings.tol is None else None
         return StatisticsAverage(settings.window, settings.averaging_exponent, target, averaging), enough
@@ -253,8 +259,8 @@ class _Run:
         with _scaled_steps(self.optimizer, self._warmup_factor()):
             for _ in range(settings.n_critic):
                 index = torch.randint(len(x), (self.batch,), device=x.device)
-                loss = -elbo(x[index], self.posterior(x[index], index), self._prior_with_theta(), self.likelihood,
-                             settings.n_samples).mean()
+                loss = -elbo(x[index], self.posterior(x[index], index), self._prior_with_theta(),
+                             self._likelihood_with_psi(), settings.n_samples).mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._clip_gradient()
@@ -262,6 +268,8 @@ class _Run:
                 train_elbo -= loss.item() / settings.n_critic
         if self.theta:
             self.prior = self._prior_with_theta(detached=True)
+        if self.psi:
+            self.likelihood = self._likelihood_with_psi(detached=True)
         if not math.isfinite(train_elbo):
             raise _Diverged("the training ELBO is not finite")
         self._check_weights()
@@ -313,6 +321,13 @@ class _Run:
         except ValueError as error:  # the prior refuses the parameters a gradient step gave it
             raise _Diverged(f"a gradient step gave the prior invalid parameters: {error}") from None
 
+    def _likelihood_with_psi(self, detached: bool = False) -> Likelihood:
+        """The likelihood at the leaves ψ of its learned noise (differentiable in ψ), else as it is."""
+        if not self.psi:
+            return self.likelihood
+        return self.likelihood.with_state({key: leaf.detach().clone() if detached else leaf
+                                           for key, leaf in self.psi.items()})
+
     def _checked_lambda_step(self) -> Prior:
         """The M-step on the averaged statistics (a prior trained by gradient: itself, its
         parameters averaged for their error only); an invalid Λ (not finite, not positive
@@ -359,6 +374,7 @@ class _Run:
                 "plateau": [self.plateau.best, self.plateau.waited, self.plateau.since_best],
                 "average": self.average.state_dict() if self.average is not None else None,
                 "prior": {key: value.detach().clone() for key, value in (self.theta or self.prior.state()).items()},
+                "likelihood": {key: value.detach().clone() for key, value in self.psi.items()},
                 "history": {key: list(values) for key, values in self.history.items()},
                 "iteration": self.iteration, "gradient_norm": self.gradient_norm, "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -379,6 +395,10 @@ class _Run:
         with torch.no_grad():  # in place: Adam holds the leaves
             for key, leaf in self.theta.items():
                 leaf.copy_(state["prior"][key])
+            for key, leaf in self.psi.items():  # checkpoints from before learned noise have none
+                leaf.copy_(state["likelihood"][key])
+        if self.psi:
+            self.likelihood = self._likelihood_with_psi(detached=True)
 
     def roll_back(self, good: dict) -> None:
         """Back to the last good iteration, with half the step size the failed one took (so that

@@ -90,6 +90,16 @@ class Likelihood(abc.ABC):
         them (``noise_std``, ``df``): what a model file keeps besides the forward operator."""
         return {}
 
+    def state(self) -> dict[str, Tensor]:
+        """Parameters of the noise learned with the prior's (none: the noise is known). A fit
+        moves them by gradient on the ELBO, with the posterior, and :meth:`with_state` maps
+        them back differentiably (docs/methods.md §3.12)."""
+        return {}
+
+    def with_state(self, state: dict[str, Tensor]) -> Likelihood:
+        """This likelihood with the learned parameters ``state`` (:meth:`state`)."""
+        return self
+
 
 class _LawGivenSignal(Likelihood):
     """A likelihood whose rows are the measurements alone: ``x | z`` has a law of its own."""
@@ -112,18 +122,21 @@ class GaussianLikelihood(_LawGivenSignal):
     ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): (m,)
     gives one per sensor; (n, 1) one per observation, but only for ``log_prob`` on exactly
     those n rows (a fit draws minibatches this σ does not follow): to fit with a known σ_i
-    per observation use :class:`NoisePerRowGaussianLikelihood`.
+    per observation use :class:`NoisePerRowGaussianLikelihood`. ``learn_noise``: σ is not
+    known; ``noise_std`` is where a fit starts it, and the fit learns ``log σ`` (:meth:`state`).
     """
 
-    def __init__(self, forward: ForwardOperator, noise_std: float | Tensor):
-        noise_std = torch.as_tensor(noise_std, dtype=torch.float64)
+    def __init__(self, forward: ForwardOperator, noise_std: float | Tensor, *, learn_noise: bool = False):
+        noise_std = torch.as_tensor(noise_std).to(torch.float64)  # keeps a learned σ's gradient
         if not (torch.isfinite(noise_std).all() and (noise_std > 0).all()):
             raise ValueError(f"the noise standard deviation must be finite and > 0, got {_short(noise_std)}")
         self.forward = forward
         self.noise_std = noise_std
+        self.learn_noise = learn_noise
 
     def __repr__(self) -> str:
-        return f"GaussianLikelihood({self.forward!r}, noise_std={_short(self.noise_std)})"
+        learned = ", learn_noise=True" if self.learn_noise else ""
+        return f"GaussianLikelihood({self.forward!r}, noise_std={_short(self.noise_std.detach())}{learned})"
 
     @property
     def is_linear(self) -> bool:
@@ -149,10 +162,19 @@ class GaussianLikelihood(_LawGivenSignal):
         return None if moments is None else _expected_gaussian_log_prob(x, self._std(x), *moments)
 
     def to(self, device=None, dtype=None) -> GaussianLikelihood:
-        return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std)
+        return GaussianLikelihood(self.forward.to(device, dtype), self.noise_std, learn_noise=self.learn_noise)
 
     def constants(self) -> dict:
-        return {"noise_std": self.noise_std}
+        return {"noise_std": self.noise_std.detach()}
+
+    def state(self) -> dict[str, Tensor]:
+        """``{"log_noise_std": log σ}`` where σ is learned, else none."""
+        return {"log_noise_std": self.noise_std.log()} if self.learn_noise else {}
+
+    def with_state(self, state: dict[str, Tensor]) -> GaussianLikelihood:
+        if not state:
+            return self
+        return GaussianLikelihood(self.forward, state["log_noise_std"].exp(), learn_noise=True)
 
 
 class _PointwiseLikelihood(_LawGivenSignal):

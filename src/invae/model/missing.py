@@ -80,6 +80,12 @@ class MissingEntries(Likelihood):
     def predictive_mean_is_linear(self) -> bool:
         return self.base.predictive_mean_is_linear
 
+    def state(self) -> dict[str, Tensor]:
+        return self.base.state()
+
+    def with_state(self, state: dict[str, Tensor]) -> MissingEntries:
+        return MissingEntries(self.base.with_state(state)) if state else self
+
     def to(self, device=None, dtype=None) -> MissingEntries:
         return MissingEntries(self.base.to(device, dtype))
 

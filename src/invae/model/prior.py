@@ -42,6 +42,10 @@ class Prior(nn.Module, abc.ABC):
     dim: int
     #: k, the known covariates per row that the prior reads (0: none).
     covariate_dim: int = 0
+    #: The independent terms one row adds to θ's statistics: 1 for a vector z; a path's grid
+    #: steps for a path prior. θ's standard error falls as 1/√(n × this), which sets how
+    #: precise the fit's statistics must be before it stops (invae.inference.training).
+    terms_per_row: int = 1
 
     def forward(self, z: Tensor, covariates: Tensor | None = None) -> Tensor:
         """``log g(z; θ)``: a prior called on z is its log-density (e.g. in ``torch.func.functional_call``)."""

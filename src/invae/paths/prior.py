@@ -59,6 +59,7 @@ class PathPrior(Prior):
         self.grid, self.observed_index = refine(times.to(torch.float64), substeps)
         self.times, self.substeps, self.sde_dim = self.grid[self.observed_index], substeps, sde.dim
         self.dim = len(self.grid) * sde.dim
+        self.terms_per_row = len(self.grid)  # the start and each grid step
         object.__setattr__(self, "template", sde)  # not a submodule: θ is in the buffers below
         for name, value in sde.named_parameters():
             self.register_buffer(name, value.detach().clone())
