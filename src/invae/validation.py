@@ -12,9 +12,11 @@ __all__ = ["check_data", "check_noise_std", "check_penalty"]
 _LARGEST = float(np.sqrt(np.finfo(np.float32).max)) / 100
 
 
-def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing: bool = False) -> np.ndarray:
-    """``X`` as a finite float64 array of shape (n, m) with n ≥ 2 (and m == ``columns``);
-    with ``allow_missing``, NaN marks a missing entry (inf is still refused)."""
+def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing: bool = False,
+               min_rows: int = 2) -> np.ndarray:
+    """``X`` as a finite float64 array of shape (n, m) with n ≥ ``min_rows`` (and m == ``columns``);
+    with ``allow_missing``, NaN marks a missing entry (inf is still refused). Two rows at least,
+    unless each row holds several independent terms of the prior (a series: ``min_rows=1``)."""
     array = np.asarray(X)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
@@ -22,8 +24,9 @@ def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing:
         raise ValueError(f"{name} must be real, got complex dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n observations, m features), got shape {array.shape}")
-    if array.shape[0] < 2:
-        raise ValueError(f"{name} has {array.shape[0]} row(s); empirical Bayes needs at least 2 observations")
+    if array.shape[0] < min_rows:
+        raise ValueError(f"{name} has {array.shape[0]} row(s); empirical Bayes needs at least {min_rows} "
+                         f"{'observations' if min_rows > 1 else 'observation'}")
     if array.shape[1] < 1:
         raise ValueError(f"{name} has no columns")
     if columns is not None and array.shape[1] != columns:

@@ -105,6 +105,41 @@ def test_a_version_1_file_still_loads(problem, tmp_path):
     np.testing.assert_array_equal(load_model(path).precision_, fitted.precision_)
 
 
+def test_a_version_5_file_still_loads(problem, tmp_path):
+    fitted = make_estimator("em", GaussianGraphicalModel(dim=5, alpha=0.05), linear_gaussian(problem.A, 0.5))
+    path = save_model(fitted.fit(problem.X), tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    record["version"] = 5  # version 6 added a path's nested operator: the other records are as version 5 wrote them
+    torch.save(record, path)
+    np.testing.assert_array_equal(load_model(path).transform(problem.X), fitted.transform(problem.X))
+
+
+def test_a_path_model_keeps_its_per_time_operator(tmp_path):
+    from invae.model.missing import MissingEntries
+    from invae.paths.observation import PathOperator, series_rows
+    from invae.paths.prior import PathPrior
+    from invae.paths.sde import OrnsteinUhlenbeck
+
+    times = torch.tensor([0.0, 1.0, 1.5, 3.0, 4.0])
+    generator = torch.Generator().manual_seed(1)
+    z = OrnsteinUhlenbeck(2, drift=0.5).simulate(30, times, generator=generator)
+    a = torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, -1.0]])
+    x = (z @ a.T + 0.2 * torch.randn(30, 5, 3, generator=generator)).numpy()
+    x[0, 1, 2] = np.nan
+    likelihood = MissingEntries(GaussianLikelihood(PathOperator(LinearOperator(a), 5, 2), 0.2))
+    rows = likelihood.rows(series_rows(x), fitting=False)
+    fitted = make_estimator("kalman", PathPrior(OrnsteinUhlenbeck(2), times, 2), likelihood).fit(rows)
+    path = save_model(fitted, tmp_path / "model.pt")
+    record = torch.load(path, weights_only=True)
+    assert record["version"] == 6 and record["prior"] == "ou" and record["method"] == "kalman"
+    assert record["likelihood"]["forward"]["steps"] == 5 and record["likelihood"]["forward"]["substeps"] == 2
+    loaded = load_model(path)
+    operator = loaded.likelihood.forward
+    assert isinstance(operator, PathOperator) and torch.equal(operator.per_time.matrix, a)
+    for got, expected in zip(loaded.posterior(rows), fitted.posterior(rows)):
+        np.testing.assert_array_equal(got, expected)
+
+
 def _likelihood_before_4(likelihood: dict) -> dict:
     """A linear-Gaussian likelihood as format versions 1 to 3 kept it."""
     return {"forward": likelihood["forward"]["matrix"], "noise_std": likelihood["constants"]["noise_std"],

@@ -118,3 +118,19 @@ def test_resample_draws_in_proportion_to_the_weights():
     # frequencies of row 2 against (0.2, 0.3, 0.5): binomial sd ≤ 0.0036, 4 sds
     frequencies = torch.stack([(picked[:, 1, 0] == s).double().mean() for s in range(3)])
     torch.testing.assert_close(frequencies, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), atol=0.015, rtol=0)
+
+
+
+def test_a_gauss_markov_path_widens_by_its_noise(generator):
+    # the markov family's q: its density, widened by τ, is the dense Gaussian N(μ, τ² Σ) (to_dense: N(μ, Σ))
+    from invae.paths.encoder import FlatPath
+    from invae.paths.gauss_markov import GaussMarkov
+
+    diagonal = torch.linalg.cholesky(torch.tensor(random_spd(np.random.default_rng(1), 2))).expand(3, 4, 2, 2)
+    path = GaussMarkov(torch.randn(3, 4, 2, generator=generator), diagonal, torch.randn(3, 3, 2, 2, generator=generator))
+    z, log_r = defensive_draws(FlatPath(path), 5)
+    assert z.shape == (5, 3, 8) and log_r.shape == (5, 3)
+    dense = path.to_dense()
+    wide = MultivariateNormal(dense.mean, 4 * dense.covariance_matrix)
+    expected = torch.logsumexp(torch.stack([math.log(0.6) + dense.log_prob(z), math.log(0.4) + wide.log_prob(z)]), 0)
+    torch.testing.assert_close(log_r, expected, rtol=1e-9, atol=1e-9)

@@ -104,7 +104,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     from ..model.noise import NOISE_MODELS
     from ..model.priors import PRIORS
 
-    fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations")
+    fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations; for a path prior "
+                     "n series (n, T, m) as .npy, NaN where not observed")
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
     fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")
@@ -121,7 +122,13 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "count over the mean total (sequencing depth)")
     fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
                      "--fit-mean or --covariates), or gmm, a mixture of "
-                     "--components Gaussians N(μ_k, Λ_k⁻¹) (N(μ_k + B_k c_i, Λ_k⁻¹) with --covariates) (default: ggm)")
+                     "--components Gaussians N(μ_k, Λ_k⁻¹) (N(μ_k + B_k c_i, Λ_k⁻¹) with --covariates); or a latent "
+                     "path's SDE: ou dz = −Θ(z − μ)dt + S dW, brownian dz = S dW, double-well "
+                     "dz = θ₁ z(θ₂ − z²)dt + s dW (default: ggm)")
+    fit.add_argument("--times", help="a path prior's observation times (T,), strictly increasing, as .npy/.csv "
+                     "(default: 0, 1, …, T − 1)")
+    fit.add_argument("--substeps", type=int, help="k: a path prior's latent grid cuts each interval between "
+                     "observation times into k steps (default: 1)")
     fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
     fit.add_argument("--covariates", help="known covariates c_i, one row per row of --data (.csv with a header of "
                      "names, or .npy): the prior becomes N(μ + B c_i, Λ⁻¹) with μ and B estimated (gmm: each "
@@ -150,7 +157,8 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
     from .methods import methods
     from .settings import PRESETS
 
-    fit.add_argument("--method", choices=methods().names(), help="estimator (default: vae)")
+    fit.add_argument("--method", choices=methods().names(), help="estimator (default: vae; markov for a path prior, "
+                     "or kalman, exact for ou and brownian with gaussian noise through a matrix)")
     fit.add_argument("--preset", choices=PRESETS,
                      help="optimiser settings of the variational methods: default (measured best) or paper")
     fit.add_argument("--seed", type=int)
@@ -255,7 +263,8 @@ def _fit(args: argparse.Namespace) -> None:
     estimator, arrays, summary, files = run_fit(settings)
     folder = write_results(settings.out, arrays, summary, files)
     if settings.save is not None:
-        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=(summary["n"], summary["m"]),
+        shape = (summary["n"], summary["T"], summary["m"]) if "T" in summary else (summary["n"], summary["m"])
+        save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=shape,
                    recipe=RowRecipe.from_record(summary["row_recipe"]))
     if not settings.quiet:
         chosen = f"α = {summary['penalty']:.4g} (chosen), " if settings.penalty in ("auto", "stars") else ""

@@ -16,6 +16,7 @@ from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from ..references.baselines import Naive
 from ..references.em import EM
+from ..references.kalman import KalmanEM
 from ..registry import Registry
 
 __all__ = ["Method", "REFERENCE_METHODS", "methods", "variational_names", "make_estimator", "method_name"]
@@ -55,7 +56,8 @@ def _variational(family: str, paths: bool) -> Method:
                   variational=True, paths=paths)
 
 
-#: The methods that are not a posterior family: exact EM and the naive baseline (Gaussian noise).
+#: The methods that are not a posterior family: exact EM and the naive baseline (Gaussian noise), and
+#: Kalman EM for a linear SDE's latent paths (docs/methods.md §3.16).
 REFERENCE_METHODS: Registry[Method] = Registry("method")
 REFERENCE_METHODS.register("em", Method(
     lambda prior, likelihood, options: EM(prior, likelihood, verbose=options["verbose"], callback=options["callback"],
@@ -64,6 +66,9 @@ REFERENCE_METHODS.register("em", Method(
 REFERENCE_METHODS.register("naive", Method(
     lambda prior, likelihood, options: Naive(prior, likelihood, device=options["device"]),
     lambda estimator: isinstance(estimator, Naive)))
+REFERENCE_METHODS.register("kalman", Method(
+    lambda prior, likelihood, options: KalmanEM(prior, likelihood, device=options["device"], **_limits(options)),
+    lambda estimator: isinstance(estimator, KalmanEM), paths=True))
 
 
 def methods() -> Registry[Method]:

@@ -8,7 +8,8 @@ its ``state()`` and ``config()``; the likelihood's noise model
 (:data:`invae.model.noise.NOISE_MODELS`, or "one σ_i per row": new rows then come with
 theirs), its ``constants()`` and its forward operator's ``record()`` (the matrix A, or the
 ``FILE.py:FUNCTION`` of a user's function, imported again on loading: that runs the file,
-and loading says so in a warning); the recipe of its rows (:class:`~invae.app.recipe.RowRecipe`:
+and loading says so in a warning; for a path prior the per-time one of these, with T and
+the sub-steps); the recipe of its rows (:class:`~invae.app.recipe.RowRecipe`:
 the covariates' coding and the offsets' mean total, so that new rows are made as the fit's);
 and an amortized family's trained weights. A
 ``mean-field`` model keeps no per-row factors: new data get factors fitted afresh under Λ̂,
@@ -26,13 +27,14 @@ import torch
 
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
-from ..model.forward import FunctionOperator, LinearOperator
+from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
 from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS, noise_name
 from ..model.prior import Prior
 from ..model.priors import PRIORS, prior_name
+from ..paths.observation import PathOperator
 from .recipe import RowRecipe
 from .methods import make_estimator, method_name
 from .plugins import load_function
@@ -40,9 +42,10 @@ from .plugins import load_function
 __all__ = ["save_model", "load_model", "load_recipe"]
 
 FORMAT = "invae-model"
-# 5: a prior's location and covariates, the rows' recipe, missing entries; 4: any registered prior and noise model; 3 added "noise_per_row";
+# 6: a path prior's per-time forward operator nested in its PathOperator's record; 5: a prior's location and
+# covariates, the rows' recipe, missing entries; 4: any registered prior and noise model; 3 added "noise_per_row";
 # 2 the prior's kind; 1 a ggm's Λ̂
-VERSION = 5
+VERSION = 6
 _PER_ROW = "gaussian, one σ_i per row"  # the noise of NoisePerRowGaussianLikelihood (--noise-std-file)
 
 
@@ -148,15 +151,21 @@ def _likelihood_record_before_4(record: dict) -> dict:
             "forward": {"matrix": record["forward"]}}
 
 
+def _operator(record: dict) -> ForwardOperator:
+    """The forward operator of its ``record()``: a matrix, a user's function (imported again: a
+    warning says so), or a path's per-time operator (version 6) with its T and sub-steps."""
+    if "per_time" in record:
+        return PathOperator(_operator(record["per_time"]), record["steps"], record["substeps"])
+    if "matrix" in record:
+        return LinearOperator(record["matrix"])
+    warnings.warn(f"the model's forward function is imported from {record['function']!r}: that file is run",
+                  UserWarning, stacklevel=4)
+    return FunctionOperator(load_function(record["function"]), record["latent_dim"], name=record["function"],
+                            source=record["function"])
+
+
 def _likelihood(record: dict) -> Likelihood:
-    forward = record["forward"]
-    if "matrix" in forward:
-        operator = LinearOperator(forward["matrix"])
-    else:
-        warnings.warn(f"the model's forward function is imported from {forward['function']!r}: that file is run",
-                      UserWarning, stacklevel=3)
-        operator = FunctionOperator(load_function(forward["function"]), forward["latent_dim"],
-                                    name=forward["function"], source=forward["function"])
+    operator = _operator(record["forward"])
     if record["noise"] == _PER_ROW:
         likelihood = NoisePerRowGaussianLikelihood(operator)
     else:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
@@ -21,8 +22,11 @@ from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS
 from ..model.prior import Prior
 from ..model.priors import PRIORS, StartOptions
+from ..paths.observation import PathOperator, series_rows
+from ..paths.prior import PathPrior
 from ..references.em import EM
 from ..references.exact import has_exact_em, has_exact_evidence, mean_log_likelihood
+from ..references.kalman import KalmanEM, has_kalman, kalman_log_likelihood
 from ..references.sanity import likelihood_check
 from ..validation import check_data
 from .io import csv_header, load_array, read_names
@@ -31,6 +35,7 @@ from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
+from .series import as_series, at_times, load_series, load_times
 from .settings import FitSettings
 
 __all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
@@ -55,25 +60,14 @@ class Problem:
 def load_problem(settings: FitSettings) -> Problem:
     """The problem ``settings`` describe (:class:`Problem`). The variables' names are
     ``--names``, else a ``.csv`` data file's header where the signals are the data (no
-    ``--forward``), else z0 … z(p−1)."""
-    function = FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
-    if function is not None:
-        if settings.latent_dim is None:
-            raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
-        file, name = function.groups()  # the model file records the absolute path: predict may run elsewhere
-        operator = FunctionOperator(load_function(str(settings.forward)), settings.latent_dim,
-                                    name=str(settings.forward), source=f"{Path(file).resolve()}:{name}")
-    elif settings.forward is not None:
-        a = load_array(settings.forward, name="the forward matrix (--forward)")
-        if a.ndim != 2:
-            raise ValueError(f"the forward matrix (--forward) must be 2-D (m, p), got shape {a.shape}")
-        operator = LinearOperator(check_data(a, name="the forward matrix (--forward)"))
+    ``--forward``), else z0 … z(p−1). A path prior's data are series (:func:`_path_problem`)."""
+    operator = _operator(settings)
+    if PRIORS[settings.prior].paths:
+        return _path_problem(settings, operator)
     x = load_array(settings.data, name="the data (--data)")
-    if settings.forward is None:
+    if operator is None:
         operator = LinearOperator.identity(x.shape[1] if x.ndim == 2 else 1)
-    if function is None and settings.latent_dim not in (None, operator.in_dim):
-        raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
-                         f"{operator.in_dim} columns (it is for a forward function)")
+    _check_latent_dim(operator, settings)
     x = check_data(x, name="the data (--data)", columns=operator.out_dim, allow_missing=True)
     likelihood = _likelihood(operator, settings)
     if np.isnan(x).any():  # missing entries: the likelihood of the observed ones
@@ -89,6 +83,52 @@ def load_problem(settings: FitSettings) -> Problem:
         csv_header(settings.data) if settings.forward is None else None
     return Problem(x, PRIORS[settings.prior].start(x, likelihood, options), likelihood, recipe,
                    variable_names(operator.in_dim, given))
+
+
+def _operator(settings: FitSettings) -> ForwardOperator | None:
+    """The forward operator ``--forward`` names (per time point for a path prior); None for the
+    identity, whose size the data give."""
+    function = FUNCTION_SPEC.fullmatch(str(settings.forward)) if settings.forward is not None else None
+    if function is not None:
+        if settings.latent_dim is None:
+            raise ValueError("a forward function (--forward module.py:function) needs --latent-dim p")
+        file, name = function.groups()  # the model file records the absolute path: predict may run elsewhere
+        return FunctionOperator(load_function(str(settings.forward)), settings.latent_dim,
+                                name=str(settings.forward), source=f"{Path(file).resolve()}:{name}")
+    if settings.forward is not None:
+        a = load_array(settings.forward, name="the forward matrix (--forward)")
+        if a.ndim != 2:
+            raise ValueError(f"the forward matrix (--forward) must be 2-D (m, p), got shape {a.shape}")
+        return LinearOperator(check_data(a, name="the forward matrix (--forward)"))
+    return None
+
+
+def _check_latent_dim(operator: ForwardOperator, settings: FitSettings) -> None:
+    if not isinstance(operator, FunctionOperator) and settings.latent_dim not in (None, operator.in_dim):
+        raise ValueError(f"--latent-dim {settings.latent_dim} disagrees with the forward matrix's "
+                         f"{operator.in_dim} columns (it is for a forward function)")
+
+
+def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Problem:
+    """A path prior's problem: the series (n, T, m) of ``--data`` as rows (n, T m) (with their
+    observed indicators where entries are missing), measured at ``--times`` through the per-time
+    operator (``--forward``, else the identity) at each time point; names for the d coordinates."""
+    x = load_series(settings.data)
+    n, steps, m = x.shape
+    per_time = LinearOperator.identity(m) if per_time is None else per_time
+    _check_latent_dim(per_time, settings)
+    if per_time.out_dim != m:
+        raise ValueError(f"the data have m = {m} measurements per time point, the forward operator gives "
+                         f"{per_time.out_dim}; check --forward / the data file")
+    times = load_times(settings.times, steps)
+    likelihood = _likelihood(PathOperator(per_time, steps, settings.substeps), settings)
+    rows = series_rows(x)
+    if np.isnan(rows).any():  # missing entries; a time point missing in every series is allowed (load_series)
+        likelihood = MissingEntries(likelihood)
+        rows = likelihood.rows(rows, fitting=False)
+    options = StartOptions(seed=settings.seed, times=times, substeps=settings.substeps)
+    names = variable_names(per_time.in_dim, read_names(settings.names) if settings.names is not None else None)
+    return Problem(rows, PRIORS[settings.prior].start(rows, likelihood, options), likelihood, RowRecipe(), names)
 
 
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
@@ -117,13 +157,16 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
                                             subsamples=settings.stability, seed=settings.seed,
                                             verbose=settings.verbosity, n_jobs=settings.jobs)[0]
     mean, std = estimator.posterior(x)
-    parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
-    arrays = {**parameters, "posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
+    if isinstance(estimator.prior_, PathPrior):
+        arrays, described = _path_outputs(estimator, x, mean, std)
+    else:
+        parameters = {name: value.detach().cpu().double().numpy() for name, value in estimator.prior_.state().items()}
+        arrays = {**parameters, "posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
+        described = {"n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim, **estimator.prior_.summary()}
     summary = {
         "invae_version": __version__,
         "settings": settings.to_dict(),
-        "n": x.shape[0], "m": likelihood.forward.out_dim, "p": prior.dim, "variables": problem.names,
-        **estimator.prior_.summary(),
+        **described, "variables": problem.names,
         "row_recipe": recipe.to_record(),
         **({} if recipe.covariates is None else {"covariates": recipe.covariates.names}),
         "n_iter": estimator.n_iter_, "converged": estimator.converged_,
@@ -133,6 +176,10 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         log_lik = mean_log_likelihood(x, estimator.prior_, likelihood)
         summary["log_likelihood_per_obs"] = log_lik
         summary["penalized_log_likelihood_per_obs"] = log_lik - estimator.prior_.penalty()
+    elif has_kalman(estimator.prior_, estimator.likelihood_):  # a linear SDE through Gaussian noise: exact
+        total = (estimator.log_likelihood_ if isinstance(estimator, KalmanEM)
+                 else kalman_log_likelihood(x, estimator.prior_, estimator.likelihood_))
+        summary["log_likelihood"], summary["log_likelihood_per_obs"] = total, total / len(x)
     if estimator.history_:
         summary["history"] = _history(estimator)
     if isinstance(estimator, VariationalEB):
@@ -142,7 +189,22 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
                                 "refits": method_name(_refitter(estimator, fitted=True))}
     files = ({"edges.csv": edges_csv(edge_rows(arrays["precision"], problem.names, frequencies), frequencies is not None)}
              if "precision" in arrays else {})
+    if "parameters" in described:  # a path prior's θ by name
+        files["parameters.json"] = (json.dumps(described["parameters"], indent=2) + "\n").encode()
     return estimator, arrays, summary | _posterior_summary(estimator, x), files
+
+
+def _path_outputs(estimator: EmpiricalBayesEstimator, x: np.ndarray, mean: np.ndarray, std: np.ndarray
+                  ) -> tuple[dict[str, np.ndarray], dict]:
+    """A path fit's arrays (the posterior's means and sds at the observation times (n, T, d), the
+    series imputed (n, T, m) where entries are missing) and what the summary says of its shapes
+    and θ (``parameters``, by name: :meth:`~invae.paths.prior.PathPrior.summary`)."""
+    prior, operator = estimator.prior_, estimator.likelihood_.forward
+    arrays = {"posterior_mean": at_times(prior, mean), "posterior_std": at_times(prior, std)}
+    arrays |= {key: as_series(value, operator.steps) for key, value in _imputed(estimator, x).items()}
+    described = {"n": x.shape[0], "T": operator.steps, "m": operator.per_time.out_dim, "d": prior.sde_dim,
+                 "substeps": prior.substeps, "times": prior.times.tolist(), "parameters": prior.summary()}
+    return arrays, described
 
 
 def _fit_with_penalty(estimator: EmpiricalBayesEstimator, x: np.ndarray, settings: FitSettings
@@ -174,7 +236,8 @@ def _refitter(estimator: EmpiricalBayesEstimator, fitted: bool = False) -> Empir
 def _variational_summary(estimator: VariationalEB, x: np.ndarray, method: str) -> dict:
     """The ELBO, the sanity bound where exact EM exists (:mod:`invae.references.sanity`: a
     failed one warns) and the fit's warnings."""
-    summary = dict(zip(("elbo_per_obs", "elbo_standard_error"), estimator.elbo(x)))
+    elbo, error = estimator.elbo(x)
+    summary = {"elbo_per_obs": elbo, "elbo_standard_error": None if math.isnan(error) else error}  # None: one row
     said = list(estimator.warnings_)
     check = likelihood_check(x, estimator.prior_, estimator.likelihood_)
     if check is not None:
@@ -204,8 +267,9 @@ def _history(estimator: EmpiricalBayesEstimator) -> dict:
     if isinstance(estimator, VariationalEB):
         return {"time": estimator.history_["time"], "objective": estimator.history_["elbo"],
                 "objective_name": "ELBO per observation (fixed noise)"}
-    return {"time": estimator.history_["time"], "objective": estimator.history_["objective"],
-            "objective_name": "penalised log-likelihood per observation"}
+    name = ("log-likelihood per series" if isinstance(estimator, KalmanEM)
+            else "penalised log-likelihood per observation")
+    return {"time": estimator.history_["time"], "objective": estimator.history_["objective"], "objective_name": name}
 
 
 def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSources(), *,
@@ -215,14 +279,26 @@ def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSo
     had them (made by the model's recipe, :mod:`invae.app.recipe`)."""
     estimator, recipe = load_model(model, device=device), load_recipe(model)
     check_sources(estimator.likelihood, recipe, sources)
-    m = estimator.likelihood.forward.out_dim
-    x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=m, allow_missing=True)
-    x = make_rows(x, estimator.likelihood, sources, recipe)[0]
+    operator = estimator.likelihood.forward
+    if isinstance(estimator.prior, PathPrior):
+        x = load_series(data, fitting=False)
+        if x.shape[1:] != (operator.steps, operator.per_time.out_dim):
+            raise ValueError(f"the model reads series of T = {operator.steps} times and m = "
+                             f"{operator.per_time.out_dim} measurements, the data (--data) have shape {x.shape}")
+        x = make_rows(series_rows(x), estimator.likelihood, sources, recipe)[0]
+    else:
+        x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=operator.out_dim,
+                       allow_missing=True)
+        x = make_rows(x, estimator.likelihood, sources, recipe)[0]
     mean, std = estimator.posterior(x)
-    summary = {"invae_version": __version__, "model": str(model), "data": str(data),
-               "method": method_name(estimator), "n": x.shape[0], "m": m, "p": mean.shape[1]}
-    return {"posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}, \
-        summary | _posterior_summary(estimator, x)
+    summary = {"invae_version": __version__, "model": str(model), "data": str(data), "method": method_name(estimator)}
+    if isinstance(estimator.prior_, PathPrior):
+        arrays, described = _path_outputs(estimator, x, mean, std)
+        described.pop("parameters")
+    else:
+        arrays = {"posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
+        described = {"n": x.shape[0], "m": operator.out_dim, "p": mean.shape[1]}
+    return arrays, summary | described | _posterior_summary(estimator, x)
 
 
 def _imputed(estimator: EmpiricalBayesEstimator, x: np.ndarray) -> dict[str, np.ndarray]:

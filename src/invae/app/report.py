@@ -3,8 +3,9 @@
 Works on the folders ``invae demo`` writes (the truth is known: Λ_true beside each Λ̂,
 signals against the true z, convergence curves), those ``invae fit`` writes (Λ̂ and its
 network, the posterior bands, the penalty path where ``--penalty auto`` chose α) and those
-``invae predict`` writes (the posterior bands). The figures are saved
-as PNG files beside the results and embedded in ``report.html``, which needs no other file.
+``invae predict`` writes (the posterior bands; not yet for a path prior's series). The figures
+are saved as PNG files beside the results and embedded in ``report.html``, which needs no other
+file.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
                               "|ρ_ab| = |Λ̂_ab| / √(Λ̂_aa Λ̂_bb), blue where ρ_ab > 0 and red where ρ_ab < 0 "
                               "(edges.csv lists them).")
     mean, std = folder / "posterior_mean.npy", folder / "posterior_std.npy"
-    if mean.is_file() and std.is_file():
+    if mean.is_file() and std.is_file() and "T" not in summary:  # paths (n, T, d): a figure of their own, later
         figures["signals"] = (signal_bands({method: np.load(mean)}, {method: np.load(std)}),
                               "Posterior means and 90% credible bands for three coordinates of the "
                               "first 60 observations, sorted by the posterior mean.")
@@ -114,7 +115,7 @@ def _demo_table(rows: list[dict]) -> str:
 
 
 def _fit_table(summary: dict) -> str:
-    keys = ("n", "m", "p", "penalty", "n_iter", "converged", "edges", "log_likelihood_per_obs",
+    keys = ("n", "T", "m", "d", "p", "penalty", "n_iter", "converged", "edges", "log_likelihood_per_obs",
             "elbo_per_obs", "fit_seconds")
     body = "".join(f"<tr><th>{key}</th><td>{html.escape(str(summary[key]))}</td></tr>" for key in keys if key in summary)
     return f"<table><tbody>{body}</tbody></table>"

@@ -40,6 +40,8 @@ class FitSettings:
     noise_df: float | None = None
     offsets: str | None = None
     prior: str = "ggm"
+    times: Path | None = None
+    substeps: int | None = None
     components: int | None = None
     covariates: Path | None = None
     covariate_columns: tuple[str, ...] | None = None
@@ -49,7 +51,7 @@ class FitSettings:
     penalty_criterion: str = "held-out"
     stability: int = 0
     jobs: int = 1
-    method: str = "vae"
+    method: str | None = None
     preset: str = "default"
     seed: int = 0
     max_iter: int | None = None
@@ -64,13 +66,17 @@ class FitSettings:
     allow_unidentified: bool = False
 
     def __post_init__(self):
-        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates", "names"):
+        for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates", "names",
+                     "times"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        if self.method is None:  # a path prior's own method, else vae
+            object.__setattr__(self, "method", "markov" if PRIORS[self.prior].paths else "vae")
         self._check_noise()
         self._check_prior()
         object.__setattr__(self, "penalty", check_penalty(self.penalty))
+        self._check_paths()
         if self.penalty_criterion not in CRITERIA:
             raise ValueError(f"unknown penalty criterion {self.penalty_criterion!r}; "
                              f"choose one of {', '.join(CRITERIA)}")
@@ -166,6 +172,33 @@ class FitSettings:
             raise ValueError(f"--components is the number of mixture components of --prior {takers}, "
                              f"not of {self.prior}")
 
+    def _check_paths(self) -> None:
+        """A path prior (docs/methods.md §3.16) with a path method (``markov`` unless told), its
+        ``times`` and ``substeps``; neither for the other priors; the options a path fit lacks refused."""
+        kind, method = PRIORS[self.prior], methods()[self.method]
+        path_priors = ", ".join(name for name, entry in PRIORS.items() if entry.paths)
+        path_methods = " or ".join(name for name, entry in methods().items() if entry.paths)
+        if kind.paths and not method.paths:
+            raise ValueError(f"--prior {self.prior} is a law over latent paths: choose --method {path_methods}, "
+                             f"not {self.method}")
+        if method.paths and not kind.paths:
+            raise ValueError(f"--method {self.method} fits latent paths: it needs a path prior (--prior "
+                             f"{path_priors}), not {self.prior}")
+        if not kind.paths:
+            for flag, value in (("--times", self.times), ("--substeps", self.substeps)):
+                if value is not None:
+                    raise ValueError(f"{flag} belongs to the path priors (--prior {path_priors}), not to {self.prior}")
+            return
+        substeps = 1 if self.substeps is None else self.substeps
+        if not (isinstance(substeps, int) and not isinstance(substeps, bool) and substeps >= 1):
+            raise ValueError(f"--substeps must be an integer >= 1, got {substeps!r}")
+        object.__setattr__(self, "substeps", substeps)
+        for flag, value in (("--noise-std-file", self.noise_std_file), ("--offsets", self.offsets)):
+            if value is not None:
+                raise ValueError(f"{flag} is not available with a path prior (--prior {self.prior}) yet")
+        if self.penalty != 0:
+            raise ValueError(f"--penalty is a graph's: a path prior (--prior {self.prior}) takes none")
+
     @property
     def checkpoint(self) -> dict | None:
         """``make_estimator``'s checkpoint options, or None."""
@@ -210,7 +243,8 @@ def _read_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown key(s) in {str(path)!r}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(known))}")
-    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates", "offsets", "names"):
+    for key in ("data", "forward", "out", "save", "checkpoint_dir", "noise_std_file", "covariates", "offsets", "names",
+                "times"):
         if isinstance(values.get(key), str) and values[key] != LOG_TOTAL:  # relative to the config file
             values[key] = path.parent / values[key]
     return values

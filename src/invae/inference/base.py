@@ -88,7 +88,7 @@ class EmpiricalBayesEstimator(abc.ABC):
         """The measurements (n, m) of the data rows X as given (float64), the missing ones from ``predicted`` (n, m)."""
         if not isinstance(self.likelihood_, MissingEntries):
             raise ValueError("impute needs a likelihood with missing entries (MissingEntries)")
-        rows = torch.as_tensor(check_data(X, columns=row_dim(self.prior, self.likelihood)))
+        rows = torch.as_tensor(check_data(X, columns=row_dim(self.prior, self.likelihood), min_rows=self._min_rows))
         base_rows, observed = self.likelihood_.split(split_rows(rows, self.likelihood_)[0])
         measured = base_rows[:, : self.likelihood_.forward.out_dim].numpy()
         return np.where(observed.numpy() > 0, measured, _numpy(predicted))
@@ -113,8 +113,14 @@ class EmpiricalBayesEstimator(abc.ABC):
         return _numpy(self.prior_.precision)
 
     def _tensor(self, X) -> Tensor:
-        array = check_data(X, columns=row_dim(self.prior, self.likelihood))
+        array = check_data(X, columns=row_dim(self.prior, self.likelihood), min_rows=self._min_rows)
         return torch.as_tensor(array, dtype=self.dtype, device=self.device)
+
+    @property
+    def _min_rows(self) -> int:
+        """The rows a fit needs: 2, or 1 where a row holds several independent terms of the
+        prior (``terms_per_row``: a series, whose every time step informs θ)."""
+        return 1 if self.prior.terms_per_row > 1 else 2
 
     def _models(self) -> tuple[Prior, Likelihood]:
         """The prior to start from (warm-started if asked and fitted) and the likelihood, on device."""

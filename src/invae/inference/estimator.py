@@ -424,7 +424,7 @@ class VariationalEB(EmpiricalBayesEstimator):
 
         Each observation's ELBO is averaged over ``n_samples`` draws where it has no closed
         form (:mod:`invae.inference.objectives`); the standard error is that of the mean over
-        observations (sd / √n), which includes any Monte Carlo noise.
+        observations (sd / √n), which includes any Monte Carlo noise (NaN for one observation).
         The draws are seeded by ``random_state``: the same call gives the same answer.
         """
         self.check_fitted()
@@ -432,7 +432,8 @@ class VariationalEB(EmpiricalBayesEstimator):
         with seeded(self.random_state, x.device):
             values = torch.cat([elbo_values(x[rows], q, self.prior_, self.likelihood_, n_samples)
                                 for rows, q in self._chunks(x)]).to(torch.float64)
-        return float(values.mean()), float(values.std() / math.sqrt(len(values)))
+        spread = float(values.std()) if len(values) > 1 else math.nan
+        return float(values.mean()), spread / math.sqrt(len(values))
 
     def score(self, X) -> float:
         """Mean ELBO per observation (higher is better), a lower bound on mean log p(x; Λ̂)."""

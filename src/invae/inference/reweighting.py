@@ -32,6 +32,8 @@ from torch.distributions.utils import _sum_rightmost
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from ..model.rows import log_joint
+from ..paths.encoder import FlatPath
+from ..paths.gauss_markov import GaussMarkov
 
 __all__ = ["WIDTHS", "defensive_draws", "normalised_weights", "importance_draws", "weighted_moments",
            "weighted_cdf", "resample"]
@@ -40,7 +42,8 @@ WIDTHS = (1.0, 2.0)  # τ of the proposal's components
 
 
 def _widened(q: Distribution, width: float) -> Distribution:
-    """q with its Gaussian noise scaled by ``width`` (Gaussian, full-covariance and mixture q)."""
+    """q with its Gaussian noise scaled by ``width`` (Gaussian, full-covariance, mixture and
+    Gauss–Markov path q)."""
     if isinstance(q, Independent):
         return Independent(_widened(q.base_dist, width), q.reinterpreted_batch_ndims, validate_args=False)
     if isinstance(q, Normal):
@@ -50,6 +53,10 @@ def _widened(q: Distribution, width: float) -> Distribution:
     if isinstance(q, MixtureSameFamily):
         return MixtureSameFamily(q.mixture_distribution, _widened(q.component_distribution, width),
                                  validate_args=False)
+    if isinstance(q, FlatPath):  # z = μ + L⁻ᵀ ε: ε scaled by τ is the precision factor L scaled by 1/τ
+        path = q.path
+        return FlatPath(GaussMarkov(path.loc, path.diagonal_blocks / width, path.subdiagonal_blocks / width,
+                                    validate_args=False))
     raise TypeError(f"cannot widen a posterior of type {type(q).__name__}")
 
 

@@ -6,6 +6,12 @@ the name, the prior's :meth:`~invae.model.prior.Prior.state` and its
 :meth:`~invae.model.prior.Prior.config`, and rebuilds it with ``cls.from_state``; a fit's
 summary holds the prior's :meth:`~invae.model.prior.Prior.summary`. So a new prior is one
 module plus one ``PRIORS.register`` line.
+
+The path priors (``ou``, ``brownian``, ``double-well``: one :class:`~invae.paths.prior.PathPrior`
+per SDE of :data:`invae.paths.sde.SDE_PRIORS`, docs/methods.md §3.16) are listed here too, so that
+every prior has one registry; their class and start come from :mod:`invae.paths`
+(:mod:`invae.paths.start`), imported inside the function that registers them: the one
+import from above this layer.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ __all__ = ["PriorKind", "StartOptions", "PRIORS", "prior_name"]
 @dataclass(frozen=True)
 class StartOptions:
     """What a fit's start prior may depend on: the penalty α, K components, the seed, the k
-    covariates each data row carries for the prior and whether it estimates a location μ."""
+    covariates each data row carries for the prior and whether it estimates a location μ;
+    for a path prior the observation times (T,) (None: 0, 1, …, T − 1) and k sub-steps."""
 
     alpha: float = 0.0
     components: int | None = None
@@ -37,6 +44,8 @@ class StartOptions:
     covariates: int = 0
     fit_intercept: bool = False
     ridge: float = 0.0
+    times: np.ndarray | None = None
+    substeps: int = 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,12 @@ class PriorKind:
         Estimates a mean μ that is otherwise fixed (``--fit-mean``; docs/methods.md §3.13).
     covariates : bool
         Takes covariates that move its location (``--covariates``; docs/methods.md §3.13).
+    paths : bool
+        A law over latent paths (:mod:`invae.paths`): its data are series (n, T, m), and it
+        takes the path methods only (``markov``, ``kalman``).
+    matches : callable ``prior -> bool`` or None
+        Whether a prior is this entry (how a model file names it); None: ``type(prior) is cls``.
+        Needed where several entries share a class (the path priors, one per SDE).
     """
 
     cls: type[Prior]
@@ -62,6 +77,12 @@ class PriorKind:
     selects_penalty: bool = False
     location: bool = False
     covariates: bool = False
+    paths: bool = False
+    matches: Callable[[Prior], bool] | None = None
+
+    def describes(self, prior: Prior) -> bool:
+        """Whether ``prior`` is one of this entry's (``matches``, else its class)."""
+        return self.matches(prior) if self.matches is not None else type(prior) is self.cls
 
 
 def _ggm_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> GaussianGraphicalModel:
@@ -81,12 +102,27 @@ def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions)
     return GaussianMixture.standard(likelihood.forward.in_dim, options.components, **settings)
 
 
+def _path_kind(sde: str) -> PriorKind:
+    """The entry of the path prior of the SDE registered as ``sde`` (:data:`invae.paths.sde.SDE_PRIORS`),
+    started by :func:`invae.paths.start.path_start`."""
+    from ..paths.prior import PathPrior  # paths sits beside model: imported where its priors register
+    from ..paths.start import path_start
+
+    def start(x: np.ndarray, likelihood: Likelihood, options: StartOptions) -> Prior:
+        return path_start(sde, x, likelihood, options.times, options.substeps)
+
+    return PriorKind(PathPrior, start, paths=True,
+                     matches=lambda prior: isinstance(prior, PathPrior) and prior.config()["sde"] == sde)
+
+
 PRIORS: Registry[PriorKind] = Registry("prior")
 PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True, location=True,
                                   covariates=True))
 PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True, covariates=True))
+for _sde in ("ou", "brownian", "double-well"):
+    PRIORS.register(_sde, _path_kind(_sde))
 
 
 def prior_name(prior: Prior) -> str:
-    """The registered name of ``prior``'s class."""
-    return PRIORS.find(lambda kind: type(prior) is kind.cls, f"a {type(prior).__name__} (invae.model.priors.PRIORS)")
+    """The registered name of ``prior`` (:meth:`PriorKind.describes`)."""
+    return PRIORS.find(lambda kind: kind.describes(prior), f"a {type(prior).__name__} (invae.model.priors.PRIORS)")

@@ -100,8 +100,8 @@ class PathPrior(Prior):
         return torch.stack(path, dim=1).reshape(n, self.dim)
 
     def sde(self) -> SDEPrior:
-        """The SDE module at θ (a copy, without gradient to θ): for sampling and outputs."""
-        module = copy.deepcopy(self.template)
+        """The SDE module at θ (a copy in θ's dtype, without gradient to θ): for sampling and outputs."""
+        module = copy.deepcopy(self.template).to(dtype=next(iter(self._theta().values())).dtype)
         module.load_state_dict({name: value.detach() for name, value in self._theta().items()})
         return module
 

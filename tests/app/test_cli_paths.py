@@ -1,0 +1,160 @@
+"""``invae fit`` / ``predict`` / ``report`` with a path prior (docs/methods.md §3.16, issue 21 §5–6)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from invae.app.cli import main
+from invae.app.pipeline import load_problem
+from invae.app.settings import FitSettings
+from invae.paths.kalman import rts_smoother
+from invae.paths.kalman_em import kalman_em, state_space
+from invae.paths.sde import OrnsteinUhlenbeck
+
+from .test_report import check_report
+
+N, T, NOISE_STD = 20, 15, 0.3
+OU_NAMES = {"drift", "mean", "diffusion"}
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # short markov fits
+
+
+@pytest.fixture
+def series(tmp_path):
+    """OU series (n, T, 1) with 10% of the entries missing and time point 6 missing in every series."""
+    generator = torch.Generator().manual_seed(3)
+    z = OrnsteinUhlenbeck(1, drift=0.3, mean=1.0, diffusion=0.5).simulate(N, torch.arange(float(T)),
+                                                                        generator=generator)
+    rng = np.random.default_rng(4)
+    x = z.numpy() + NOISE_STD * rng.standard_normal(z.shape)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:, 6] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    return tmp_path / "x.npy"
+
+
+def _fit(data, out, *extra):
+    return main(["fit", "--data", str(data), "--noise-std", str(NOISE_STD), "--out", str(out), "--quiet", *extra])
+
+
+def _check_files(out, data):
+    x = np.load(data)
+    for name in ("posterior_mean", "posterior_std"):
+        assert np.load(out / f"{name}.npy").shape == (N, T, 1)
+    assert (np.load(out / "posterior_std.npy") > 0).all()
+    imputed = np.load(out / "imputed.npy")
+    assert imputed.shape == (N, T, 1) and np.isfinite(imputed).all()
+    np.testing.assert_array_equal(imputed[~np.isnan(x)], x[~np.isnan(x)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n"], summary["T"], summary["m"], summary["d"]) == (N, T, 1, 1)
+    parameters = json.loads((out / "parameters.json").read_text())
+    assert set(parameters) == OU_NAMES and summary["parameters"] == parameters
+    return summary, parameters
+
+
+def _predict_reproduces_the_fit(tmp_path, data, out, model):
+    assert main(["predict", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "pred")]) == 0
+    for name in ("posterior_mean", "posterior_std", "imputed"):
+        np.testing.assert_array_equal(np.load(tmp_path / "pred" / f"{name}.npy"), np.load(out / f"{name}.npy"))
+    predicted = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert (predicted["n"], predicted["T"], predicted["m"], predicted["d"]) == (N, T, 1, 1)
+
+
+def test_kalman_writes_the_path_files_and_its_theta_is_kalman_ems(series, tmp_path):
+    out, model = tmp_path / "fit", tmp_path / "model.pt"
+    assert _fit(series, out, "--prior", "ou", "--method", "kalman", "--save", str(model)) == 0
+    summary, parameters = _check_files(out, series)
+    # kalman_em called directly, from the same start, gives the same θ and log-likelihood
+    start = load_problem(FitSettings(data=series, noise_std=NOISE_STD, prior="ou", method="kalman")).prior
+    x = torch.as_tensor(np.load(series))
+    direct = kalman_em(x, start.sde(), start.times, torch.eye(1), torch.tensor([NOISE_STD**2]))
+    for name, value in direct.prior.parameters_by_name().items():
+        assert parameters[name] == pytest.approx(value, rel=1e-12)
+    assert summary["log_likelihood"] == pytest.approx(direct.log_likelihood, rel=1e-12)
+    assert summary["log_likelihood_per_obs"] == pytest.approx(direct.log_likelihood / N, rel=1e-12)
+    assert summary["n_iter"] == direct.n_iter and summary["converged"]
+    # its posterior is the smoother's at θ̂
+    with torch.no_grad():
+        smoothed = rts_smoother(x, state_space(direct.prior, start.times, torch.eye(1), torch.tensor([NOISE_STD**2])))
+    np.testing.assert_allclose(np.load(out / "posterior_mean.npy"), smoothed.mean, rtol=1e-9)
+    _predict_reproduces_the_fit(tmp_path, series, out, model)
+    assert main(["report", str(out)]) == 0
+    check_report(out, {"convergence"})
+
+
+def test_markov_writes_the_path_files_and_predict_reproduces_them(series, tmp_path):
+    out, model = tmp_path / "fit", tmp_path / "model.pt"
+    assert _fit(series, out, "--prior", "ou", "--max-iter", "3", "--save", str(model)) == 0  # markov: the default
+    summary, _ = _check_files(out, series)
+    assert summary["settings"]["method"] == "markov"
+    assert "elbo_per_obs" in summary and "log_likelihood_per_obs" in summary  # exact evidence at θ̂ (linear-Gaussian)
+    _predict_reproduces_the_fit(tmp_path, series, out, model)
+    for folder, figures in ((out, {"convergence"}), (tmp_path / "pred", set())):
+        assert main(["report", str(folder)]) == 0
+        check_report(folder, figures)
+
+
+def test_irregular_times_sub_steps_and_a_single_series(series, tmp_path):
+    times = np.cumsum(np.r_[0.0, np.random.default_rng(5).uniform(0.5, 1.5, T - 1)])
+    np.save(tmp_path / "t.npy", times)
+    one = tmp_path / "one.npy"
+    np.save(one, np.load(series)[:1])
+    out = tmp_path / "fit"
+    assert _fit(one, out, "--prior", "brownian", "--method", "kalman", "--times", str(tmp_path / "t.npy"),
+                "--substeps", "2") == 0
+    assert np.load(out / "posterior_mean.npy").shape == (1, T, 1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["times"] == pytest.approx(times.tolist()) and summary["substeps"] == 2
+    assert set(json.loads((out / "parameters.json").read_text())) == {"diffusion", "start_mean", "start_scale"}
+    # markov on one series: its ELBO has no standard error across series (null, not NaN)
+    assert _fit(one, tmp_path / "markov", "--prior", "ou", "--max-iter", "2") == 0
+    summary = json.loads((tmp_path / "markov" / "summary.json").read_text())
+    assert summary["n"] == 1 and summary["elbo_standard_error"] is None
+
+
+def test_a_path_prior_takes_markov_unless_told():
+    assert FitSettings(data="x.npy", noise_std=1.0, prior="ou").method == "markov"
+    assert FitSettings(data="x.npy", noise_std=1.0).method == "vae"
+
+
+def _bad_files(folder):
+    x = np.load(folder / "x.npy")
+    np.save(folder / "decreasing.npy", np.r_[0.0, 2.0, 1.0, np.arange(3.0, T)])
+    np.save(folder / "repeated.npy", np.r_[0.0, 1.0, 1.0, np.arange(3.0, T)])
+    np.save(folder / "short.npy", np.arange(T - 1.0))
+    np.save(folder / "flat.npy", x[..., 0])
+    np.save(folder / "ragged.npy", np.array([np.ones((3, 1)), np.ones((4, 1))], dtype=object), allow_pickle=True)
+    np.save(folder / "one_time.npy", x[:, :1])
+    unseen = np.concatenate([x, np.full_like(x, np.nan)], axis=2)  # a second measurement never observed
+    np.save(folder / "unseen.npy", unseen)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prior", "ou", "--times", "decreasing.npy"], "--times must be strictly increasing: times[2] = 1 follows"),
+    (["--prior", "ou", "--times", "repeated.npy"], "--times must be strictly increasing: times[2] = 1 follows"),
+    (["--prior", "ou", "--times", "short.npy"], f"--times has {T - 1} values for the T = {T} time points"),
+    (["--prior", "ou", "--data", "flat.npy"], "a path prior reads series: the data (--data) must be an array"),
+    (["--prior", "ou", "--data", "ragged.npy"], "for series of unequal length, pad the shorter ones with NaN"),
+    (["--prior", "ou", "--data", "one_time.npy"], "too few time points: a path prior needs T >= 2"),
+    (["--prior", "ou", "--data", "unseen.npy", "--forward", "h.npy"], "measurement 1 of the data (--data) is never"),
+    (["--prior", "ou", "--method", "vae"], "--prior ou is a law over latent paths: choose --method markov or kalman"),
+    (["--prior", "ou", "--method", "em"], "--prior ou is a law over latent paths"),
+    (["--prior", "brownian", "--method", "naive"], "--prior brownian is a law over latent paths"),
+    (["--prior", "ggm", "--method", "markov"], "--method markov fits latent paths: it needs a path prior"),
+    (["--prior", "ggm", "--method", "kalman"], "--method kalman fits latent paths"),
+    (["--times", "short.npy"], "--times belongs to the path priors"),
+    (["--prior", "ou", "--substeps", "0"], "--substeps must be an integer >= 1"),
+    (["--prior", "ou", "--penalty", "0.1"], "a path prior (--prior ou) takes none"),
+    (["--prior", "double-well", "--method", "kalman"], "kalman needs a linear SDE"),
+])
+def test_bad_input_is_one_line_status_2_and_writes_nothing(series, tmp_path, capsys, extra, message):
+    _bad_files(tmp_path)
+    np.save(tmp_path / "h.npy", np.eye(2))
+    extra = [str(tmp_path / word) if word.endswith(".npy") else word for word in extra]
+    data = [] if "--data" in extra else ["--data", str(series)]
+    assert main(["fit", *data, "--noise-std", "0.3", "--out", str(tmp_path / "never"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never.partial-*"))
