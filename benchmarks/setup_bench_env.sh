@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A benchmark-only environment for benchmarks/bench_speed.py (issue 18): invae plus the
-# pyPLNmodels baseline, kept apart from the project's .venv (make demo / make test / CI never
-# see pyPLNmodels, pandas, seaborn, patsy or networkx).
+# A benchmark-only environment for benchmarks/bench_speed.py (issue 18) and bench_nile.py (issue 21):
+# invae plus the pyPLNmodels baseline and statsmodels (its local-level model and the Nile data),
+# kept apart from the project's .venv (make demo / make test / CI never see pyPLNmodels,
+# statsmodels, pandas, seaborn, patsy or networkx).
 #
 #     bash benchmarks/setup_bench_env.sh            # creates benchmarks/.venv-bench once
 #     benchmarks/.venv-bench/bin/python benchmarks/bench_speed.py
@@ -25,11 +26,12 @@ rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -c "$ROOT/requirements/constraints.txt" \
-    -e "$ROOT" "pyPLNmodels==1.0.10" "setuptools<81"
+    -e "$ROOT" "pyPLNmodels==1.0.10" "statsmodels==0.15.0" "setuptools<81"
 "$VENV/bin/python" - <<'PY'
-import torch, pyro, pyPLNmodels
+import torch, pyro, pyPLNmodels, statsmodels
 assert torch.__version__.split("+")[0] == "2.13.0", torch.__version__
 assert not torch.version.cuda, "a CUDA torch was installed"
-print("torch", torch.__version__, "| pyro", pyro.__version__, "| pyPLNmodels", pyPLNmodels.__version__)
+print("torch", torch.__version__, "| pyro", pyro.__version__, "| pyPLNmodels", pyPLNmodels.__version__,
+      "| statsmodels", statsmodels.__version__)
 PY
 touch "$VENV/.installed"

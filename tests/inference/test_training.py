@@ -140,3 +140,28 @@ def test_the_flow_fits_counts_with_a_mean_once_its_step_warms_up_and_spikes_are_
         else:
             with pytest.raises(FloatingPointError, match="diverged"):
                 estimator.fit(rows)
+
+
+def test_a_covariance_that_stops_being_positive_definite_is_a_divergence_rolled_back(rng, monkeypatch):
+    # a failed Cholesky factorisation in an outer iteration (a path prior's start variance that an
+    # M-step sent to 0 in float32) rolls back like a non-finite ELBO, instead of escaping the fit
+    from invae.inference import training
+
+    outer_iteration, failures = training._Run.outer_iteration, []
+
+    def failing_once(run):
+        if not failures:
+            failures.append(run.iteration)
+            raise torch.linalg.LinAlgError("linalg.cholesky: the input is not positive-definite")
+        return outer_iteration(run)
+
+    monkeypatch.setattr(training._Run, "outer_iteration", failing_once)
+    finished = []
+    x = rng.standard_normal((200, 3))
+    estimator = VariationalEB(GaussianGraphicalModel(dim=3), linear_gaussian(np.eye(3), 1.0), family="diagonal",
+                              random_state=0, max_iter=3, n_threads=1,
+                              callback=lambda iteration, prior: finished.append(iteration))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(x)
+    assert failures == [1] and finished == [1, 2, 3]  # iteration 1 rolled back, then run again

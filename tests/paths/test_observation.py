@@ -28,6 +28,18 @@ def test_a_nonlinear_sensor_and_a_noise_model_become_a_path_likelihood(rng):
     torch.testing.assert_close(likelihood.log_prob(x, z), each)
 
 
+def test_one_noise_level_per_sensor_holds_at_every_time(rng):
+    per_time = LinearOperator(torch.as_tensor(rng.standard_normal((2, 1))))
+    operator, std = PathOperator(per_time, steps=4), torch.tensor([0.3, 0.7], dtype=torch.float64)
+    torch.testing.assert_close(operator.per_output(std), torch.tensor([0.3, 0.7] * 4, dtype=torch.float64))
+    for given in (torch.tensor(0.3), torch.full((8,), 0.3)):  # a number, or one per output: as they are
+        assert operator.per_output(given) is given
+    likelihood = GaussianLikelihood(operator, std)
+    z, x = torch.as_tensor(rng.standard_normal((5, 4))), torch.as_tensor(rng.standard_normal((5, 8)))
+    each = GaussianLikelihood(per_time, std).log_prob(x.reshape(5, 4, 2), z.reshape(5, 4, 1)).sum(-1)
+    torch.testing.assert_close(likelihood.log_prob(x, z), each)
+
+
 def test_series_become_rows_and_missing_entries_their_indicators():
     x = np.arange(12, dtype=float).reshape(2, 3, 2)
     x[0, 1, :] = np.nan  # a whole time missing

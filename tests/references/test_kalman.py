@@ -59,6 +59,36 @@ def test_its_fit_is_kalman_ems(generator):
         fitted.log_likelihood_, rel=1e-12)
 
 
+def test_a_learned_noise_level_is_kalman_ems_and_its_posterior_is_at_it(generator):
+    # two sensors H = (1, 0.5)ᵀ of a d = 1 path, entries missing: one σ̂ per sensor, as kalman_em learns them
+    times = torch.arange(10.0)
+    z = OrnsteinUhlenbeck(1, drift=0.4, mean=1.0, diffusion=0.6).simulate(12, times, generator=generator)
+    h = torch.tensor([[1.0], [0.5]])
+    x = z @ h.T + torch.tensor([0.3, 0.6]) * torch.randn(12, 10, 2, generator=generator)
+    x[torch.rand(x.shape, generator=generator) < 0.15] = torch.nan
+    likelihood = MissingEntries(GaussianLikelihood(PathOperator(LinearOperator(h), 10), torch.tensor([1.0, 1.0]),
+                                                   learn_noise=True))
+    rows = _rows(x, likelihood)
+    with warnings.catch_warnings():  # 30 iterations of the same EM, settled or not
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fitted = KalmanEM(_start(times), likelihood, max_iter=30).fit(rows)
+        direct = kalman_em(x, OrnsteinUhlenbeck(1, drift=1.0, mean=0.0, diffusion=1.0), times, h, torch.ones(2),
+                           learn_noise=True, max_iter=30)
+    assert fitted.n_iter_ == direct.n_iter == 30
+    assert fitted.history_["objective"] == sorted(fitted.history_["objective"])  # EM never falls
+    for name, value in direct.prior.parameters_by_name().items():
+        np.testing.assert_allclose(fitted.prior_.summary()[name], value, rtol=1e-12)
+    std = fitted.likelihood_.base.noise_std
+    assert fitted.likelihood_.base.learn_noise and std.shape == (2,)
+    torch.testing.assert_close(std, direct.noise_var.sqrt(), rtol=1e-12, atol=0)
+    assert fitted.log_likelihood_ == pytest.approx(direct.log_likelihood, rel=1e-12)
+    assert kalman_log_likelihood(rows, fitted.prior_, fitted.likelihood_) == pytest.approx(direct.log_likelihood,
+                                                                                            rel=1e-12)
+    with torch.no_grad():  # the posterior is the smoother's at θ̂ and σ̂
+        smoothed = rts_smoother(x, state_space(direct.prior, times, h, direct.noise_var))
+    np.testing.assert_allclose(fitted.posterior(rows)[0], smoothed.mean[..., 0], rtol=1e-10)
+
+
 def test_its_posterior_is_the_rts_smoothers_at_the_fitted_theta(generator):
     x, times = _series(generator)
     likelihood = _likelihood(x)
@@ -114,15 +144,12 @@ def test_brownian_fits_with_its_learned_start(generator):
     ("double-well", "kalman needs a linear SDE"),
     ("poisson", "kalman needs Gaussian noise"),
     ("function", "kalman needs a per-time forward matrix H"),
-    ("learned noise", "kalman takes the noise level as known"),
 ])
 def test_what_kalman_cannot_do_is_refused(generator, case, message):
     x, times = _series(generator, missing=0.0)
     prior = PathPrior(DoubleWell(), times) if case == "double-well" else _start(times)
     if case == "poisson":
         likelihood = PoissonLikelihood(PathOperator(LinearOperator.identity(1), 10))
-    elif case == "learned noise":
-        likelihood = GaussianLikelihood(PathOperator(LinearOperator.identity(1), 10), NOISE_STD, learn_noise=True)
     elif case == "function":
         likelihood = _likelihood(x, per_time=FunctionOperator(torch.tanh, 1))
     else:

@@ -50,6 +50,15 @@ def _penalty(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, auto or stars, got {text!r}") from None
 
 
+def _noise_std(text: str) -> float | str:
+    if text == "learn":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or learn, got {text!r}") from None
+
+
 def _threads_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads of torch (default: $INVAE_NUM_THREADS, else 1, "
                         "the fastest for models of this size)")
@@ -113,7 +122,8 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "default: the header of a .csv --data without --forward, else z0 … z(p-1)")
     fit.add_argument("--noise", choices=NOISE_MODELS.names(), help="noise model: gaussian x = G(z) + σε, poisson "
                      "counts (log link), bernoulli (logistic), student-t x = G(z) + σ t_ν (default: gaussian)")
-    fit.add_argument("--noise-std", type=float, help="known noise scale σ > 0 (gaussian, student-t)")
+    fit.add_argument("--noise-std", type=_noise_std, help="known noise scale σ > 0 (gaussian, student-t); or "
+                     "learn: σ of gaussian noise fitted with a path prior's θ (one per measurement)")
     fit.add_argument("--noise-std-file", help="known noise sds σ_i, one per row of --data (.npy/.csv), for "
                      "gaussian noise instead of --noise-std; the encoder sees each σ_i")
     fit.add_argument("--noise-df", type=float, help="ν, degrees of freedom of student-t noise (default: 4)")

@@ -17,13 +17,14 @@ from ..inference.estimator import VariationalEB
 from ..inference.penalty import penalty_grid, select_penalty
 from ..inference.stability import selection_frequencies, stars
 from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
-from ..model.likelihoods import Likelihood, NoisePerRowGaussianLikelihood
+from ..model.likelihoods import GaussianLikelihood, Likelihood, NoisePerRowGaussianLikelihood
 from ..model.missing import MissingEntries
 from ..model.noise import NOISE_MODELS
 from ..model.prior import Prior
 from ..model.priors import PRIORS, StartOptions
 from ..paths.observation import PathOperator, series_rows
 from ..paths.prior import PathPrior
+from ..paths.start import noise_start
 from ..references.em import EM
 from ..references.exact import has_exact_em, has_exact_evidence, mean_log_likelihood
 from ..references.kalman import KalmanEM, has_kalman, kalman_log_likelihood
@@ -36,7 +37,7 @@ from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
 from .series import as_series, at_times, load_series, load_times
-from .settings import FitSettings
+from .settings import LEARN, FitSettings
 
 __all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
 
@@ -112,7 +113,9 @@ def _check_latent_dim(operator: ForwardOperator, settings: FitSettings) -> None:
 def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Problem:
     """A path prior's problem: the series (n, T, m) of ``--data`` as rows (n, T m) (with their
     observed indicators where entries are missing), measured at ``--times`` through the per-time
-    operator (``--forward``, else the identity) at each time point; names for the d coordinates."""
+    operator (``--forward``, else the identity) at each time point; names for the d coordinates.
+    With ``--noise-std learn`` the Gaussian noise level, one per measurement, is learned from a
+    start the series give (:func:`~invae.paths.start.noise_start`)."""
     x = load_series(settings.data)
     n, steps, m = x.shape
     per_time = LinearOperator.identity(m) if per_time is None else per_time
@@ -121,7 +124,9 @@ def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Pr
         raise ValueError(f"the data have m = {m} measurements per time point, the forward operator gives "
                          f"{per_time.out_dim}; check --forward / the data file")
     times = load_times(settings.times, steps)
-    likelihood = _likelihood(PathOperator(per_time, steps, settings.substeps), settings)
+    operator = PathOperator(per_time, steps, settings.substeps)
+    likelihood = (GaussianLikelihood(operator, noise_start(x), learn_noise=True) if settings.noise_std == LEARN
+                  else _likelihood(operator, settings))
     rows = series_rows(x)
     if np.isnan(rows).any():  # missing entries; a time point missing in every series is allowed (load_series)
         likelihood = MissingEntries(likelihood)
@@ -203,8 +208,19 @@ def _path_outputs(estimator: EmpiricalBayesEstimator, x: np.ndarray, mean: np.nd
     arrays = {"posterior_mean": at_times(prior, mean), "posterior_std": at_times(prior, std)}
     arrays |= {key: as_series(value, operator.steps) for key, value in _imputed(estimator, x).items()}
     described = {"n": x.shape[0], "T": operator.steps, "m": operator.per_time.out_dim, "d": prior.sde_dim,
-                 "substeps": prior.substeps, "times": prior.times.tolist(), "parameters": prior.summary()}
+                 "substeps": prior.substeps, "times": prior.times.tolist(),
+                 "parameters": prior.summary() | _learned_noise(estimator.likelihood_)}
     return arrays, described
+
+
+def _learned_noise(likelihood: Likelihood) -> dict:
+    """``{"noise_std": σ̂}`` where the fit learned the noise level (a number for one measurement
+    per time, else one per measurement), else nothing."""
+    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
+    if not getattr(base, "learn_noise", False):
+        return {}
+    std = base.noise_std.detach().cpu().double().reshape(-1)
+    return {"noise_std": std.item() if std.numel() == 1 else std.tolist()}
 
 
 def _fit_with_penalty(estimator: EmpiricalBayesEstimator, x: np.ndarray, settings: FitSettings

@@ -19,9 +19,11 @@ from ..validation import check_noise_std, check_penalty
 from .methods import methods, variational_names
 from .recipe import LOG_TOTAL
 
-__all__ = ["FitSettings", "PRESETS"]
+__all__ = ["FitSettings", "PRESETS", "LEARN"]
 
 PRESETS = ("default", "paper")
+#: ``--noise-std learn``: the Gaussian noise level is a parameter, fitted with the path prior's.
+LEARN = "learn"
 _DEFAULT_COMPONENTS = 2
 
 
@@ -30,7 +32,7 @@ class FitSettings:
     """Everything ``invae fit`` needs; validated on creation."""
 
     data: Path
-    noise_std: float | None = None
+    noise_std: float | str | None = None
     noise_std_file: Path | None = None
     out: Path = Path("invae-out")
     forward: Path | None = None
@@ -129,6 +131,8 @@ class FitSettings:
                 raise ValueError("--noise-std-file (one σ_i per row) is for gaussian noise, instead of --noise-std")
             if self.method == "em" and self.prior == "gmm":
                 raise ValueError("em with --prior gmm takes one σ, not --noise-std-file: use a variational method")
+        elif self.noise_std == LEARN:
+            self._check_learned_noise()
         elif noise.scale:
             if self.noise_std is None:
                 raise ValueError(f"--noise {self.noise} needs --noise-std σ, the known noise scale")
@@ -143,6 +147,16 @@ class FitSettings:
         elif self.noise_df is not None:
             takers = ", ".join(name for name, model in NOISE_MODELS.items() if model.default_df is not None)
             raise ValueError(f"--noise-df is the degrees of freedom of --noise {takers}, not of {self.noise}")
+
+    def _check_learned_noise(self) -> None:
+        """``--noise-std learn``: a Gaussian noise level, under a path prior (docs/methods.md §3.12)."""
+        if self.noise != "gaussian":
+            raise ValueError(f"--noise-std learn fits the level σ of gaussian noise, not of --noise {self.noise}")
+        if not PRIORS[self.prior].paths:
+            paths = ", ".join(name for name, kind in PRIORS.items() if kind.paths)
+            raise ValueError(f"--noise-std learn needs a path prior (--prior {paths}): under --prior {self.prior} "
+                             "σ and the prior are not both identified (x = z + σε fixes only Λ⁻¹ + σ²I); "
+                             "give the known σ")
 
     def _check_prior(self) -> None:
         """The prior family, K for a mixture, and a location and covariates where it takes them."""

@@ -149,8 +149,9 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     from torch's global generator: seed it.
 
     Divergence (a non-finite ELBO or weight, an evaluation ELBO that collapses far below its
-    best, or a Λ-step that fails) rolls the state back
-    to the end of the last good iteration and halves Adam's step size, at most
+    best, a Λ-step that fails, or a covariance that is no longer positive definite: a failed
+    factorisation) rolls the state back to the end of the last good iteration and halves
+    Adam's step size, at most
     ``_MAX_ROLLBACKS`` times; then a ``FloatingPointError`` says what diverged.
     """
     run = _Run(x, posterior, prior, likelihood, settings, lambda_step)
@@ -166,7 +167,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
             run.iteration += 1
             try:
                 train_elbo, change, value = run.outer_iteration()
-            except (_Diverged, FloatingPointError) as error:
+            except (_Diverged, FloatingPointError, torch.linalg.LinAlgError) as error:
                 rollbacks += 1
                 _stop_if_hopeless(rollbacks, run.iteration, error, checkpoint)
                 run.roll_back(good)

@@ -36,6 +36,11 @@ class ForwardOperator(abc.ABC):
     def record(self) -> dict:
         """What a model file keeps of the operator: plain values and tensors."""
 
+    def per_output(self, values: Tensor) -> Tensor:
+        """Values given per measurement (a noise level) in a shape that broadcasts against G(z)
+        (..., m): as they are here; a path's operator repeats one per sensor at every time."""
+        return values
+
 
 class LinearOperator(ForwardOperator):
     """``G(z) = A z`` for a known matrix ``A`` of shape (m, p)."""

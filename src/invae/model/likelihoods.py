@@ -122,7 +122,9 @@ class GaussianLikelihood(_LawGivenSignal):
     ``noise_std`` σ > 0 is a scalar, or a tensor that broadcasts against x (..., m): (m,)
     gives one per sensor; (n, 1) one per observation, but only for ``log_prob`` on exactly
     those n rows (a fit draws minibatches this σ does not follow): to fit with a known σ_i
-    per observation use :class:`NoisePerRowGaussianLikelihood`. ``learn_noise``: σ is not
+    per observation use :class:`NoisePerRowGaussianLikelihood`. On a path's operator
+    (:class:`~invae.paths.observation.PathOperator`) (m,) is one per sensor at every time
+    (:meth:`~invae.model.forward.ForwardOperator.per_output`). ``learn_noise``: σ is not
     known; ``noise_std`` is where a fit starts it, and the fit learns ``log σ`` (:meth:`state`).
     """
 
@@ -143,7 +145,7 @@ class GaussianLikelihood(_LawGivenSignal):
         return isinstance(self.forward, LinearOperator)
 
     def _std(self, like: Tensor) -> Tensor:
-        return self.noise_std.to(device=like.device, dtype=like.dtype)
+        return self.forward.per_output(self.noise_std).to(device=like.device, dtype=like.dtype)
 
     def distribution(self, z: Tensor) -> Distribution:
         """``N(G(z), σ² I_m)``; its log-density is ``−‖x − G(z)‖²/(2σ²) − Σ_j log σ_j − (m/2) log 2π``."""

@@ -48,6 +48,14 @@ class PathOperator(ForwardOperator):
         """``{"per_time": the per-time operator's record, "steps": T, "substeps": k}``."""
         return {"per_time": self.per_time.record(), "steps": self.steps, "substeps": self.substeps}
 
+    def per_output(self, values: Tensor) -> Tensor:
+        """One value per sensor (m,) (m > 1) repeated at each of the T times, (T m,) time-major as
+        the outputs; any other shape as it is (a number, or (T m,) already)."""
+        m = self.per_time.out_dim
+        if values.ndim == 1 and m > 1 and values.numel() == m:
+            return values.repeat(self.steps)
+        return values
+
 
 def series_rows(x) -> np.ndarray:
     """Series (n, T, m) as data rows (n, T m), time-major; NaN stays NaN (missing entries)."""

@@ -5,7 +5,8 @@ matrix H (docs/methods.md §3.16).
 The model of :mod:`invae.paths.kalman_em`: n series, each a data row (its T × m measurements
 flattened time-major, :mod:`invae.paths.observation`; missing entries as
 :class:`~invae.model.missing.MissingEntries` marks them), ``x_t = H z(t_t) + v_t``,
-``v_t ~ N(0, diag(r))`` with r = σ² known. :class:`KalmanEM` fits θ by
+``v_t ~ N(0, diag(r))`` with r = σ² known, or learned with θ (a likelihood with ``learn_noise``:
+one r_j per sensor). :class:`KalmanEM` fits θ (and r) by
 :func:`~invae.paths.kalman_em.kalman_em` (the MLE: its log-likelihood never falls), and answers
 posterior questions by the RTS smoother at θ̂ on the prior's latent grid (the observation
 times refined k-fold; the sub-steps are times where nothing is observed), flattened as the
@@ -41,7 +42,8 @@ class KalmanEM(EmpiricalBayesEstimator):
     prior : PathPrior
         A linear SDE's path prior (``ou``, ``brownian``): θ's start, the times and sub-steps.
     likelihood : GaussianLikelihood or MissingEntries of one
-        ``x = PathOperator(H)(z) + σ ε``, σ one number (or one per sensor, the same at every time).
+        ``x = PathOperator(H)(z) + σ ε``, σ one number (or one per sensor, the same at every time);
+        with ``learn_noise`` σ is learned too (EM's closed-form update), one per sensor, from there.
     max_iter, tol : int, float
         EM's iteration cap and relative change of the log-likelihood at which it stops
         (:func:`~invae.paths.kalman_em.kalman_em`); a ``ConvergenceWarning`` at the cap.
@@ -52,6 +54,8 @@ class KalmanEM(EmpiricalBayesEstimator):
     ----------
     prior_ : PathPrior
         θ̂, on the prior's times and grid.
+    likelihood_ : GaussianLikelihood or MissingEntries of one
+        The likelihood at σ̂ where σ was learned (one per sensor), else the one given.
     log_likelihood_ : float
         ``Σ_series log p(x; θ̂)``, exact (the Kalman filter's).
     history_ : dict
@@ -77,11 +81,12 @@ class KalmanEM(EmpiricalBayesEstimator):
         prior, likelihood = self._models()
         series = _series(x, likelihood)
         start = time.perf_counter()
-        result = kalman_em(series, prior.sde(), prior.times, H.to(x), noise_var.to(x), max_iter=self.max_iter,
-                           tol=self.tol, n_threads=self.n_threads)
+        learn_noise = _base(likelihood).learn_noise
+        result = kalman_em(series, prior.sde(), prior.times, H.to(x), noise_var.to(x), learn_noise=learn_noise,
+                           max_iter=self.max_iter, tol=self.tol, n_threads=self.n_threads)
         seconds = time.perf_counter() - start
         self.prior_ = PathPrior(result.prior, prior.times, prior.substeps).to(self.device, self.dtype)
-        self.likelihood_ = likelihood
+        self.likelihood_ = _at_noise(likelihood, result.noise_var.sqrt()) if learn_noise else likelihood
         self.log_likelihood_ = result.log_likelihood
         self.history_ = {"objective": [value / len(series) for value in result.history],
                          "time": np.linspace(0.0, seconds, len(result.history)).tolist()}
@@ -96,20 +101,17 @@ class KalmanEM(EmpiricalBayesEstimator):
 
 
 def measurement_model(prior, likelihood: Likelihood) -> tuple[Tensor, Tensor]:
-    """(H (m, d), the noise variances r (m,)) of a path prior seen through ``likelihood``,
-    float64; a one-line ``ValueError`` where Kalman's formulas do not hold (a nonlinear drift,
-    non-Gaussian noise, a sensor that is not a matrix)."""
+    """(H (m, d), the noise variances r (m,)) of a path prior seen through ``likelihood`` (a
+    learned σ at its current value), float64; a one-line ``ValueError`` where Kalman's formulas
+    do not hold (a nonlinear drift, non-Gaussian noise, a sensor that is not a matrix)."""
     if not isinstance(prior, PathPrior):
         raise ValueError(f"kalman fits a path prior (--prior ou, brownian), got {type(prior).__name__}")
     if not prior.has_m_step:
         raise ValueError(f"kalman needs a linear SDE (--prior ou, brownian); the {prior.config()['sde']} drift is "
                          "nonlinear: use --method markov")
-    base = likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
+    base = _base(likelihood)
     if type(base) is not GaussianLikelihood:
         raise ValueError(f"kalman needs Gaussian noise (its exact formulas), got {type(base).__name__}: "
-                         "use --method markov")
-    if getattr(base, "learn_noise", False):
-        raise ValueError("kalman takes the noise level as known; a learned one is not available with it yet: "
                          "use --method markov")
     operator = base.forward
     if not (isinstance(operator, PathOperator) and isinstance(operator.per_time, LinearOperator)):
@@ -118,7 +120,7 @@ def measurement_model(prior, likelihood: Likelihood) -> tuple[Tensor, Tensor]:
     if operator.grid_points * operator.per_time.in_dim != prior.dim:
         raise ValueError(f"the forward operator reads paths of {operator.in_dim} values, the prior has {prior.dim}")
     m, steps = operator.per_time.out_dim, operator.steps
-    std = base.noise_std.to(torch.float64).reshape(-1)
+    std = base.noise_std.detach().to(torch.float64).reshape(-1)
     if std.numel() == steps * m:
         per_time = std.reshape(steps, m)
         if not bool((per_time == per_time[0]).all()):
@@ -147,6 +149,19 @@ def kalman_log_likelihood(X, prior: PathPrior, likelihood: Likelihood) -> float:
     model = state_space(prior.sde(), prior.times, H, noise_var)
     with torch.no_grad():
         return float(kalman_filter(series, model).log_likelihood.sum())
+
+
+def _base(likelihood: Likelihood) -> Likelihood:
+    """The noise model of ``likelihood`` (itself, or what :class:`MissingEntries` wraps)."""
+    return likelihood.base if isinstance(likelihood, MissingEntries) else likelihood
+
+
+def _at_noise(likelihood: Likelihood, noise_std: Tensor) -> Likelihood:
+    """``likelihood`` (a Gaussian one, or missing entries of one) at the noise levels ``noise_std``
+    (m,), still marked as learned."""
+    base = _base(likelihood)
+    fitted = GaussianLikelihood(base.forward, noise_std.detach().to(torch.float64), learn_noise=True)
+    return MissingEntries(fitted) if isinstance(likelihood, MissingEntries) else fitted
 
 
 def _series(x: Tensor, likelihood: Likelihood) -> Tensor:
