@@ -146,9 +146,9 @@ class PathPrior(Prior):
 
     def relative_change(self, previous: PathPrior) -> float:
         """The largest ``‖θ_k − θ_k,prev‖ / max(‖θ_k‖, ‖θ_k,prev‖)`` over θ's named parts (each in its units)."""
-        changes = [0.0]
-        for name, now in self._theta().items():
-            before = previous._theta()[name]
+        changes, earlier = [0.0], previous.state()
+        for name, now in self.state().items():
+            before = earlier[name]
             scale = torch.maximum(torch.linalg.norm(now), torch.linalg.norm(before))
             if scale > 0:
                 changes.append(float(torch.linalg.norm(now - before) / scale))
