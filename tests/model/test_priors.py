@@ -7,7 +7,7 @@ from invae.model.missing import MissingEntries
 from invae.model.priors import PRIORS, StartOptions, prior_name
 from invae.paths.observation import PathOperator, series_rows
 from invae.paths.prior import PathPrior
-from invae.paths.sde import Brownian, DoubleWell, OrnsteinUhlenbeck
+from invae.paths.sde import Brownian, BrownianLearnedStart, DoubleWell, OrnsteinUhlenbeck
 
 TIMES = 0.5 * torch.arange(40.0)
 
@@ -17,7 +17,9 @@ def test_path_priors_are_named_by_their_sde_though_they_share_a_class():
     assert prior_name(PathPrior(Brownian(1), TIMES)) == "brownian"
     assert prior_name(PathPrior(DoubleWell(), TIMES)) == "double-well"
     assert prior_name(GaussianGraphicalModel(dim=3)) == "ggm"
-    assert [name for name, kind in PRIORS.items() if kind.paths] == ["ou", "brownian", "double-well"]
+    assert prior_name(PathPrior(BrownianLearnedStart(1), TIMES)) == "brownian-learned-start"
+    assert [name for name, kind in PRIORS.items() if kind.paths] == ["ou", "brownian", "brownian-learned-start",
+                                                                      "double-well"]
 
 
 def _observed(generator, sde, noise_std=0.3, missing=0.2):
@@ -42,11 +44,16 @@ def test_the_ou_start_reads_mean_rate_and_spread_off_the_naive_paths(generator):
 
 
 def test_the_brownian_start_reads_diffusion_and_start_off_the_increments(generator):
-    rows, likelihood = _observed(generator, Brownian(1, diffusion=0.5, start_mean=3.0, start_scale=0.8))
-    summary = PRIORS["brownian"].start(rows, likelihood, StartOptions(times=TIMES.numpy())).summary()
+    rows, likelihood = _observed(generator, BrownianLearnedStart(1, diffusion=0.5, start_mean=3.0, start_scale=0.8))
+    summary = PRIORS["brownian-learned-start"].start(rows, likelihood, StartOptions(times=TIMES.numpy())).summary()
     assert summary["diffusion"] == pytest.approx(0.5, rel=0.15)
     assert summary["start_mean"] == pytest.approx(3.0, abs=0.15)
     assert summary["start_scale"] == pytest.approx(0.8, rel=0.2)
+    # the diffuse start has no start parameters: the same reading only sets its encoder's units
+    diffuse = PRIORS["brownian"].start(rows, likelihood, StartOptions(times=TIMES.numpy()))
+    assert set(diffuse.summary()) == {"diffusion"} and diffuse.summary()["diffusion"] == summary["diffusion"]
+    units = diffuse.sde().start_units()
+    assert float(units[0]) == pytest.approx(3.0, abs=0.15) and float(units[1]) == pytest.approx(0.8, rel=0.2)
 
 
 def test_without_naive_paths_the_start_follows_the_time_scale():

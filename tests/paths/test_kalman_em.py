@@ -17,7 +17,7 @@ from invae.paths.kalman_em import (
     smoothed_statistics,
     state_space,
 )
-from invae.paths.sde import Brownian, DoubleWell, OrnsteinUhlenbeck
+from invae.paths.sde import Brownian, BrownianLearnedStart, DoubleWell, OrnsteinUhlenbeck
 from invae.threads import using_threads
 
 THETA = [[1.0, 0.8], [-0.4, 0.5]]  # non-symmetric, eigenvalues 0.75 ± 0.51i: stable
@@ -207,13 +207,14 @@ def test_em_leaves_its_input_prior_unchanged(ou_fits):
     assert ou_fits["em"].prior is not ou_fits["start"]
 
 
-def test_em_with_learned_noise_is_the_direct_mle_of_a_local_level(generator):
-    # Brownian d = 1 (start law learned) with the noise variance learned too, per-series times.
-    truth = Brownian(1, diffusion=0.7, start_mean=1.0, start_scale=0.8)
+@pytest.mark.parametrize("start", [Brownian, BrownianLearnedStart])
+def test_em_with_learned_noise_is_the_direct_mle_of_a_local_level(generator, start):
+    # Brownian d = 1 (start diffuse or learned) with the noise variance learned too, per-series times.
+    truth = BrownianLearnedStart(1, diffusion=0.7, start_mean=1.0, start_scale=0.8)
     h, noise = torch.ones(1, 1), torch.tensor([0.3])
     times = irregular_times(generator, 40, 20) * 2
     x = observe(simulate(truth, times, 40, generator), h, noise, generator)
-    start = Brownian(1, diffusion=0.3, start_mean=0.0, start_scale=2.0)
+    start = start(1, diffusion=0.3, start_mean=0.0, start_scale=2.0)
     em = kalman_em(x, start, times, h, torch.ones(1), learn_noise=True, max_iter=1000, tol=1e-12)
     direct = direct_mle(x, start, times, h, torch.ones(1), learn_noise=True)
     history = torch.tensor(em.history)

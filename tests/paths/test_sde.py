@@ -6,7 +6,16 @@ import torch
 from scipy.linalg import expm, solve_continuous_lyapunov
 from scipy.stats import multivariate_normal
 
-from invae.paths.sde import SDE_PRIORS, Brownian, DoubleWell, OrnsteinUhlenbeck, lyapunov, refine
+from invae.paths.sde import (
+    SDE_PRIORS,
+    Brownian,
+    BrownianLearnedStart,
+    DoubleWell,
+    OrnsteinUhlenbeck,
+    gaussian_log_prob,
+    lyapunov,
+    refine,
+)
 
 THETA = [[1.0, 0.8], [-0.4, 0.5]]  # non-symmetric; eigenvalues 0.75 ± 0.51i: stable
 SCALE = [[0.8, 0.0], [0.3, 0.6]]
@@ -146,7 +155,7 @@ def test_euler_maruyama_log_prob_is_the_sum_of_gaussian_logpdfs(rng):
 def test_brownian_transition_and_simulated_variance(generator):
     # Var z(t) = start_scale² + s² t exactly (Euler–Maruyama is exact here); SE of a sample variance
     # v √(2/(n − 1)), 4 SEs.
-    prior, n = Brownian(1, diffusion=0.7, start_mean=1.0, start_scale=0.5), 20_000
+    prior, n = BrownianLearnedStart(1, diffusion=0.7, start_mean=1.0, start_scale=0.5), 20_000
     mean, cov = prior.transition(torch.tensor([[2.0]]), 0.3)
     torch.testing.assert_close(mean, torch.tensor([[2.0]]))
     torch.testing.assert_close(cov.detach(), torch.tensor([[0.49 * 0.3]]))
@@ -210,8 +219,33 @@ def test_bad_shapes_and_settings_are_refused():
         OrnsteinUhlenbeck(2, drift=[[-0.1, 0.0], [0.0, 1.0]]).initial()
 
 
-def test_registry_holds_the_three_priors():
-    assert SDE_PRIORS.names() == ("ou", "brownian", "double-well")
+def test_diffuse_brownian_density_is_its_transitions_alone(generator):
+    # The flat start adds log p(z_0) = 0: the diffuse log-density is the learned-start one less
+    # the start's Gaussian term, for any path.
+    diffuse, learned = Brownian(2, diffusion=SCALE), BrownianLearnedStart(2, diffusion=SCALE, start_mean=0.3)
+    times, refined = torch.tensor([0.0, 0.4, 1.5]), torch.randn(5, 5, 2, generator=generator)
+    expected = learned.log_prob(refined, times, substeps=2) - gaussian_log_prob(refined[:, 0], *learned.initial())
+    torch.testing.assert_close(diffuse.log_prob(refined, times, substeps=2), expected, rtol=1e-14, atol=1e-14)
+
+
+def test_diffuse_brownian_has_no_start_law_but_simulates_from_a_given_start(generator):
+    prior = Brownian(1, diffusion=0.7, start_mean=5.0, start_scale=2.0)
+    with pytest.raises(ValueError, match="diffuse start"):
+        prior.initial()
+    with pytest.raises(ValueError, match="diffuse start"):
+        prior.simulate(3, [0.0, 1.0])
+    z = prior.simulate(20_000, torch.tensor([0.0, 2.0]), generator=generator, start=torch.tensor([1.5]))
+    assert bool((z[:, 0] == 1.5).all())
+    # Var z(2) = s² · 2 = 0.98; SE of a sample variance v √(2/(n − 1)), 4 SEs.
+    assert abs(float(z[:, 1, 0].var()) - 0.98) < 4 * 0.98 * math.sqrt(2 / 19_999)
+    mean, spread = prior.start_units()
+    assert float(mean) == 5.0 and float(spread) == 2.0  # units only: not parameters
+    assert [name for name, _ in prior.named_parameters()] == ["diffusion_log_diag", "diffusion_lower"]
+
+
+def test_registry_holds_the_priors():
+    assert SDE_PRIORS.names() == ("ou", "brownian", "brownian-learned-start", "double-well")
     for name in SDE_PRIORS:
         prior = SDE_PRIORS[name](1)
-        assert prior.simulate(2, [0.0, 1.0]).shape == (2, 2, 1)
+        start = torch.zeros(1) if prior.diffuse else None
+        assert prior.simulate(2, [0.0, 1.0], start=start).shape == (2, 2, 1)

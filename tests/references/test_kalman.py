@@ -11,7 +11,7 @@ from invae.paths.kalman import rts_smoother
 from invae.paths.kalman_em import kalman_em, state_space
 from invae.paths.observation import PathOperator, series_rows
 from invae.paths.prior import PathPrior
-from invae.paths.sde import Brownian, DoubleWell, OrnsteinUhlenbeck
+from invae.paths.sde import Brownian, BrownianLearnedStart, DoubleWell, OrnsteinUhlenbeck
 from invae.references.kalman import KalmanEM, has_kalman, kalman_log_likelihood
 
 NOISE_STD = 0.4
@@ -132,11 +132,13 @@ def test_one_series_is_enough(generator):
     assert fitted.posterior(_rows(x, likelihood))[0].shape == (1, 10)
 
 
-def test_brownian_fits_with_its_learned_start(generator):
+@pytest.mark.parametrize("sde, names", [(Brownian, {"diffusion"}),
+                                         (BrownianLearnedStart, {"diffusion", "start_mean", "start_scale"})])
+def test_brownian_fits_with_a_diffuse_or_learned_start(generator, sde, names):
     x, times = _series(generator, n=8)
     likelihood = _likelihood(x)
-    fitted = KalmanEM(PathPrior(Brownian(1), times), likelihood).fit(_rows(x, likelihood))
-    assert set(fitted.prior_.summary()) == {"diffusion", "start_mean", "start_scale"}
+    fitted = KalmanEM(PathPrior(sde(1), times), likelihood).fit(_rows(x, likelihood))
+    assert set(fitted.prior_.summary()) == names
     assert fitted.history_["objective"][-1] > fitted.history_["objective"][0]
 
 

@@ -1,7 +1,9 @@
 """The method registry: a method name (``invae fit --method``) builds an estimator.
 
 Every registered posterior family is a method (:data:`invae.inference.families.FAMILIES`,
-under its ``method`` name), followed by the exact references of :data:`REFERENCE_METHODS`.
+under its ``method`` name), followed by the exact references of :data:`REFERENCE_METHODS`. A
+name may hold a family over rows and one over paths (``iaf``): a path prior builds the
+latter, any other prior the former, and a model file's method name rebuilds either.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ..inference.estimator import VariationalEB
 from ..inference.families import FAMILIES
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
+from ..paths.prior import PathPrior
 from ..references.baselines import Naive
 from ..references.em import EM
 from ..references.kalman import KalmanEM
@@ -33,27 +36,41 @@ class Method:
     variational : bool
         Trains a posterior network: takes any noise model, and checkpoints.
     paths : bool
-        Fits latent paths (:mod:`invae.paths`): it needs a path prior.
+        Fits latent paths only (:mod:`invae.paths`): it needs a path prior.
+    also_paths : bool
+        Fits latent paths with a path prior, and rows with the other priors (``iaf``).
     """
 
     build: Callable[[Prior, Likelihood, dict], EmpiricalBayesEstimator]
     builds: Callable[[EmpiricalBayesEstimator], bool]
     variational: bool = False
     paths: bool = False
+    also_paths: bool = False
+
+    @property
+    def takes_paths(self) -> bool:
+        """Whether it fits a path prior's latent paths (``paths`` or ``also_paths``)."""
+        return self.paths or self.also_paths
 
 
 def _limits(options: dict) -> dict:
     return {key: options[key] for key in ("max_iter", "tol") if options[key] is not None}
 
 
-def _variational(family: str, paths: bool) -> Method:
+def _variational(families: dict[bool, str]) -> Method:
+    """The method of ``families`` (a family name by whether it is over paths, one or both): a
+    path prior takes the path family, another prior the other; a method of one family builds it
+    for any prior (the family refuses what it cannot fit)."""
     def build(prior, likelihood, options):
+        family = families.get(isinstance(prior, PathPrior), next(iter(families.values())))
         return VariationalEB(prior, likelihood, family=family, preset=options["preset"], random_state=options["seed"],
                              verbose=options["verbose"], callback=options["callback"], device=options["device"],
                              allow_unidentified=options["allow_unidentified"], **(options["checkpoint"] or {}),
                              **_limits(options))
-    return Method(build, lambda estimator: isinstance(estimator, VariationalEB) and estimator.family == family,
-                  variational=True, paths=paths)
+
+    def builds(estimator) -> bool:
+        return isinstance(estimator, VariationalEB) and estimator.family in families.values()
+    return Method(build, builds, variational=True, paths=set(families) == {True}, also_paths=len(families) == 2)
 
 
 #: The methods that are not a posterior family: exact EM and the naive baseline (Gaussian noise), and
@@ -72,13 +89,27 @@ REFERENCE_METHODS.register("kalman", Method(
 
 
 def methods() -> Registry[Method]:
-    """Every method by name: one per registered posterior family, then the reference methods."""
+    """Every method by name: one per ``method`` name of the registered posterior families, then the
+    reference methods."""
     everything: Registry[Method] = Registry("method")
-    for family_name, family in FAMILIES.items():
-        everything.register(family.method, _variational(family_name, family.paths))
+    for name, families in _families_by_method().items():
+        everything.register(name, _variational(families))
     for name, method in REFERENCE_METHODS.items():
         everything.register(name, method)
     return everything
+
+
+def _families_by_method() -> dict[str, dict[bool, str]]:
+    """Each method name's families, by whether they are over paths, in registration order;
+    ValueError for two of one kind under one name (the prior could not choose)."""
+    grouped: dict[str, dict[bool, str]] = {}
+    for family_name, family in FAMILIES.items():
+        kinds = grouped.setdefault(family.method, {})
+        if family.paths in kinds:
+            raise ValueError(f"the posterior families {kinds[family.paths]!r} and {family_name!r} are both "
+                             f"--method {family.method} over {'paths' if family.paths else 'rows'}")
+        kinds[family.paths] = family_name
+    return grouped
 
 
 def variational_names() -> str:

@@ -44,6 +44,7 @@ class FitSettings:
     prior: str = "ggm"
     times: Path | None = None
     substeps: int | None = None
+    forecast: int | None = None
     components: int | None = None
     covariates: Path | None = None
     covariate_columns: tuple[str, ...] | None = None
@@ -85,7 +86,7 @@ class FitSettings:
         method = methods()[self.method]
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+        if self.max_iter is not None and not _positive_integer(self.max_iter):
             raise ValueError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
         if self.checkpoint_dir is not None and not method.variational:
             raise ValueError(f"--checkpoint-dir applies to the variational methods ({variational_names()}), "
@@ -95,7 +96,7 @@ class FitSettings:
                              "choose α first, then checkpoint that fit")
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("--resume needs --checkpoint-dir, the folder of the checkpoint")
-        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1):
+        if not _positive_integer(self.checkpoint_every):
             raise ValueError(f"checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
         if self.quiet and self.progress:
             raise ValueError("quiet and progress contradict each other: choose one")
@@ -110,7 +111,7 @@ class FitSettings:
                              f"give --penalty α for a {self.prior}")
         if not (isinstance(self.stability, int) and self.stability >= 0):
             raise ValueError(f"--stability must be an integer >= 0 (subsamples), got {self.stability!r}")
-        if not (isinstance(self.jobs, int) and self.jobs >= 1):
+        if not _positive_integer(self.jobs):
             raise ValueError(f"--jobs must be an integer >= 1 (processes), got {self.jobs!r}")
         if self.stability and not PRIORS[self.prior].selects_penalty:
             graphs = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
@@ -191,22 +192,24 @@ class FitSettings:
         ``times`` and ``substeps``; neither for the other priors; the options a path fit lacks refused."""
         kind, method = PRIORS[self.prior], methods()[self.method]
         path_priors = ", ".join(name for name, entry in PRIORS.items() if entry.paths)
-        path_methods = " or ".join(name for name, entry in methods().items() if entry.paths)
-        if kind.paths and not method.paths:
+        path_methods = ", ".join(name for name, entry in methods().items() if entry.takes_paths)
+        if kind.paths and not method.takes_paths:
             raise ValueError(f"--prior {self.prior} is a law over latent paths: choose --method {path_methods}, "
                              f"not {self.method}")
         if method.paths and not kind.paths:
             raise ValueError(f"--method {self.method} fits latent paths: it needs a path prior (--prior "
                              f"{path_priors}), not {self.prior}")
         if not kind.paths:
-            for flag, value in (("--times", self.times), ("--substeps", self.substeps)):
+            for flag, value in (("--times", self.times), ("--substeps", self.substeps), ("--forecast", self.forecast)):
                 if value is not None:
                     raise ValueError(f"{flag} belongs to the path priors (--prior {path_priors}), not to {self.prior}")
             return
         substeps = 1 if self.substeps is None else self.substeps
-        if not (isinstance(substeps, int) and not isinstance(substeps, bool) and substeps >= 1):
+        if not _positive_integer(substeps):
             raise ValueError(f"--substeps must be an integer >= 1, got {substeps!r}")
         object.__setattr__(self, "substeps", substeps)
+        if self.forecast is not None and not _positive_integer(self.forecast):
+            raise ValueError(f"--forecast must be an integer >= 1, the times to forecast, got {self.forecast!r}")
         for flag, value in (("--noise-std-file", self.noise_std_file), ("--offsets", self.offsets)):
             if value is not None:
                 raise ValueError(f"{flag} is not available with a path prior (--prior {self.prior}) yet")
@@ -241,6 +244,11 @@ class FitSettings:
     def to_dict(self) -> dict:
         return {key: (str(value) if isinstance(value, Path) else value)
                 for key, value in dataclasses.asdict(self).items()}
+
+
+def _positive_integer(value) -> bool:
+    """Whether ``value`` is an int ≥ 1 (not a bool, which is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _read_config(path: str | Path) -> dict:

@@ -1,9 +1,11 @@
 """The registry of posterior families: how :class:`~invae.inference.estimator.VariationalEB`
 builds each ``q_φ(z | x)`` of :mod:`invae.inference.posteriors`, and what sets it apart.
 
-Each family is also an ``invae fit --method`` (its ``method`` name). A new family is one
-module (an ``nn.Module`` whose ``forward(x, index)`` returns a distribution with batch
-shape (B,) and event shape (p,)) plus one ``FAMILIES.register`` line.
+Each family is also an ``invae fit --method`` (its ``method`` name); a family over rows and
+one over paths may share a name, and the prior picks between them (``iaf``:
+:mod:`invae.app.methods`). A new family is one module (an ``nn.Module`` whose
+``forward(x, index)`` returns a distribution with batch shape (B,) and event shape (p,)) plus
+one ``FAMILIES.register`` line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from ..model.missing import MissingEntries
 from ..paths.encoder import PathEncoder
+from ..paths.flow import PathIAFEncoder
 from ..paths.prior import PathPrior
 from ..registry import Registry
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder
@@ -33,7 +36,8 @@ class PosteriorFamily:
         The untrained module for n rows of m data columns; it reads the estimator's public
         settings (``prior``, ``likelihood``, ``hidden``, ``flow_steps``, …).
     method : str
-        Its name as an ``invae fit --method``.
+        Its name as an ``invae fit --method``; at most one family over rows and one over paths
+        (``paths``) per name.
     amortized : bool
         One network for every x (new rows need no training; inputs standardised by the
         training data through the module's ``standardize_with(x)``), rather than free
@@ -70,16 +74,19 @@ def _encoder(cls, **options: Callable[[Any], Any]):
     return build
 
 
-def _path_encoder(estimator, n: int, m: int) -> PathEncoder:
-    """The Gauss–Markov encoder of a path prior's series, in units of its start law."""
-    prior, likelihood = estimator.prior, estimator.likelihood
-    if not isinstance(prior, PathPrior):
-        raise ValueError("the markov family is a posterior over paths: it needs a path prior, "
-                         f"got {type(prior).__name__}")
-    mean, cov = prior.sde().initial(torch.float64)
-    return PathEncoder(prior.grid, prior.substeps, likelihood.forward.per_time.out_dim, prior.sde_dim,
-                       (mean, cov.diagonal().sqrt()), hidden=estimator.hidden[0], layers=len(estimator.hidden),
-                       log1p=likelihood.encoder_log1p, masked=isinstance(likelihood, MissingEntries))
+def _path_encoder(cls, **options: Callable[[Any], Any]):
+    """A builder for a posterior over a path prior's series (``cls`` takes PathEncoder's
+    arguments), in units of its start law; ``options`` read further arguments off the estimator."""
+    def build(estimator, n: int, m: int) -> nn.Module:
+        prior, likelihood = estimator.prior, estimator.likelihood
+        if not isinstance(prior, PathPrior):
+            raise ValueError(f"the {estimator.family} family is a posterior over paths: it needs a path prior, "
+                             f"got {type(prior).__name__}")
+        extra = {key: read(estimator) for key, read in options.items()}
+        return cls(prior.grid, prior.substeps, likelihood.forward.per_time.out_dim, prior.sde_dim,
+                   prior.sde().start_units(torch.float64), hidden=estimator.hidden[0], layers=len(estimator.hidden),
+                   log1p=likelihood.encoder_log1p, masked=isinstance(likelihood, MissingEntries), **extra)
+    return build
 
 
 def posterior_components(estimator) -> int:
@@ -107,7 +114,12 @@ FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: 
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
-FAMILIES.register("markov", PosteriorFamily(_path_encoder, method="markov", paths=True, defaults=_DRAWN))
+FAMILIES.register("markov", PosteriorFamily(_path_encoder(PathEncoder), method="markov", paths=True,
+                                             defaults=_DRAWN))
+# markov's settings, not the row flow's (_FLOW, measured on rows): this flow starts as markov's q, on
+# markov's encoder (invae.paths.flow)
+FAMILIES.register("path-iaf", PosteriorFamily(_path_encoder(PathIAFEncoder, n_steps=lambda e: e.flow_steps),
+                                              method="iaf", paths=True, defaults=_DRAWN))
 FAMILIES.register("mean-field", PosteriorFamily(lambda estimator, n, m: MeanFieldFactors(n, estimator.prior.dim),
                                                 method="mean-field", amortized=False, defaults=_FREE_FACTORS,
                                                 diagonal=True))

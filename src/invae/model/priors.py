@@ -7,11 +7,12 @@ the name, the prior's :meth:`~invae.model.prior.Prior.state` and its
 summary holds the prior's :meth:`~invae.model.prior.Prior.summary`. So a new prior is one
 module plus one ``PRIORS.register`` line.
 
-The path priors (``ou``, ``brownian``, ``double-well``: one :class:`~invae.paths.prior.PathPrior`
-per SDE of :data:`invae.paths.sde.SDE_PRIORS`, docs/methods.md §3.16) are listed here too, so that
-every prior has one registry; their class and start come from :mod:`invae.paths`
-(:mod:`invae.paths.start`), imported inside the function that registers them: the one
-import from above this layer.
+The path priors (one :class:`~invae.paths.prior.PathPrior` per SDE of
+:data:`invae.paths.sde.SDE_PRIORS`: ``ou``, ``brownian``, ``brownian-learned-start``,
+``double-well``; docs/methods.md §3.16) are listed here too, so that every prior has one
+registry. Their names come from :mod:`invae.paths.sde`, a leaf module; their class and start
+from :mod:`invae.paths.prior` and :mod:`invae.paths.start`, imported inside the function that
+registers them: the imports from above this layer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..paths.sde import SDE_PRIORS  # a leaf module: it imports no other part of invae
 from ..registry import Registry
 from .ggm import GaussianGraphicalModel
 from .likelihoods import GaussianLikelihood, Likelihood
@@ -119,7 +121,7 @@ PRIORS: Registry[PriorKind] = Registry("prior")
 PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_penalty=True, location=True,
                                   covariates=True))
 PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True, covariates=True))
-for _sde in ("ou", "brownian", "double-well"):
+for _sde in SDE_PRIORS:
     PRIORS.register(_sde, _path_kind(_sde))
 
 

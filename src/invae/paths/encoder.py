@@ -118,8 +118,17 @@ class PathEncoder(nn.Module):
         self.scale.copy_(torch.where(spread > 1e-12, spread, torch.ones_like(spread)))
 
     def forward(self, x: Tensor, index: Tensor | None = None) -> FlatPath:
+        return self.encode(x)[0]
+
+    def encode(self, x: Tensor) -> tuple[FlatPath, Tensor]:
+        """q(z | x) and the GRU's states along the grid, (B, G, 2 hidden): the series' encoding at
+        each grid point, which a flow on q reads (:mod:`invae.paths.flow`)."""
         inputs = self._grid_inputs(x)  # (B, G, 2m + 2)
         hidden, _ = self.gru(inputs)
+        return self._law(inputs, hidden), hidden
+
+    def _law(self, inputs: Tensor, hidden: Tensor) -> FlatPath:
+        """The Gauss–Markov q of the heads on the GRU's states, in z's units (module docstring)."""
         out = self.head(hidden)
         d = self.d
         mean = self.skip(inputs) + out[..., :d]

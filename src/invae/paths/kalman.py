@@ -21,7 +21,20 @@ S̃ is block-diagonal, the observed block S_OO and the identity, so the gain K =
 has zero columns at the missing entries and equals the gain from the observed rows of H
 and r alone, and ỹᵀ S̃⁻¹ ỹ, log det S̃ are those of the observed block. Every missingness
 pattern then shares one batched Cholesky factorisation: no loop over series.
+
+A diffuse start. When the start z_0 is unknown without a law (a flat, improper prior, the limit
+of N(0, κ I) as κ → ∞), the evidence is ``∫ p(x | z_0) dz_0``. The filter starts from N(0, κ I)
+with a finite κ and adds (d/2) log(2π κ), the normaliser of that start:
+
+    log p_κ(x) + (d/2) log(2π κ) = log ∫ p(x | z_0) exp(−|z_0|² / 2κ) dz_0,
+
+whose gap to the flat evidence is at most (|a|² + tr B⁻¹) / 2κ nats for p(x | z_0) ∝
+N(z_0; a, B⁻¹). κ is 10⁷ × (1 + the series' mean square observation + the largest noise
+variance) / λ_min(Hᵀ H), so the gap is O(10⁻⁷) nats while S stays within float64's reach
+(a condition number near 10⁷, where a larger κ would cost digits in the gain). H must have
+full column rank: otherwise some direction of z_0 is never determined and the evidence is infinite.
 """
+
 
 from __future__ import annotations
 
@@ -45,6 +58,7 @@ class LinearGaussianSSM:
     ``c`` (T−1, d) or (n, T−1, d); ``Q`` (T−1, d, d) or (n, T−1, d, d); ``H`` (m, d);
     ``r`` (m,), the noise variances. A parameter without the leading n is shared by every
     series; :meth:`batched` expands them all. P0 and every Q_k must be positive definite.
+    ``diffuse``: z_0 has the flat start of the module docstring, and m0, P0 are not read.
     """
 
     m0: Tensor
@@ -54,6 +68,7 @@ class LinearGaussianSSM:
     Q: Tensor
     H: Tensor
     r: Tensor
+    diffuse: bool = False
 
     def __post_init__(self) -> None:
         _check_shapes(self)
@@ -180,6 +195,24 @@ def _update(mean: Tensor, cov: Tensor, x: Tensor, observed: Tensor, model: Linea
     return mean + (gain @ residual[..., None])[..., 0], _symmetrise(new_cov), log_density
 
 
+_DIFFUSE_RATIO = 1e7  # κ over the data's squared scale: the module docstring's trade-off
+
+
+def _diffuse_start(filled: Tensor, observed: Tensor, model: LinearGaussianSSM) -> tuple[Tensor, Tensor, Tensor]:
+    """The module docstring's stand-in for a flat start, per series: (m0 = 0 (n, d), P0 = κ I
+    (n, d, d), the log-likelihood's offset (d/2) log(2π κ) (n,)), κ (n,) from the data ``filled``
+    (n, T, m), 0 where not ``observed``. A ``ValueError`` when H has not full column rank."""
+    gram = torch.linalg.eigvalsh(model.H.mT @ model.H)  # ascending
+    if not bool(gram[0] > 1e-12 * gram[-1]):
+        raise ValueError("a diffuse start needs H of full column rank: some direction of the start is never seen")
+    square = filled.square().sum((1, 2)) / observed.sum((1, 2)).clamp(min=1)
+    kappa = _DIFFUSE_RATIO * (1 + square + model.r.max()) / gram[0]  # (n,)
+    d = model.state_dim
+    eye = torch.eye(d, dtype=filled.dtype, device=filled.device)
+    offset = 0.5 * d * torch.log(2 * math.pi * kappa)
+    return filled.new_zeros(len(kappa), d), kappa[:, None, None] * eye, offset
+
+
 def kalman_filter(x: Tensor, model: LinearGaussianSSM) -> FilterResult:
     """The Kalman filter (Särkkä 2013, Theorem 4.3) for x (n, T, m), NaN where missing:
 
@@ -187,14 +220,16 @@ def kalman_filter(x: Tensor, model: LinearGaussianSSM) -> FilterResult:
         m⁻_k = F_{k−1} m_{k−1} + c_{k−1},   P⁻_k = F_{k−1} P_{k−1} F_{k−1}ᵀ + Q_{k−1},
 
     then the masked update of :func:`_update`, and ``log p(x_{0:T−1}) = Σ_k log p(x_k | x_{0:k−1})``
-    (a time with nothing observed adds 0). Results in x's dtype and device."""
+    (a time with nothing observed adds 0); a ``diffuse`` model starts from :func:`_diffuse_start`.
+    Results in x's dtype and device."""
     model = model.batched(x)
     observed = ~torch.isnan(x)
     filled = torch.where(observed, x, 0.0)
     n, steps, d = x.shape[0], model.steps, model.state_dim
     out = {k: x.new_empty(n, steps, *shape) for k, shape in
            [("mean", (d,)), ("cov", (d, d)), ("predicted_mean", (d,)), ("predicted_cov", (d, d))]}
-    mean, cov, log_likelihood = model.m0, model.P0, x.new_zeros(n)
+    mean, cov, log_likelihood = _diffuse_start(filled, observed, model) if model.diffuse else (
+        model.m0, model.P0, x.new_zeros(n))
     for k in range(steps):
         if k > 0:
             mean, cov = _predict(mean, cov, model.F[:, k - 1], model.c[:, k - 1], model.Q[:, k - 1])

@@ -91,9 +91,10 @@ class SmoothedStatistics:
 
 def state_space(prior: SDEPrior, times, H: Tensor, noise_var: Tensor) -> LinearGaussianSSM:
     """The linear-Gaussian SSM of ``prior`` seen at ``times`` (T,) or (n, T) through H (m, d) with
-    noise variances ``noise_var`` (m,): m0, P0 from ``prior.initial()``; F_k, c_k, Q_k the exact
-    (A, b, Q) of ``prior.linear_transition(Δ_k)``, (T−1, …) or per series (n, T−1, …).
-    Differentiable in θ (and in ``noise_var``); in the prior's dtype and device."""
+    noise variances ``noise_var`` (m,): m0, P0 from ``prior.initial()`` (a diffuse model when the
+    prior's start is ``diffuse``); F_k, c_k, Q_k the exact (A, b, Q) of ``prior.linear_transition(Δ_k)``,
+    (T−1, …) or per series (n, T−1, …). Differentiable in θ (and in ``noise_var``); in the prior's
+    dtype and device."""
     if not callable(getattr(prior, "linear_transition", None)):
         raise ValueError(f"{type(prior).__name__} has no exact linear transition (linear_transition), "
                          "so no state-space model")
@@ -104,9 +105,11 @@ def state_space(prior: SDEPrior, times, H: Tensor, noise_var: Tensor) -> LinearG
         raise ValueError(f"H must have shape (m, {prior.dim}) for this prior's d = {prior.dim}, got {tuple(H.shape)}")
     if not bool((noise_var > 0).all()):
         raise ValueError(f"the noise variances must be positive, got {noise_var.tolist()}")
-    m0, p0 = prior.initial(like.dtype, like.device)
+    diffuse = getattr(prior, "diffuse", False)
+    eye = torch.eye(prior.dim, dtype=like.dtype, device=like.device)
+    m0, p0 = (like.new_zeros(prior.dim), eye) if diffuse else prior.initial(like.dtype, like.device)
     a, b, q = prior.linear_transition(times.diff(dim=-1))
-    return LinearGaussianSSM(m0=m0, P0=p0, F=a, c=b, Q=q, H=H, r=noise_var)
+    return LinearGaussianSSM(m0=m0, P0=p0, F=a, c=b, Q=q, H=H, r=noise_var, diffuse=diffuse)
 
 
 def smoothed_statistics(smoothed: SmootherResult, shared: bool) -> SmoothedStatistics:
@@ -145,7 +148,8 @@ def expected_log_prior(stats: SmoothedStatistics, model: LinearGaussianSSM) -> T
                   − u b_kᵀ − b_k uᵀ + c b_k b_kᵀ,
 
     S, s the sums of :class:`SmoothedStatistics` (and S_00 − s_0 m0ᵀ − m0 s_0ᵀ + c_0 m0 m0ᵀ at the
-    start). ``model`` is :func:`state_space`'s; a scalar, differentiable in θ."""
+    start; a ``diffuse`` model's flat start adds 0). ``model`` is :func:`state_space`'s; a scalar,
+    differentiable in θ."""
     m0, a, b = model.m0, model.F, model.c
     start = (stats.start_outer - stats.start_sum[:, None] * m0 - m0[:, None] * stats.start_sum
              + stats.start_count * m0[:, None] * m0)
@@ -154,8 +158,8 @@ def expected_log_prior(stats: SmoothedStatistics, model: LinearGaussianSSM) -> T
     ub = u[..., :, None] * b[..., None, :]
     steps = (stats.next_outer - cross - cross.mT + a @ stats.current_outer @ a.mT
              - ub - ub.mT + stats.count * b[..., :, None] * b[..., None, :])
-    return (_expected_log_density(stats.start_count, start, model.P0)
-            + _expected_log_density(stats.count, steps, model.Q).sum())
+    transitions = _expected_log_density(stats.count, steps, model.Q).sum()
+    return transitions if model.diffuse else transitions + _expected_log_density(stats.start_count, start, model.P0)
 
 
 def _noise_update(x: Tensor, smoothed: SmootherResult, H: Tensor) -> Tensor:

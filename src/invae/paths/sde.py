@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 
-__all__ = ["SDE_PRIORS", "Brownian", "DoubleWell", "LearnedStart", "OrnsteinUhlenbeck", "SDEPrior",
+__all__ = ["SDE_PRIORS", "Brownian", "BrownianLearnedStart", "DoubleWell", "LearnedStart", "OrnsteinUhlenbeck", "SDEPrior",
            "check_times", "gaussian_log_prob", "lyapunov", "refine"]
 
 
@@ -79,8 +79,12 @@ class SDEPrior(nn.Module, abc.ABC):
 
     Subclasses call ``super().__init__(dim, diffusion)`` and define :meth:`drift`,
     :meth:`initial` and :meth:`parameters_by_name`; one with an exact Gaussian transition
-    overrides :meth:`transition`.
+    overrides :meth:`transition`. One whose start is ``diffuse`` has no start law: the density of
+    its paths is flat in z(t_0) (Lebesgue measure), an improper prior whose posterior is proper
+    once the data determine the start.
     """
+
+    diffuse = False
 
     def __init__(self, dim: int, diffusion=1.0):
         super().__init__()
@@ -127,25 +131,32 @@ class SDEPrior(nn.Module, abc.ABC):
         Δ = ``dt`` broadcasting against z's batch; Euler–Maruyama (:meth:`euler_maruyama`) here."""
         return self.euler_maruyama(z, dt, t)
 
+    def start_units(self, dtype: torch.dtype | None = None, device=None) -> tuple[Tensor, Tensor]:
+        """Where paths start and how far they spread there, (mean (d,), spread (d,)): the start law's
+        mean and marginal standard deviations. An encoder expresses its paths in these units."""
+        mean, cov = self.initial(dtype, device)
+        return mean, cov.diagonal().sqrt()
+
     def log_prob(self, z: Tensor, times, substeps: int = 1) -> Tensor:
         """``log p(z(t_0)) + Σ_j log N(z_{j+1}; m(z_j, Δ_j), Q(Δ_j))`` for paths z (n, G, d) on the
         latent grid of ``times`` (T,) or (n, T) refined ``substeps = k``-fold, G = (T − 1) k + 1
-        (:func:`refine`); shape (n,)."""
+        (:func:`refine`); shape (n,). A ``diffuse`` start adds log p(z(t_0)) = 0."""
         grid, _ = refine(times, substeps)
         self._check_path(z, grid)
         grid = grid.to(z)
-        mean, cov = self.initial(z.dtype, z.device)
-        log_density = gaussian_log_prob(z[:, 0], mean, cov)
+        log_density = z.new_zeros(z.shape[0]) if self.diffuse else gaussian_log_prob(z[:, 0], *self.initial(z.dtype, z.device))
         if z.shape[1] == 1:
             return log_density
         step_mean, step_cov = self.transition(z[:, :-1], grid.diff(dim=-1), grid[..., :-1])
         return log_density + gaussian_log_prob(z[:, 1:], step_mean, step_cov).sum(-1)
 
     @torch.no_grad()
-    def simulate(self, n: int, times, substeps: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` independent paths at ``times`` (T,) or (n, T), shape (n, T, d): z(t_0) from
-        :meth:`initial`, then Euler–Maruyama ``z ← z + f(z, t) Δ + S √Δ ε``, ε ~ N(0, I), on the
-        grid refined ``substeps``-fold. A sample: no gradient flows to θ."""
+    def simulate(self, n: int, times, substeps: int = 1, generator: torch.Generator | None = None,
+                 start: Tensor | None = None) -> Tensor:
+        """``n`` independent paths at ``times`` (T,) or (n, T), shape (n, T, d): z(t_0) = ``start``
+        (n, d) or (d,) when given, else drawn from :meth:`initial` (a diffuse start needs one), then
+        Euler–Maruyama ``z ← z + f(z, t) Δ + S √Δ ε``, ε ~ N(0, I), on the grid refined
+        ``substeps``-fold. A sample: no gradient flows to θ."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the number of paths n must be an integer >= 1, got {n!r}")
         grid, index = refine(times, substeps)
@@ -153,14 +164,19 @@ class SDEPrior(nn.Module, abc.ABC):
             raise ValueError(f"times (n, T) must have n = {n} rows, got {grid.shape[0]}")
         scale = self.diffusion()
         grid = grid.to(scale)
-        mean, cov = self.initial(scale.dtype, scale.device)
-        z = mean + self._noise(n, generator) @ torch.linalg.cholesky(cov).mT
+        z = self._start(n, generator) if start is None else torch.as_tensor(start).to(scale).expand(n, self.dim)
         path = [z]
         for j in range(grid.shape[-1] - 1):
             dt = (grid[..., j + 1] - grid[..., j]).unsqueeze(-1)
             z = z + self.drift(z, grid[..., j]) * dt + dt.sqrt() * self._noise(n, generator) @ scale.mT
             path.append(z)
         return torch.stack(path, dim=1)[:, index]
+
+    def _start(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """z(t_0) ~ :meth:`initial`, shape (n, d)."""
+        like = self.diffusion_log_diag
+        mean, cov = self.initial(like.dtype, like.device)
+        return mean + self._noise(n, generator) @ torch.linalg.cholesky(cov).mT
 
     def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         """ε ~ N(0, I), shape (n, d), in θ's dtype and device."""
@@ -269,9 +285,8 @@ class OrnsteinUhlenbeck(SDEPrior):
                 "diffusion": _output(self.diffusion())}
 
 
-class Brownian(LearnedStart):
-    """The local level ``dz = S dW`` (Θ = 0): ``z(t + Δ) | z ~ N(z, S Sᵀ Δ)``, exactly. It has no
-    stationary law, so the start is a learned Gaussian (:class:`LearnedStart`)."""
+class _RandomWalk:
+    """The local level's dynamics ``dz = S dW`` (Θ = 0): ``z(t + Δ) | z ~ N(z, S Sᵀ Δ)``, exactly."""
 
     def drift(self, z: Tensor, t: Tensor | float = 0.0) -> Tensor:
         """0, shape of z."""
@@ -283,6 +298,40 @@ class Brownian(LearnedStart):
         dt = torch.as_tensor(dt, dtype=scale.dtype, device=scale.device)[..., None, None]
         eye = torch.eye(self.dim, dtype=scale.dtype, device=scale.device).expand(dt.shape[:-2] + (self.dim, self.dim))
         return eye, eye.new_zeros(eye.shape[:-1]), scale @ scale.mT * dt
+
+
+class Brownian(_RandomWalk, SDEPrior):
+    """The local level ``dz = S dW`` with a diffuse start: z(t_0) has the flat (improper) law, the
+    limit of N(m, κ I) as κ → ∞, so the fit conditions on the data's own start as statsmodels'
+    diffuse local level does (Durbin & Koopman 2012, §2.9). θ = S alone.
+
+    ``start_mean`` and ``start_scale`` (d,) are not parameters: they only place the units in which
+    an encoder expresses the paths (:meth:`start_units`), e.g. the data's first values and spread.
+    """
+
+    diffuse = True
+
+    def __init__(self, dim: int, diffusion=1.0, start_mean=0.0, start_scale=1.0):
+        super().__init__(dim, diffusion)
+        self.units = (_vector(start_mean, dim, "start_mean"), _vector(start_scale, dim, "start_scale"))
+        if not bool((self.units[1] > 0).all()):
+            raise ValueError(f"start_scale must be positive, got {self.units[1].tolist()}")
+
+    def initial(self, dtype: torch.dtype | None = None, device=None) -> tuple[Tensor, Tensor]:
+        """None exists: a ``ValueError`` (a diffuse start is not a probability law)."""
+        raise ValueError("a Brownian prior with a diffuse start has no start law to draw from: give the start")
+
+    def start_units(self, dtype: torch.dtype | None = None, device=None) -> tuple[Tensor, Tensor]:
+        """(``start_mean``, ``start_scale``) of the constructor."""
+        return tuple(value.to(dtype=dtype, device=device) for value in self.units)
+
+    def parameters_by_name(self) -> dict[str, Tensor | float]:
+        return {"diffusion": _output(self.diffusion())}
+
+
+class BrownianLearnedStart(_RandomWalk, LearnedStart):
+    """The local level ``dz = S dW`` whose start is a learned Gaussian (:class:`LearnedStart`): the
+    choice for many series whose starts share one law, which it then estimates."""
 
     def parameters_by_name(self) -> dict[str, Tensor | float]:
         return {"diffusion": _output(self.diffusion()), **self._start_by_name()}
@@ -346,4 +395,5 @@ def _output(value: Tensor) -> Tensor | float:
 SDE_PRIORS: Registry[type[SDEPrior]] = Registry("path prior")
 SDE_PRIORS.register("ou", OrnsteinUhlenbeck)
 SDE_PRIORS.register("brownian", Brownian)
+SDE_PRIORS.register("brownian-learned-start", BrownianLearnedStart)
 SDE_PRIORS.register("double-well", DoubleWell)
