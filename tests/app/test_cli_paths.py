@@ -82,7 +82,7 @@ def test_kalman_writes_the_path_files_and_its_theta_is_kalman_ems(series, tmp_pa
     np.testing.assert_allclose(np.load(out / "posterior_mean.npy"), smoothed.mean, rtol=1e-9)
     _predict_reproduces_the_fit(tmp_path, series, out, model)
     assert main(["report", str(out)]) == 0
-    check_report(out, {"convergence"})
+    check_report(out, {"convergence", "paths"})
 
 
 def test_markov_writes_the_path_files_and_predict_reproduces_them(series, tmp_path):
@@ -92,9 +92,17 @@ def test_markov_writes_the_path_files_and_predict_reproduces_them(series, tmp_pa
     assert summary["settings"]["method"] == "markov"
     assert "elbo_per_obs" in summary and "log_likelihood_per_obs" in summary  # exact evidence at θ̂ (linear-Gaussian)
     _predict_reproduces_the_fit(tmp_path, series, out, model)
-    for folder, figures in ((out, {"convergence"}), (tmp_path / "pred", set())):
+    for folder, figures in ((out, {"convergence", "paths"}), (tmp_path / "pred", {"paths"})):
         assert main(["report", str(folder)]) == 0
         check_report(folder, figures)
+
+
+def test_iaf_with_a_path_prior_fits_the_path_flow_and_predict_reproduces_it(series, tmp_path):
+    out, model = tmp_path / "fit", tmp_path / "model.pt"
+    assert _fit(series, out, "--prior", "ou", "--method", "iaf", "--max-iter", "3", "--save", str(model)) == 0
+    summary, _ = _check_files(out, series)
+    assert summary["settings"]["method"] == "iaf" and load_model(model).family == "path-iaf"
+    _predict_reproduces_the_fit(tmp_path, series, out, model)
 
 
 def test_kalman_learns_the_noise_level_as_kalman_em_does_and_saves_it_as_known(series, tmp_path):
@@ -156,7 +164,7 @@ def test_markov_learns_the_noise_level_within_two_of_the_mles_standard_errors(tm
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--prior", "ggm"], "--noise-std learn needs a path prior (--prior ou, brownian, double-well): under --prior "
+    (["--prior", "ggm"], "--noise-std learn needs a path prior (--prior ou, brownian, brownian-learned-start, double-well): under --prior "
                          "ggm σ and the prior are not both identified"),
     (["--prior", "gmm", "--method", "mixture"], "under --prior gmm σ and the prior are not both identified"),
     (["--prior", "ou", "--noise", "poisson"], "--noise-std learn fits the level σ of gaussian noise, not of --noise "
@@ -183,7 +191,7 @@ def test_irregular_times_sub_steps_and_a_single_series(series, tmp_path):
     assert np.load(out / "posterior_mean.npy").shape == (1, T, 1)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["times"] == pytest.approx(times.tolist()) and summary["substeps"] == 2
-    assert set(json.loads((out / "parameters.json").read_text())) == {"diffusion", "start_mean", "start_scale"}
+    assert set(json.loads((out / "parameters.json").read_text())) == {"diffusion"}  # the diffuse start
     # markov on one series: its ELBO has no standard error across series (null, not NaN)
     assert _fit(one, tmp_path / "markov", "--prior", "ou", "--max-iter", "2") == 0
     summary = json.loads((tmp_path / "markov" / "summary.json").read_text())
@@ -215,7 +223,7 @@ def _bad_files(folder):
     (["--prior", "ou", "--data", "ragged.npy"], "for series of unequal length, pad the shorter ones with NaN"),
     (["--prior", "ou", "--data", "one_time.npy"], "too few time points: a path prior needs T >= 2"),
     (["--prior", "ou", "--data", "unseen.npy", "--forward", "h.npy"], "measurement 1 of the data (--data) is never"),
-    (["--prior", "ou", "--method", "vae"], "--prior ou is a law over latent paths: choose --method markov or kalman"),
+    (["--prior", "ou", "--method", "vae"], "--prior ou is a law over latent paths: choose --method iaf, markov, kalman, not vae"),
     (["--prior", "ou", "--method", "em"], "--prior ou is a law over latent paths"),
     (["--prior", "brownian", "--method", "naive"], "--prior brownian is a law over latent paths"),
     (["--prior", "ggm", "--method", "markov"], "--method markov fits latent paths: it needs a path prior"),

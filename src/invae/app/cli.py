@@ -74,16 +74,24 @@ class Command:
     run: Callable[[argparse.Namespace], None]
 
 
+#: ``invae demo``'s options of the GGM demo, refused with --sde. Their defaults (and --n's and
+#: --noise-std's) are None, so that a given one shows; run_demo and run_path_demo hold the defaults.
+_GGM_DEMO_OPTIONS = ("p", "graph", "forward", "penalty")
+
+
 def _demo_options(demo: argparse.ArgumentParser) -> None:
     from ..evaluation.simulate import FORWARDS, GRAPHS
 
     demo.add_argument("--out", default="invae-demo", help="results folder (default: invae-demo)")
-    demo.add_argument("--p", type=int, default=20, help="latent dimension (default: 20)")
-    demo.add_argument("--n", type=int, default=10_000, help="observations (default: 10000)")
-    demo.add_argument("--graph", choices=GRAPHS, default="chain")
-    demo.add_argument("--forward", choices=FORWARDS, default="identity")
-    demo.add_argument("--noise-std", type=float, default=1.0, help="σ (default: 1.0)")
-    demo.add_argument("--penalty", type=float, default=0.02, help="graphical-lasso α (default: 0.02)")
+    demo.add_argument("--sde", action="store_true", help="the latent-path demo instead: Ornstein–Uhlenbeck series "
+                      "seen through noise, fitted by markov and kalman, θ̂ against the truth, forecasts and the "
+                      "report's path figure")
+    demo.add_argument("--p", type=int, help="latent dimension (default: 20)")
+    demo.add_argument("--n", type=int, help="observations (default: 10000); with --sde series (default: 20)")
+    demo.add_argument("--graph", choices=GRAPHS, help="(default: chain)")
+    demo.add_argument("--forward", choices=FORWARDS, help="(default: identity)")
+    demo.add_argument("--noise-std", type=float, help="σ (default: 1.0; with --sde 0.3)")
+    demo.add_argument("--penalty", type=float, help="graphical-lasso α (default: 0.02)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu", help="torch device of every fit, e.g. cuda (default: cpu)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -92,18 +100,51 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
                       help="progress bars even when stderr is not a terminal (e.g. a log file)")
 
 
+#: ``invae simulate``'s options of the GGM problem and of series (--sde): each refused with the other.
+#: Their defaults are None, so that a given one shows; the functions called hold the defaults.
+_GGM_OPTIONS = ("p", "m", "graph", "forward", "condition_number")
+_SERIES_OPTIONS = ("steps", "times", "dim", "substeps", "parameter")
+
+
 def _simulate_options(sim: argparse.ArgumentParser) -> None:
     from ..evaluation.simulate import FORWARDS, GRAPHS
 
-    sim.add_argument("--out", required=True, help="folder for X.npy, Z.npy, A.npy, precision.npy, problem.json")
-    sim.add_argument("--p", type=int, default=20)
-    sim.add_argument("--n", type=int, default=10_000)
-    sim.add_argument("--m", type=int, default=None, help="observed dimension (gaussian/compressive A)")
-    sim.add_argument("--graph", choices=GRAPHS, default="chain")
-    sim.add_argument("--forward", choices=FORWARDS, default="identity")
-    sim.add_argument("--noise-std", type=float, default=1.0)
-    sim.add_argument("--condition-number", type=float, default=10.0)
+    sim.add_argument("--out", required=True, help="folder for X.npy, Z.npy, A.npy, precision.npy, problem.json "
+                     "(with --sde: Y.npy, Z.npy, times.npy, problem.json)")
+    sim.add_argument("--n", type=int, help="observations (default: 10000); with --sde series (default: 100)")
+    sim.add_argument("--noise-std", type=float, default=1.0, help="σ (default: 1.0)")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--p", type=int, help="latent dimension (default: 20)")
+    sim.add_argument("--m", type=int, help="observed dimension (gaussian/compressive A)")
+    sim.add_argument("--graph", choices=GRAPHS, help="(default: chain)")
+    sim.add_argument("--forward", choices=FORWARDS, help="(default: identity)")
+    sim.add_argument("--condition-number", type=float, help="(default: 10)")
+    _series_options(sim)
+
+
+def _series_options(sim: argparse.ArgumentParser) -> None:
+    from ..model.priors import PRIORS
+
+    sim.add_argument("--sde", choices=[name for name, kind in PRIORS.items() if kind.paths],
+                     help="simulate series of this SDE seen through x = z + σε (A = I) instead of the GGM problem")
+    sim.add_argument("--T", dest="steps", metavar="T", type=int,
+                     help="with --sde: the times 0, 1, …, T − 1 (default: 50)")
+    sim.add_argument("--times", help="with --sde: the times (T,), strictly increasing, as .npy/.csv (instead of --T)")
+    sim.add_argument("--dim", type=int, help="with --sde: d, the path's dimension (default: 1)")
+    sim.add_argument("--substeps", type=int, help="with --sde: Euler–Maruyama steps per interval (default: 10)")
+    sim.add_argument("--parameter", action="append", type=_parameter, metavar="NAME=VALUE",
+                     help="with --sde: a parameter of the SDE by its name in parameters.json, a number (a matrix's "
+                          "number s means s I); repeat for several (default: the SDE's defaults)")
+
+
+def _parameter(text: str) -> tuple[str, float]:
+    """``NAME=NUMBER`` (``--parameter``) as (name, number)."""
+    from .io import is_number
+
+    name, _, value = text.partition("=")
+    if not (name.strip() and is_number(value)):
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}")
+    return name.strip(), float(value)
 
 
 def _fit_options(fit: argparse.ArgumentParser) -> None:
@@ -139,6 +180,9 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "(default: 0, 1, …, T − 1)")
     fit.add_argument("--substeps", type=int, help="k: a path prior's latent grid cuts each interval between "
                      "observation times into k steps (default: 1)")
+    fit.add_argument("--forecast", type=int, help="K: forecast a path prior's latent paths at K times after the last "
+                     "observation time, spaced by the median step: forecast.npy (n, K, d), the posterior predictive "
+                     "mean, and forecast_lower.npy / forecast_upper.npy, its 5%% and 95%% quantiles")
     fit.add_argument("--components", type=int, help="K, the number of components of --prior gmm (default: 2)")
     fit.add_argument("--covariates", help="known covariates c_i, one row per row of --data (.csv with a header of "
                      "names, or .npy): the prior becomes N(μ + B c_i, Λ⁻¹) with μ and B estimated (gmm: each "
@@ -243,7 +287,10 @@ def _eb_options(eb: argparse.ArgumentParser) -> None:
 
 
 def _report_options(report: argparse.ArgumentParser) -> None:
-    report.add_argument("folder", help="a folder written by invae demo or invae fit")
+    report.add_argument("folder", help="a folder written by invae demo, invae fit or invae predict")
+    report.add_argument("--truth", help="the true signals of a fit or predict folder (.npy/.csv), the shape of its "
+                        "posterior_mean.npy (for a path prior (n, T, d), e.g. Z.npy of invae simulate --sde), drawn "
+                        "against the posterior")
 
 
 def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -287,12 +334,36 @@ def _fit(args: argparse.Namespace) -> None:
 def _simulate(args: argparse.Namespace) -> None:
     from ..evaluation.simulate import simulate_problem
 
-    problem = simulate_problem(p=args.p, n=args.n, graph=args.graph, forward=args.forward, m=args.m,
-                               noise_std=args.noise_std, condition_number=args.condition_number,
-                               seed=args.seed)
+    if args.sde is not None:
+        return _simulate_series(args)
+    _refuse(args, _SERIES_OPTIONS, "a simulation of series (--sde)")
+    problem = simulate_problem(**_given(args, ("n", "noise_std", "seed", *_GGM_OPTIONS)))
     problem.save(args.out)
     print(f"wrote {args.out}/ (X.npy {problem.X.shape}, A.npy {problem.A.shape}, Z.npy, precision.npy, "
           "problem.json)")
+
+
+def _simulate_series(args: argparse.Namespace) -> None:
+    from .series import read_times, simulate_series
+
+    _refuse(args, _GGM_OPTIONS, "the GGM simulation, not of --sde")
+    times = None if args.times is None else read_times(args.times)
+    problem = simulate_series(args.sde, times=times, parameters=dict(args.parameter or []),
+                              **_given(args, ("n", "steps", "dim", "noise_std", "seed", "substeps")))
+    problem.save(args.out)
+    print(f"wrote {args.out}/ (Y.npy {problem.x.shape}, Z.npy, times.npy, problem.json)")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The options ``names`` that were given (not None), by name: the called function's defaults hold for the rest."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _refuse(args: argparse.Namespace, names: tuple[str, ...], owner: str) -> None:
+    """A ``ValueError`` for the first option of ``names`` that was given: it belongs to ``owner``."""
+    for name in _given(args, names):
+        flag = "--T" if name == "steps" else "--" + name.replace("_", "-")
+        raise ValueError(f"{flag} is an option of {owner}")
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -325,7 +396,7 @@ def _eb(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from .report import write_report
 
-    print(f"report: {write_report(args.folder)}")
+    print(f"report: {write_report(args.folder, truth=args.truth)}")
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -336,18 +407,26 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import run_demo, run_path_demo
 
-    run_demo(args.out, p=args.p, n=args.n, graph=args.graph, forward=args.forward, noise_std=args.noise_std,
-             penalty=args.penalty, seed=args.seed, device=args.device, verbose=_verbosity(args))
+    common = {"seed": args.seed, "device": args.device, "verbose": _verbosity(args), **_given(args, ("n", "noise_std"))}
+    if args.sde:
+        _refuse(args, _GGM_DEMO_OPTIONS, "the GGM demo, not of --sde")
+        run_path_demo(args.out, **common)
+    else:
+        run_demo(args.out, **common, **_given(args, _GGM_DEMO_OPTIONS))
 
 
 COMMANDS: Registry[Command] = Registry("command")
-COMMANDS.register("demo", Command("simulate the GGM problem, fit every method, print the table",
-                                  "example:\n  invae demo --noise-std 0.5 --out invae-demo\n", _demo_options, _demo))
+COMMANDS.register("demo", Command("simulate the GGM problem (or with --sde latent paths), fit every method, print "
+                                  "the table", "example:\n  invae demo --noise-std 0.5 --out invae-demo\n"
+                                  "  invae demo --sde --out invae-demo-paths\n", _demo_options, _demo))
 COMMANDS.register("simulate", Command(
     "write a simulated problem to a folder",
-    "example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n", _simulate_options, _simulate))
+    "example:\n  invae simulate --p 20 --n 10000 --graph hub --out problem\n"
+    "  invae simulate --sde ou --n 100 --T 50 --parameter drift=0.5 --noise-std 0.3 --out paths\n"
+    "  invae fit --data paths/Y.npy --times paths/times.npy --prior ou --noise-std 0.3 --forecast 10 --out fit\n",
+    _simulate_options, _simulate))
 COMMANDS.register("fit", Command("estimate the prior and the posteriors from data on disk", _FIT_EXAMPLE,
                                  _fit_options, _fit))
 COMMANDS.register("predict", Command(

@@ -36,7 +36,7 @@ from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
-from .series import as_series, at_times, load_series, load_times
+from .series import as_series, at_times, forecast_outputs, load_series, load_times
 from .settings import LEARN, FitSettings
 
 __all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
@@ -49,13 +49,15 @@ STARS_SUBSAMPLES = 20
 class Problem:
     """What ``settings`` describe: the data rows x (n, row columns: the measurements, σ_i or
     offsets, then the prior's covariates; :mod:`invae.app.recipe`), the prior to start from,
-    the likelihood, the rows' recipe, and the p signal coordinates' names."""
+    the likelihood, the rows' recipe, and the p signal coordinates' names; for a path prior
+    also the ``series`` (n, T, m) that the rows flatten, NaN where not observed."""
 
     x: np.ndarray
     prior: Prior
     likelihood: Likelihood
     recipe: RowRecipe
     names: list[str]
+    series: np.ndarray | None = None
 
 
 def load_problem(settings: FitSettings) -> Problem:
@@ -133,7 +135,7 @@ def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Pr
         rows = likelihood.rows(rows, fitting=False)
     options = StartOptions(seed=settings.seed, times=times, substeps=settings.substeps)
     names = variable_names(per_time.in_dim, read_names(settings.names) if settings.names is not None else None)
-    return Problem(rows, PRIORS[settings.prior].start(rows, likelihood, options), likelihood, RowRecipe(), names)
+    return Problem(rows, PRIORS[settings.prior].start(rows, likelihood, options), likelihood, RowRecipe(), names, x)
 
 
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
@@ -196,6 +198,9 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
              if "precision" in arrays else {})
     if "parameters" in described:  # a path prior's θ by name
         files["parameters.json"] = (json.dumps(described["parameters"], indent=2) + "\n").encode()
+    if settings.forecast is not None:
+        forecast, summary["forecast"] = forecast_outputs(estimator, x, problem.series, settings.forecast, settings.seed)
+        arrays |= forecast
     return estimator, arrays, summary | _posterior_summary(estimator, x), files
 
 

@@ -1,4 +1,5 @@
-"""Figures: precision heatmaps, the network, signals with credible bands, convergence, the penalty path.
+"""Figures: precision heatmaps, the network, signals with credible bands, latent paths with their
+bands and forecasts, convergence, the penalty path.
 
 Each function takes plain arrays and returns a matplotlib ``Figure`` (drawn with the
 non-interactive Agg canvas, so no display is needed); :mod:`invae.app.report` saves them.
@@ -13,8 +14,8 @@ from matplotlib.figure import Figure
 
 from ..normal_means.grid import log_likelihood_matrix
 
-__all__ = ["precision_heatmaps", "signal_bands", "convergence_curves", "penalty_path_plot", "normal_means_prior_plot",
-           "two_groups_plot", "network_plot", "stars_plot"]
+__all__ = ["precision_heatmaps", "signal_bands", "path_bands", "convergence_curves", "penalty_path_plot",
+           "normal_means_prior_plot", "two_groups_plot", "network_plot", "stars_plot"]
 
 _Z90 = 1.6448536269514722  # the standard normal's 95% quantile: a central 90% band is mean ± _Z90·sd
 
@@ -71,6 +72,43 @@ def signal_bands(means: dict[str, np.ndarray], stds: dict[str, np.ndarray], trut
                 ax.set_xlabel("observation (sorted by the true value)" if truth is not None else "observation")
     axes[0, 0].legend(fontsize=7, loc="upper left")
     return figure
+
+
+def path_bands(times: np.ndarray, mean: np.ndarray, std: np.ndarray, *, observations: np.ndarray | None = None,
+               truth: np.ndarray | None = None, forecast: tuple[np.ndarray, ...] | None = None, n_series: int = 3,
+               n_coordinates: int = 3) -> Figure:
+    """Latent paths, one panel per (series, coordinate) of the first ``n_series`` series and
+    ``n_coordinates`` coordinates: the posterior mean and its 90% band (mean ± 1.645 sd) from
+    ``mean`` and ``std`` (n, T, d) at ``times`` (T,); when given, the ``observations`` (n, T, d) as
+    dots (NaN: not observed), the true paths ``truth`` (n, T, d) as a black line, and the
+    ``forecast`` = (times (K,), mean, lower, upper (n, K, d)) with its band, in orange."""
+    shown = (min(n_series, len(mean)), min(n_coordinates, mean.shape[2]))
+    figure = Figure(figsize=(4.4 * shown[1] + 0.6, 2.4 * shown[0] + 0.4), layout="constrained")
+    axes = figure.subplots(*shown, squeeze=False, sharex=True)
+    for (i, j), ax in np.ndenumerate(axes):
+        centre, spread = mean[i, :, j], _Z90 * std[i, :, j]
+        _band(ax, times, centre, centre - spread, centre + spread, "tab:blue", "posterior mean, 90% band")
+        if observations is not None:
+            ax.plot(times, observations[i, :, j], ".", color="0.35", markersize=4, label="observations")
+        if truth is not None:
+            ax.plot(times, truth[i, :, j], color="black", linewidth=1, label="true path")
+        if forecast is not None:  # drawn from the last time's posterior on, where the forecast starts
+            ahead, *values = forecast
+            start = (centre[-1], centre[-1] - spread[-1], centre[-1] + spread[-1])
+            _band(ax, np.r_[times[-1], ahead], *(np.r_[first, value[i, :, j]] for first, value in zip(start, values)),
+                  "tab:orange", "forecast, 90% band")
+        ax.set_title(f"series {i}: z_{j}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("time")
+    axes[0, 0].legend(fontsize=7, loc="best")
+    return figure
+
+
+def _band(ax, times: np.ndarray, centre: np.ndarray, lower: np.ndarray, upper: np.ndarray, colour: str,
+          label: str) -> None:
+    """The line ``centre`` (T,) at ``times`` (T,) in a band shaded from ``lower`` to ``upper`` (T,)."""
+    ax.fill_between(times, lower, upper, color=colour, alpha=0.25, linewidth=0)
+    ax.plot(times, centre, color=colour, linewidth=1.2, label=label)
 
 
 #: The demo's panels: (key of a curve, y-axis label); the truth is known there.

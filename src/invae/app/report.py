@@ -2,10 +2,11 @@
 
 Works on the folders ``invae demo`` writes (the truth is known: Λ_true beside each Λ̂,
 signals against the true z, convergence curves), those ``invae fit`` writes (Λ̂ and its
-network, the posterior bands, the penalty path where ``--penalty auto`` chose α) and those
-``invae predict`` writes (the posterior bands; not yet for a path prior's series). The figures
-are saved as PNG files beside the results and embedded in ``report.html``, which needs no other
-file.
+network, the posterior bands, the penalty path where ``--penalty auto`` chose α; for a path
+prior the series' latent paths with their bands, the observations and the forecast) and those
+``invae predict`` writes (the posterior bands). The true signals of a fit or predict folder, when
+known, come from a file (``truth``). The figures are saved as PNG files beside the results and
+embedded in ``report.html``, which needs no other file.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..evaluation.tables import COLUMNS, format_cell
-from .plotting import (convergence_curves, network_plot, penalty_path_plot, precision_heatmaps, signal_bands,
-                       stars_plot)
+from .io import load_array
+from .plotting import (convergence_curves, network_plot, path_bands, penalty_path_plot, precision_heatmaps,
+                       signal_bands, stars_plot)
 
 __all__ = ["write_report", "REPORT_NAME"]
 
@@ -30,15 +32,19 @@ REPORT_NAME = "report.html"
 BAND_METHODS = ("em", "vae", "iaf")
 
 
-def write_report(folder: str | Path) -> Path:
-    """Render the figures of a results folder and write ``report.html`` there; return its path."""
+def write_report(folder: str | Path, truth: str | Path | None = None) -> Path:
+    """Render the figures of a results folder and write ``report.html`` there; return its path.
+    ``truth``: a file of the true signals, the shape of the folder's ``posterior_mean.npy``
+    (a fit or predict folder; a demo's holds its own)."""
     folder = Path(folder)
     summary_file = folder / "summary.json"
     if not summary_file.is_file():
         raise ValueError(f"{str(folder)!r} is not an invae results folder: it has no summary.json")
     summary = json.loads(summary_file.read_text())
     demo = "rows" in summary
-    figures = _demo_figures(folder, summary) if demo else _fit_figures(folder, summary)
+    if demo and truth is not None:
+        raise ValueError("--truth is for a folder of invae fit or predict: a demo's folder holds its own truth")
+    figures = _demo_figures(folder, summary) if demo else _fit_figures(folder, summary, truth)
     sections = []
     for name, (figure, caption) in figures.items():
         buffer = io.BytesIO()
@@ -76,7 +82,7 @@ def _demo_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
     return figures
 
 
-def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
+def _fit_figures(folder: Path, summary: dict, truth: str | Path | None) -> dict[str, tuple[Figure, str]]:
     method = _method(summary)
     figures = {}
     if (folder / "precision.npy").is_file():
@@ -88,11 +94,7 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
                               "The estimated graph: an edge per nonzero Λ̂_ab, its width by the partial correlation "
                               "|ρ_ab| = |Λ̂_ab| / √(Λ̂_aa Λ̂_bb), blue where ρ_ab > 0 and red where ρ_ab < 0 "
                               "(edges.csv lists them).")
-    mean, std = folder / "posterior_mean.npy", folder / "posterior_std.npy"
-    if mean.is_file() and std.is_file() and "T" not in summary:  # paths (n, T, d): a figure of their own, later
-        figures["signals"] = (signal_bands({method: np.load(mean)}, {method: np.load(std)}),
-                              "Posterior means and 90% credible bands for three coordinates of the "
-                              "first 60 observations, sorted by the posterior mean.")
+    figures |= _posterior_figures(folder, summary, truth)
     if summary.get("history"):
         history = summary["history"]
         figures["convergence"] = (convergence_curves({method: history}, (("objective", history["objective_name"]),)),
@@ -105,6 +107,80 @@ def _fit_figures(folder: Path, summary: dict) -> dict[str, tuple[Figure, str]]:
         figures["penalty_path"] = (penalty_path_plot(summary["penalty_path"]),
                                    "How --penalty auto chose α: the held-out score and EBIC along the path.")
     return figures
+
+
+def _posterior_figures(folder: Path, summary: dict, truth: str | Path | None) -> dict[str, tuple[Figure, str]]:
+    """The posterior bands: of a path prior's series (``paths``), else of the signals (``signals``),
+    against the true signals in the file ``truth`` when given."""
+    mean_file, std_file = folder / "posterior_mean.npy", folder / "posterior_std.npy"
+    if not (mean_file.is_file() and std_file.is_file()):
+        if truth is not None:
+            raise ValueError(f"--truth is compared with the posterior (posterior_mean.npy), which {str(folder)!r} "
+                             "lacks")
+        return {}
+    mean, std = np.load(mean_file), np.load(std_file)
+    true = None if truth is None else _true_signals(truth, mean.shape)
+    if "T" in summary:
+        return {"paths": _path_figure(folder, summary, mean, std, true)}
+    sorted_by = ("against the true signals (dots), sorted by them" if true is not None
+                 else "sorted by the posterior mean")
+    return {"signals": (signal_bands({_method(summary): mean}, {_method(summary): std}, true),
+                        f"Posterior means and 90% credible bands for three coordinates of the first 60 observations, "
+                        f"{sorted_by}.")}
+
+
+def _true_signals(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The true signals in the file ``path``, which must have the posterior's ``shape``."""
+    truth = load_array(path, name="the true signals (--truth)")
+    if truth.shape != shape:
+        raise ValueError(f"the true signals (--truth) have shape {truth.shape}; the posterior (posterior_mean.npy) "
+                         f"has {shape}")
+    return truth
+
+
+def _path_figure(folder: Path, summary: dict, mean: np.ndarray, std: np.ndarray, truth: np.ndarray | None
+                 ) -> tuple[Figure, str]:
+    """The first three series' latent paths (:func:`~invae.app.plotting.path_bands`): the posterior
+    at the observation times, the observations where the fit read the paths themselves, the truth
+    when given, and the forecast where the fit made one (``forecast.npy``)."""
+    forecast, observations = _forecast(folder, summary, mean.shape), _observations(summary, mean.shape)
+    figure = path_bands(np.asarray(summary["times"]), mean, std, observations=observations, truth=truth,
+                        forecast=forecast)
+    parts = ["The first series' latent paths: the posterior mean and its 90% band (mean ± 1.645 sd)"]
+    if observations is not None:
+        parts.append("dots: the observations")
+    if truth is not None:
+        parts.append("black: the true path")
+    if forecast is not None:
+        parts.append(f"orange: the forecast at {len(forecast[0])} times ahead, its mean and 5%–95% band")
+    return figure, "; ".join(parts) + "."
+
+
+def _forecast(folder: Path, summary: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, ...] | None:
+    """(times (K,), mean, lower, upper (n, K, d)) of a fit's ``--forecast``, checked; None without one."""
+    if not (folder / "forecast.npy").is_file():
+        return None
+    times = summary.get("forecast", {}).get("times")
+    if times is None:
+        raise ValueError(f"{str(folder)!r} has forecast.npy but summary.json gives no forecast times")
+    names, expected = ("forecast", "forecast_lower", "forecast_upper"), (shape[0], len(times), shape[2])
+    arrays = [load_array(folder / f"{name}.npy", name=f"the forecast ({name}.npy)") for name in names]
+    wrong = [f"{name}.npy {array.shape}" for name, array in zip(names, arrays) if array.shape != expected]
+    if wrong:
+        raise ValueError(f"the forecast of {str(folder)!r} must be (n, K, d) = {expected} (K: the forecast times "
+                         f"in summary.json), got {', '.join(wrong)}")
+    return (np.asarray(times), *arrays)
+
+
+def _observations(summary: dict, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A fit's series (``--data``), where they are the paths seen through noise (no ``--forward``) and
+    their file is still there with the posterior's ``shape`` (n, T, d); else None."""
+    settings = summary.get("settings") or {}
+    data = Path(settings["data"]) if settings.get("data") else None
+    if data is None or settings.get("forward") is not None or data.suffix.lower() != ".npy" or not data.is_file():
+        return None
+    observations = load_array(data, name="the data (--data)")
+    return observations if observations.shape == shape else None
 
 
 def _demo_table(rows: list[dict]) -> str:
