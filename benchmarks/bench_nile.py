@@ -156,10 +156,12 @@ def invae_fit(data: Path, method: str, max_iter: int | None = None, prior: str =
     seconds = time.perf_counter() - began
     parameters = estimator.prior_.summary()
     noise_std = float(estimator.likelihood_.noise_std.detach().reshape(-1)[0])
-    own = (estimator.log_likelihood_ if isinstance(estimator, KalmanEM) else
-           float(kalman_filter(torch.as_tensor(problem.x)[:, :, None],
-                               state_space(estimator.prior_.sde().double(), TIMES, torch.eye(1, dtype=torch.float64),
-                                           torch.tensor([noise_std**2]))).log_likelihood.sum()))
+    with torch.no_grad():
+        own = (estimator.log_likelihood_ if isinstance(estimator, KalmanEM) else
+               float(kalman_filter(torch.as_tensor(problem.x)[:, :, None],
+                                   state_space(estimator.prior_.sde().double(), TIMES,
+                                               torch.eye(1, dtype=torch.float64),
+                                               torch.tensor([noise_std**2]))).log_likelihood.sum()))
     return {**row, "noise_var": noise_std**2, "level_var": parameters["diffusion"] ** 2,
             **{key: parameters[key] for key in ("start_mean", "start_scale") if key in parameters},
             "own_log_likelihood": own, "n_iter": estimator.n_iter_, "converged": estimator.converged_,
