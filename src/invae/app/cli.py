@@ -155,7 +155,7 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     from ..model.priors import PRIORS
 
     fit.add_argument("--data", help="observations X (n, m): .npy or .csv, rows = observations; for a path prior "
-                     "n series (n, T, m) as .npy, NaN where not observed")
+                     "n series (n, T, m) as .npy, NaN where not observed, or a long .csv: series,time,<measurements>…")
     fit.add_argument("--forward", help="forward matrix A (m, p) as .npy/.csv (default: identity), or "
                      "FILE.py:FUNCTION, a torch function z (..., p) -> G(z) (..., m) of your own (it is run)")
     fit.add_argument("--latent-dim", type=int, help="p, the signal dimension, with a forward function")

@@ -36,7 +36,7 @@ from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
-from .series import as_series, at_times, forecast_outputs, load_series, load_times
+from .series import as_series, at_times, forecast_outputs, load_series_and_times
 from .settings import LEARN, FitSettings
 
 __all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
@@ -50,7 +50,8 @@ class Problem:
     """What ``settings`` describe: the data rows x (n, row columns: the measurements, σ_i or
     offsets, then the prior's covariates; :mod:`invae.app.recipe`), the prior to start from,
     the likelihood, the rows' recipe, and the p signal coordinates' names; for a path prior
-    also the ``series`` (n, T, m) that the rows flatten, NaN where not observed."""
+    also the ``series`` (n, T, m) that the rows flatten, NaN where not observed, and their names
+    where the data name them (a long CSV)."""
 
     x: np.ndarray
     prior: Prior
@@ -58,6 +59,7 @@ class Problem:
     recipe: RowRecipe
     names: list[str]
     series: np.ndarray | None = None
+    series_names: list[str] | None = None
 
 
 def load_problem(settings: FitSettings) -> Problem:
@@ -118,14 +120,13 @@ def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Pr
     operator (``--forward``, else the identity) at each time point; names for the d coordinates.
     With ``--noise-std learn`` the Gaussian noise level, one per measurement, is learned from a
     start the series give (:func:`~invae.paths.start.noise_start`)."""
-    x = load_series(settings.data)
+    x, times, series_names = load_series_and_times(settings.data, settings.times)
     n, steps, m = x.shape
     per_time = LinearOperator.identity(m) if per_time is None else per_time
     _check_latent_dim(per_time, settings)
     if per_time.out_dim != m:
         raise ValueError(f"the data have m = {m} measurements per time point, the forward operator gives "
                          f"{per_time.out_dim}; check --forward / the data file")
-    times = load_times(settings.times, steps)
     operator = PathOperator(per_time, steps, settings.substeps)
     likelihood = (GaussianLikelihood(operator, noise_start(x), learn_noise=True) if settings.noise_std == LEARN
                   else _likelihood(operator, settings))
@@ -135,7 +136,8 @@ def _path_problem(settings: FitSettings, per_time: ForwardOperator | None) -> Pr
         rows = likelihood.rows(rows, fitting=False)
     options = StartOptions(seed=settings.seed, times=times, substeps=settings.substeps)
     names = variable_names(per_time.in_dim, read_names(settings.names) if settings.names is not None else None)
-    return Problem(rows, PRIORS[settings.prior].start(rows, likelihood, options), likelihood, RowRecipe(), names, x)
+    return Problem(rows, PRIORS[settings.prior].start(rows, likelihood, options), likelihood, RowRecipe(), names, x,
+                   series_names)
 
 
 def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
@@ -198,6 +200,8 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
              if "precision" in arrays else {})
     if "parameters" in described:  # a path prior's θ by name
         files["parameters.json"] = (json.dumps(described["parameters"], indent=2) + "\n").encode()
+    if problem.series_names is not None:
+        summary["series"] = problem.series_names
     if settings.forecast is not None:
         forecast, summary["forecast"] = forecast_outputs(estimator, x, problem.series, settings.forecast, settings.seed)
         arrays |= forecast
@@ -300,12 +304,16 @@ def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSo
     had them (made by the model's recipe, :mod:`invae.app.recipe`)."""
     estimator, recipe = load_model(model, device=device), load_recipe(model)
     check_sources(estimator.likelihood, recipe, sources)
-    operator = estimator.likelihood.forward
+    operator, names = estimator.likelihood.forward, None
     if isinstance(estimator.prior, PathPrior):
-        x = load_series(data, fitting=False)
+        x, times, names = load_series_and_times(data, fitting=False)
         if x.shape[1:] != (operator.steps, operator.per_time.out_dim):
             raise ValueError(f"the model reads series of T = {operator.steps} times and m = "
                              f"{operator.per_time.out_dim} measurements, the data (--data) have shape {x.shape}")
+        if names is not None and not np.allclose(times, estimator.prior.times.cpu().numpy(), rtol=1e-12, atol=0):
+            model_times = estimator.prior.times
+            raise ValueError(f"the long CSV's times (--data) are not the model's: it reads series at its T = "
+                             f"{len(model_times)} times from {float(model_times[0]):g} to {float(model_times[-1]):g}")
         x = make_rows(series_rows(x), estimator.likelihood, sources, recipe)[0]
     else:
         x = check_data(load_array(data, name="the data (--data)"), name="the data (--data)", columns=operator.out_dim,
@@ -316,6 +324,8 @@ def run_predict(model: str | Path, data: str | Path, sources: RowSources = RowSo
     if isinstance(estimator.prior_, PathPrior):
         arrays, described = _path_outputs(estimator, x, mean, std)
         described.pop("parameters")
+        if names is not None:
+            described["series"] = names
     else:
         arrays = {"posterior_mean": mean, "posterior_std": std, **_imputed(estimator, x)}
         described = {"n": x.shape[0], "m": operator.out_dim, "p": mean.shape[1]}

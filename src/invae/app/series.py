@@ -26,12 +26,28 @@ from ..paths.sde import SDE_PRIORS, SDEPrior
 from ..references.kalman import KalmanEM, measurement_model
 from ..validation import check_data, check_noise_std
 from .io import load_array
+from .long_series import read_long_series
 
-__all__ = ["load_series", "load_times", "read_times", "check_observed", "at_times", "as_series", "forecast_outputs",
+__all__ = ["load_series_and_times", "load_series", "load_times", "read_times", "check_observed", "at_times", "as_series", "forecast_outputs",
            "SimulatedSeries", "simulate_series"]
 
 #: Numbers a Monte Carlo forecast holds at once (S draws of a group of series' paths), 128 MiB in float64.
 _FORECAST_BUDGET = 2**24
+
+
+def load_series_and_times(data: str | Path, times: str | Path | None = None, *, fitting: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """The series (n, T, m), their times (T,) and names of ``--data`` and ``--times``: a ``.npy``
+    array (:func:`load_series`) at the times of ``--times`` (:func:`load_times`; no names), or a
+    long CSV, which carries the times and the series' names (:mod:`invae.app.long_series`; then
+    ``--times`` is refused). Checked as :func:`load_series` checks."""
+    if Path(data).suffix.lower() != ".csv":
+        x = load_series(data, fitting=fitting)
+        return x, load_times(times, x.shape[1]), None
+    if times is not None:
+        raise ValueError("--times is for series in a .npy file: a long CSV (--data) carries its own times")
+    long = read_long_series(data)
+    return _checked(long.x, "the data (--data)", fitting), long.times, long.series
 
 
 def load_series(path: str | Path, *, name: str = "the data (--data)", fitting: bool = True) -> np.ndarray:
@@ -40,7 +56,8 @@ def load_series(path: str | Path, *, name: str = "the data (--data)", fitting: b
     every measured coordinate observed somewhere."""
     path = Path(path)
     if path.suffix.lower() != ".npy":
-        raise ValueError(f"a path prior reads series (n, T, m) from a .npy file: {name} is {str(path)!r}")
+        raise ValueError(f"a path prior reads series (n, T, m) from a .npy file or a long .csv (series,time,…): "
+                         f"{name} is {str(path)!r}")
     if _holds_objects(path):
         raise ValueError(f"{name} hold Python objects, not numbers: for series of unequal length, pad the shorter "
                          "ones with NaN to one array (n, T, m)")
@@ -49,6 +66,12 @@ def load_series(path: str | Path, *, name: str = "the data (--data)", fitting: b
         hint = "; one measurement per time is x[..., None]" if x.ndim == 2 else ""
         raise ValueError(f"a path prior reads series: {name} must be an array (n series, T times, m measurements), "
                          f"got shape {x.shape}{hint}")
+    return _checked(x, name, fitting)
+
+
+def _checked(x: np.ndarray, name: str, fitting: bool) -> np.ndarray:
+    """The series (n, T, m) in float64, or a ``ValueError``: T < 2, an entry neither a finite
+    number nor NaN, or what :func:`check_observed` refuses."""
     n, steps, m = x.shape
     if steps < 2:
         raise ValueError(f"too few time points: a path prior needs T >= 2 times per series, got T = {steps}")
