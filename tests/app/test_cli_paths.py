@@ -242,3 +242,69 @@ def test_bad_input_is_one_line_status_2_and_writes_nothing(series, tmp_path, cap
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never.partial-*"))
+
+
+# --- a user's drift module: --prior FILE.py:CLASS ----------------------------------------------------
+
+_DRIFTS = '''
+import torch
+from torch import nn
+
+
+class Wells(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.theta1 = nn.Parameter(torch.tensor(1.0))
+        self.theta2 = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, z, t):
+        return self.theta1 * z * (self.theta2 - z**2)
+
+
+class Flat(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(()))
+
+    def forward(self, z, t):
+        return self.a * z.sum(-1)
+'''
+
+
+@pytest.fixture
+def drifts(tmp_path):
+    """A file of drift modules; the priors registered from it are removed after the test."""
+    from invae.model.priors import PRIORS
+    from invae.paths.sde import SDE_PRIORS
+
+    (tmp_path / "drifts.py").write_text(_DRIFTS)
+    before = set(PRIORS)
+    yield tmp_path / "drifts.py"
+    for name in set(PRIORS) - before:
+        PRIORS.unregister(name)
+        SDE_PRIORS.unregister(name)
+
+
+def test_a_drift_module_is_a_path_prior_whose_parameters_keep_its_names(series, drifts, tmp_path):
+    out, model, spec = tmp_path / "fit", tmp_path / "model.pt", f"{drifts}:Wells"
+    assert _fit(series, out, "--prior", spec, "--max-iter", "3", "--save", str(model)) == 0
+    parameters = json.loads((out / "parameters.json").read_text())
+    assert list(parameters) == ["theta1", "theta2", "diffusion", "start_mean", "start_scale"]
+    assert parameters["theta1"] != 1.0  # trained by gradient, from the module's own start
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["prior"] == spec and summary["settings"]["method"] == "markov"
+    _predict_reproduces_the_fit(tmp_path, series, out, model)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prior", "DRIFTS:Flat"], "the drift module DRIFTS:Flat returned (3,) for z of shape (3, 1)"),
+    (["--prior", "DRIFTS:Wells", "--method", "kalman"], "kalman needs a linear SDE"),
+    (["--prior", "DRIFTS:Nothing"], "defines no 'Nothing' (--prior FILE.py:CLASS)"),
+    (["--prior", "missing.py:Wells"], "cannot read --prior FILE.py:CLASS: no such file 'missing.py'"),
+])
+def test_a_bad_drift_module_is_one_line_status_2_and_writes_nothing(series, drifts, tmp_path, capsys, extra, message):
+    extra = [word.replace("DRIFTS", str(drifts)) for word in extra]
+    assert _fit(series, tmp_path / "never", *extra) == 2
+    err = capsys.readouterr().err
+    assert message.replace("DRIFTS", str(drifts)) in err and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()

@@ -171,11 +171,13 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--offsets", help="known offsets o of poisson or bernoulli noise, η = o + G(z): a file "
                      "(.npy/.csv, one per row (n,) or per entry (n, m)), or log-total: log of each row's total "
                      "count over the mean total (sequencing depth)")
-    fit.add_argument("--prior", choices=PRIORS.names(), help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
+    fit.add_argument("--prior", metavar="{" + ",".join(PRIORS.names()) + ",FILE.py:CLASS}",
+                     help="prior family: ggm N(0, Λ⁻¹) (N(μ + B c_i, Λ⁻¹) with "
                      "--fit-mean or --covariates), or gmm, a mixture of "
                      "--components Gaussians N(μ_k, Λ_k⁻¹) (N(μ_k + B_k c_i, Λ_k⁻¹) with --covariates); or a latent "
                      "path's SDE: ou dz = −Θ(z − μ)dt + S dW, brownian dz = S dW, double-well "
-                     "dz = θ₁ z(θ₂ − z²)dt + s dW (default: ggm)")
+                     "dz = θ₁ z(θ₂ − z²)dt + s dW, or FILE.py:CLASS dz = f(z, t)dt + S dW with f the torch module CLASS(d) "
+                     "(default: ggm)")
     fit.add_argument("--times", help="a path prior's observation times (T,), strictly increasing, as .npy/.csv "
                      "(default: 0, 1, …, T − 1)")
     fit.add_argument("--substeps", type=int, help="k: a path prior's latent grid cuts each interval between "

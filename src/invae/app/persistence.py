@@ -37,7 +37,7 @@ from ..model.priors import PRIORS, prior_name
 from ..paths.observation import PathOperator
 from .recipe import RowRecipe
 from .methods import make_estimator, method_name
-from .plugins import load_function
+from .plugins import FUNCTION_SPEC, load_function, register_drift
 
 __all__ = ["save_model", "load_model", "load_recipe"]
 
@@ -130,6 +130,8 @@ def _prior(record: dict) -> Prior:
         return GaussianGraphicalModel(record["precision"], alpha=record["alpha"], solver=record["solver"])
     config = record.get("prior_config") or {"alpha": record["alpha"], "solver": record["solver"],
                                             **({"reg_covar": record["reg_covar"]} if record["prior"] == "gmm" else {})}
+    if FUNCTION_SPEC.fullmatch(record["prior"]):  # a user's drift module, read again from its file
+        register_drift(record["prior"])
     return PRIORS[record["prior"]].cls.from_state(record["parameters"], **config)
 
 

@@ -17,6 +17,7 @@ from ..model.noise import NOISE_MODELS
 from ..model.priors import PRIORS
 from ..validation import check_noise_std, check_penalty
 from .methods import methods, variational_names
+from .plugins import FUNCTION_SPEC, register_drift
 from .recipe import LOG_TOTAL
 
 __all__ = ["FitSettings", "PRESETS", "LEARN"]
@@ -74,6 +75,8 @@ class FitSettings:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        if FUNCTION_SPEC.fullmatch(str(self.prior)):  # a user's drift module: a path prior from here on
+            register_drift(self.prior)
         if self.method is None:  # a path prior's own method, else vae
             object.__setattr__(self, "method", "markov" if PRIORS[self.prior].paths else "vae")
         self._check_noise()

@@ -31,7 +31,7 @@ from .mixture import GaussianMixture
 from .prior import Prior
 from .rows import split_rows
 
-__all__ = ["PriorKind", "StartOptions", "PRIORS", "prior_name"]
+__all__ = ["PriorKind", "StartOptions", "PRIORS", "path_kind", "prior_name"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _mixture_start(x: np.ndarray, likelihood: Likelihood, options: StartOptions)
     return GaussianMixture.standard(likelihood.forward.in_dim, options.components, **settings)
 
 
-def _path_kind(sde: str) -> PriorKind:
+def path_kind(sde: str) -> PriorKind:
     """The entry of the path prior of the SDE registered as ``sde`` (:data:`invae.paths.sde.SDE_PRIORS`),
     started by :func:`invae.paths.start.path_start`."""
     from ..paths.prior import PathPrior  # paths sits beside model: imported where its priors register
@@ -122,7 +122,7 @@ PRIORS.register("ggm", PriorKind(GaussianGraphicalModel, _ggm_start, selects_pen
                                   covariates=True))
 PRIORS.register("gmm", PriorKind(GaussianMixture, _mixture_start, components=True, covariates=True))
 for _sde in SDE_PRIORS:
-    PRIORS.register(_sde, _path_kind(_sde))
+    PRIORS.register(_sde, path_kind(_sde))
 
 
 def prior_name(prior: Prior) -> str:

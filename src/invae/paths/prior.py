@@ -62,10 +62,11 @@ class PathPrior(Prior):
         self.terms_per_row = len(self.grid)  # the start and each grid step
         object.__setattr__(self, "template", sde)  # not a submodule: θ is in the buffers below
         for name, value in sde.named_parameters():
-            self.register_buffer(name, value.detach().clone())
+            self.register_buffer(_buffer_name(name), value.detach().clone())
 
     def _theta(self) -> dict[str, Tensor]:
-        return dict(self.named_buffers())
+        """θ by the SDE module's parameter names (a user's drift module's are dotted: ``field.weight``)."""
+        return {name: getattr(self, _buffer_name(name)) for name, _ in self.template.named_parameters()}
 
     def paths(self, z: Tensor) -> Tensor:
         """z (..., G d) as paths (..., G, d)."""
@@ -166,7 +167,7 @@ class PathPrior(Prior):
         """This prior at θ = ``state`` (the tensors themselves, so gradients reach them)."""
         prior = PathPrior(self.template, self.times, self.substeps)
         for name, value in state.items():
-            setattr(prior, name, value)  # a registered buffer's slot: keeps the tensor as given
+            setattr(prior, _buffer_name(name), value)  # a registered buffer's slot: keeps the tensor as given
         return prior
 
     def config(self) -> dict[str, Any]:
@@ -184,6 +185,11 @@ class PathPrior(Prior):
         """θ by name (:meth:`~invae.paths.sde.SDEPrior.parameters_by_name`), as plain numbers and lists."""
         return {name: value.tolist() if isinstance(value, Tensor) else value
                 for name, value in self.sde().parameters_by_name().items()}
+
+
+def _buffer_name(parameter: str) -> str:
+    """A parameter's name as a buffer's, which cannot hold a dot (``field.weight`` → ``field__weight``)."""
+    return parameter.replace(".", "__")
 
 
 def _normal(n: int, d: int, like: Tensor, generator: torch.Generator | None) -> Tensor:

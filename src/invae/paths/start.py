@@ -38,7 +38,10 @@ def path_start(sde: str, x: np.ndarray, likelihood: Likelihood, times: np.ndarra
     - ``brownian``: S² = the mean of ((ẑ_{t+1} − ẑ_t)² − 2v) / Δ_t (at least a hundredth of the
       same without v); the start's mean the mean of ẑ at the first time point each series
       has, its variance their variance less v (at least S² Δ);
-    - ``double-well``: its defaults (:class:`~invae.paths.sde.DoubleWell`).
+    - ``double-well``: its defaults (:class:`~invae.paths.sde.DoubleWell`);
+    - a user's drift module (:mod:`invae.paths.module_drift`): the module's own parameters, and
+      S and the start as ``brownian``'s (the increments of a path over short steps are
+      dominated by the noise S dW whatever the drift).
 
     Otherwise (another noise model, a nonlinear sensor) the OU start is Θ = I / (5 Δ), μ = 0,
     S = √(2/(5 Δ)) I (stationary variance 1) and the Brownian S likewise, with a N(0, I) start.
