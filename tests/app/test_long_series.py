@@ -89,3 +89,38 @@ def test_times_with_a_long_csv_and_a_csv_at_other_times_for_predict_are_refused(
     err = capsys.readouterr().err
     assert "the long CSV's times (--data) are not the model's" in err and err.count("\n") == 1
     assert not (folder / "pred").exists()
+
+
+def test_times_per_series_put_the_series_on_the_union_of_their_times(tmp_path):
+    rng = np.random.default_rng(1)
+    grid = np.arange(10) * 0.5
+    own = np.sort(np.stack([rng.choice(10, 6, replace=False) for _ in range(5)]), axis=1)  # (n, T) grid indices
+    x = rng.standard_normal((5, 6, 1)).cumsum(axis=1)
+    union = np.unique(own)
+    shared = np.full((5, len(union), 1), np.nan)
+    shared[np.arange(5)[:, None], np.searchsorted(union, own)] = x
+    np.save(tmp_path / "own.npy", x)
+    np.save(tmp_path / "own_times.npy", grid[own])
+    np.save(tmp_path / "shared.npy", shared)
+    np.save(tmp_path / "union.npy", grid[union])
+    common = ["--prior", "ou", "--method", "kalman", "--noise-std", "0.3", "--quiet"]
+    for data, times in (("own", "own_times"), ("shared", "union")):
+        assert main(["fit", "--data", str(tmp_path / f"{data}.npy"), "--times", str(tmp_path / f"{times}.npy"),
+                     *common, "--out", str(tmp_path / data)]) == 0
+    fits = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("own", "shared")]
+    assert fits[0]["parameters"] == fits[1]["parameters"] and fits[0]["times"] == list(grid[union])
+    np.testing.assert_array_equal(np.load(tmp_path / "own" / "posterior_mean.npy"),
+                                  np.load(tmp_path / "shared" / "posterior_mean.npy"))
+
+
+@pytest.mark.parametrize("times, message", [
+    (np.arange(12.0).reshape(3, 4), "--times per series must be (n, T) = (2, 4) for the data, got (3, 4)"),
+    (np.array([[0.0, 1, 2, 3], [0, 2, 1, 3]]), "row 1 of --times must be strictly increasing: times[2] = 1 follows"),
+])
+def test_bad_times_per_series_are_refused(tmp_path, capsys, times, message):
+    np.save(tmp_path / "x.npy", np.ones((2, 4, 1)))
+    np.save(tmp_path / "t.npy", times)
+    assert main(["fit", "--data", str(tmp_path / "x.npy"), "--times", str(tmp_path / "t.npy"), "--prior", "ou",
+                 "--method", "kalman", "--noise-std", "0.3", "--quiet", "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "never").exists()

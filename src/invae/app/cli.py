@@ -179,7 +179,7 @@ def _fit_options(fit: argparse.ArgumentParser) -> None:
                      "dz = θ₁ z(θ₂ − z²)dt + s dW, or FILE.py:CLASS dz = f(z, t)dt + S dW with f the torch module CLASS(d) "
                      "(default: ggm)")
     fit.add_argument("--times", help="a path prior's observation times (T,), strictly increasing, as .npy/.csv "
-                     "(default: 0, 1, …, T − 1)")
+                     "(default: 0, 1, …, T − 1), or one row per series (n, T): the series on the union of their times")
     fit.add_argument("--substeps", type=int, help="k: a path prior's latent grid cuts each interval between "
                      "observation times into k steps (default: 1)")
     fit.add_argument("--forecast", type=int, help="K: forecast a path prior's latent paths at K times after the last "

@@ -28,7 +28,7 @@ from ..validation import check_data, check_noise_std
 from .io import load_array
 from .long_series import read_long_series
 
-__all__ = ["load_series_and_times", "load_series", "load_times", "read_times", "check_observed", "at_times", "as_series", "forecast_outputs",
+__all__ = ["load_series_and_times", "load_series", "load_times", "read_times", "on_union_of_times", "check_observed", "at_times", "as_series", "forecast_outputs",
            "SimulatedSeries", "simulate_series"]
 
 #: Numbers a Monte Carlo forecast holds at once (S draws of a group of series' paths), 128 MiB in float64.
@@ -38,12 +38,14 @@ _FORECAST_BUDGET = 2**24
 def load_series_and_times(data: str | Path, times: str | Path | None = None, *, fitting: bool = True
                           ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """The series (n, T, m), their times (T,) and names of ``--data`` and ``--times``: a ``.npy``
-    array (:func:`load_series`) at the times of ``--times`` (:func:`load_times`; no names), or a
+    array (:func:`load_series`) at the times of ``--times`` (:func:`load_times`; per series: on
+    their union, :func:`on_union_of_times`; no names), or a
     long CSV, which carries the times and the series' names (:mod:`invae.app.long_series`; then
     ``--times`` is refused). Checked as :func:`load_series` checks."""
     if Path(data).suffix.lower() != ".csv":
         x = load_series(data, fitting=fitting)
-        return x, load_times(times, x.shape[1]), None
+        times = load_times(times, x.shape)
+        return (*on_union_of_times(x, times), None) if times.ndim == 2 else (x, times, None)
     if times is not None:
         raise ValueError("--times is for series in a .npy file: a long CSV (--data) carries its own times")
     long = read_long_series(data)
@@ -91,11 +93,19 @@ def check_observed(x: np.ndarray, *, name: str = "the data (--data)", fitting: b
         raise ValueError(f"measurement {int(np.argmin(observed.any((0, 1))))} of {name} is never observed: drop it")
 
 
-def load_times(path: str | Path | None, steps: int) -> np.ndarray:
-    """The observation times (T,) in ``path`` (``.npy``/``.csv``; one row or column), finite and
-    strictly increasing; 0, 1, …, T − 1 without a file."""
+def load_times(path: str | Path | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The observation times in ``path`` (``.npy``/``.csv``) of series of ``shape`` (n, T, m):
+    shared (T,) (one row or column), or one row per series (n, T); finite, strictly increasing
+    along each row; 0, 1, …, T − 1 without a file."""
+    n, steps = shape[:2]
     if path is None:
         return np.arange(steps, dtype=np.float64)
+    table = load_array(path, name="the times (--times)")
+    if table.ndim == 2 and min(table.shape) > 1:
+        if table.shape != (n, steps):
+            raise ValueError(f"--times per series must be (n, T) = ({n}, {steps}) for the data, got {table.shape}")
+        rows = check_data(table, name="the times (--times)", min_rows=1)
+        return np.stack([_increasing(row, f"row {i} of --times") for i, row in enumerate(rows)])
     times = read_times(path)
     if len(times) != steps:
         raise ValueError(f"--times has {len(times)} values for the T = {steps} time points of the data")
@@ -108,14 +118,28 @@ def read_times(path: str | Path) -> np.ndarray:
     if times.ndim == 2 and 1 in times.shape:
         times = times.ravel()
     if times.ndim != 1:
-        raise ValueError(f"--times must be one time per time point, shared by the series (T,), got shape {times.shape}")
-    times = check_data(times[:, None], name="the times (--times)", min_rows=1)[:, 0]
+        raise ValueError(f"--times must be one time per time point (T,), or one row per series (n, T), "
+                         f"got shape {times.shape}")
+    return _increasing(check_data(times[:, None], name="the times (--times)", min_rows=1)[:, 0], "--times")
+
+
+def _increasing(times: np.ndarray, label: str) -> np.ndarray:
+    """``times`` (T,), or a ``ValueError`` naming the first step that does not increase."""
     step = np.diff(times)
     if not (step > 0).all():
         k = int(np.argmin(step > 0)) + 1
-        raise ValueError(f"--times must be strictly increasing: times[{k}] = {times[k]:g} follows "
+        raise ValueError(f"{label} must be strictly increasing: times[{k}] = {times[k]:g} follows "
                          f"times[{k - 1}] = {times[k - 1]:g}")
     return times
+
+
+def on_union_of_times(x: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Series x (n, T, m) seen at their own ``times`` (n, T) as series on the sorted union of those
+    times, (n, T', m) with NaN where a series was not seen, and that union (T',)."""
+    union, index = np.unique(times, return_inverse=True)
+    shared = np.full((len(x), len(union), x.shape[2]), np.nan)
+    shared[np.arange(len(x))[:, None], index.reshape(times.shape)] = x
+    return shared, union
 
 
 def at_times(prior: PathPrior, values: np.ndarray) -> np.ndarray:
