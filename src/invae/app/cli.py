@@ -346,7 +346,8 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _simulate_series(args: argparse.Namespace) -> None:
-    from .series import read_times, simulate_series
+    from .series import read_times
+    from .simulated_series import simulate_series
 
     _refuse(args, _GGM_OPTIONS, "the GGM simulation, not of --sde")
     times = None if args.times is None else read_times(args.times)

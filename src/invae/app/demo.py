@@ -25,7 +25,7 @@ from .io import write_results
 from .methods import make_estimator, methods
 from .pipeline import run_fit
 from .report import write_report
-from .series import simulate_series
+from .simulated_series import simulate_series
 from .settings import FitSettings
 
 __all__ = ["run_demo", "run_path_demo"]
@@ -125,7 +125,7 @@ def run_path_demo(out: str | Path = "invae-demo", *, n: int = 20, noise_std: flo
                   verbose: bool | int = True, device: str = "cpu") -> dict[str, dict]:
     """``invae demo --sde``: n Ornstein–Uhlenbeck series (:data:`_PATH_TRUTH`) at the times
     0, …, T − 1 seen through ``x = z + σ ε``, fitted by ``markov`` and ``kalman`` with the known σ;
-    θ̂ printed against the truth. ``out`` gets ``problem/`` (:func:`~invae.app.series.simulate_series`'s
+    θ̂ printed against the truth. ``out`` gets ``problem/`` (:func:`~invae.app.simulated_series.simulate_series`'s
     files) and one ``invae fit`` folder per method, with a forecast K times ahead and its report
     (the paths against the true ones). Returns each method's summary."""
     problem = simulate_series("ou", n=n, steps=_PATH_TIMES, noise_std=noise_std, seed=seed, parameters=_PATH_TRUTH)

@@ -36,7 +36,8 @@ from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
 from .plugins import FUNCTION_SPEC, load_function
 from .recipe import RowRecipe, RowSources, check_sources, make_rows
-from .series import as_series, at_times, forecast_outputs, load_series_and_times
+from .forecasts import forecast_outputs
+from .series import as_series, at_times, load_series_and_times
 from .settings import LEARN, FitSettings
 
 __all__ = ["Problem", "load_problem", "run_fit", "run_predict", "STARS_SUBSAMPLES"]
