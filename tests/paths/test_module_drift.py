@@ -51,6 +51,15 @@ class PoleField(ScalarField):
         return self.a / z
 
 
+class ClashingField(ScalarField):
+    def __init__(self, d):
+        super().__init__(d)
+        self.diffusion = nn.Parameter(torch.ones(()))
+
+    def forward(self, z, t):
+        return self.diffusion * z
+
+
 class NoDimension(nn.Module):
     def forward(self, z, t):
         return z
@@ -104,6 +113,7 @@ def test_a_path_prior_keeps_dotted_parameter_names_and_their_gradients():
     (ScalarField, r"returned \(3,\) for z of shape \(3, 1\): it must return one drift per coordinate"),
     (PoleField, r"returned NaN or inf at z in \[-1, 1\]\^d"),
     (NoDimension, r"must be built as NoDimension\(d\)"),
+    (ClashingField, r"names a parameter 'diffusion', a name the SDE's own parameters have"),
 ])
 def test_a_module_of_the_wrong_shape_nan_or_signature_is_refused_when_built(field, message):
     with pytest.raises(ValueError, match=message):

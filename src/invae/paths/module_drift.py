@@ -23,6 +23,8 @@ __all__ = ["ModuleDrift", "module_sde"]
 
 #: Points where a module's drift is checked: 3 rows spread over [−1, 1] in each coordinate.
 _PROBES = 3
+#: The names of θ's parameters besides the module's (``parameters_by_name``).
+_OWN_NAMES = {"diffusion", "start_mean", "start_scale"}
 
 
 class ModuleDrift(LearnedStart):
@@ -41,6 +43,10 @@ class ModuleDrift(LearnedStart):
             raise ValueError(f"the drift module {self.spec} must be built as {self.field_class.__name__}(d): "
                              f"{error}") from None
         self._check_field()
+        taken = sorted({name for name, _ in self.field.named_parameters()} & _OWN_NAMES)
+        if taken:
+            raise ValueError(f"the drift module {self.spec} names a parameter {taken[0]!r}, a name the SDE's own "
+                             f"parameters have ({', '.join(sorted(_OWN_NAMES))}) in parameters.json: rename it")
 
     def drift(self, z: Tensor, t: Tensor | float = 0.0) -> Tensor:
         """``f_θ(z, t)`` for z (…, d); shape (…, d)."""
