@@ -10,6 +10,7 @@ from invae.paths.particles import particle_filter, particle_smoother, repeated_l
 from invae.paths.sde import DoubleWell, OrnsteinUhlenbeck
 
 N_SERIES, STEPS, NOISE, PARTICLES, REPEATS = 5, 20, 0.5, 1000, 20
+WIDE_NOISE = 3.0  # flat weights: particles are rarely resampled
 
 
 def _ou(d: int) -> OrnsteinUhlenbeck:
@@ -134,7 +135,25 @@ def test_double_well_log_likelihood_matches_quadrature(generator):
     assert ((mean - truth).abs() < 4 * se / math.sqrt(REPEATS) + se**2 / 2).all()
 
 
-def _quadrature_log_likelihood(prior: DoubleWell, x: torch.Tensor, dt: float) -> torch.Tensor:
+def test_particles_that_explode_weigh_nothing(generator):
+    # Euler–Maruyama with the cubic drift at Δ = 0.3 sends a particle from |z| > √(θ₂ + 2/(θ₁Δ)) = 2.08
+    # to ±inf in a few steps; a start of sd 1.5 puts 16% of the particles there, and noise of sd 3
+    # keeps the weights flat, so they are not resampled away before they overflow. Such a path's
+    # observations have density 0 in the limit: its weight is 0, and log p̂ still matches the
+    # quadrature (whose grid drops the mass that leaves [−4, 4]), within the bound of the test above.
+    prior = DoubleWell(theta1=2.0, theta2=1.0, diffusion=0.5, start_mean=0.0, start_scale=1.5)
+    times = torch.arange(10) * 0.3
+    x = prior.simulate(3, times, substeps=10, generator=generator)
+    x = x + WIDE_NOISE * torch.randn(3, 10, 1, generator=generator)
+    likelihood = linear_gaussian(torch.eye(1), WIDE_NOISE)
+    mean, se = repeated_log_likelihood(x, times, prior, likelihood, repeats=REPEATS, n_particles=PARTICLES,
+                                       generator=generator)
+    truth = torch.stack([_quadrature_log_likelihood(prior, series, 0.3, WIDE_NOISE) for series in x[:, :, 0]])
+    assert torch.isfinite(mean).all()
+    assert ((mean - truth).abs() < 4 * se / math.sqrt(REPEATS) + se**2 / 2).all()
+
+
+def _quadrature_log_likelihood(prior: DoubleWell, x: torch.Tensor, dt: float, noise: float = NOISE) -> torch.Tensor:
     """log p(x) of one series x (T,) by the forward recursion on a grid of z in [−4, 4]."""
     z = torch.linspace(-4, 4, 2001)
     h = z[1] - z[0]
@@ -149,7 +168,7 @@ def _quadrature_log_likelihood(prior: DoubleWell, x: torch.Tensor, dt: float) ->
     for k, value in enumerate(x):
         if k:
             density = (weights * density) @ kernel
-        density = density * torch.distributions.Normal(z, NOISE).log_prob(value).exp()
+        density = density * torch.distributions.Normal(z, noise).log_prob(value).exp()
         evidence = (weights * density).sum()
         log_likelihood, density = log_likelihood + evidence.log(), density / evidence
     return log_likelihood

@@ -126,13 +126,28 @@ def _bootstrap(x: Tensor, grid: Tensor, prior: SDEPrior, likelihood: Likelihood,
     filled = torch.where(torch.isnan(x), 0.0, x)
     z = _initial_particles(prior, x, n_particles, generator)
     log_w, parents = x.new_full(z.shape[:2], -math.log(n_particles)), None
+    lost = torch.zeros(z.shape[:2], dtype=torch.bool, device=z.device)
     for k in range(x.shape[1]):
         if k > 0:
             z, log_w, parents = _resample_degenerate(z, log_w, generator)
+            lost = _pick(lost[..., None], parents)[..., 0]
             z = _advance(prior, z, grid[:, (k - 1) * substeps: k * substeps + 1], generator)
+        z, lost = _drop_overflowed(z, lost)
         gain = torch.where(observed[:, k, None], likelihood.entry_log_prob(filled[:, k, None], z), 0.0).sum(-1)
-        log_w, increment = _reweigh(log_w, gain)
+        log_w, increment = _reweigh(log_w, gain.masked_fill(lost & observed[:, k].any(-1, keepdim=True), -math.inf))
         yield z, log_w, parents, increment
+
+
+def _drop_overflowed(z: Tensor, lost: Tensor) -> tuple[Tensor, Tensor]:
+    """(the particles z (n, P, d), 0 where ``lost`` (n, P) or not finite, and the new ``lost``).
+
+    Euler–Maruyama with a superlinear drift (the double well's cubic one) sends a particle past a
+    threshold to ±inf in a few steps: such a path stays lost, and the density of any observation
+    at it tends to 0, so from the first observed entry on its weight is 0 (the caller sets
+    log g = −inf there; where nothing is observed the weights stay). Its value is kept finite so
+    that weighted sums (0 × inf) stay defined."""
+    lost = lost | ~torch.isfinite(z).all(-1)
+    return z.masked_fill(lost[..., None], 0.0), lost
 
 
 def _history(states: list[tuple], x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
