@@ -35,7 +35,6 @@ variance) / λ_min(Hᵀ H), so the gap is O(10⁻⁷) nats while S stays within 
 full column rank: otherwise some direction of z_0 is never determined and the evidence is infinite.
 """
 
-
 from __future__ import annotations
 
 import math
