@@ -11,6 +11,7 @@ from invae import GaussianGraphicalModel, VariationalEB, linear_gaussian
 from invae.model.forward import LinearOperator
 from invae.model.likelihoods import PoissonLikelihood
 from invae.inference.lambda_steps import expected_statistics, importance_statistics
+from invae.inference.reweighting import defensive_draws
 from invae.inference.seeding import seeded
 from invae.inference.training import TrainingSettings
 from invae.references.exact import exact_posterior
@@ -73,16 +74,17 @@ def _linear_gaussian_problem(rng, n, p=3, m=4, sigma=0.7):
     return x, prior, likelihood, *exact_posterior(x, prior, likelihood)
 
 
-def test_importance_statistics_with_the_exact_posterior_as_q_is_the_plain_m_step(rng):
-    # q = p(z | x): every draw's weight g p / q is p(x), the same for all draws of a row, so the
-    # self-normalised weights are 1/S and the step is the M-step on the draws, to rounding.
+def test_importance_statistics_with_the_exact_posterior_as_q_weigh_by_q_over_the_proposal(rng):
+    # q = p(z | x): every draw's g p = p(x) q, so its weight g p / r is p(x) q / r, and the
+    # self-normalised weights are q / r normalised (r: q mixed with q widened, the proposal)
     x, prior, likelihood, mean, cov = _linear_gaussian_problem(rng, n=50)
     q = MultivariateNormal(mean, cov.expand(len(x), -1, -1))
     stepped_prior = prior.with_penalty(0.05)  # the weights use the prior that q is the posterior of
     torch.manual_seed(1)
     got = stepped_prior.m_step_from(importance_statistics(stepped_prior, q, x, likelihood, n_draws=16))
     torch.manual_seed(1)
-    expected = stepped_prior.m_step(q.rsample((16,)))
+    z, log_r = defensive_draws(q, 32)  # 16 of q and 16 of q widened
+    expected = stepped_prior.m_step_from(stepped_prior.statistics(z, torch.softmax(q.log_prob(z) - log_r, dim=0)))
     torch.testing.assert_close(got.precision, expected.precision, rtol=1e-8, atol=1e-8)
 
 

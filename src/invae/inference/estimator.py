@@ -65,8 +65,10 @@ class VariationalEB(EmpiricalBayesEstimator):
         (``"batch"``: M-step on one sampled batch; ``"expected"``: on expected statistics
         under q; ``"importance"``: on q's draws reweighted to the exact posterior, see
         :class:`invae.inference.lambda_steps.ImportanceStep`; ``"gradient"``: Adam steps on
-        the prior's parameters with φ's, the only mode for a prior without an M-step and its
-        default), and the factor applied to α when the ELBO stalls (1 = constant α, as the source). The default preset takes
+        the prior's parameters with φ's, on the ELBO, and ``"importance-gradient"``: on the
+        importance-weighted bound, the two modes for a prior without an M-step, the second its
+        default where the family's own is ``"importance"``), and the factor applied to α when
+        the ELBO stalls (1 = constant α, as the source). The default preset takes
         ``"importance"`` for ``iaf`` and ``mixture``, whose Λ-step needs draws anyway, and
         ``"expected"`` (noise-free, closed form) for the Gaussian families.
     lr_warmup : int or None
@@ -211,15 +213,19 @@ class VariationalEB(EmpiricalBayesEstimator):
         chosen = dict(PRESETS[self.preset])
         if self.preset == "default":
             chosen.update(FAMILIES[self.family].defaults)
-        if not self.prior.has_m_step:
-            chosen["lambda_step"] = "gradient"
-        elif self.lambda_step == "gradient":
-            raise ValueError(f"lambda_step='gradient' is for priors without an M-step; {type(self.prior).__name__} "
-                             "has one: use 'expected', 'importance' or 'batch'")
+        if self.lambda_step is None and not self.prior.has_m_step:
+            # θ by gradient: importance-weighted where the family's step is
+            weighted = LAMBDA_STEPS[chosen["lambda_step"]].targets_exact_posterior
+            chosen["lambda_step"] = "importance-gradient" if weighted else "gradient"
         for key in chosen:
             if getattr(self, key) is not None:
                 chosen[key] = getattr(self, key)
         step = LAMBDA_STEPS[chosen["lambda_step"]]
+        if step.by_gradient == self.prior.has_m_step:
+            suited = [name for name, kind in LAMBDA_STEPS.items() if kind.by_gradient != self.prior.has_m_step]
+            raise ValueError(f"lambda_step={chosen['lambda_step']!r} does not suit {type(self.prior).__name__}, "
+                             f"which has {'an' if self.prior.has_m_step else 'no'} M-step: use "
+                             + " or ".join(map(repr, suited)))
         draws = step.default_draws(self.prior) if self.lambda_draws is None else self.lambda_draws
         rows = step.default_rows if self.lambda_rows is None else self.lambda_rows
         return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window, n_samples=self.n_samples,

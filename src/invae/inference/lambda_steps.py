@@ -14,6 +14,8 @@ name           Λ ←                                                           
 ``importance`` M-step on q's draws reweighted to the exact posterior (Monte Carlo   :class:`ImportanceStep`
                EM with q as proposal, docs/methods.md §3.1)
 ``gradient``   for a prior without an M-step: Adam steps on the ELBO, with φ's      :class:`GradientStep`
+``importance-  for a prior without an M-step: Adam steps on the importance-         :class:`ImportanceGradientStep`
+gradient``     weighted bound (:func:`~invae.inference.objectives.importance_weighted_bound`)
 =============  ==================================================================  ===================
 
 A step returns the prior's expected sufficient statistics (:meth:`LambdaStep.statistics`,
@@ -34,12 +36,13 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
-from ..model.rows import log_joint, split_rows
+from ..model.rows import split_rows
 from ..registry import Registry
-from .reweighting import normalised_weights
+from .reweighting import WIDTHS, importance_draws
 from .seeding import seeded
 
-__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "LAMBDA_STEPS",
+__all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "ImportanceGradientStep",
+           "LAMBDA_STEPS",
            "expected_statistics", "importance_statistics"]
 
 
@@ -138,11 +141,22 @@ class GradientStep(LambdaStep):
         raise NotImplementedError("a prior trained by gradient has no M-step statistics")
 
 
+class ImportanceGradientStep(GradientStep):
+    """:class:`GradientStep` with θ's Adam steps on the importance-weighted bound over
+    ``n_draws`` draws per row of the proposal (q and q widened) rather than on the ELBO
+    (:func:`~invae.inference.objectives.importance_weighted_bound`): :class:`ImportanceStep`'s
+    M-step for a prior whose M-step has no closed form, taken as gradient steps. φ's and a
+    learned noise's steps stay on the ELBO."""
+
+    targets_exact_posterior = True
+
+
 LAMBDA_STEPS: Registry[type[LambdaStep]] = Registry("lambda_step")
 LAMBDA_STEPS.register("batch", BatchStep)
 LAMBDA_STEPS.register("expected", ExpectedStep)
 LAMBDA_STEPS.register("importance", ImportanceStep)
 LAMBDA_STEPS.register("gradient", GradientStep)
+LAMBDA_STEPS.register("importance-gradient", ImportanceGradientStep)
 
 
 def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
@@ -169,13 +183,17 @@ def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
 
 def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
                           n_draws: int = 32) -> dict[str, Tensor]:
-    """The statistics of S = ``n_draws`` draws of q per observation, each weighted towards the
-    exact posterior by self-normalised importance sampling (q is the proposal):
+    """The statistics of draws of the proposal r — q mixed with q widened 2-fold
+    (:func:`~invae.inference.reweighting.defensive_draws`), ``n_draws`` of each per observation —
+    each weighted towards the exact posterior by self-normalised importance sampling:
 
-        log w_si = log g(z_si; Λ) + log p(x_i | z_si) − log q(z_si | x_i),   w̃_si = w_si / Σ_t w_ti
+        log w_si = log g(z_si; Λ) + log p(x_i | z_si) − log r(z_si | x_i),   w̃_si = w_si / Σ_t w_ti
         Λ ← argmax_Λ  (1/n) Σ_i Σ_s w̃_si log g(z_si; Λ) − penalty(Λ)
 
-    This is a Monte Carlo EM step whose E-step is importance sampling with q as proposal.
+    This is a Monte Carlo EM step whose E-step is importance sampling. q fitted by the reverse
+    KL is narrower than the posterior; with q alone as proposal the weights of its tails are
+    rare and large, and Λ̂ kept part of q's bias (docs/benchmarks.md, "The defensive proposal
+    in the importance-weighted steps").
     The ELBO's own M-step (:func:`expected_statistics`) maximises a bound whose gap depends on Λ, so
     a q family that misses the exact posterior biases Λ̂. Here the weights correct q towards
     the posterior. Their M-step is the stationary point in Λ of the importance-weighted
@@ -186,8 +204,9 @@ def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: 
     impossible one) gets weight 0; a NaN or +∞, or a row without a positive weight, raises
     ``FloatingPointError``.
     """
-    z = _draw(q, n_draws)  # (S, n, p)
-    weights = normalised_weights(log_joint(x, z, prior, likelihood) - q.log_prob(z))
+    # n_draws of q itself and as many of q widened: where the widened draws weigh nothing (a path of
+    # many dimensions) q's own still number n_draws
+    z, weights = importance_draws(q, x, prior, likelihood, n_draws * len(WIDTHS))  # (2S, n, p), (2S, n)
     return prior.statistics(z, weights, covariates=split_rows(x, likelihood)[1])
 
 

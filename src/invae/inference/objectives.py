@@ -20,14 +20,18 @@ docs/methods.md §2.4's ``Σ_b [−log g(z_b) − log p(x_b|z_b) − Σ_j log σ
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
-from ..model.rows import split_rows
+from ..model.rows import log_joint, split_rows
+from .reweighting import WIDTHS, defensive_draws
 
-__all__ = ["elbo"]
+__all__ = ["elbo", "importance_weighted_bound"]
 
 
 def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_samples: int = 1, *,
@@ -54,6 +58,27 @@ def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_sam
         return log_joint.mean(0) + q.entropy()
     except NotImplementedError:
         return (log_joint - q.log_prob(z)).mean(0)
+
+
+def importance_weighted_bound(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood,
+                              n_draws: int) -> Tensor:
+    """The importance-weighted bound (Burda et al., 2016) of the data rows x (n, row columns) at
+    S draws of the proposal r that carry no gradient; returns (n,):
+
+        L_S(θ, ψ) = log (1/S) Σ_s g(z_s; θ) p(x | z_s; ψ) / r(z_s | x),   z_s ~ r
+
+    r is q (batch (n,), event (p,)) mixed with q widened 2-fold (the defensive mixture of
+    :func:`~invae.inference.reweighting.defensive_draws`), S = 2 ``n_draws`` draws, half from each:
+    q fitted by the reverse KL is narrower than the posterior, and the wider half bounds the
+    weights in its tails. E exp(L_S) = p(x; θ, ψ),
+    and L_S tends to log p(x; θ, ψ) as S grows. Its gradient in the prior's θ and the likelihood's
+    ψ is ``Σ_s w̃_s ∇ log g(z_s; θ) p(x | z_s; ψ)`` with the self-normalised weights w̃_s ∝ g p / r:
+    Fisher's identity ∇ log p = E_{p(z|x)} ∇ log g p estimated by importance sampling, where the
+    ELBO's gradient ``E_q ∇ log g p`` keeps the bias of q's family. No gradient reaches φ.
+    """
+    with torch.no_grad():
+        z, log_r = defensive_draws(q, n_draws * len(WIDTHS))
+    return torch.logsumexp(log_joint(x, z, prior, likelihood) - log_r, dim=0) - math.log(len(z))
 
 
 def _gaussian_moments(q: Distribution) -> tuple[Tensor, Tensor] | None:
