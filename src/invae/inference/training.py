@@ -282,8 +282,9 @@ class _Run:
         −(mean ELBO), whose gradient moves φ, ψ and a θ trained by gradient; where the Λ-step
         targets the exact posterior, θ moves by the importance-weighted bound's gradient instead
         (:func:`~invae.inference.objectives.importance_weighted_bound`: the ELBO's would keep q's
-        bias in θ̂). ψ stays on the ELBO: the bound's few draws per row bias σ̂ more than q does
-        (docs/benchmarks.md, "The defensive proposal in the importance-weighted steps")."""
+        bias in θ̂). ψ stays on the ELBO: on the bound it came no closer to the MLE on OU paths and
+        went further on the Nile (docs/benchmarks.md, "The defensive proposal in the
+        importance-weighted steps")."""
         q = self.posterior(rows, index)
         if not self.weighted:
             loss = -elbo(rows, q, self._prior_with_theta(), self._likelihood_with_psi(), self.settings.n_samples).mean()
