@@ -281,7 +281,8 @@ class VariationalEB(EmpiricalBayesEstimator):
                 x, posterior, prior, likelihood, settings, settings.new_lambda_step(), verbose=self.verbose,
                 callback=self.callback, checkpoint=self._checkpointer(), identity=self._identity(x, settings))
         if not converged:
-            warnings.warn(f"{self.family} fit stopped at max_iter={self.max_iter} before the prior's parameters "
+            method = FAMILIES[self.family].method  # the user's name for it: iaf, not path-iaf
+            warnings.warn(f"{method} fit stopped at max_iter={self.max_iter} before the prior's parameters "
                           "and the ELBO settled; raise max_iter or tol", ConvergenceWarning)
         self.prior_, self.likelihood_, self.posterior_ = prior, likelihood, posterior
         self.history_, self.n_iter_, self.converged_ = history, n_iter, converged
