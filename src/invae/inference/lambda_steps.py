@@ -11,8 +11,8 @@ name           Λ ←                                                           
 ``batch``      M-step on one sampled batch of z (the source's Algorithm 1)          :class:`BatchStep`
 ``expected``   M-step on expected statistics over all rows: closed form for a       :class:`ExpectedStep`
                Gaussian q (variational EM, docs/methods.md §2.2), else draws
-``importance`` M-step on q's draws reweighted to the exact posterior (Monte Carlo   :class:`ImportanceStep`
-               EM with q as proposal, docs/methods.md §3.1)
+``importance`` M-step on draws of q and q widened, reweighted to the exact          :class:`ImportanceStep`
+               posterior (Monte Carlo EM, docs/methods.md §3.1)
 ``gradient``   for a prior without an M-step: Adam steps on the ELBO, with φ's      :class:`GradientStep`
 ``importance-  for a prior without an M-step: Adam steps on the importance-         :class:`ImportanceGradientStep`
 gradient``     weighted bound (:func:`~invae.inference.objectives.importance_weighted_bound`)
@@ -42,8 +42,7 @@ from .reweighting import WIDTHS, importance_draws
 from .seeding import seeded
 
 __all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "ImportanceGradientStep",
-           "LAMBDA_STEPS",
-           "expected_statistics", "importance_statistics"]
+           "LAMBDA_STEPS", "expected_statistics", "importance_statistics"]
 
 
 class LambdaStep(abc.ABC):

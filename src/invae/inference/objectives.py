@@ -70,8 +70,8 @@ def importance_weighted_bound(x: Tensor, q: Distribution, prior: Prior, likeliho
     r is q (batch (n,), event (p,)) mixed with q widened 2-fold (the defensive mixture of
     :func:`~invae.inference.reweighting.defensive_draws`), S = 2 ``n_draws`` draws, half from each:
     q fitted by the reverse KL is narrower than the posterior, and the wider half bounds the
-    weights in its tails. E exp(L_S) = p(x; θ, ψ),
-    and L_S tends to log p(x; θ, ψ) as S grows. Its gradient in the prior's θ and the likelihood's
+    weights in its tails. E exp(L_S) = p(x; θ, ψ), and L_S tends to log p(x; θ, ψ) as S grows.
+    Its gradient in the prior's θ and the likelihood's
     ψ is ``Σ_s w̃_s ∇ log g(z_s; θ) p(x | z_s; ψ)`` with the self-normalised weights w̃_s ∝ g p / r:
     Fisher's identity ∇ log p = E_{p(z|x)} ∇ log g p estimated by importance sampling, where the
     ELBO's gradient ``E_q ∇ log g p`` keeps the bias of q's family. No gradient reaches φ.
