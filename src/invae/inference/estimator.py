@@ -63,7 +63,7 @@ class VariationalEB(EmpiricalBayesEstimator):
     learning_rate, batch_size, n_critic, lambda_step, lr_decay
         Adam step size α, batch size B, Adam steps per Λ-step, the Λ-step mode
         (``"batch"``: M-step on one sampled batch; ``"expected"``: on expected statistics
-        under q; ``"importance"``: on q's draws reweighted to the exact posterior, see
+        under q; ``"importance"``: on draws of q and q widened, reweighted to the exact posterior, see
         :class:`invae.inference.lambda_steps.ImportanceStep`; ``"gradient"``: Adam steps on
         the prior's parameters with φ's, on the ELBO, and ``"importance-gradient"``: on the
         importance-weighted bound, the two modes for a prior without an M-step, the second its

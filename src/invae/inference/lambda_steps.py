@@ -115,7 +115,7 @@ class ExpectedStep(LambdaStep):
 
 
 class ImportanceStep(LambdaStep):
-    """The M-step on q's draws weighted towards the exact posterior (:func:`importance_statistics`)."""
+    """The M-step on draws of q and q widened, weighted towards the exact posterior (:func:`importance_statistics`)."""
 
     targets_exact_posterior = True
     # Draws for each of n rows cost far more than φ's Adam steps; a random 1024 rows per
