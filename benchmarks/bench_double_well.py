@@ -18,7 +18,7 @@ s = 0.5, start N(0, 1)). Reported per seed:
   gap to it at its own θ̂; and times.
 
     .venv/bin/python benchmarks/bench_double_well.py [--seeds 3] [--n 200] [--T 100]
-        [--out benchmarks/results/double_well.json]
+        [--methods markov,iaf] [--lambda-draws K] [--out benchmarks/results/double_well.json]
 """
 
 from __future__ import annotations
@@ -91,12 +91,14 @@ def particle_mle(x: torch.Tensor, times: torch.Tensor, start: dict, particles: i
             "seconds": time.perf_counter() - began}
 
 
-def invae_fit(method: str, x: torch.Tensor, times: torch.Tensor, seed: int):
-    """``invae fit --prior double-well --method METHOD --substeps 2`` as the CLI builds it."""
+def invae_fit(method: str, x: torch.Tensor, times: torch.Tensor, seed: int, lambda_draws: int | None):
+    """``invae fit --prior double-well --method METHOD --substeps 2`` as the CLI builds it; ``lambda_draws``
+    (None: the method's default) draws per series in each Λ-step."""
     likelihood = GaussianLikelihood(PathOperator(LinearOperator.identity(1), len(times), SUBSTEPS), NOISE_STD)
     rows = series_rows(x.numpy())
     estimator = make_estimator(method, path_start("double-well", rows, likelihood, times.numpy(), SUBSTEPS),
                                likelihood, seed=seed)
+    estimator.lambda_draws = lambda_draws
     began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -114,7 +116,8 @@ def evidence(x, times, parameters: dict, particles: int, seed: int) -> tuple[flo
     return float(mean.mean()), float(se.median())
 
 
-def case(n: int, steps: int, seed: int, particles: int, check_particles: int) -> dict:
+def case(n: int, steps: int, seed: int, particles: int, check_particles: int, fits: tuple[str, ...],
+         lambda_draws: int | None) -> dict:
     x, times = simulate(n, steps, seed)
     start = PathPrior(DoubleWell().double(), times).summary()  # where the CLI's fit starts
     row = {"seed": seed, "n": n, "T": steps, "start": start,
@@ -122,8 +125,8 @@ def case(n: int, steps: int, seed: int, particles: int, check_particles: int) ->
     mle = row["particle_mle"]
     mle["error"] = relative_error(mle)
     mle["particle_log_likelihood"], mle["particle_sd_per_series"] = evidence(x, times, mle, check_particles, seed)
-    for method in ("markov", "iaf"):
-        estimator, rows, seconds = invae_fit(method, x, times, seed)
+    for method in fits:
+        estimator, rows, seconds = invae_fit(method, x, times, seed, lambda_draws)
         parameters = estimator.prior_.summary()
         log_p, sd = evidence(x, times, parameters, check_particles, seed)
         elbo = estimator.elbo(rows)[0]
@@ -133,12 +136,12 @@ def case(n: int, steps: int, seed: int, particles: int, check_particles: int) ->
     return row
 
 
-def _print(row: dict) -> None:
+def _print(row: dict, fits: tuple[str, ...]) -> None:
     mle = row["particle_mle"]
     print(f"seed {row['seed']}: particle MLE θ̂ ({mle['theta1']:.3f}, {mle['theta2']:.3f}, {mle['diffusion']:.3f}) "
           f"error {mle['error']:.4f}, log p̂ {mle['particle_log_likelihood']:.3f} per series, {mle['seconds']:.0f} s "
           f"({mle['evaluations']} filters)")
-    for method in ("markov", "iaf"):
+    for method in fits:
         fit = row[method]
         print(f"  {method:<6} θ̂ ({fit['theta1']:.3f}, {fit['theta2']:.3f}, {fit['diffusion']:.3f}) error "
               f"{fit['error']:.4f} ({fit['error'] / mle['error']:.3f} × the MLE's)  log p̂ "
@@ -154,16 +157,20 @@ def main() -> None:
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--particles", type=int, default=500, help="particles per series in the MLE's filter")
     parser.add_argument("--check-particles", type=int, default=2000, help="particles for log p̂ at each θ̂")
+    parser.add_argument("--methods", default="markov,iaf", help="the invae fits, comma-separated")
+    parser.add_argument("--lambda-draws", type=int, default=None, help="draws per series in each Λ-step "
+                        "(default: the method's own)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "double_well.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    fits = tuple(args.methods.split(","))
     rows = []
     for seed in range(args.seeds):
-        rows.append(case(args.n, args.T, seed, args.particles, args.check_particles))
-        _print(rows[-1])
+        rows.append(case(args.n, args.T, seed, args.particles, args.check_particles, fits, args.lambda_draws))
+        _print(rows[-1], fits)
     print("\nmedians over seeds: θ error over the particle MLE's — "
           + ", ".join(f"{method} {statistics.median(row[method]['error'] / row['particle_mle']['error'] for row in rows):.3f}"
-                      for method in ("markov", "iaf")))
+                      for method in fits))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": vars(args), "truth": TRUTH, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
