@@ -10,6 +10,7 @@ __all__ = ["check_data", "check_noise_std", "check_penalty"]
 # Second moments of the data must stay finite in float32, the variational estimators' default
 # precision: |x| ≤ √(float32 max) / 100 ≈ 1.8e17 leaves room for sums over rows and columns.
 _LARGEST = float(np.sqrt(np.finfo(np.float32).max)) / 100
+_BLOCK_ENTRIES = 1 << 22  # entries checked at a time: 32 MB of float64
 
 
 def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing: bool = False,
@@ -36,19 +37,35 @@ def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing:
             "the data file"
         )
     with np.errstate(over="ignore"):
-        array = array.astype(np.float64)
-    bad = np.isinf(array) if allow_missing else ~np.isfinite(array)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
+        # a copy, which callers may change, except of a memory map (read-only): never read whole
+        array = array.astype(np.float64, copy=not isinstance(X, np.memmap))
+    bad, first, largest = _scan_values(array, allow_missing)
+    if bad:
+        row, col = first
         raise ValueError(
-            f"{name} holds {int(bad.sum())} {'inf' if allow_missing else 'NaN/inf'} value(s), the first at row {row}, "
+            f"{name} holds {bad} {'inf' if allow_missing else 'NaN/inf'} value(s), the first at row {row}, "
             f"column {col}; {'remove them' if allow_missing else 'remove or impute them, or mark missing entries (NaN) with MissingEntries'}"
         )
-    largest = float(np.nanmax(np.abs(array))) if allow_missing else float(np.abs(array).max())
     if largest > _LARGEST:
         raise ValueError(f"{name} holds values up to {largest:.3g}, too large for second moments in floating "
                          f"point (limit {_LARGEST:g}); rescale the data (and the noise level) first")
     return array
+
+
+def _scan_values(array: np.ndarray, allow_missing: bool) -> tuple[int, tuple[int, int] | None, float]:
+    """(how many entries are bad — inf, or NaN unless ``allow_missing`` —, the (row, column) of
+    the first, the largest |value| but NaN) of a 2-D array, read block by block so that
+    a memory-mapped file is never held whole (nor a temporary of its size)."""
+    bad, first, largest = 0, None, 0.0
+    block = max(1, _BLOCK_ENTRIES // max(1, array.shape[1]))
+    for start in range(0, array.shape[0], block):
+        values = np.array(array[start:start + block])
+        wrong = np.isinf(values) if allow_missing else ~np.isfinite(values)
+        if wrong.any():
+            first = first or tuple(int(i) for i in np.argwhere(wrong)[0] + (start, 0))
+            bad += int(wrong.sum())
+        largest = max(largest, float(np.fmax.reduce(np.abs(values), axis=None, initial=0.0)))  # fmax skips NaN
+    return bad, first, largest
 
 
 def check_noise_std(noise_std: float) -> float:

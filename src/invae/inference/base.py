@@ -88,7 +88,7 @@ class EmpiricalBayesEstimator(abc.ABC):
         """The measurements (n, m) of the data rows X as given (float64), the missing ones from ``predicted`` (n, m)."""
         if not isinstance(self.likelihood_, MissingEntries):
             raise ValueError("impute needs a likelihood with missing entries (MissingEntries)")
-        rows = torch.as_tensor(check_data(X, columns=row_dim(self.prior, self.likelihood), min_rows=self._min_rows))
+        rows = torch.as_tensor(self._rows(X))
         base_rows, observed = self.likelihood_.split(split_rows(rows, self.likelihood_)[0])
         measured = base_rows[:, : self.likelihood_.forward.out_dim].numpy()
         return np.where(observed.numpy() > 0, measured, _numpy(predicted))
@@ -112,9 +112,12 @@ class EmpiricalBayesEstimator(abc.ABC):
         self.check_fitted()
         return _numpy(self.prior_.precision)
 
+    def _rows(self, X) -> np.ndarray:
+        """The data rows X (n, row columns) checked, float64 (a float64 memory map stays one)."""
+        return check_data(X, columns=row_dim(self.prior, self.likelihood), min_rows=self._min_rows)
+
     def _tensor(self, X) -> Tensor:
-        array = check_data(X, columns=row_dim(self.prior, self.likelihood), min_rows=self._min_rows)
-        return torch.as_tensor(array, dtype=self.dtype, device=self.device)
+        return torch.as_tensor(self._rows(X), dtype=self.dtype, device=self.device)
 
     @property
     def _min_rows(self) -> int:

@@ -7,6 +7,10 @@ M-step:          Λ ← argmax log det Λ − tr(Λ S) − α ‖Λ‖_{1,off}
                  (with a fitted location, (μ, B) by least squares of the μ_i on (1, c_i)
                  first and S about them: docs/methods.md §3.13)
 
+Under a graphical prior with the same noise for every row, EM depends on the rows only through
+their mean and covariance, taken in one pass over them; it then runs on 2r rows with the same
+moments (:mod:`invae.references.moments`, docs/methods.md §3.17).
+
 Each iteration cannot decrease the penalised marginal log-likelihood
 ``(1/n) Σ_i log p(x_i; Λ) − (α/2) ‖Λ‖_{1,off}``: this is the estimate the variational
 estimators chase. It stops when that objective rises by less than ``tol`` (relative).
@@ -40,6 +44,7 @@ from ..model.mixture import GaussianMixture
 from ..model.rows import split_rows
 from ..threads import using_threads
 from .exact import exact_posterior, mean_field_optimum, mixture_posterior, penalized_log_likelihood
+from .moments import RowMoments, moments_suffice
 
 __all__ = ["EM"]
 
@@ -121,8 +126,8 @@ class EM(EmpiricalBayesEstimator):
             return self._fit(X)
 
     def _fit(self, X) -> EM:
-        x = self._tensor(X)
         prior, likelihood = self._models()
+        x = self._fit_rows(X, prior, likelihood)
         start = time.perf_counter()
         objective = [self._objective(x, prior, likelihood)]
         elapsed = [0.0]
@@ -149,6 +154,13 @@ class EM(EmpiricalBayesEstimator):
         self.n_iter_ = len(objective) - 1
         self.converged_ = converged
         return self
+
+    def _fit_rows(self, X, prior, likelihood) -> Tensor:
+        """The rows EM runs on: X's sigma rows where its moments suffice (:mod:`invae.references.moments`:
+        the same Λ̂ from one pass over X), else X itself."""
+        if not moments_suffice(prior, likelihood):
+            return self._tensor(X)
+        return RowMoments.of(self._rows(X)).sigma_rows().to(self.device, self.dtype)
 
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.prior_, GaussianMixture):
