@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .model.rows import block_rows
+
 __all__ = ["check_data", "check_noise_std", "check_penalty"]
 
 # Second moments of the data must stay finite in float32, the variational estimators' default
 # precision: |x| ≤ √(float32 max) / 100 ≈ 1.8e17 leaves room for sums over rows and columns.
 _LARGEST = float(np.sqrt(np.finfo(np.float32).max)) / 100
-_BLOCK_ENTRIES = 1 << 22  # entries checked at a time: 32 MB of float64
 
 
 def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing: bool = False,
@@ -18,7 +19,7 @@ def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing:
     """``X`` as a finite float64 array of shape (n, m) with n ≥ ``min_rows`` (and m == ``columns``);
     with ``allow_missing``, NaN marks a missing entry (inf is still refused). Two rows at least,
     unless each row holds several independent terms of the prior (a series: ``min_rows=1``)."""
-    array = np.asarray(X)
+    array = X if isinstance(X, np.memmap) else np.asarray(X)  # asarray would drop the memmap class
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.complexfloating):
@@ -37,7 +38,7 @@ def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing:
             "the data file"
         )
     with np.errstate(over="ignore"):
-        # a copy, which callers may change, except of a memory map (read-only): never read whole
+        # a copy, which callers may change, except of a memory map: never read whole
         array = array.astype(np.float64, copy=not isinstance(X, np.memmap))
     bad, first, largest = _scan_values(array, allow_missing)
     if bad:
@@ -57,7 +58,7 @@ def _scan_values(array: np.ndarray, allow_missing: bool) -> tuple[int, tuple[int
     the first, the largest |value| but NaN) of a 2-D array, read block by block so that
     a memory-mapped file is never held whole (nor a temporary of its size)."""
     bad, first, largest = 0, None, 0.0
-    block = max(1, _BLOCK_ENTRIES // max(1, array.shape[1]))
+    block = block_rows(array.shape[1])
     for start in range(0, array.shape[0], block):
         values = np.array(array[start:start + block])
         wrong = np.isinf(values) if allow_missing else ~np.isfinite(values)

@@ -205,14 +205,14 @@ def test_failed_fit_leaves_an_existing_results_folder_as_it_was(problem_dir, tmp
 def test_numerical_breakdown_is_one_line_and_writes_nothing(problem_dir, tmp_path, monkeypatch, capsys):
     # A diverging fit (measured: the diagonal family with m < p) raises FloatingPointError from
     # the Λ-step; the CLI reports it in one line with exit status 1 and leaves no results.
-    def diverge(settings):
+    def diverge(settings, staged):
         raise FloatingPointError("the Λ-step failed even with a ridge")
     monkeypatch.setattr("invae.app.pipeline.run_fit", diverge)  # _fit imports it when it runs
     out = tmp_path / "fit"
     assert _fit(problem_dir, out, "--method", "vae") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "failed numerically" in err and "Λ-step" in err
-    assert not out.exists()
+    assert not out.exists() and not list(tmp_path.glob(".fit.partial-*"))  # nor a staging folder
 
 
 def test_em_fit_agrees_with_an_independent_em_within_two_percent(tmp_path):
@@ -658,3 +658,21 @@ def test_a_model_fitted_with_missing_entries_predicts_a_sensor_it_always_saw_mis
     mean = np.load(tmp_path / "p" / "posterior_mean.npy")
     fitted = np.load(tmp_path / "fit" / "posterior_mean.npy")
     assert np.isfinite(mean).all() and np.abs(mean).max() < 10 * np.abs(fitted).max()
+
+
+def test_an_em_fit_reads_the_data_memory_mapped_and_writes_the_answers_of_the_in_memory_fit(problem_dir, tmp_path,
+                                                                                           monkeypatch):
+    from invae import EM, GaussianGraphicalModel, linear_gaussian
+    from invae.references import moments
+
+    seen = []
+    original = moments.RowMoments.of.__func__
+    monkeypatch.setattr(moments.RowMoments, "of", classmethod(lambda cls, rows: seen.append(rows) or original(cls, rows)))
+    assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "0.05") == 0
+    assert len(seen) == 1 and isinstance(seen[0], np.memmap)  # the file's pages, not a copy
+    x, a = np.load(problem_dir / "X.npy"), np.load(problem_dir / "A.npy")
+    in_memory = EM(GaussianGraphicalModel(dim=6, alpha=0.05), linear_gaussian(a, 0.5)).fit(x)
+    np.testing.assert_allclose(np.load(tmp_path / "fit" / "precision.npy"), in_memory.precision_, atol=1e-12)
+    mean, std = in_memory.posterior(x)
+    np.testing.assert_allclose(np.load(tmp_path / "fit" / "posterior_mean.npy"), mean, atol=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "fit" / "posterior_std.npy"), std, atol=1e-12)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import invae.model.rows as rows_module
 import invae.references.em as em_module
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.model.likelihoods import NoisePerRowGaussianLikelihood
@@ -17,12 +18,13 @@ def _rows(rng, n=3000, r=5, offset=1e3):
     return rng.standard_normal((n, r)) @ rng.standard_normal((r, r)) + offset
 
 
-def test_moments_read_block_by_block_equal_those_of_all_rows_at_once(rng, tmp_path):
+def test_moments_read_block_by_block_equal_those_of_all_rows_at_once(rng, tmp_path, monkeypatch):
     rows = _rows(rng)
     np.save(tmp_path / "rows.npy", rows)
     mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
-    whole = RowMoments.of(rows, block_rows=len(rows))
-    blocks = RowMoments.of(mapped, block_rows=347)  # 9 blocks, the last one short
+    whole = RowMoments.of(rows)
+    monkeypatch.setattr(rows_module, "_BLOCK_ENTRIES", 347 * 5)  # blocks of 347 rows: 9, the last one short
+    blocks = RowMoments.of(mapped)
     assert blocks.count == whole.count == len(rows)
     # float64 round-off: the merge is exact in exact arithmetic; entries are O(1), means O(1e3)
     np.testing.assert_allclose(blocks.mean.numpy(), rows.mean(0), rtol=1e-14)

@@ -311,7 +311,7 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> None:
-    from .io import write_results
+    from .io import StagedResults
     from .persistence import save_model
     from .pipeline import run_fit
     from .recipe import RowRecipe
@@ -319,8 +319,9 @@ def _fit(args: argparse.Namespace) -> None:
 
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "threads")}
     settings = FitSettings.from_sources(args.config, overrides)
-    estimator, arrays, summary, files = run_fit(settings)
-    folder = write_results(settings.out, arrays, summary, files)
+    with StagedResults(settings.out) as staged:
+        estimator, arrays, summary, files = run_fit(settings, staged)
+        folder = staged.commit(arrays, summary, files)
     if settings.save is not None:
         shape = (summary["n"], summary["T"], summary["m"]) if "T" in summary else (summary["n"], summary["m"])
         save_model(estimator, settings.save, settings=settings.to_dict(), data_shape=shape,

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array", "csv_header", "read_names", "is_number", "write_results"]
+__all__ = ["load_array", "csv_header", "read_names", "is_number", "write_results", "StagedResults"]
 
 
-def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
+def load_array(path: str | Path, *, name: str | None = None, mapped: bool = False) -> np.ndarray:
     """A numeric array from ``.npy`` (no pickles) or ``.csv`` (comma-separated numbers, with
-    or without one header line of column names).
+    or without one header line of column names). ``mapped``: a ``.npy`` file is memory-mapped
+    copy-on-write (``np.memmap``: read only where it is used; writes stay in memory, never reach
+    the file; writable, so torch shares it without a copy).
 
     Raises ``ValueError`` naming the file and the problem; it does not check shapes or
     values (see :mod:`invae.validation`).
@@ -29,7 +31,7 @@ def load_array(path: str | Path, *, name: str | None = None) -> np.ndarray:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return _load_npy(path)
+            return _load_npy(path, mapped)
         if suffix == ".csv":
             return _load_csv(path)
     except _Unreadable as problem:
@@ -75,14 +77,14 @@ class _Unreadable(Exception):
     """A file invae will not read; the message completes "cannot read LABEL: 'PATH' ..."."""
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mapped: bool) -> np.ndarray:
     with open(path, "rb") as file:
         if file.read(6) != b"\x93NUMPY":  # the .npy magic: without it np.load would try a pickle
             raise _Unreadable("is not a NumPy .npy array file")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="c" if mapped else None)
     except ValueError as error:
-        if "allow_pickle" in str(error):
+        if "allow_pickle" in str(error) or "Python objects" in str(error):  # mapped: the latter
             raise _Unreadable("holds Python objects (a pickle), which invae does not load; save plain numbers") \
                 from None
         raise
@@ -115,31 +117,55 @@ def _cell(text: str) -> float:
 def write_results(out: str | Path, arrays: dict[str, np.ndarray], summary: dict,
                   files: dict[str, bytes] | None = None) -> Path:
     """Write ``NAME.npy`` for each array, ``summary.json`` and the other ``files`` (name →
-    contents, e.g. a table or a figure) into the folder ``out``.
+    contents, e.g. a table or a figure) into the folder ``out``, all or nothing (:class:`StagedResults`)."""
+    with StagedResults(out) as staged:
+        return staged.commit(arrays, summary, files)
 
-    Everything is written into a temporary folder next to ``out`` first and moved into
-    place only when all files are complete: an error leaves ``out`` as it was. Files of
-    ``out`` that we do not write are left alone.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+
+class StagedResults:
+    """New results for the folder ``out``, written into a temporary folder next to it and moved
+    into place only when all are complete (:meth:`commit`): an error leaves ``out`` as it was.
+    Files of ``out`` that we do not write are left alone. Arrays too large to hold in memory are
+    written in place as they are computed (:meth:`array`). A context manager: on leaving it the
+    temporary folder goes, with whatever was not committed."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {str(self.out)!r} exists and is not a folder")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.mapped: dict[str, np.memmap] = {}
+
+    def __enter__(self) -> StagedResults:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mapped.clear()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def array(self, name: str, shape: tuple[int, ...]) -> np.memmap:
+        """A float64 ``NAME.npy`` of this shape, memory-mapped for writing; committed with the rest."""
+        self.mapped[name] = np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", shape=shape)
+        return self.mapped[name]
+
+    def commit(self, arrays: dict[str, np.ndarray], summary: dict, files: dict[str, bytes] | None = None) -> Path:
+        """Write the arrays (those of :meth:`array` are written already), ``summary.json`` and
+        ``files``, then move them all into ``out``; returns ``out``."""
         for key, value in arrays.items():
-            np.save(staging / f"{key}.npy", value)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
+            if self.mapped.get(key) is not value:
+                np.save(self.folder / f"{key}.npy", value)
+        for mapped in self.mapped.values():
+            mapped.flush()
+        (self.folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
         for name, contents in (files or {}).items():
-            (staging / name).write_bytes(contents)
-        if not out.exists():
-            os.replace(staging, out)
-            return out
-        for file in staging.iterdir():
-            os.replace(file, out / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+            (self.folder / name).write_bytes(contents)
+        if not self.out.exists():
+            os.replace(self.folder, self.out)
+            return self.out
+        for file in self.folder.iterdir():
+            os.replace(file, self.out / file.name)
+        return self.out
 
 
 def _jsonable(value):

@@ -30,7 +30,7 @@ from ..references.exact import has_exact_em, has_exact_evidence, mean_log_likeli
 from ..references.kalman import KalmanEM, has_kalman, kalman_log_likelihood
 from ..references.sanity import likelihood_check
 from ..validation import check_data
-from .io import csv_header, load_array, read_names
+from .io import StagedResults, csv_header, load_array, read_names
 from .methods import make_estimator, method_name
 from .network import edge_rows, edges_csv, variable_names
 from .persistence import load_model, load_recipe
@@ -70,7 +70,7 @@ def load_problem(settings: FitSettings) -> Problem:
     operator = _operator(settings)
     if PRIORS[settings.prior].paths:
         return _path_problem(settings, operator)
-    x = load_array(settings.data, name="the data (--data)")
+    x = load_array(settings.data, name="the data (--data)", mapped=True)
     if operator is None:
         operator = LinearOperator.identity(x.shape[1] if x.ndim == 2 else 1)
     _check_latent_dim(operator, settings)
@@ -149,9 +149,11 @@ def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
                                               settings.offsets is not None)
 
 
-def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict, dict[str, bytes]]:
+def run_fit(settings: FitSettings, staged: StagedResults | None = None
+            ) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict, dict[str, bytes]]:
     """Fit as ``settings`` say; return the estimator, the result arrays, the summary and the
-    other files (``edges.csv`` for a graphical prior, :mod:`invae.app.network`)."""
+    other files (``edges.csv`` for a graphical prior, :mod:`invae.app.network`). With ``staged``
+    the posterior's (n, p) answers are written into its files as they are computed."""
     problem = load_problem(settings)
     x, prior, likelihood, recipe = problem.x, problem.prior, problem.likelihood, problem.recipe
     estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
@@ -166,7 +168,7 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         frequencies = selection_frequencies(_refitter(estimator, fitted=True), x, [estimator.prior_.alpha],
                                             subsamples=settings.stability, seed=settings.seed,
                                             verbose=settings.verbosity, n_jobs=settings.jobs)[0]
-    mean, std = estimator.posterior(x)
+    mean, std = estimator.posterior(x, out=_answer_files(staged, len(x), estimator.prior_))
     if isinstance(estimator.prior_, PathPrior):
         arrays, described = _path_outputs(estimator, x, mean, std)
     else:
@@ -207,6 +209,14 @@ def run_fit(settings: FitSettings) -> tuple[EmpiricalBayesEstimator, dict[str, n
         forecast, summary["forecast"] = forecast_outputs(estimator, x, problem.series, settings.forecast, settings.seed)
         arrays |= forecast
     return estimator, arrays, summary | _posterior_summary(estimator, x), files
+
+
+def _answer_files(staged: StagedResults | None, n: int, prior) -> tuple[np.ndarray, np.ndarray] | None:
+    """``posterior_mean.npy`` and ``posterior_std.npy`` (n, p) in ``staged``, memory-mapped; None where
+    there is none or the answers are reshaped before they are written (a path prior's)."""
+    if staged is None or isinstance(prior, PathPrior):
+        return None
+    return staged.array("posterior_mean", (n, prior.dim)), staged.array("posterior_std", (n, prior.dim))
 
 
 def _path_outputs(estimator: EmpiricalBayesEstimator, x: np.ndarray, mean: np.ndarray, std: np.ndarray

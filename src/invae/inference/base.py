@@ -20,7 +20,7 @@ from torch import Tensor
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from ..model.missing import MissingEntries
-from ..model.rows import row_dim, split_rows
+from ..model.rows import row_blocks, row_dim, split_rows
 from ..validation import check_data
 
 __all__ = ["EmpiricalBayesEstimator", "progress_disabled"]
@@ -66,11 +66,19 @@ class EmpiricalBayesEstimator(abc.ABC):
         """Marginal posterior standard deviations ``sd(z_ij | x_i)``, shape (n, p)."""
         return self.posterior(X)[1]
 
-    def posterior(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """(means, standard deviations), each of shape (n, p)."""
+    def posterior(self, X, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(means, standard deviations), each of shape (n, p), computed block by block of rows
+        (:func:`~invae.model.rows.row_blocks`: a memory-mapped X is never read whole) and written
+        into ``out`` where given (two (n, p) arrays, e.g. memory-mapped ``.npy`` files)."""
         self.check_fitted()
-        mean, std = self._posterior(self._tensor(X))
-        return _numpy(mean), _numpy(std)
+        rows, answers = self._rows(X), out
+        for block, x in row_blocks(rows, dtype=self.dtype, device=self.device):
+            parts = [_numpy(part) for part in self._posterior(x)]
+            if answers is None:
+                answers = tuple(np.empty((len(rows), *part.shape[1:])) for part in parts)
+            for answer, part in zip(answers, parts):
+                answer[block] = part
+        return answers
 
     def impute(self, X) -> np.ndarray:
         """The measurements (n, m) of the data rows X, each missing entry (:class:`~invae.model.missing.MissingEntries`)

@@ -35,7 +35,7 @@ from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood, NoisePerRowGaussianLikelihood, gaussian_measurements
 from ..model.missing import MissingEntries
 from ..model.mixture import GaussianMixture
-from ..model.rows import split_rows
+from ..model.rows import row_blocks, split_rows
 
 __all__ = ["exact_posterior", "mean_field_optimum", "mixture_posterior", "MixturePosterior", "marginal_log_likelihood",
            "mean_log_likelihood", "penalized_log_likelihood", "has_exact_evidence", "has_exact_em"]
@@ -235,10 +235,11 @@ def mixture_posterior(x: Tensor, prior: GaussianMixture, likelihood: GaussianLik
 
 
 def mean_log_likelihood(x, prior, likelihood: GaussianLikelihood) -> float:
-    """Mean ``log p(x_i; Λ)`` over the rows of x (n, m), array or tensor, in float64 on the CPU."""
-    x = torch.as_tensor(x, dtype=torch.float64, device="cpu")
-    return float(marginal_log_likelihood(x, prior.to("cpu", torch.float64),
-                                         likelihood.to("cpu", torch.float64)).mean())
+    """Mean ``log p(x_i; Λ)`` over the rows of x (n, m) — an array, a memory map or a tensor —, in
+    float64 on the CPU, block by block (:func:`~invae.model.rows.row_blocks`)."""
+    prior, likelihood = prior.to("cpu", torch.float64), likelihood.to("cpu", torch.float64)
+    total = sum(float(marginal_log_likelihood(block, prior, likelihood).sum()) for _, block in row_blocks(x))
+    return total / len(x)
 
 
 def penalized_log_likelihood(x: Tensor, prior, likelihood: GaussianLikelihood) -> float:

@@ -32,12 +32,10 @@ from torch import Tensor
 
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood
+from ..model.rows import row_blocks
 from .exact import has_exact_evidence
 
 __all__ = ["RowMoments", "moments_suffice"]
-
-_BLOCK_ENTRIES = 1 << 22  # entries per block read: 32 MB of float64 whatever the row width
-
 
 def moments_suffice(prior, likelihood) -> bool:
     """Whether EM depends on the rows only through :class:`RowMoments` (module docstring): a
@@ -56,13 +54,12 @@ class RowMoments:
     scatter: Tensor
 
     @classmethod
-    def of(cls, rows: np.ndarray | Tensor, block_rows: int | None = None) -> RowMoments:
+    def of(cls, rows: np.ndarray | Tensor) -> RowMoments:
         """The moments of ``rows`` (n, r) (a NumPy array, memory-mapped or not, or a tensor),
-        read ``block_rows`` rows at a time (None: about 4 million entries) and merged."""
-        block = block_rows or max(1, _BLOCK_ENTRIES // max(1, rows.shape[1]))
+        read block by block (:func:`~invae.model.rows.row_blocks`) and merged."""
         total = None
-        for start in range(0, rows.shape[0], block):
-            part = cls._of_block(torch.as_tensor(np.array(rows[start:start + block])))  # a block's copy
+        for _, block in row_blocks(rows):
+            part = cls._of_block(block)
             total = part if total is None else total.merge(part)
         if total is None:
             raise ValueError("no rows to take moments of")
@@ -70,7 +67,7 @@ class RowMoments:
 
     @classmethod
     def _of_block(cls, rows: Tensor) -> RowMoments:
-        rows = rows.to(torch.float64)
+        """The moments of rows (n, r), float64."""
         mean = rows.mean(0)
         centred = rows - mean
         return cls(len(rows), mean, centred.mT @ centred)
