@@ -663,11 +663,12 @@ def test_a_model_fitted_with_missing_entries_predicts_a_sensor_it_always_saw_mis
 def test_an_em_fit_reads_the_data_memory_mapped_and_writes_the_answers_of_the_in_memory_fit(problem_dir, tmp_path,
                                                                                            monkeypatch):
     from invae import EM, GaussianGraphicalModel, linear_gaussian
-    from invae.references import moments
+    from invae.model.rows import RowMoments
 
     seen = []
-    original = moments.RowMoments.of.__func__
-    monkeypatch.setattr(moments.RowMoments, "of", classmethod(lambda cls, rows: seen.append(rows) or original(cls, rows)))
+    original = RowMoments.of.__func__
+    monkeypatch.setattr(RowMoments, "of", classmethod(lambda cls, rows, **options: seen.append(rows)
+                                                      or original(cls, rows, **options)))
     assert _fit(problem_dir, tmp_path / "fit", "--method", "em", "--penalty", "0.05") == 0
     assert len(seen) == 1 and isinstance(seen[0], np.memmap)  # the file's pages, not a copy
     x, a = np.load(problem_dir / "X.npy"), np.load(problem_dir / "A.npy")

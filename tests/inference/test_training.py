@@ -167,3 +167,26 @@ def test_a_covariance_that_stops_being_positive_definite_is_a_divergence_rolled_
         warnings.simplefilter("ignore", ConvergenceWarning)
         estimator.fit(x)
     assert failures == [1] and finished == [1, 2, 3]  # iteration 1 rolled back, then run again
+
+
+def test_a_step_over_all_rows_taken_block_by_block_gives_the_statistics_of_all_rows_at_once(rng, monkeypatch):
+    # with a fitted location (three kinds of statistics) and q's closed-form moments (no draws, whose
+    # order the blocks would change): the blocks' row averages, weighted by their sizes, are the
+    # average over all rows up to round-off
+    import invae.inference.lambda_steps as lambda_steps
+
+    n, p = 50, 3
+    x = torch.as_tensor(rng.standard_normal((n, p)))
+    prior = GaussianGraphicalModel(dim=p, alpha=0.05, fit_intercept=True)
+    likelihood = linear_gaussian(np.eye(p), 0.5)
+
+    def posterior(rows, index):
+        return Independent(Normal(0.8 * rows, 0.4 * torch.ones_like(rows)), 1)
+
+    strategy = lambda_steps.ExpectedStep(n_draws=4, rows=None)
+    at_once = strategy.statistics(prior, posterior, x, likelihood, batch_size=n, seed=7)
+    monkeypatch.setattr(lambda_steps, "_ROWS_PER_BLOCK", 8)  # 7 blocks, the last of 2 rows
+    blocks = strategy.statistics(prior, posterior, x, likelihood, batch_size=n, seed=7)
+    assert at_once.keys() == blocks.keys() == {"second_moment", "cross_moment", "design_moment"}
+    for key in at_once:
+        torch.testing.assert_close(blocks[key], at_once[key], rtol=1e-12, atol=1e-12)

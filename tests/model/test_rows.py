@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import invae.model.rows as rows_module
-from invae.model.rows import row_blocks
+from invae.model.rows import RowMoments, row_blocks
 from invae.validation import check_data
 
 
@@ -48,3 +48,34 @@ def test_check_data_keeps_a_memory_map_and_finds_the_first_bad_entry_in_a_later_
     assert np.shares_memory(checked, clean)  # not read whole into a copy
     with pytest.raises(ValueError, match="values up to 1e\\+30"):
         check_data(np.where(np.arange(30)[:, None] == 29, 1e30, rows))
+
+
+def _rows(rng, n=3000, r=5, offset=1e3):
+    """Correlated rows far from 0 (offset): raw sums of squares would cancel there."""
+    return rng.standard_normal((n, r)) @ rng.standard_normal((r, r)) + offset
+
+
+def test_moments_read_block_by_block_equal_those_of_all_rows_at_once(rng, tmp_path, monkeypatch):
+    rows = _rows(rng)
+    np.save(tmp_path / "rows.npy", rows)
+    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
+    whole = RowMoments.of(rows)
+    monkeypatch.setattr(rows_module, "_BLOCK_ENTRIES", 347 * 5)  # blocks of 347 rows: 9, the last one short
+    blocks = RowMoments.of(mapped)
+    diagonal = RowMoments.of(mapped, read=lambda block: (block - 1e3).square(), diagonal=True)  # as log1p
+    assert blocks.count == whole.count == len(rows)
+    # float64 round-off: the merge is exact in exact arithmetic; entries are O(1), means O(1e3)
+    np.testing.assert_allclose(blocks.mean.numpy(), rows.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(blocks.covariance.numpy(), np.cov(rows.T, bias=True), atol=1e-11)
+    np.testing.assert_allclose(blocks.scatter.numpy(), whole.scatter.numpy(), atol=1e-8)
+    read = (rows - 1e3) ** 2
+    np.testing.assert_allclose(diagonal.mean.numpy(), read.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(diagonal.covariance.numpy(), read.var(0), rtol=1e-10)
+
+
+def test_merging_two_sets_of_rows_gives_the_moments_of_their_union(rng):
+    first, second = _rows(rng, n=100), _rows(rng, n=2500, offset=-50.0)
+    merged = RowMoments.of(first).merge(RowMoments.of(second))
+    union = np.vstack([first, second])
+    np.testing.assert_allclose(merged.mean.numpy(), union.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(merged.covariance.numpy(), np.cov(union.T, bias=True), rtol=1e-10, atol=1e-10)

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-import invae.model.rows as rows_module
 import invae.references.em as em_module
 from invae import EM, GaussianGraphicalModel, linear_gaussian, simulate_problem
 from invae.model.likelihoods import NoisePerRowGaussianLikelihood
@@ -10,40 +9,18 @@ from invae.model.forward import LinearOperator
 from invae.model.missing import MissingEntries
 from invae.model.mixture import GaussianMixture
 from invae.references.exact import marginal_log_likelihood
-from invae.references.moments import RowMoments, moments_suffice
+from invae.model.rows import RowMoments
+from invae.references.moments import moments_suffice, sigma_rows
 
 
 def _rows(rng, n=3000, r=5, offset=1e3):
-    """Correlated rows far from 0 (offset): raw sums of squares would cancel there."""
     return rng.standard_normal((n, r)) @ rng.standard_normal((r, r)) + offset
-
-
-def test_moments_read_block_by_block_equal_those_of_all_rows_at_once(rng, tmp_path, monkeypatch):
-    rows = _rows(rng)
-    np.save(tmp_path / "rows.npy", rows)
-    mapped = np.load(tmp_path / "rows.npy", mmap_mode="r")
-    whole = RowMoments.of(rows)
-    monkeypatch.setattr(rows_module, "_BLOCK_ENTRIES", 347 * 5)  # blocks of 347 rows: 9, the last one short
-    blocks = RowMoments.of(mapped)
-    assert blocks.count == whole.count == len(rows)
-    # float64 round-off: the merge is exact in exact arithmetic; entries are O(1), means O(1e3)
-    np.testing.assert_allclose(blocks.mean.numpy(), rows.mean(0), rtol=1e-14)
-    np.testing.assert_allclose(blocks.covariance.numpy(), np.cov(rows.T, bias=True), atol=1e-11)
-    np.testing.assert_allclose(blocks.scatter.numpy(), whole.scatter.numpy(), atol=1e-8)
-
-
-def test_merging_two_sets_of_rows_gives_the_moments_of_their_union(rng):
-    first, second = _rows(rng, n=100), _rows(rng, n=2500, offset=-50.0)
-    merged = RowMoments.of(first).merge(RowMoments.of(second))
-    union = np.vstack([first, second])
-    np.testing.assert_allclose(merged.mean.numpy(), union.mean(0), rtol=1e-13)
-    np.testing.assert_allclose(merged.covariance.numpy(), np.cov(union.T, bias=True), rtol=1e-10, atol=1e-10)
 
 
 def test_sigma_rows_have_the_rows_mean_and_covariance_even_when_it_is_singular(rng):
     rows = _rows(rng, r=4)
     rows = np.column_stack([rows, rows[:, 0] - rows[:, 1], np.full(len(rows), 2.0)])  # collinear, constant
-    sigma = RowMoments.of(rows).sigma_rows().numpy()
+    sigma = sigma_rows(RowMoments.of(rows)).numpy()
     assert sigma.shape == (12, 6)
     np.testing.assert_allclose(sigma.mean(0), rows.mean(0), rtol=1e-13)
     np.testing.assert_allclose(np.cov(sigma.T, bias=True), np.cov(rows.T, bias=True), atol=1e-9)
@@ -56,7 +33,7 @@ def test_the_mean_log_likelihood_on_the_sigma_rows_is_that_on_all_rows(rng):
     prior = GaussianGraphicalModel(problem.precision, location=[1.0, -2.0, 0.0, 0.5])
     likelihood = linear_gaussian(problem.A, 0.7)
     x = torch.as_tensor(problem.X)
-    sigma = RowMoments.of(problem.X).sigma_rows()
+    sigma = sigma_rows(RowMoments.of(problem.X))
     np.testing.assert_allclose(float(marginal_log_likelihood(sigma, prior, likelihood).mean()),
                                float(marginal_log_likelihood(x, prior, likelihood).mean()), rtol=1e-12)
 

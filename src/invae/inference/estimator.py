@@ -16,7 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
 from ..model.forward import LinearOperator
-from ..model.rows import row_dim, split_rows
+from ..model.rows import row_blocks, row_dim, split_rows
 from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
@@ -235,7 +235,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         """A fresh posterior module for the rows x (n, m): encoders standardised by x."""
         module = self.build_posterior(n=len(x), m=x.shape[1])
         if self._amortized:
-            module.standardize_with(x.to(torch.float64))
+            module.standardize_with(x)
         return module.to(self.device, self.dtype)
 
     @property
@@ -323,12 +323,12 @@ class VariationalEB(EmpiricalBayesEstimator):
 
     def _identity(self, x: Tensor, settings: TrainingSettings) -> dict:
         """What a checkpoint must match to be resumed: the model, the settings and the data."""
-        data = x.to(torch.float64)
+        sums = [(float(block.sum()), float(block.square().sum())) for _, block in row_blocks(x)]  # bounded memory
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
                 "posterior_components": posterior_components(self),
                 "random_state": self.random_state, "settings": _settings_identity(settings),
                 "prior": [type(self.prior).__name__, self.prior.dim, self.prior.config()],
-                "data_shape": list(x.shape), "data_checksum": [float(data.sum()), float((data**2).sum())]}
+                "data_shape": list(x.shape), "data_checksum": [math.fsum(s for s, _ in sums), math.fsum(q for _, q in sums)]}
 
     def _posterior_module(self, x: Tensor) -> torch.nn.Module:
         """The posterior for rows x: the fitted one, or for new data and mean-field factors,

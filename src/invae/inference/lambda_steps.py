@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,8 @@ from .seeding import seeded
 
 __all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "ImportanceGradientStep",
            "LAMBDA_STEPS", "expected_statistics", "importance_statistics"]
+
+_ROWS_PER_BLOCK = 8192  # rows whose statistics are taken at once (memory: q's parameters and draws for them)
 
 
 class LambdaStep(abc.ABC):
@@ -82,6 +85,19 @@ class LambdaStep(abc.ABC):
         """The prior's expected sufficient statistics under q = posterior(x) over data rows x
         (n, row columns, :mod:`invae.model.rows`); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
 
+    @staticmethod
+    def _row_average(index: Tensor, statistics_of: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The statistics over the rows ``index`` from ``statistics_of(rows)``, block by block of
+        rows (bounded memory for any n: an encoder's activations for a block only), combined as
+        the row averages they are (``Σ_b n_b s_b / n``, every prior's statistics being averages over
+        its rows)."""
+        total = {}
+        for start in range(0, len(index), _ROWS_PER_BLOCK):
+            rows = index[start:start + _ROWS_PER_BLOCK]
+            for key, value in statistics_of(rows).items():
+                total[key] = total.get(key, 0) + value * (len(rows) / len(index))
+        return total
+
     def _rows(self, x: Tensor, seed: int) -> tuple[Tensor, contextlib.AbstractContextManager]:
         """The row indices of this step and the random numbers of its draws: all rows with the
         same random numbers at every step, or ``rows`` random rows with fresh ones."""
@@ -110,8 +126,8 @@ class ExpectedStep(LambdaStep):
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index, randomness = self._rows(x, seed)
         with randomness:
-            return expected_statistics(prior, posterior(x[index], index), self.n_draws,
-                                       split_rows(x[index], likelihood)[1])
+            return self._row_average(index, lambda rows: expected_statistics(
+                prior, posterior(x[rows], rows), self.n_draws, split_rows(x[rows], likelihood)[1]))
 
 
 class ImportanceStep(LambdaStep):
@@ -125,7 +141,8 @@ class ImportanceStep(LambdaStep):
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index, randomness = self._rows(x, seed)
         with randomness:
-            return importance_statistics(prior, posterior(x[index], index), x[index], likelihood, self.n_draws)
+            return self._row_average(index, lambda rows: importance_statistics(
+                prior, posterior(x[rows], rows), x[rows], likelihood, self.n_draws))
 
 
 class GradientStep(LambdaStep):

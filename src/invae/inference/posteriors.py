@@ -28,6 +28,7 @@ from torch.distributions import (Categorical, Distribution, Independent, Mixture
 
 from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood
+from ..model.rows import RowMoments
 from ..references.exact import exact_posterior, has_exact_evidence, mean_field_optimum
 
 __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
@@ -116,9 +117,11 @@ class _Trunk(nn.Module):
         self.mlp = nn.Sequential(*layers, last)
 
     def standardize_with(self, x: Tensor) -> None:
-        u = self._read(x)
-        self.shift.copy_(u.mean(0))
-        spread = u.std(0)
+        """Shift and scale u(x) by its columns' means and sds over the training rows x (n, m), in
+        float64, block by block (:class:`~invae.model.rows.RowMoments`: bounded memory for any n)."""
+        moments = RowMoments.of(x, read=self._read, diagonal=True)
+        self.shift.copy_(moments.mean)
+        spread = (moments.scatter / max(moments.count - 1, 1)).sqrt()  # torch.std's n − 1
         # a column constant in the training data (a mask never 0, one offset for all) gets scale 1:
         # every training row reads 0 there either way, and a new row's other value stays finite
         self.scale.copy_(torch.where(spread > 1e-12, spread, torch.ones_like(spread)))

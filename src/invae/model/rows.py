@@ -11,13 +11,14 @@ Rows too many to hold twice (a memory-mapped ``.npy``) are read in blocks (:func
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["split_rows", "row_dim", "log_joint", "block_rows", "row_blocks"]
+__all__ = ["split_rows", "row_dim", "log_joint", "block_rows", "row_blocks", "RowMoments"]
 
 _BLOCK_ENTRIES = 1 << 22  # entries per block: 32 MB of float64, whatever the row width
 
@@ -52,3 +53,53 @@ def log_joint(x: Tensor, z: Tensor, prior, likelihood) -> Tensor:
     """``log g(z; θ, c) + log p(x | z)`` for data rows x (n, row columns) and draws z (..., n, p); (..., n)."""
     measured, covariates = split_rows(x, likelihood)
     return prior.log_prob(z, covariates) + likelihood.log_prob(measured, z)
+
+
+@dataclass(frozen=True)
+class RowMoments:
+    """The count n, mean ū (r,) and scatter M = Σ_i (u_i − ū)(u_i − ū)ᵀ (r, r) of rows u_i (or only
+    its diagonal (r,), the columns' sums of squares), float64, taken block by block. Blocks merge
+    by the pairwise update of Chan, Golub & LeVeque (1983), which stays accurate where the mean is
+    far from 0 (raw sums of squares would lose the spread to cancellation):
+
+        n = n_a + n_b,   δ = ū_b − ū_a,   ū = ū_a + δ n_b / n,   M = M_a + M_b + δ δᵀ n_a n_b / n
+
+    (δ², elementwise, for the diagonal); the same merge joins the moments of several processes."""
+
+    count: int
+    mean: Tensor
+    scatter: Tensor
+
+    @classmethod
+    def of(cls, rows, *, read: Callable[[Tensor], Tensor] | None = None, diagonal: bool = False) -> RowMoments:
+        """The moments of ``rows`` (n, r) (a NumPy array, memory-mapped or not, or a tensor), read
+        block by block (:func:`row_blocks`), each block mapped by ``read`` first where given;
+        ``diagonal``: the scatter's diagonal only (O(n r) rather than O(n r²))."""
+        total = None
+        for _, block in row_blocks(rows):
+            part = cls._of_block(block if read is None else read(block), diagonal)
+            total = part if total is None else total.merge(part)
+        if total is None:
+            raise ValueError("no rows to take moments of")
+        return total
+
+    @classmethod
+    def _of_block(cls, rows: Tensor, diagonal: bool) -> RowMoments:
+        """The moments of rows (n, r), float64."""
+        mean = rows.mean(0)
+        centred = rows - mean
+        return cls(len(rows), mean, centred.square().sum(0) if diagonal else centred.mT @ centred)
+
+    def merge(self, other: RowMoments) -> RowMoments:
+        """The moments of both sets of rows together (class docstring)."""
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        cross = delta.square() if self.scatter.ndim == 1 else torch.outer(delta, delta)
+        scatter = self.scatter + other.scatter + cross * (self.count * other.count / count)
+        return RowMoments(count, mean, scatter)
+
+    @property
+    def covariance(self) -> Tensor:
+        """V = M / n: (r, r), or the variances (r,) where only the diagonal was taken."""
+        return self.scatter / self.count

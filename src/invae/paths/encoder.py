@@ -109,7 +109,7 @@ class PathEncoder(nn.Module):
     def standardize_with(self, x: Tensor) -> None:
         """Shift and scale each measurement coordinate by its mean and sd over the observed
         entries of the training rows x (n, row columns)."""
-        values, observed = self._split(x)
+        values, observed = self._split(x.to(torch.float64))
         weights = observed.to(values.dtype)
         count = weights.sum((0, 1)).clamp_min(1)
         mean = (values * weights).sum((0, 1)) / count
@@ -148,7 +148,7 @@ class PathEncoder(nn.Module):
 
     def _grid_inputs(self, x: Tensor) -> Tensor:
         """The GRU's inputs on the grid (B, G, 2m + 2), zeros but Δ at the sub-steps."""
-        values, observed = self._split(x)
+        values, observed = self._split(x.to(torch.float64))
         weights = observed.to(values.dtype)
         standard = (values - self.shift) / self.scale * weights
         at_times = torch.cat([standard, weights, torch.ones_like(weights[..., :1])], dim=-1)  # (B, T, 2m + 1)

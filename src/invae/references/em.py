@@ -41,10 +41,10 @@ from tqdm.auto import tqdm
 
 from ..inference.base import EmpiricalBayesEstimator, progress_disabled
 from ..model.mixture import GaussianMixture
-from ..model.rows import split_rows
+from ..model.rows import RowMoments, split_rows
 from ..threads import using_threads
 from .exact import exact_posterior, mean_field_optimum, mixture_posterior, penalized_log_likelihood
-from .moments import RowMoments, moments_suffice
+from .moments import moments_suffice, sigma_rows
 
 __all__ = ["EM"]
 
@@ -160,7 +160,7 @@ class EM(EmpiricalBayesEstimator):
         the same Λ̂ from one pass over X), else X itself."""
         if not moments_suffice(prior, likelihood):
             return self._tensor(X)
-        return RowMoments.of(self._rows(X)).sigma_rows().to(self.device, self.dtype)
+        return sigma_rows(RowMoments.of(self._rows(X))).to(self.device, self.dtype)
 
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if isinstance(self.prior_, GaussianMixture):

@@ -63,14 +63,15 @@ class LikelihoodCheck:
                 "noise explains (its family's bias, or a fit unfinished or run away); compare with --method em")
 
 
-def likelihood_check(x: torch.Tensor, prior, likelihood, *, steps: int = STEPS,
+def likelihood_check(x, prior, likelihood, *, steps: int = STEPS,
                      level: float = LEVEL) -> LikelihoodCheck | None:
-    """The check of the module docstring for a fitted ``prior`` on the data rows x (n, m); None
-    where there is no exact EM (:func:`~invae.references.exact.has_exact_em`)."""
+    """The check of the module docstring for a fitted ``prior`` on the data rows x (n, m): an
+    array (a memory map, which EM reads block by block) or a tensor; None where there is no
+    exact EM (:func:`~invae.references.exact.has_exact_em`)."""
     if not has_exact_em(prior, likelihood):
         return None
     begin = time.perf_counter()
-    x = torch.as_tensor(x, dtype=torch.float64, device="cpu")
+    x = x.detach().to("cpu", torch.float64) if isinstance(x, torch.Tensor) else x
     prior, likelihood = prior.to("cpu", torch.float64), likelihood.to("cpu", torch.float64)
     with warnings.catch_warnings():  # EM is meant to stop after ``steps``: its max_iter warning is no news
         warnings.simplefilter("ignore", ConvergenceWarning)
