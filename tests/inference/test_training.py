@@ -124,24 +124,36 @@ def _counts_with_a_mean(p: int = 50, n: int = 800, seed: int = 0) -> tuple[np.nd
     return likelihood.rows(counts, offsets), likelihood
 
 
-@pytest.mark.parametrize("stabilised", [True, False])
-def test_the_flow_fits_counts_with_a_mean_once_its_step_warms_up_and_spikes_are_clipped(stabilised):
-    # without the warm-up and the clipping this seeded fit diverges within its first iterations
-    # (the evaluation ELBO collapses as exp(z) of a draw in q's tail overflows): the test tells
-    rows, likelihood = _counts_with_a_mean()
-    off = {} if stabilised else {"lr_warmup": 0, "gradient_clip": 0.0}
-    finished = []  # the outer iterations that ended well: a rollback would repeat one
+def _flow_fit_of_counts(seed: int, finished: list[int], **settings) -> VariationalEB:
+    """The flow fitted to :func:`_counts_with_a_mean` (data ``seed``) for 30 outer iterations;
+    ``finished`` collects those that ended well (a rollback would repeat one)."""
+    rows, likelihood = _counts_with_a_mean(seed=seed)
     estimator = VariationalEB(GaussianGraphicalModel(dim=50, alpha=0.02, fit_intercept=True), likelihood,
                               family="iaf", random_state=0, max_iter=30, n_threads=1,
-                              callback=lambda iteration, prior: finished.append(iteration), **off)
+                              callback=lambda iteration, prior: finished.append(iteration), **settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if stabilised:
-            estimator.fit(rows)
-            assert finished == list(range(1, 31))
-        else:
-            with pytest.raises(FloatingPointError, match="diverged"):
-                estimator.fit(rows)
+        return estimator.fit(rows)
+
+
+def _diverges(seed: int) -> bool:
+    try:
+        _flow_fit_of_counts(seed, [], lr_warmup=0, gradient_clip=0.0)
+    except FloatingPointError as error:
+        return "diverged" in str(error)
+    return False
+
+
+def test_the_flow_fits_counts_with_a_mean_once_its_step_warms_up_and_spikes_are_clipped():
+    # without the warm-up and the clipping these seeded fits diverge within their first iterations
+    # (the evaluation ELBO collapses as exp(z) of a draw in q's tail overflows): the test tells.
+    # Which of them diverges depends on the CPU's floating-point kernels (data seed 0 did on one
+    # machine and not on another), so at least one of three data sets must; with both, all 30
+    # iterations of data seed 0 end well, without a rollback.
+    assert any(_diverges(seed) for seed in (1, 2, 0))
+    finished = []
+    _flow_fit_of_counts(0, finished)
+    assert finished == list(range(1, 31))
 
 
 def test_a_covariance_that_stops_being_positive_definite_is_a_divergence_rolled_back(rng, monkeypatch):
