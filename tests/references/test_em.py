@@ -267,3 +267,41 @@ def test_imputation_is_the_conditional_mean_of_the_missing_entries_given_the_obs
         expected = cov[np.ix_(~seen, seen)] @ np.linalg.solve(cov[np.ix_(seen, seen)], x_i[seen])
         np.testing.assert_allclose(got[~seen], expected, rtol=1e-9, atol=1e-12)
         np.testing.assert_array_equal(got[seen], x_i[seen])
+
+
+def _missing_entries_problem(rng):
+    from invae.model.missing import MissingEntries
+
+    problem = simulate_problem(p=4, n=300, graph="chain", noise_std=0.5, seed=6)
+    x = problem.X.copy()
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[np.isnan(x).all(1), 0] = 0.0  # every row observes something
+    likelihood = MissingEntries(linear_gaussian(np.eye(4), 0.5))
+    return GaussianGraphicalModel(dim=4, alpha=0.05), likelihood, likelihood.rows(x)
+
+
+def _mixture_problem(rng):
+    from invae.model.mixture import GaussianMixture
+
+    z = np.concatenate([rng.normal(-2.0, 1.0, (150, 2)), rng.normal(2.0, 0.7, (150, 2))])
+    x = z + 0.5 * rng.standard_normal(z.shape)
+    likelihood = linear_gaussian(np.eye(2), 0.5)
+    return GaussianMixture.from_signals(torch.as_tensor(x), 2), likelihood, x
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("make", [_missing_entries_problem, _mixture_problem])
+def test_em_on_rows_block_by_block_follows_em_on_all_rows_at_once(rng, monkeypatch, make):
+    # missing entries (a posterior covariance per row) and a mixture: the rows' own path, not the
+    # moments'; its statistics are row averages, so blocks of 7 rows weighted by their sizes give
+    # the same iterations up to round-off
+    import invae.model.rows as rows_module
+
+    prior, likelihood, x = make(rng)
+    whole = EM(prior, likelihood, max_iter=15, tol=0.0).fit(x)
+    monkeypatch.setattr(rows_module, "_BLOCK_ENTRIES", 7 * (x.shape[1] + prior.dim**2))
+    blocks = EM(prior, likelihood, max_iter=15, tol=0.0).fit(x)
+    np.testing.assert_allclose(blocks.history_["objective"], whole.history_["objective"], rtol=1e-12)
+    for key, value in whole.prior_.state().items():
+        np.testing.assert_allclose(blocks.prior_.state()[key].numpy(), value.numpy(), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(blocks.posterior(x)[0], whole.posterior(x)[0], rtol=1e-9, atol=1e-10)

@@ -72,7 +72,8 @@ class EmpiricalBayesEstimator(abc.ABC):
         into ``out`` where given (two (n, p) arrays, e.g. memory-mapped ``.npy`` files)."""
         self.check_fitted()
         rows, answers = self._rows(X), out
-        for block, x in row_blocks(rows, dtype=self.dtype, device=self.device):
+        for block, x in row_blocks(rows, dtype=self.dtype, device=self.device,
+                                   entries_per_row=self._row_entries(rows.shape[1])):
             parts = [_numpy(part) for part in self._posterior(x)]
             if answers is None:
                 answers = tuple(np.empty((len(rows), *part.shape[1:])) for part in parts)
@@ -100,6 +101,11 @@ class EmpiricalBayesEstimator(abc.ABC):
         base_rows, observed = self.likelihood_.split(split_rows(rows, self.likelihood_)[0])
         measured = base_rows[:, : self.likelihood_.forward.out_dim].numpy()
         return np.where(observed.numpy() > 0, measured, _numpy(predicted))
+
+    def _row_entries(self, width: int) -> int:
+        """The entries of memory one data row of this width takes while answering (sets the blocks
+        of :meth:`posterior`): its width, more where a row makes a matrix."""
+        return width
 
     def posterior_state(self) -> dict | None:
         """The trained weights a model file keeps (the argument of :meth:`restore`); None here."""

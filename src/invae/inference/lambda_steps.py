@@ -37,7 +37,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
-from ..model.rows import split_rows
+from ..model.rows import block_average, split_rows
 from ..registry import Registry
 from .reweighting import WIDTHS, importance_draws
 from .seeding import seeded
@@ -89,14 +89,8 @@ class LambdaStep(abc.ABC):
     def _row_average(index: Tensor, statistics_of: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
         """The statistics over the rows ``index`` from ``statistics_of(rows)``, block by block of
         rows (bounded memory for any n: an encoder's activations for a block only), combined as
-        the row averages they are (``Σ_b n_b s_b / n``, every prior's statistics being averages over
-        its rows)."""
-        total = {}
-        for start in range(0, len(index), _ROWS_PER_BLOCK):
-            rows = index[start:start + _ROWS_PER_BLOCK]
-            for key, value in statistics_of(rows).items():
-                total[key] = total.get(key, 0) + value * (len(rows) / len(index))
-        return total
+        the row averages they are (:func:`~invae.model.rows.block_average`)."""
+        return block_average((len(rows), statistics_of(rows)) for rows in index.split(_ROWS_PER_BLOCK))
 
     def _rows(self, x: Tensor, seed: int) -> tuple[Tensor, contextlib.AbstractContextManager]:
         """The row indices of this step and the random numbers of its draws: all rows with the

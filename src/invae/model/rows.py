@@ -11,14 +11,14 @@ Rows too many to hold twice (a memory-mapped ``.npy``) are read in blocks (:func
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["split_rows", "row_dim", "log_joint", "block_rows", "row_blocks", "RowMoments"]
+__all__ = ["split_rows", "row_dim", "log_joint", "block_rows", "row_blocks", "block_average", "RowMoments"]
 
 _BLOCK_ENTRIES = 1 << 22  # entries per block: 32 MB of float64, whatever the row width
 
@@ -28,10 +28,23 @@ def block_rows(width: int) -> int:
     return max(1, _BLOCK_ENTRIES // max(1, width))
 
 
-def row_blocks(rows, *, dtype: torch.dtype = torch.float64, device=None) -> Iterator[tuple[slice, Tensor]]:
+def block_average(parts: Iterable[tuple[int, dict[str, Tensor]]]) -> dict[str, Tensor]:
+    """``Σ_b n_b s_b / Σ_b n_b``: statistics s_b that are averages over the n_b rows of block b
+    (a prior's expected sufficient statistics are), as the average over all the rows."""
+    parts = list(parts)
+    if len(parts) == 1:  # as they are, not rounded through n_b s_b / n_b
+        return parts[0][1]
+    count = sum(rows for rows, _ in parts)
+    return {key: sum(statistics[key] * (rows / count) for rows, statistics in parts) for key in parts[0][1]}
+
+
+def row_blocks(rows, *, dtype: torch.dtype = torch.float64, device=None,
+               entries_per_row: int | None = None) -> Iterator[tuple[slice, Tensor]]:
     """(the block's slice of rows, a copy of those rows as a tensor) for consecutive blocks of
-    rows (n, r) — an array, a memory map, read only block by block, or a tensor."""
-    size = block_rows(rows.shape[1])
+    rows (n, r) — an array, a memory map, read only block by block, or a tensor. A block holds
+    about 4 million entries of ``entries_per_row`` per row (default r; e.g. p² where each row
+    makes a p × p matrix)."""
+    size = block_rows(entries_per_row or rows.shape[1])
     for start in range(0, rows.shape[0], size):
         block = slice(start, start + size)
         part = rows[block] if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows[block]))

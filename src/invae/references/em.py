@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from ..inference.base import EmpiricalBayesEstimator, progress_disabled
 from ..model.mixture import GaussianMixture
-from ..model.rows import RowMoments, split_rows
+from ..model.rows import RowMoments, block_average, row_blocks, split_rows
 from ..threads import using_threads
-from .exact import exact_posterior, mean_field_optimum, mixture_posterior, penalized_log_likelihood
+from .exact import exact_posterior, marginal_log_likelihood, mean_field_optimum, mixture_posterior
 from .moments import moments_suffice, sigma_rows
 
 __all__ = ["EM"]
@@ -104,22 +104,39 @@ class EM(EmpiricalBayesEstimator):
         return mean, cov, 0.0
 
     def _m_step(self, x: Tensor, prior, likelihood):
-        """One EM iteration: the prior that maximises the expected complete-data objective."""
+        """One EM iteration: the prior that maximises the expected complete-data objective, on
+        the E-step's statistics taken block by block of rows (:meth:`_blocks`)."""
+        if isinstance(prior, GaussianMixture) and self.mean_field:
+            raise ValueError("mean_field applies to the Gaussian graphical prior, not to a mixture")
+        return prior.m_step_from(block_average((len(block), self._statistics(block, prior, likelihood))
+                                               for block in self._blocks(x)))
+
+    def _statistics(self, x: Tensor, prior, likelihood) -> dict[str, Tensor]:
+        """The E-step's expected sufficient statistics of the rows x (averages over them)."""
         covariates = split_rows(x, likelihood)[1]
         if isinstance(prior, GaussianMixture):
-            if self.mean_field:
-                raise ValueError("mean_field applies to the Gaussian graphical prior, not to a mixture")
             post = mixture_posterior(x, prior, likelihood)
-            return prior.m_step_from(prior.component_statistics(post.responsibilities, post.means, post.cov,
-                                                                covariates=covariates))
+            return prior.component_statistics(post.responsibilities, post.means, post.cov, covariates=covariates)
         mean, cov, _ = self._e_step(x, prior, likelihood)
         if self.mean_field:
-            return prior.m_step_gaussian(mean, var=cov.expand_as(mean), covariates=covariates)
-        return prior.m_step_gaussian(mean, cov, covariates=covariates)
+            return prior.gaussian_statistics(mean, var=cov.expand_as(mean), covariates=covariates)
+        return prior.gaussian_statistics(mean, cov, covariates=covariates)
 
     def _objective(self, x: Tensor, prior, likelihood) -> float:
-        kl = self._e_step(x, prior, likelihood)[2] if self.mean_field else 0.0
-        return penalized_log_likelihood(x, prior, likelihood) - kl
+        """``(1/n) Σ_i log p(x_i; Λ) − penalty(Λ)`` (less the mean-field KL per row), block by block."""
+        total = 0.0
+        for block in self._blocks(x):
+            kl = self._e_step(block, prior, likelihood)[2] if self.mean_field else 0.0
+            total += float(marginal_log_likelihood(block, prior, likelihood).sum()) - kl * len(block)
+        return total / len(x) - prior.penalty()
+
+    def _blocks(self, x: Tensor):
+        """x's rows in blocks small enough for a p × p matrix per row (a covariance per row with one
+        σ_i per row or missing entries): bounded memory for any n."""
+        return (block for _, block in row_blocks(x, dtype=x.dtype, entries_per_row=self._row_entries(x.shape[1])))
+
+    def _row_entries(self, width: int) -> int:
+        return width + self.prior.dim ** 2
 
     def fit(self, X) -> EM:
         with using_threads(self.n_threads):
