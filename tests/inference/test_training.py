@@ -202,3 +202,11 @@ def test_a_step_over_all_rows_taken_block_by_block_gives_the_statistics_of_all_r
     assert at_once.keys() == blocks.keys() == {"second_moment", "cross_moment", "design_moment"}
     for key in at_once:
         torch.testing.assert_close(blocks[key], at_once[key], rtol=1e-12, atol=1e-12)
+
+
+def test_the_expected_step_takes_all_rows_up_to_its_default_and_a_random_averaged_subset_beyond():
+    from invae.inference.lambda_steps import ExpectedStep
+
+    step = ExpectedStep(n_draws=8, rows=ExpectedStep.default_rows)
+    assert step.rows_per_step(50_000, 256) == 50_000 and not step.averages(50_000, 256)
+    assert step.rows_per_step(10**6, 256) == 65_536 and step.averages(10**6, 256)

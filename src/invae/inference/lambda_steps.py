@@ -117,6 +117,12 @@ class BatchStep(LambdaStep):
 class ExpectedStep(LambdaStep):
     """The M-step on q's expected statistics (:func:`expected_statistics`)."""
 
+    # Over all of 10⁶ rows each step costs an encoder pass over all of them (minutes for the full
+    # covariance's p(p+1)/2 outputs); 65 536 random rows per step, averaged over steps
+    # (:mod:`invae.inference.averaging`), bound it (docs/benchmarks.md, "A million rows").
+    # Fewer rows than that: all of them, as before.
+    default_rows = 65_536
+
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
         index, randomness = self._rows(x, seed)
         with randomness:
