@@ -148,7 +148,7 @@ class PathEncoder(nn.Module):
 
     def _grid_inputs(self, x: Tensor) -> Tensor:
         """The GRU's inputs on the grid (B, G, 2m + 2), zeros but Δ at the sub-steps."""
-        values, observed = self._split(x.to(torch.float64))
+        values, observed = self._split(x)
         weights = observed.to(values.dtype)
         standard = (values - self.shift) / self.scale * weights
         at_times = torch.cat([standard, weights, torch.ones_like(weights[..., :1])], dim=-1)  # (B, T, 2m + 1)
