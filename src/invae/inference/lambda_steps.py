@@ -9,8 +9,9 @@ batch_size, seed)`` and does not know which one it holds. :data:`LAMBDA_STEPS` n
 name           Λ ←                                                                  class
 =============  ==================================================================  ===================
 ``batch``      M-step on one sampled batch of z (the source's Algorithm 1)          :class:`BatchStep`
-``expected``   M-step on expected statistics over all rows: closed form for a       :class:`ExpectedStep`
-               Gaussian q (variational EM, docs/methods.md §2.2), else draws
+``expected``   M-step on expected statistics over all rows (65 536 random ones      :class:`ExpectedStep`
+               beyond that): closed form for a Gaussian q (variational EM,
+               docs/methods.md §2.2), else draws
 ``importance`` M-step on draws of q and q widened, reweighted to the exact          :class:`ImportanceStep`
                posterior (Monte Carlo EM, docs/methods.md §3.1)
 ``gradient``   for a prior without an M-step: Adam steps on the ELBO, with φ's      :class:`GradientStep`
