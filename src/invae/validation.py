@@ -38,7 +38,7 @@ def check_data(X, *, name: str = "X", columns: int | None = None, allow_missing:
             "the data file"
         )
     with np.errstate(over="ignore"):
-        # a copy, which callers may change, except of a memory map: never read whole
+        # a copy, which callers may change, except of a memory map: never held whole
         array = array.astype(np.float64, copy=not isinstance(X, np.memmap))
     bad, first, largest = _scan_values(array, allow_missing)
     if bad:

@@ -278,3 +278,21 @@ def test_a_closed_form_fit_with_covariates_is_em(rng, family, mean_field):
     torch.testing.assert_close(fit.prior_.coefficients, em.prior_.coefficients, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="has 3 columns but the model expects 5"):
         fit.transform(rows[:, :3])
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("family", ["mixture", "mean-field"])
+def test_answers_block_by_block_are_the_answers_of_all_rows_at_once(monkeypatch, family):
+    # mixture: reweighted draws, one seeded stream across blocks of 1024 rows (its chunks' size, so
+    # the draws line up); mean-field: free factors, which must answer the rows they were fitted on
+    # together (a block would be new data, refitted)
+    import invae.model.rows as rows_module
+
+    problem = simulate_problem(p=3, n=3000, graph="chain", noise_std=0.5, seed=2)
+    estimator = VariationalEB(GaussianGraphicalModel(dim=3), linear_gaussian(np.eye(3), 0.5), family=family,
+                              max_iter=3, random_state=0).fit(problem.X)
+    whole = estimator.posterior(problem.X)
+    monkeypatch.setattr(rows_module, "_BLOCK_ENTRIES", 1024 * 3)
+    blocks = estimator.posterior(problem.X)
+    np.testing.assert_array_equal(blocks[0], whole[0])
+    np.testing.assert_array_equal(blocks[1], whole[1])

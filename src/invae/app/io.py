@@ -19,7 +19,7 @@ def load_array(path: str | Path, *, name: str | None = None, mapped: bool = Fals
     """A numeric array from ``.npy`` (no pickles) or ``.csv`` (comma-separated numbers, with
     or without one header line of column names). ``mapped``: a ``.npy`` file is memory-mapped
     copy-on-write (``np.memmap``: read only where it is used; writes stay in memory, never reach
-    the file; writable, so torch shares it without a copy).
+    the file; writable, so torch shares a float64 one without a copy or a warning).
 
     Raises ``ValueError`` naming the file and the problem; it does not check shapes or
     values (see :mod:`invae.validation`).

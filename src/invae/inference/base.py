@@ -11,6 +11,7 @@ Subclasses implement ``fit`` and ``_posterior(x) -> (mean, std)`` on tensors.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -72,14 +73,23 @@ class EmpiricalBayesEstimator(abc.ABC):
         into ``out`` where given (two (n, p) arrays, e.g. memory-mapped ``.npy`` files)."""
         self.check_fitted()
         rows, answers = self._rows(X), out
-        for block, x in row_blocks(rows, dtype=self.dtype, device=self.device,
-                                   entries_per_row=self._row_entries(rows.shape[1])):
-            parts = [_numpy(part) for part in self._posterior(x)]
-            if answers is None:
-                answers = tuple(np.empty((len(rows), *part.shape[1:])) for part in parts)
-            for answer, part in zip(answers, parts):
-                answer[block] = part
+        with self._answering():
+            for block, x in self._answer_blocks(rows):
+                parts = [_numpy(part) for part in self._posterior(x)]
+                if answers is None:
+                    answers = tuple(np.empty((len(rows), *part.shape[1:])) for part in parts)
+                for answer, part in zip(answers, parts):
+                    answer[block] = part
         return answers
+
+    def _answer_blocks(self, rows: np.ndarray):
+        """(slice, tensor of those rows) for the blocks of the checked rows (n, r) that
+        :meth:`_posterior` answers at once (:func:`~invae.model.rows.row_blocks`: bounded memory)."""
+        return row_blocks(rows, dtype=self.dtype, device=self.device)
+
+    def _answering(self) -> contextlib.AbstractContextManager:
+        """The context every block's answers are computed in (e.g. one seeded stream of draws for all)."""
+        return contextlib.nullcontext()
 
     def impute(self, X) -> np.ndarray:
         """The measurements (n, m) of the data rows X, each missing entry (:class:`~invae.model.missing.MissingEntries`)
@@ -91,7 +101,9 @@ class EmpiricalBayesEstimator(abc.ABC):
         self.check_fitted()
         x = self._tensor(X)
         rows = split_rows(x, self.likelihood_)[0]
-        return self._completed(X, self.likelihood_.predictive_mean(rows, self._posterior(x)[0]))
+        with self._answering():
+            mean = self._posterior(x)[0]
+        return self._completed(X, self.likelihood_.predictive_mean(rows, mean))
 
     def _completed(self, X, predicted: Tensor) -> np.ndarray:
         """The measurements (n, m) of the data rows X as given (float64), the missing ones from ``predicted`` (n, m)."""
@@ -101,11 +113,6 @@ class EmpiricalBayesEstimator(abc.ABC):
         base_rows, observed = self.likelihood_.split(split_rows(rows, self.likelihood_)[0])
         measured = base_rows[:, : self.likelihood_.forward.out_dim].numpy()
         return np.where(observed.numpy() > 0, measured, _numpy(predicted))
-
-    def _row_entries(self, width: int) -> int:
-        """The entries of memory one data row of this width takes while answering (sets the blocks
-        of :meth:`posterior`): its width, more where a row makes a matrix."""
-        return width
 
     def posterior_state(self) -> dict | None:
         """The trained weights a model file keeps (the argument of :meth:`restore`); None here."""

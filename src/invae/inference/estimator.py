@@ -365,10 +365,19 @@ class VariationalEB(EmpiricalBayesEstimator):
 
     @torch.no_grad()
     def _posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        with seeded(self.random_state, x.device):
-            parts = ([weighted_moments(z, w) for _, z, w in self._weighted_chunks(x)] if self.reweighted
-                     else [moments(q, self.n_moment_draws) for _, q in self._chunks(x)])
+        parts = ([weighted_moments(z, w) for _, z, w in self._weighted_chunks(x)] if self.reweighted
+                 else [moments(q, self.n_moment_draws) for _, q in self._chunks(x)])
         return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
+
+    def _answering(self):
+        """One stream of draws, seeded by ``random_state``, for the answers of all blocks of rows."""
+        return seeded(self.random_state, self.device)
+
+    def _answer_blocks(self, rows: np.ndarray):
+        """Blocks of rows, but free factors (non-amortized) answer all the rows they were fitted on at once."""
+        if not self._amortized:
+            return [(slice(None), self._tensor(rows))]
+        return super()._answer_blocks(rows)
 
     @torch.no_grad()
     def posterior_cdf(self, X, threshold=0.0) -> np.ndarray:

@@ -131,12 +131,13 @@ class EM(EmpiricalBayesEstimator):
         return total / len(x) - prior.penalty()
 
     def _blocks(self, x: Tensor):
-        """x's rows in blocks small enough for a p × p matrix per row (a covariance per row with one
-        σ_i per row or missing entries): bounded memory for any n."""
-        return (block for _, block in row_blocks(x, dtype=x.dtype, entries_per_row=self._row_entries(x.shape[1])))
+        """x's rows in blocks (:meth:`_answer_blocks`), as tensors."""
+        return (block for _, block in self._answer_blocks(x))
 
-    def _row_entries(self, width: int) -> int:
-        return width + self.prior.dim ** 2
+    def _answer_blocks(self, rows):
+        """Blocks of rows small enough for a p × p matrix per row (a covariance per row with one σ_i
+        per row or missing entries): bounded memory for any n."""
+        return row_blocks(rows, dtype=self.dtype, device=self.device, entries_per_row=rows.shape[1] + self.prior.dim**2)
 
     def fit(self, X) -> EM:
         with using_threads(self.n_threads):
