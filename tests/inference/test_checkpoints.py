@@ -191,3 +191,16 @@ def test_an_invalid_lambda_is_rolled_back(problem, monkeypatch):
     monkeypatch.setattr(ExpectedStep, "statistics", statistics)
     fitted = _vae(problem).fit(problem.X)
     assert calls[0] == 41 and np.all(np.linalg.eigvalsh(fitted.precision_) > 0)  # 40 + the retried one
+
+
+def test_the_data_checksum_is_compared_to_round_off(tmp_path):
+    """Σ x and Σ x² of the same rows summed in other blocks (or processes) differ by round-off,
+    at most ε √(N Σx²) and ε Σx² (ε = 1e-8); another data set differs by far more."""
+    identity = {"data_shape": [1000, 10], "data_checksum": [3.0, 10_000.0]}
+    Checkpointer(tmp_path).save({}, identity)
+    resumed = Checkpointer(tmp_path, resume=True)
+    for checksum in ([3.0 + 1e-9, 10_000.0 * (1 + 1e-12)], [3.0, 10_000.0]):
+        assert resumed.load({**identity, "data_checksum": checksum}) is not None
+    for checksum in ([3.0 + 1e-3, 10_000.0], [3.0, 10_000.0 * (1 + 1e-6)]):  # bounds: 1e-8 · √(N Σx²) = 1e-4, 1e-8 · Σx² = 1e-4
+        with pytest.raises(ValueError, match="belongs to another fit: its data_checksum"):
+            resumed.load({**identity, "data_checksum": checksum})

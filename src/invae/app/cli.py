@@ -15,14 +15,17 @@ reads ``OMP_NUM_THREADS`` once, at import (:mod:`invae.threads`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..inference.checkpoints import FitInterrupted
+from ..inference.checkpoints import Checkpointer, FitInterrupted, ProcessLost
 from ..registry import Registry
 from ..threads import use_threads_in_this_process
+from .processes import LAUNCHED, WorkersFailed, process_label
 
 __all__ = ["main", "Command", "COMMANDS"]
 
@@ -222,6 +225,9 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
     fit.add_argument("--tol", type=float, help="relative convergence margin (default: variational methods a "
                      "statistical rule, docs/methods.md §2.2; em 1e-9)")
     fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    fit.add_argument("--workers", type=int, help="K: fit over K processes on this machine, each on its share of "
+                     "the rows (torch.distributed; vae, iaf, full-covariance); the same fit as one process. "
+                     "torchrun runs this command over several machines (docs/cli.md)")
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")
     fit.add_argument("--quiet", action="store_const", const=True, help="no progress bar")
@@ -311,14 +317,34 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fit(args: argparse.Namespace) -> None:
+    from . import processes
+    from .pipeline import fit_problem, load_problem
+    from .settings import FitSettings
+
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("command", "config", "threads", "argv")}
+    if processes.world_size() > 1:  # under torchrun: as many workers as it started
+        overrides["workers"] = processes.world_size()
+    settings = FitSettings.from_sources(args.config, overrides)
+    if settings.workers > 1 and processes.world_size() == 1:  # start them, each running this command
+        load_problem(settings)  # bad data: one error here, not one per process
+        checkpoint = Checkpointer(settings.checkpoint_dir).path if settings.checkpoint_dir else None
+        return processes.launch(settings.workers, args.argv, checkpoint)
+    with processes.joined(settings.device) as rank:
+        if rank > 0:  # fits its rows, silently; rank 0 answers, warns and writes
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit_problem(dataclasses.replace(settings, quiet=True, progress=False))
+            return None
+        return _fit_and_write(settings)
+
+
+def _fit_and_write(settings) -> None:
     from .io import StagedResults
     from .persistence import save_model
     from .pipeline import run_fit
     from .recipe import RowRecipe
-    from .settings import FitSettings
 
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "threads")}
-    settings = FitSettings.from_sources(args.config, overrides)
     with StagedResults(settings.out) as staged:
         estimator, arrays, summary, files = run_fit(settings, staged)
         folder = staged.commit(arrays, summary, files)
@@ -460,13 +486,14 @@ def _threads_flag(argv: list[str]) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    prefix = f"invae {argv[0]}" if argv else "invae"
+    prefix = (f"invae {argv[0]}" if argv else "invae") + process_label()
     try:  # before a command's options import numpy or torch, which read the thread counts once
         use_threads_in_this_process(_threads_flag(argv))
     except ValueError as error:
         print(f"{prefix}: error: {error}", file=sys.stderr)
         return 2
     args = _build_parser(argv[0] if argv else None).parse_args(argv)  # the top level takes no options
+    args.argv = argv  # what --workers runs again in each process
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
@@ -475,8 +502,17 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"{prefix}: error: {error}", file=sys.stderr)
             return 2
+        except ProcessLost as error:  # a --workers parent reports it (WorkersFailed)
+            if LAUNCHED not in os.environ:
+                print(f"{prefix}: error: {error}", file=sys.stderr)
+            return 1
+        except WorkersFailed as failed:
+            if failed.message is not None:
+                print(f"{prefix}: error: {failed.message}", file=sys.stderr)
+            return failed.exit_code
         except FitInterrupted as interrupted:
-            print(f"{prefix}: {interrupted}; nothing else was written", file=sys.stderr)
+            if not (LAUNCHED in os.environ and process_label()):  # rank 0 of --workers says it for all
+                print(f"{prefix}: {interrupted}; nothing else was written", file=sys.stderr)
             return 128 + interrupted.signal_number
         except FloatingPointError as error:  # the fit itself broke down (e.g. Λ diverging when m < p)
             print(f"{prefix}: error: the fit failed numerically: {error}. A richer posterior "

@@ -14,6 +14,7 @@ import numpy as np
 from .._version import __version__
 from ..inference.base import EmpiricalBayesEstimator
 from ..inference.estimator import VariationalEB
+from ..inference.parallel import Shard
 from ..inference.penalty import penalty_grid, select_penalty
 from ..inference.stability import selection_frequencies, stars
 from ..model.forward import ForwardOperator, FunctionOperator, LinearOperator
@@ -149,20 +150,28 @@ def _likelihood(operator: ForwardOperator, settings: FitSettings) -> Likelihood:
                                               settings.offsets is not None)
 
 
-def run_fit(settings: FitSettings, staged: StagedResults | None = None
-            ) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict, dict[str, bytes]]:
-    """Fit as ``settings`` say; return the estimator, the result arrays, the summary and the
-    other files (``edges.csv`` for a graphical prior, :mod:`invae.app.network`). With ``staged``
-    the posterior's (n, p) answers are written into its files as they are computed."""
+def fit_problem(settings: FitSettings) -> tuple[Problem, EmpiricalBayesEstimator, dict, float]:
+    """The problem ``settings`` describe, its estimator fitted, what a penalty's choice recorded
+    (:func:`_fit_with_penalty`) and the fit's seconds. In a process of a parallel fit
+    (:mod:`invae.app.processes`) the estimator fits this process's rows."""
     problem = load_problem(settings)
-    x, prior, likelihood, recipe = problem.x, problem.prior, problem.likelihood, problem.recipe
-    estimator = make_estimator(settings.method, prior, likelihood, preset=settings.preset,
+    estimator = make_estimator(settings.method, problem.prior, problem.likelihood, preset=settings.preset,
                                max_iter=settings.max_iter, tol=settings.tol, seed=settings.seed,
                                verbose=settings.verbosity, checkpoint=settings.checkpoint, device=settings.device,
                                allow_unidentified=settings.allow_unidentified)
     start = time.perf_counter()
-    estimator, chosen = _fit_with_penalty(estimator, x, settings)
-    seconds = time.perf_counter() - start
+    estimator, chosen = _fit_with_penalty(estimator, problem.x[Shard.rows(len(problem.x))], settings)
+    return problem, estimator, chosen, time.perf_counter() - start
+
+
+def run_fit(settings: FitSettings, staged: StagedResults | None = None
+            ) -> tuple[EmpiricalBayesEstimator, dict[str, np.ndarray], dict, dict[str, bytes]]:
+    """Fit as ``settings`` say; return the estimator, the result arrays, the summary and the
+    other files (``edges.csv`` for a graphical prior, :mod:`invae.app.network`). With ``staged``
+    the posterior's (n, p) answers are written into its files as they are computed. In a
+    parallel fit, rank 0 answers for all the rows."""
+    problem, estimator, chosen, seconds = fit_problem(settings)
+    x, prior, likelihood, recipe = problem.x, problem.prior, problem.likelihood, problem.recipe
     frequencies = chosen.pop("frequencies", None)
     if settings.stability and frequencies is None:
         frequencies = selection_frequencies(_refitter(estimator, fitted=True), x, [estimator.prior_.alpha],

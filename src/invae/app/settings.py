@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inference.families import parallel_methods
 from ..inference.penalty import CRITERIA
 from ..model.noise import NOISE_MODELS
 from ..model.priors import PRIORS
@@ -68,6 +69,7 @@ class FitSettings:
     checkpoint_every: int = 50
     resume: bool = False
     allow_unidentified: bool = False
+    workers: int = 1
 
     def __post_init__(self):
         for name in ("data", "out", "forward", "save", "checkpoint_dir", "noise_std_file", "covariates", "names",
@@ -116,10 +118,25 @@ class FitSettings:
             raise ValueError(f"--stability must be an integer >= 0 (subsamples), got {self.stability!r}")
         if not _positive_integer(self.jobs):
             raise ValueError(f"--jobs must be an integer >= 1 (processes), got {self.jobs!r}")
+        self._check_workers()
         if self.stability and not PRIORS[self.prior].selects_penalty:
             graphs = ", ".join(name for name, kind in PRIORS.items() if kind.selects_penalty)
             raise ValueError(f"--stability gives the edges of a graph their frequencies: --prior {graphs}, "
                              f"not {self.prior}")
+
+    def _check_workers(self) -> None:
+        """``workers``: processes of one fit (:mod:`invae.inference.parallel`), a method whose family fits so."""
+        if not _positive_integer(self.workers):
+            raise ValueError(f"--workers must be an integer >= 1 (processes), got {self.workers!r}")
+        if self.workers == 1:
+            return
+        able = parallel_methods()
+        if self.method not in able or PRIORS[self.prior].paths:
+            raise ValueError(f"--workers fits rows with --method {', '.join(able)}, not {self.method}"
+                             + (f" with --prior {self.prior}" if PRIORS[self.prior].paths else ""))
+        if self.penalty in ("auto", "stars") or self.stability:
+            raise ValueError("--workers does not combine with --penalty auto/stars or --stability (paths of fits); "
+                             "choose α first, then fit it with --workers")
 
     def _check_noise(self) -> None:
         """σ where the noise model has a scale (required), none where it has not; ν for student-t;

@@ -11,11 +11,12 @@ The file is plain data (tensors, numbers, strings, lists), written to a temporar
 flushed to disk (fsync) and renamed over the previous one, so a crash mid-write leaves
 the previous checkpoint whole; it is read with ``torch.load(weights_only=True)``. torch is
 imported where a checkpoint is read or written, so that the command line can catch
-:class:`FitInterrupted` without importing it.
+:class:`FitInterrupted` and :class:`ProcessLost` without importing it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import tempfile
@@ -23,10 +24,10 @@ from pathlib import Path
 
 from .._version import __version__
 
-__all__ = ["Checkpointer", "FitInterrupted"]
+__all__ = ["Checkpointer", "FitInterrupted", "ProcessLost"]
 
 FORMAT = "invae-checkpoint"
-VERSION = 2  # 2: the Λ-step statistics' running average (2026-11-30)
+VERSION = 3  # 2: the Λ-step statistics' running average (2026-11-30); 3: parallel fits, data checksum to round-off
 
 
 class FitInterrupted(Exception):
@@ -36,6 +37,24 @@ class FitInterrupted(Exception):
         self.signal_number, self.iteration, self.path = signal_number, iteration, path
         super().__init__(f"interrupted by {signal.Signals(signal_number).name} after iteration {iteration}; "
                          f"the state is in {str(path)!r}: rerun with --resume to continue")
+
+
+class ProcessLost(RuntimeError):
+    """Another process of a parallel fit stopped: a collective operation failed
+    (:mod:`invae.inference.parallel`); rank 0 wrote the last good state to the checkpoint."""
+
+
+def _same(key: str, saved, value, identity: dict) -> bool:
+    """Whether a saved identity entry is this fit's. The data's checksum [Σ x, Σ x²] is a sum of
+    the same numbers in another order where the rows were cut into other blocks or processes: it
+    may differ by round-off, at most about ε Σ|x| ≤ ε √(N Σ x²) for Σ x and ε Σ x² for Σ x² (N
+    entries), here with ε = 1e-8."""
+    if key != "data_checksum" or not (isinstance(saved, list) and len(saved) == len(value) == 2):
+        return saved == value
+    entries = math.prod(identity.get("data_shape", [1]))
+    (total, squares), (saved_total, saved_squares) = value, saved
+    return (abs(total - saved_total) <= 1e-8 * math.sqrt(entries * squares)
+            and abs(squares - saved_squares) <= 1e-8 * squares)
 
 
 class Checkpointer:
@@ -74,13 +93,14 @@ class Checkpointer:
         if not (isinstance(state, dict) and state.get("format") == FORMAT and state.get("version") == VERSION):
             raise ValueError(f"{str(self.path)!r} is not an invae checkpoint of format version {VERSION}")
         for key, value in identity.items():
-            if state["identity"].get(key) != value:
+            if not _same(key, state["identity"].get(key), value, identity):
                 raise ValueError(f"the checkpoint {str(self.path)!r} belongs to another fit: its {key} is "
                                  f"{state['identity'].get(key)!r}, this fit's is {value!r}")
         return state
 
-    def due(self, iteration: int) -> bool:
-        return iteration % self.every == 0 or self.received is not None
+    def due(self, iteration: int, received: int | None) -> bool:
+        """Whether to write after ``iteration``: every ``every`` iterations, and after the signal ``received``."""
+        return iteration % self.every == 0 or received is not None
 
     def save(self, state: dict, identity: dict) -> None:
         """Write ``state`` atomically: temporary file, fsync, rename, fsync of the folder."""

@@ -20,9 +20,10 @@ from ..model.rows import row_blocks, row_dim, split_rows
 from ..threads import using_threads
 from .base import EmpiricalBayesEstimator, _numpy
 from .checkpoints import Checkpointer
-from .families import FAMILIES, posterior_components
+from .families import FAMILIES, parallel_methods, posterior_components
 from .lambda_steps import LAMBDA_STEPS
 from .objectives import elbo as elbo_values
+from .parallel import Shard
 from .posteriors import marginal_cdf, moments
 from .reweighting import importance_draws, resample, weighted_cdf, weighted_moments
 from .seeding import seeded
@@ -231,12 +232,23 @@ class VariationalEB(EmpiricalBayesEstimator):
         return TrainingSettings(max_iter=self.max_iter, tol=self.tol, window=self.window, n_samples=self.n_samples,
                                 lambda_draws=draws, lambda_rows=rows, **chosen)
 
-    def _new_posterior(self, x: Tensor) -> torch.nn.Module:
-        """A fresh posterior module for the rows x (n, m): encoders standardised by x."""
+    def _new_posterior(self, x: Tensor, shard: Shard) -> torch.nn.Module:
+        """A fresh posterior module for the rows x (n, m), ``shard``'s of a parallel fit: encoders
+        standardised by all the rows."""
         module = self.build_posterior(n=len(x), m=x.shape[1])
-        if self._amortized:
+        if shard.parallel:
+            module.standardize_with(x, shard)
+        elif self._amortized:
             module.standardize_with(x)
         return module.to(self.device, self.dtype)
+
+    def _check_parallel(self, shard: Shard) -> None:
+        """Refuse a parallel fit that this family cannot make (ValueError)."""
+        if not shard.parallel:
+            return
+        if not FAMILIES[self.family].parallel:
+            raise ValueError(f"{FAMILIES[self.family].method} does not fit over several processes; "
+                             f"{', '.join(parallel_methods())} do")
 
     @property
     def _amortized(self) -> bool:
@@ -270,16 +282,22 @@ class VariationalEB(EmpiricalBayesEstimator):
         return [reason]
 
     def fit(self, X) -> VariationalEB:
+        """Fit to the rows X (n, m); under an initialised ``torch.distributed`` process group,
+        X is this process's shard of them, the ranks' shards in order of rows
+        (:mod:`invae.inference.parallel`)."""
         self.warnings_ = self._check_identified()
         settings = self._settings()
         x = self._tensor(X)
+        shard = Shard.of(len(x), x.device)
+        self._check_parallel(shard)
         prior, likelihood = self._models()
         with seeded(self.random_state, x.device), using_threads(self.n_threads):
             reuse = self._warm() and (self._amortized or len(x) == len(self._fitted_data))
-            posterior = self.posterior_ if reuse else self._new_posterior(x)
+            posterior = self.posterior_ if reuse else self._new_posterior(x, shard)
             prior, likelihood, history, n_iter, converged = train(
                 x, posterior, prior, likelihood, settings, settings.new_lambda_step(), verbose=self.verbose,
-                callback=self.callback, checkpoint=self._checkpointer(), identity=self._identity(x, settings))
+                callback=self.callback, checkpoint=self._checkpointer(), identity=self._identity(x, settings, shard),
+                shard=shard)
         if not converged:
             method = FAMILIES[self.family].method  # the user's name for it: iaf, not path-iaf
             warnings.warn(f"{method} fit stopped at max_iter={self.max_iter} before the prior's parameters "
@@ -321,14 +339,17 @@ class VariationalEB(EmpiricalBayesEstimator):
             return None
         return Checkpointer(self.checkpoint_dir, every=self.checkpoint_every, resume=self.resume)
 
-    def _identity(self, x: Tensor, settings: TrainingSettings) -> dict:
-        """What a checkpoint must match to be resumed: the model, the settings and the data."""
+    def _identity(self, x: Tensor, settings: TrainingSettings, shard: Shard) -> dict:
+        """What a checkpoint must match to be resumed: the model, the settings and the data (all
+        the processes' rows; the checksum is compared to round-off, :class:`~invae.inference.checkpoints.Checkpointer`)."""
         sums = [(float(block.sum()), float(block.square().sum())) for _, block in row_blocks(x)]  # bounded memory
+        local = torch.tensor([math.fsum(s for s, _ in sums), math.fsum(q for _, q in sums)], dtype=torch.float64)
+        checksum = shard.total(local).tolist()
         return {"family": self.family, "hidden": list(self.hidden), "flow_steps": self.flow_steps,
                 "posterior_components": posterior_components(self),
                 "random_state": self.random_state, "settings": _settings_identity(settings),
                 "prior": [type(self.prior).__name__, self.prior.dim, self.prior.config()],
-                "data_shape": list(x.shape), "data_checksum": [math.fsum(s for s, _ in sums), math.fsum(q for _, q in sums)]}
+                "data_shape": [shard.n, x.shape[1]], "data_checksum": checksum}
 
     def _posterior_module(self, x: Tensor) -> torch.nn.Module:
         """The posterior for rows x: the fitted one, or for new data and mean-field factors,

@@ -25,7 +25,7 @@ from ..paths.prior import PathPrior
 from ..registry import Registry
 from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder
 
-__all__ = ["PosteriorFamily", "FAMILIES", "posterior_components"]
+__all__ = ["PosteriorFamily", "FAMILIES", "parallel_methods", "posterior_components"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,10 @@ class PosteriorFamily:
         (:data:`invae.inference.estimator.PRESETS`).
     paths : bool
         q is a law over latent paths (:mod:`invae.paths`): it needs a path prior.
+    parallel : bool
+        It fits over several processes (:mod:`invae.inference.parallel`): q draws from given
+        noise (:func:`~invae.inference.parallel.reparameterised`) and its module's
+        ``standardize_with(x, shard)`` standardises by every process's rows.
     diagonal : bool
         q factorises over the coordinates of z. Such a family cannot identify the prior
         through a forward matrix of rank < p: its optimum runs away (EM with a diagonal
@@ -60,6 +64,7 @@ class PosteriorFamily:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     diagonal: bool = False
     paths: bool = False
+    parallel: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -89,6 +94,11 @@ def _path_encoder(cls, **options: Callable[[Any], Any]):
     return build
 
 
+def parallel_methods() -> list[str]:
+    """The methods whose family over rows fits over several processes, sorted."""
+    return sorted({family.method for _, family in FAMILIES.items() if family.parallel})
+
+
 def posterior_components(estimator) -> int:
     """q's components: as asked, else the prior's K for a mixture prior, else 2."""
     if estimator.posterior_components is not None:
@@ -108,10 +118,11 @@ _FLOW = {**_DRAWN, "learning_rate": 1e-2, "lr_warmup": 3, "gradient_clip": 3.0}
 _FREE_FACTORS = {"learning_rate": 3e-2, "batch_size": 65_536, "n_critic": 10}
 
 FAMILIES: Registry[PosteriorFamily] = Registry("posterior family")
-FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae", diagonal=True))
+FAMILIES.register("diagonal", PosteriorFamily(_encoder(GaussianEncoder), method="vae", diagonal=True, parallel=True))
 FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: e.flow_steps), method="iaf",
-                                         defaults=_FLOW))
-FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance"))
+                                         defaults=_FLOW, parallel=True))
+FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance",
+                                                     parallel=True))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
 FAMILIES.register("markov", PosteriorFamily(_path_encoder(PathEncoder), method="markov", paths=True,

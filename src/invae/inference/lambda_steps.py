@@ -23,13 +23,15 @@ A step returns the prior's expected sufficient statistics (:meth:`LambdaStep.sta
 whose kernels are :func:`expected_statistics` and :func:`importance_statistics`); the trainer
 averages them over steps before the M-step (:mod:`invae.inference.averaging`). A step over
 all rows draws with the same random numbers at every iteration (``seed``), so its statistics
-change only as φ and Λ change; a step over ``rows`` random rows draws afresh.
+change only as φ and Λ change; a step over ``rows`` random rows draws afresh. Each block of
+rows draws from its own seed, and a process of a parallel fit takes its rows' part of the
+block's draws (:mod:`invae.inference.parallel`): its statistics are the same whichever
+processes hold the rows.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -38,10 +40,11 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
-from ..model.rows import block_average, split_rows
+from ..model.rows import split_rows
 from ..registry import Registry
+from .parallel import Noise, Shard, draw
 from .reweighting import WIDTHS, importance_draws
-from .seeding import seeded
+from .seeding import fresh_seed, seeded
 
 __all__ = ["LambdaStep", "BatchStep", "ExpectedStep", "ImportanceStep", "GradientStep", "ImportanceGradientStep",
            "LAMBDA_STEPS", "expected_statistics", "importance_statistics"]
@@ -82,23 +85,32 @@ class LambdaStep(abc.ABC):
 
     @abc.abstractmethod
     def statistics(self, prior: Prior, posterior: nn.Module, x: Tensor, likelihood: Likelihood,
-                   batch_size: int, seed: int) -> dict[str, Tensor]:
-        """The prior's expected sufficient statistics under q = posterior(x) over data rows x
-        (n, row columns, :mod:`invae.model.rows`); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
+                   batch_size: int, seed: int, shard: Shard | None = None) -> dict[str, Tensor]:
+        """The prior's expected sufficient statistics under q = posterior(x) over the data rows
+        (n, row columns, :mod:`invae.model.rows`) of which x holds ``shard``'s (None: x holds
+        all); ``seed`` seeds the draws of a step over all rows (the same at every iteration)."""
 
     @staticmethod
-    def _row_average(index: Tensor, statistics_of: Callable[[Tensor], dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The statistics over the rows ``index`` from ``statistics_of(rows)``, block by block of
-        rows (bounded memory for any n: an encoder's activations for a block only), combined as
-        the row averages they are (:func:`~invae.model.rows.block_average`)."""
-        return block_average((len(rows), statistics_of(rows)) for rows in index.split(_ROWS_PER_BLOCK))
+    def _row_average(index: Tensor, shard: Shard, seed: int,
+                     statistics_of: Callable[[Tensor, Noise | None], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The statistics over the rows ``index`` (of all n) from ``statistics_of(rows of the
+        shard, noise)``, block by block of rows (bounded memory for any n: an encoder's activations
+        for a block only), block j's draws seeded by ``seed + j``, combined as the row averages
+        they are (:meth:`~invae.inference.parallel.Shard.average`)."""
+        parts = []
+        for number, block in enumerate(index.split(_ROWS_PER_BLOCK)):
+            positions, rows = shard.local(block)
+            if len(rows):
+                with seeded(seed + number, index.device):
+                    parts.append((len(rows), statistics_of(rows, shard.noise(len(block), positions))))
+        return shard.average(parts)
 
-    def _rows(self, x: Tensor, seed: int) -> tuple[Tensor, contextlib.AbstractContextManager]:
-        """The row indices of this step and the random numbers of its draws: all rows with the
+    def _rows(self, n: int, seed: int, device) -> tuple[Tensor, int]:
+        """The row indices (of all n) of this step and the seed of its draws: all rows with the
         same random numbers at every step, or ``rows`` random rows with fresh ones."""
-        if self.rows is None or self.rows >= len(x):
-            return torch.arange(len(x), device=x.device), seeded(seed, x.device)
-        return torch.randperm(len(x), device=x.device)[: self.rows], contextlib.nullcontext()
+        if self.rows is None or self.rows >= n:
+            return torch.arange(n, device=device), seed
+        return torch.randperm(n, device=device)[: self.rows], fresh_seed()
 
 
 class BatchStep(LambdaStep):
@@ -110,9 +122,11 @@ class BatchStep(LambdaStep):
     def averages(self, n, batch_size):
         return True  # rows drawn with replacement and one fresh draw each, even when batch_size ≥ n
 
-    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
-        index = torch.randint(len(x), (batch_size,), device=x.device)
-        return prior.statistics(_draw(posterior(x[index], index)), covariates=split_rows(x[index], likelihood)[1])
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
+        shard = shard or Shard.whole(len(x), x.device)
+        index = torch.randint(shard.n, (batch_size,), device=x.device)
+        return self._row_average(index, shard, fresh_seed(), lambda rows, noise: prior.statistics(
+            draw(posterior(x[rows], rows), (), noise), covariates=split_rows(x[rows], likelihood)[1]))
 
 
 class ExpectedStep(LambdaStep):
@@ -124,11 +138,11 @@ class ExpectedStep(LambdaStep):
     # Fewer rows than that: all of them, as before.
     default_rows = 65_536
 
-    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
-        index, randomness = self._rows(x, seed)
-        with randomness:
-            return self._row_average(index, lambda rows: expected_statistics(
-                prior, posterior(x[rows], rows), self.n_draws, split_rows(x[rows], likelihood)[1]))
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
+        shard = shard or Shard.whole(len(x), x.device)
+        index, seed = self._rows(shard.n, seed, x.device)
+        return self._row_average(index, shard, seed, lambda rows, noise: expected_statistics(
+            prior, posterior(x[rows], rows), self.n_draws, split_rows(x[rows], likelihood)[1], noise=noise))
 
 
 class ImportanceStep(LambdaStep):
@@ -139,11 +153,11 @@ class ImportanceStep(LambdaStep):
     # step, averaged over steps (:mod:`invae.inference.averaging`), are as precise in the end.
     default_rows = 1024
 
-    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
-        index, randomness = self._rows(x, seed)
-        with randomness:
-            return self._row_average(index, lambda rows: importance_statistics(
-                prior, posterior(x[rows], rows), x[rows], likelihood, self.n_draws))
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
+        shard = shard or Shard.whole(len(x), x.device)
+        index, seed = self._rows(shard.n, seed, x.device)
+        return self._row_average(index, shard, seed, lambda rows, noise: importance_statistics(
+            prior, posterior(x[rows], rows), x[rows], likelihood, self.n_draws, noise=noise))
 
 
 class GradientStep(LambdaStep):
@@ -154,7 +168,7 @@ class GradientStep(LambdaStep):
 
     by_gradient = True
 
-    def statistics(self, prior, posterior, x, likelihood, batch_size, seed):
+    def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
         raise NotImplementedError("a prior trained by gradient has no M-step statistics")
 
 
@@ -177,16 +191,17 @@ LAMBDA_STEPS.register("importance-gradient", ImportanceGradientStep)
 
 
 def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
-                        covariates: Tensor | None = None) -> dict[str, Tensor]:
+                        covariates: Tensor | None = None, *, noise: Noise | None = None) -> dict[str, Tensor]:
     """The prior's expected sufficient statistics under q (batch (n,), event (p,)), for rows
-    with ``covariates`` (n, k) where the prior reads them.
+    with ``covariates`` (n, k) where the prior reads them; draws from ``noise`` where given
+    (:mod:`invae.inference.parallel`).
 
     Closed form for Gaussian q and a prior whose M-step needs only q's moments
     (``E[z zᵀ] = μμᵀ + Σ_q``, diagonal Σ_q or the average of full ones); otherwise the
     statistics of ``n_draws`` draws per observation, (n_draws, n, p).
     """
     if not prior.closed_form_gaussian_m_step:
-        return prior.statistics(_draw(q, n_draws), covariates=covariates)
+        return prior.statistics(draw(q, (n_draws,), noise), covariates=covariates)
     if isinstance(q, Independent) and isinstance(q.base_dist, Normal):
         return prior.gaussian_statistics(q.mean, var=q.variance, covariates=covariates)
     if isinstance(q, MultivariateNormal):
@@ -195,11 +210,11 @@ def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
         # over (n, p, p) takes 3 × longer on CPU)
         columns = tril.mT.reshape(-1, tril.shape[-1])
         return prior.gaussian_statistics(q.mean, columns.T @ columns / len(tril), covariates=covariates)
-    return prior.statistics(_draw(q, n_draws), covariates=covariates)
+    return prior.statistics(draw(q, (n_draws,), noise), covariates=covariates)
 
 
 def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: Likelihood,
-                          n_draws: int = 32) -> dict[str, Tensor]:
+                          n_draws: int = 32, *, noise: Noise | None = None) -> dict[str, Tensor]:
     """The statistics of draws of the proposal r — q mixed with q widened 2-fold
     (:func:`~invae.inference.reweighting.defensive_draws`), ``n_draws`` of each per observation —
     each weighted towards the exact posterior by self-normalised importance sampling:
@@ -223,12 +238,5 @@ def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: 
     """
     # n_draws of q itself and as many of q widened: where the widened draws weigh nothing (a path of
     # many dimensions) q's own still number n_draws
-    z, weights = importance_draws(q, x, prior, likelihood, n_draws * len(WIDTHS))  # (2S, n, p), (2S, n)
+    z, weights = importance_draws(q, x, prior, likelihood, n_draws * len(WIDTHS), noise=noise)  # (2S, n, p), (2S, n)
     return prior.statistics(z, weights, covariates=split_rows(x, likelihood)[1])
-
-
-def _draw(q: Distribution, n_draws: int | None = None) -> Tensor:
-    """Draws of q, (n_draws, n, p) or (n, p), for an M-step (no gradient needed): ``rsample``
-    where q has it (the same random numbers as before), else ``sample`` (a mixture)."""
-    shape = () if n_draws is None else (n_draws,)
-    return q.rsample(shape) if q.has_rsample else q.sample(shape)

@@ -29,19 +29,21 @@ from torch.distributions import Distribution, Independent, MixtureSameFamily, Mu
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from ..model.rows import log_joint, split_rows
+from .parallel import Noise, draw
 from .reweighting import WIDTHS, defensive_draws
 
 __all__ = ["elbo", "importance_weighted_bound"]
 
 
 def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_samples: int = 1, *,
-         z: Tensor | None = None) -> Tensor:
+         z: Tensor | None = None, noise: Noise | None = None) -> Tensor:
     """ELBO estimates for data rows x (n, row columns, :mod:`invae.model.rows`) under q (batch
     (n,), event (p,)); returns (n,).
 
     Terms in closed form (module docstring) take no draws. ``z`` (S, n, p), if given, are
     the draws of q to use for every term (e.g. fixed noise pushed through q); otherwise
-    ``n_samples`` fresh reparameterised draws for the terms that need them.
+    ``n_samples`` fresh reparameterised draws for the terms that need them, from ``noise`` where
+    given (a shard's part of a batch's noise, :mod:`invae.inference.parallel`).
     """
     x, covariates = split_rows(x, likelihood)
     if isinstance(q, MixtureSameFamily):
@@ -51,7 +53,7 @@ def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_sam
     likelihood_term = likelihood.expected_log_prob(x, *moments) if moments else None
     if prior_term is not None and likelihood_term is not None:
         return prior_term + likelihood_term + q.entropy()
-    z = q.rsample((n_samples,)) if z is None else z  # (S, n, p)
+    z = draw(q, (n_samples,), noise) if z is None else z  # (S, n, p)
     log_joint = ((prior.log_prob(z, covariates) if prior_term is None else prior_term)
                  + (likelihood.log_prob(x, z) if likelihood_term is None else likelihood_term))  # (S, n)
     try:
@@ -61,7 +63,7 @@ def elbo(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood, n_sam
 
 
 def importance_weighted_bound(x: Tensor, q: Distribution, prior: Prior, likelihood: Likelihood,
-                              n_draws: int) -> Tensor:
+                              n_draws: int, noise: Noise | None = None) -> Tensor:
     """The importance-weighted bound (Burda et al., 2016) of the data rows x (n, row columns) at
     S draws of the proposal r that carry no gradient; returns (n,):
 
@@ -77,7 +79,7 @@ def importance_weighted_bound(x: Tensor, q: Distribution, prior: Prior, likeliho
     ELBO's gradient ``E_q ∇ log g p`` keeps the bias of q's family. No gradient reaches φ.
     """
     with torch.no_grad():
-        z, log_r = defensive_draws(q, n_draws * len(WIDTHS))
+        z, log_r = defensive_draws(q, n_draws * len(WIDTHS), noise=noise)
     return torch.logsumexp(log_joint(x, z, prior, likelihood) - log_r, dim=0) - math.log(len(z))
 
 

@@ -30,6 +30,7 @@ from ..model.ggm import GaussianGraphicalModel
 from ..model.likelihoods import GaussianLikelihood
 from ..model.rows import RowMoments
 from ..references.exact import exact_posterior, has_exact_evidence, mean_field_optimum
+from .parallel import Shard
 
 __all__ = ["GaussianEncoder", "FullCovarianceEncoder", "IAFEncoder", "MixtureEncoder", "MeanFieldFactors",
            "moments"]
@@ -116,10 +117,13 @@ class _Trunk(nn.Module):
         nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(*layers, last)
 
-    def standardize_with(self, x: Tensor) -> None:
+    def standardize_with(self, x: Tensor, shard: Shard | None = None) -> None:
         """Shift and scale u(x) by its columns' means and sds over the training rows x (n, m), in
-        float64, block by block (:class:`~invae.model.rows.RowMoments`: bounded memory for any n)."""
+        float64, block by block (:class:`~invae.model.rows.RowMoments`: bounded memory for any n);
+        x: ``shard``'s rows of a parallel fit (:mod:`invae.inference.parallel`), where given."""
         moments = RowMoments.of(x, read=self._read, diagonal=True)
+        if shard is not None:
+            moments = shard.merge(moments)
         self.shift.copy_(moments.mean)
         spread = (moments.scatter / max(moments.count - 1, 1)).sqrt()  # torch.std's n − 1
         # a column constant in the training data (a mask never 0, one offset for all) gets scale 1:
@@ -157,9 +161,9 @@ class _Encoder(nn.Module):
         self.p = p
         self.trunk = _Trunk(m, k, hidden, log1p, raw_columns)
 
-    def standardize_with(self, x: Tensor) -> None:
-        """Set the input standardisation from training data x (n, m)."""
-        self.trunk.standardize_with(x)
+    def standardize_with(self, x: Tensor, shard: Shard | None = None) -> None:
+        """Set the input standardisation from training data x (n, m) (``shard``'s rows: :meth:`_Trunk.standardize_with`)."""
+        self.trunk.standardize_with(x, shard)
 
 
 class GaussianEncoder(_Encoder):

@@ -34,6 +34,7 @@ from ..model.prior import Prior
 from ..model.rows import log_joint
 from ..paths.encoder import FlatPath
 from ..paths.gauss_markov import GaussMarkov
+from .parallel import Noise, draw
 
 __all__ = ["WIDTHS", "defensive_draws", "normalised_weights", "importance_draws", "weighted_moments",
            "weighted_cdf", "resample"]
@@ -60,14 +61,16 @@ def _widened(q: Distribution, width: float) -> Distribution:
     raise TypeError(f"cannot widen a posterior of type {type(q).__name__}")
 
 
-def defensive_draws(q: Distribution, n_draws: int, widths: tuple[float, ...] = WIDTHS) -> tuple[Tensor, Tensor]:
+def defensive_draws(q: Distribution, n_draws: int, widths: tuple[float, ...] = WIDTHS, *,
+                    noise: Noise | None = None) -> tuple[Tensor, Tensor]:
     """``n_draws`` S draws of the proposal r (module docstring), (S, n, p), and log r at them, (S, n).
 
     q has batch (n,) and event (p,): a Gaussian, a mixture of Gaussians, or a flow on one.
-    The draws are stratified: ``S_k`` = S/K (rounded) come from each ``q_τk``.
+    The draws are stratified: ``S_k`` = S/K (rounded) come from each ``q_τk``, from ``noise``
+    where given (:mod:`invae.inference.parallel`).
     """
     if isinstance(q, TransformedDistribution):
-        z, log_r = defensive_draws(q.base_dist, n_draws, widths)
+        z, log_r = defensive_draws(q.base_dist, n_draws, widths, noise=noise)
         event_dim = len(q.base_dist.event_shape)
         for transform in q.transforms:  # z = f(z₀): subtract each step's log |det Jacobian|
             y = transform(z)
@@ -76,7 +79,7 @@ def defensive_draws(q: Distribution, n_draws: int, widths: tuple[float, ...] = W
         return z, log_r
     counts = [n_draws // len(widths) + (k < n_draws % len(widths)) for k in range(len(widths))]
     parts = [_widened(q, width) for width in widths]
-    z = torch.cat([part.sample((count,)) for part, count in zip(parts, counts) if count])
+    z = torch.cat([draw(part, (count,), noise) for part, count in zip(parts, counts) if count]).detach()
     log_r = torch.logsumexp(torch.stack([math.log(count / n_draws) + part.log_prob(z)
                                          for part, count in zip(parts, counts) if count]), dim=0)
     return z, log_r
@@ -94,10 +97,11 @@ def normalised_weights(log_w: Tensor) -> Tensor:
 
 
 def importance_draws(q: Distribution, x: Tensor, prior: Prior, likelihood: Likelihood, n_draws: int = 256,
-                     widths: tuple[float, ...] = WIDTHS) -> tuple[Tensor, Tensor]:
+                     widths: tuple[float, ...] = WIDTHS, *, noise: Noise | None = None) -> tuple[Tensor, Tensor]:
     """Draws z (S, n, p) of the proposal and their weights w̃ (S, n) towards p(z | x; prior),
-    for the data rows x (n, row columns) and q over them (module docstring)."""
-    z, log_r = defensive_draws(q, n_draws, widths)
+    for the data rows x (n, row columns) and q over them (module docstring); ``noise``: as
+    :func:`defensive_draws`."""
+    z, log_r = defensive_draws(q, n_draws, widths, noise=noise)
     return z, normalised_weights(log_joint(x, z, prior, likelihood) - log_r)
 
 

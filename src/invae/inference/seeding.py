@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["seeded"]
+__all__ = ["seeded", "fresh_seed"]
 
 
 @contextlib.contextmanager
@@ -17,3 +17,8 @@ def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def fresh_seed() -> int:
+    """A seed drawn from torch's generator (the same in every process of a parallel fit)."""
+    return int(torch.randint(2**62, ()))

@@ -47,6 +47,13 @@ scaled down to it (both on for ``iaf``: docs/benchmarks.md, "The flow's warm-up"
 Draws that are compared between iterations — the evaluation ELBO, and the Λ-step draws over
 all rows — reuse the same random numbers at every iteration (:func:`~invae.inference.seeding.seeded`),
 so they change only as φ and Λ change.
+
+Given a :class:`~invae.inference.parallel.Shard`, x holds one process's rows of a fit over
+several (``torch.distributed``): the same iterations over all the rows, split by rows
+(:mod:`invae.inference.parallel`). Only decisions taken from gathered values (the ELBOs, the
+Λ-step, the weights) roll back; an error in one process's own rows ends the fit, and the
+others then stop with :class:`~invae.inference.checkpoints.ProcessLost`, rank 0 writing the last
+good state to the checkpoint.
 """
 
 from __future__ import annotations
@@ -57,19 +64,22 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
 from .base import progress_disabled
 from .averaging import StatisticsAverage
-from .checkpoints import Checkpointer, FitInterrupted
+from .checkpoints import Checkpointer, FitInterrupted, ProcessLost
 from .lambda_steps import LAMBDA_STEPS, LambdaStep
 from .objectives import elbo, importance_weighted_bound
-from .seeding import seeded
+from .parallel import Noise, Shard
+from .seeding import fresh_seed, seeded
 
 __all__ = ["TrainingSettings", "train"]
 
@@ -135,9 +145,10 @@ class TrainingSettings:
 def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood, settings: TrainingSettings,
           lambda_step: LambdaStep | None, *, verbose: bool = False,
           callback: Callable[[int, Prior], None] | None = None, checkpoint: Checkpointer | None = None,
-          identity: dict | None = None) -> tuple[Prior, Likelihood, dict, int, bool]:
+          identity: dict | None = None, shard: Shard | None = None) -> tuple[Prior, Likelihood, dict, int, bool]:
     """Run Algorithm 1 on data x (n, m); return (prior, likelihood, history, n_iter, converged):
     the likelihood with its learned noise where it has some (``Likelihood.state``).
+    ``shard``: x holds this process's rows of a parallel fit (module docstring; None: all rows).
 
     ``lambda_step`` updates the prior after each round of Adam steps (e.g.
     ``settings.new_lambda_step()``); None keeps it fixed and trains q alone (inference on
@@ -154,7 +165,7 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     Adam's step size, at most
     ``_MAX_ROLLBACKS`` times; then a ``FloatingPointError`` says what diverged.
     """
-    run = _Run(x, posterior, prior, likelihood, settings, lambda_step)
+    run = _Run(x, posterior, prior, likelihood, settings, lambda_step, shard or Shard.whole(len(x), x.device))
     saved = checkpoint.load(identity or {}) if checkpoint is not None else None
     if saved is not None:
         run.resume(saved)
@@ -163,42 +174,52 @@ def train(x: Tensor, posterior: nn.Module, prior: Prior, likelihood: Likelihood,
     converged, rollbacks = False, 0
     with (tqdm(total=settings.max_iter, initial=run.iteration, desc="fit", disable=progress_disabled(verbose),
                leave=False) as bar, checkpoint if checkpoint is not None else contextlib.nullcontext()):
-        while run.iteration < settings.max_iter:
-            run.iteration += 1
-            try:
-                train_elbo, change, value = run.outer_iteration()
-            except (_Diverged, FloatingPointError, torch.linalg.LinAlgError) as error:
-                rollbacks += 1
-                _stop_if_hopeless(rollbacks, run.iteration, error, checkpoint)
-                run.roll_back(good)
-                continue
-            run.record(train_elbo, change, value, time.perf_counter() - start)
-            if callback is not None:
-                callback(run.iteration, run.prior)
-            run.plateau.step(value, margin=(settings.tol or _ELBO_TOL) * max(1.0, abs(value)))
-            good = run.capture()
-            bar.update()
-            bar.set_postfix(elbo=f"{value:.4f}", dLambda=f"{change:.1e}")
-            converged = run.converged()
-            if checkpoint is not None and checkpoint.due(run.iteration):
-                _save(checkpoint, run, good, identity or {}, converged)
-            if converged:
-                break
+        try:
+            while run.iteration < settings.max_iter:
+                run.iteration += 1
+                try:
+                    train_elbo, change, value = run.outer_iteration()
+                except (_Diverged, FloatingPointError, torch.linalg.LinAlgError) as error:
+                    if run.shard.parallel and not isinstance(error, _Diverged):
+                        raise  # this process's rows alone: the others cannot roll back with it
+                    rollbacks += 1
+                    _stop_if_hopeless(rollbacks, run.iteration, error, checkpoint)
+                    run.roll_back(good)
+                    continue
+                run.record(train_elbo, change, value, time.perf_counter() - start)
+                if callback is not None:
+                    callback(run.iteration, run.prior)
+                run.plateau.step(value, margin=(settings.tol or _ELBO_TOL) * max(1.0, abs(value)))
+                good = run.capture()
+                bar.update()
+                bar.set_postfix(elbo=f"{value:.4f}", dLambda=f"{change:.1e}")
+                converged = run.converged()
+                received = _agreed_signal(checkpoint, run.shard)
+                if checkpoint is not None and checkpoint.due(run.iteration, received):
+                    _save(checkpoint, run, good, identity or {}, converged, received)
+                if converged:
+                    break
+        except ProcessLost as error:  # another process stopped: its collective failed in this one
+            _stop_lost(error, run, good, identity or {}, checkpoint)
     return run.prior, run.likelihood, run.history, run.iteration, converged
 
 
 class _Diverged(Exception):
-    """A non-finite quantity in an outer iteration (the message says which)."""
+    """A non-finite quantity in an outer iteration (the message says which), the same in every
+    process of a parallel fit."""
 
 
 class _Run:
     """What one outer iteration carries to the next: the modules, Adam and its schedule, the
     fixed evaluation rows and seeds, the history; and the steps of an iteration."""
 
-    def __init__(self, x, posterior, prior, likelihood, settings: TrainingSettings, lambda_step: LambdaStep | None):
+    def __init__(self, x, posterior, prior, likelihood, settings: TrainingSettings, lambda_step: LambdaStep | None,
+                 shard: Shard):
         self.x, self.posterior, self.prior, self.likelihood = x, posterior, prior, likelihood
-        self.settings, self.lambda_step = settings, lambda_step
-        self.batch = min(settings.batch_size, len(x))
+        self.settings, self.lambda_step, self.shard = settings, lambda_step, shard
+        self.batch = min(settings.batch_size, shard.n)
+        # the module that takes Adam's steps: φ's gradient averaged over the processes by DDP
+        self.trainable = DistributedDataParallel(posterior) if shard.parallel else posterior
         # A prior trained by gradient: its parameters θ as leaves, Adam's second parameter group.
         by_gradient = lambda_step is not None and lambda_step.by_gradient
         self.theta = {key: value.detach().clone().requires_grad_() for key, value in prior.state().items()
@@ -218,7 +239,7 @@ class _Run:
         # a q whose optimum given Λ is closed form (a Gaussian exact posterior) is set there
         closed_form = getattr(posterior, "has_closed_form", None)
         self.closed_form_q = settings.closed_form and closed_form is not None and closed_form(prior, likelihood)
-        self.eval_index = torch.randperm(len(x), device=x.device)[: min(len(x), _EVAL_SIZE)]
+        self.eval_index = torch.randperm(shard.n, device=x.device)[: min(shard.n, _EVAL_SIZE)]
         self.eval_seed, self.lambda_seed = torch.randint(2**62, (2,)).tolist()
         self.history: dict[str, list[float]] = {"elbo": [], "train_elbo": [], "precision_change": [],
                                                 "monte_carlo_error": [], "time": []}
@@ -229,7 +250,7 @@ class _Run:
         """The statistics' average (its ``tolerance``: the relative Monte Carlo error they may
         keep) and the Σ c² that an average needs (None: not averaged, or a fixed ``tol``);
         module docstring."""
-        n, settings, step = len(self.x), self.settings, self.lambda_step
+        n, settings, step = self.shard.n, self.settings, self.lambda_step
         if step is None:
             return None, None
         terms = n * self.prior.terms_per_row
@@ -258,16 +279,19 @@ class _Run:
     def _adam_steps(self) -> float:
         """``n_critic`` Adam steps on the batch ELBO; their mean ELBO. Raises _Diverged if a loss
         or a weight stops being finite."""
-        x, settings, train_elbo = self.x, self.settings, 0.0
+        settings, elbo_sum = self.settings, torch.zeros((), dtype=torch.float64, device=self.x.device)
         with _scaled_steps(self.optimizer, self._warmup_factor()):
             for _ in range(settings.n_critic):
-                index = torch.randint(len(x), (self.batch,), device=x.device)
-                loss, batch_elbo = self._batch_loss(x[index], index)
+                rows, noise, weight = self._batch_rows()
+                loss, batch_elbo = self._batch_loss(self.x[rows], rows, noise, weight)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with self.shard.exchanging():  # DDP's all-reduce
+                    loss.backward()
+                self._average_own_gradients()
                 self._clip_gradient()
                 self.optimizer.step()
-                train_elbo += batch_elbo / settings.n_critic
+                elbo_sum += batch_elbo
+        train_elbo = float(self.shard.total(elbo_sum)) / (self.batch * settings.n_critic)
         if self.theta:
             self.prior = self._prior_with_theta(detached=True)
         if self.psi:
@@ -277,23 +301,46 @@ class _Run:
         self._check_weights()
         return train_elbo
 
-    def _batch_loss(self, rows: Tensor, index: Tensor) -> tuple[Tensor, float]:
-        """The loss of one Adam step on the data rows x[index] and their mean ELBO. The loss is
-        −(mean ELBO), whose gradient moves φ, ψ and a θ trained by gradient; where the Λ-step
+    def _batch_rows(self) -> tuple[Tensor, Noise | None, float]:
+        """A batch of B random rows of all n: (this process's rows of it, their draws' noise, the
+        weight W/B of each row's ELBO in the loss: DDP averages the W processes' gradients). A
+        process holding none of the batch still joins DDP's gradient average, with one of its rows
+        weighted 0."""
+        index = torch.randint(self.shard.n, (self.batch,), device=self.x.device)
+        positions, rows = self.shard.local(index)
+        weight = self.shard.world / self.batch
+        if len(rows) == 0:
+            positions, rows, weight = positions.new_zeros(1), rows.new_zeros(1), 0.0
+        return rows, self.shard.noise(self.batch, positions), weight
+
+    def _batch_loss(self, rows: Tensor, index: Tensor, noise: Noise | None, weight: float) -> tuple[Tensor, Tensor]:
+        """The loss of one Adam step on the data rows x[index], whose draws take ``noise``, and
+        the sum of their ELBOs times ``weight > 0`` (detached). The loss is −weight Σ ELBO (the
+        batch's mean: weight 1/B in one process), whose gradient moves φ, ψ and a θ trained by
+        gradient; where the Λ-step
         targets the exact posterior, θ moves by the importance-weighted bound's gradient instead
         (:func:`~invae.inference.objectives.importance_weighted_bound`: the ELBO's would keep q's
         bias in θ̂). ψ stays on the ELBO: on the bound it came no closer to the MLE on OU paths and
         went further on the Nile (docs/benchmarks.md, "The defensive proposal in the
         importance-weighted steps")."""
-        q = self.posterior(rows, index)
+        q = self.trainable(rows, index)
         if not self.weighted:
-            loss = -elbo(rows, q, self._prior_with_theta(), self._likelihood_with_psi(), self.settings.n_samples).mean()
-            return loss, -loss.item()
+            values = elbo(rows, q, self._prior_with_theta(), self._likelihood_with_psi(), self.settings.n_samples,
+                          noise=noise)
+            return -weight * values.sum(), values.detach().sum() * (weight > 0)
         fixed = elbo(rows, q, self._prior_with_theta(detached=True), self._likelihood_with_psi(),
-                     self.settings.n_samples).mean()
+                     self.settings.n_samples, noise=noise)
         bound = importance_weighted_bound(rows, q, self._prior_with_theta(), self._likelihood_with_psi(detached=True),
-                                          self.lambda_step.n_draws).mean()
-        return -(fixed + bound), fixed.item()
+                                          self.lambda_step.n_draws, noise=noise)
+        return -weight * (fixed.sum() + bound.sum()), fixed.detach().sum() * (weight > 0)
+
+    def _average_own_gradients(self) -> None:
+        """θ's and ψ's gradients averaged over the processes, as DDP averages φ's."""
+        if not self.shard.parallel:
+            return
+        for leaf in (*self.theta.values(), *self.psi.values()):
+            if leaf.grad is not None:
+                leaf.grad.copy_(self.shard.total(leaf.grad) / self.shard.world)
 
     def _clip_gradient(self) -> None:
         """Scale this step's gradient to at most ``gradient_clip`` × the running mean of recent
@@ -325,11 +372,16 @@ class _Run:
     def _closed_form_q_step(self) -> float:
         """q at its optimum given the prior, for all rows; the ELBO of one random batch. Raises
         _Diverged if a weight is not finite."""
-        self.posterior.set_to_optimum(self.x, self.prior, self.likelihood)
+        try:  # from Λ alone: the same outcome in every process
+            self.posterior.set_to_optimum(self.x, self.prior, self.likelihood)
+        except (ValueError, FloatingPointError, torch.linalg.LinAlgError) as error:
+            raise _Diverged(f"q's optimum given Λ failed: {error}") from None
         self._check_weights()
-        index = torch.randint(len(self.x), (self.batch,), device=self.x.device)
-        return float(elbo(self.x[index], self.posterior(self.x[index], index), self.prior, self.likelihood,
-                          self.settings.n_samples).mean())
+        index = torch.randint(self.shard.n, (self.batch,), device=self.x.device)
+        positions, rows = self.shard.local(index)
+        with seeded(fresh_seed(), self.x.device):  # a process without rows of the batch skips its draws
+            total = self._elbo_sum(rows, self.shard.noise(self.batch, positions), self.settings.n_samples)
+        return float(self.shard.total(total)) / self.batch
 
     def _prior_with_theta(self, detached: bool = False) -> Prior:
         """The prior at the leaves θ where it is trained by gradient (differentiable in θ), else as it is."""
@@ -358,17 +410,31 @@ class _Run:
             return self.prior
         try:
             statistics = self.lambda_step.statistics(self.prior, self.posterior, self.x, self.likelihood, self.batch,
-                                                     self.lambda_seed)
+                                                     self.lambda_seed, self.shard)
+        except ValueError as error:  # q invalid on some rows: this process's own (module docstring)
+            if self.shard.parallel:
+                raise FloatingPointError(f"q is invalid on rows of this process: {error}") from None
+            raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
+        try:  # on statistics gathered from every process: the same outcome in each
             return self.prior.m_step_from(self.average.update(statistics, stalled))
-        except ValueError as error:  # the prior refuses the parameters it was given
+        except (ValueError, FloatingPointError, torch.linalg.LinAlgError) as error:
             raise _Diverged(f"the Λ-step gave an invalid Λ: {error}") from None
 
     @torch.no_grad()
     def _fixed_noise_elbo(self) -> float:
         """Mean ELBO over a fixed subset, with the same random numbers at every call."""
-        x, index = self.x, self.eval_index
-        with seeded(self.eval_seed, x.device):
-            return float(elbo(x[index], self.posterior(x[index], index), self.prior, self.likelihood).mean())
+        positions, rows = self.shard.local(self.eval_index)
+        with seeded(self.eval_seed, self.x.device):
+            total = self._elbo_sum(rows, self.shard.noise(len(self.eval_index), positions))
+        return float(self.shard.total(total)) / len(self.eval_index)
+
+    def _elbo_sum(self, rows: Tensor, noise: Noise | None, n_samples: int = 1) -> Tensor:
+        """Σ ELBO over this process's rows x[rows] (0 for none), float64."""
+        if len(rows) == 0:
+            return torch.zeros((), dtype=torch.float64, device=self.x.device)
+        values = elbo(self.x[rows], self.posterior(self.x[rows], rows), self.prior, self.likelihood, n_samples,
+                      noise=noise)
+        return values.sum().to(torch.float64)
 
     def record(self, train_elbo: float, change: float, value: float, elapsed: float) -> None:
         error = self.average.relative_error() if self.average is not None else 0.0
@@ -462,11 +528,34 @@ def _stop_if_hopeless(rollbacks: int, iteration: int, error: Exception, checkpoi
         f"{str(where) if where else 'none (see --checkpoint-dir)'}") from None
 
 
-def _save(checkpoint: Checkpointer, run: _Run, good: dict, identity: dict, converged: bool) -> None:
-    """Write the checkpoint; after a signal, stop (a finished fit just finishes)."""
-    checkpoint.save(run.checkpoint_body(good), identity)
-    if checkpoint.received is not None and not converged:
-        raise FitInterrupted(checkpoint.received, run.iteration, checkpoint.path)
+def _agreed_signal(checkpoint: Checkpointer | None, shard: Shard) -> int | None:
+    """The signal that asked the fit to stop (SIGINT, SIGTERM), if any process received one:
+    one value for all, taken once per iteration (a signal to one process stops them all)."""
+    if checkpoint is None:
+        return None
+    return shard.largest(checkpoint.received or 0) or None
+
+
+def _save(checkpoint: Checkpointer, run: _Run, good: dict, identity: dict, converged: bool,
+          received: int | None) -> None:
+    """Write the checkpoint (rank 0 of a parallel fit); after the signal ``received``, stop (a
+    finished fit just finishes)."""
+    if run.shard.writes:
+        checkpoint.save(run.checkpoint_body(good), identity)
+    if received is not None and not converged:
+        raise FitInterrupted(received, run.iteration, checkpoint.path)
+
+
+def _stop_lost(error: ProcessLost, run: _Run, good: dict, identity: dict, checkpoint: Checkpointer | None
+               ) -> NoReturn:
+    """Another process stopped: rank 0 writes the last good state to the checkpoint; raise
+    ``ProcessLost`` saying where to resume from."""
+    if checkpoint is None:
+        raise ProcessLost(f"{error} during outer iteration {run.iteration}; no checkpoint (see --checkpoint-dir)") from None
+    if run.shard.writes:
+        checkpoint.save(run.checkpoint_body(good), identity)
+    raise ProcessLost(f"{error}; the state after outer iteration {good['iteration']} is in {checkpoint.path}: "
+                      "resume with --resume") from None
 
 
 class _Plateau:
