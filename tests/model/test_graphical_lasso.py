@@ -7,7 +7,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import invae.model.graphical_lasso as graphical_lasso_module
 from invae.evaluation.simulate import sparse_precision
-from invae.model.graphical_lasso import _hessian_product, glasso_objective, optimality_violation, solve_precision
+from invae.model.graphical_lasso import glasso_objective, hessian_product, optimality_violation, solve_precision
 
 from ..conftest import random_spd
 
@@ -111,7 +111,8 @@ def test_newton_meets_kkt_and_sklearns_objective_at_large_p(rng, p, kind):
     _check_against_sklearn(rng, p, kind, 0.05)
 
 
-def test_hessian_product_is_the_derivative_of_the_inverse(rng):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_hessian_product_is_the_derivative_of_the_inverse(rng, sparse):
     # ∇(−log det Λ) = −Λ⁻¹, whose derivative along D is W D W: compare with central differences.
     precision = random_spd(rng, 7)
     w = np.linalg.inv(precision)
@@ -125,7 +126,7 @@ def test_hessian_product_is_the_derivative_of_the_inverse(rng):
     d[cols, rows] = values
     h = 1e-5
     numeric = (np.linalg.inv(precision - h * d) - np.linalg.inv(precision + h * d)) / (2 * h)
-    np.testing.assert_allclose(_hessian_product(w, values, rows, cols), numeric[rows, cols], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(hessian_product(w, values, rows, cols, sparse), numeric[rows, cols], rtol=1e-7, atol=1e-9)
 
 
 def test_warm_start_gives_the_same_answer_faster(rng):

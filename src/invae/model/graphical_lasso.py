@@ -34,10 +34,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import scipy.sparse
 from sklearn.covariance import graphical_lasso as _sklearn_graphical_lasso
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["solve_precision", "glasso_objective", "optimality_violation", "SOLVERS"]
+__all__ = ["solve_precision", "glasso_objective", "optimality_violation", "hessian_product", "SOLVERS"]
 
 SOLVERS = ("newton", "sklearn")
 
@@ -64,6 +65,7 @@ _NO_PROGRESS = 1e-14
 _MAX_NEWTON = 100
 _MAX_CG = 200
 _CG_FAILURES = 2  # capped CG solves in a row that Newton tolerates (it gives up on the next)
+_SPARSE_BELOW = 60  # sparse Hessian products where |F| < p²/60 (docs/benchmarks.md, "Dense Hessian products")
 
 # ADMM: the step count cap, how often the KKT residual is checked (it costs an inverse),
 # the primal/dual residual ratio that rebalances ρ (Boyd et al. 2011, §3.4.1) and the
@@ -292,7 +294,7 @@ def _newton_direction(w: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.n
     search = z.copy()
     rz = weights @ (residual * z)
     for _ in range(_MAX_CG):
-        product = _hessian_product(w, search, rows, cols)
+        product = hessian_product(w, search, rows, cols)
         step = rz / (weights @ (search * product))
         d += step * search
         residual -= step * product
@@ -304,16 +306,28 @@ def _newton_direction(w: np.ndarray, g: np.ndarray, rows: np.ndarray, cols: np.n
     return d, False
 
 
-def _hessian_product(w: np.ndarray, values: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``(W D W)_ij`` on F for the symmetric D with ``D_ij = D_ji = values``: (|F|,).
+def hessian_product(w: np.ndarray, values: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    sparse: bool | None = None) -> np.ndarray:
+    """``(W D W)_ij`` on F = (rows, cols), i ≤ j, for W (p, p) symmetric and the symmetric D
+    supported on F with ``D_ij = D_ji = values`` (|F|,); returns (|F|,).
 
-    Dense products, O(p³): one code path, timed against a sparse D with gathered rows
-    (O(|F| p)) in docs/benchmarks.md, "Dense Hessian products".
+    Dense: D as a (p, p) array, two matrix products, O(p³). Sparse: D in CSR, ``D W`` in
+    O(|F| p), then ``(W D W)_ij = Σ_l (D W)_li W_lj``, one dot product of length p per entry
+    of F, O(|F| p). ``sparse=None`` takes the sparse one where |F| < p²/``_SPARSE_BELOW``
+    (docs/benchmarks.md, "Dense Hessian products").
     """
-    d = np.zeros_like(w)
-    d[rows, cols] = values
-    d[cols, rows] = values
-    return (w @ d @ w)[rows, cols]
+    if sparse is None:
+        sparse = _SPARSE_BELOW * len(values) < w.shape[0] ** 2
+    if not sparse:
+        d = np.zeros_like(w)
+        d[rows, cols] = values
+        d[cols, rows] = values
+        return (w @ d @ w)[rows, cols]
+    off = rows != cols
+    d = scipy.sparse.csr_array((np.concatenate([values, values[off]]),
+                                (np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]]))), shape=w.shape)
+    dw = d @ w
+    return np.einsum("fl,fl->f", dw.T[rows], w[cols])
 
 
 def _weights(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
