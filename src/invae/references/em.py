@@ -135,9 +135,13 @@ class EM(EmpiricalBayesEstimator):
         return (block for _, block in self._answer_blocks(x))
 
     def _answer_blocks(self, rows):
-        """Blocks of rows small enough for a p × p matrix per row (a covariance per row with one σ_i
-        per row or missing entries): bounded memory for any n."""
-        return row_blocks(rows, dtype=self.dtype, device=self.device, entries_per_row=rows.shape[1] + self.prior.dim**2)
+        """Blocks of rows small enough for a p × p matrix per row where each row has its own
+        posterior covariance (one σ_i per row, missing entries, a mixture); a posterior mean per
+        row where all share one (:func:`~invae.references.moments.moments_suffice`: each block
+        then costs one p × p factorisation, whatever its rows). Bounded memory for any n."""
+        shared = moments_suffice(self.prior, self.likelihood)
+        per_row = self.prior.dim if shared else self.prior.dim**2
+        return row_blocks(rows, dtype=self.dtype, device=self.device, entries_per_row=rows.shape[1] + per_row)
 
     def fit(self, X) -> EM:
         with using_threads(self.n_threads):
