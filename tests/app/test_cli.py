@@ -26,7 +26,7 @@ def _fit(problem_dir, out, *extra):
                  "--noise-std", "0.5", "--out", str(out), "--quiet", *extra])
 
 
-@pytest.mark.parametrize("method", ["em", "naive", "vae", "iaf", "full-covariance", "mean-field"])
+@pytest.mark.parametrize("method", ["em", "naive", "vae", "iaf", "full-covariance", "low-rank", "mean-field"])
 def test_fit_writes_the_contracted_files(problem_dir, tmp_path, method):
     model = tmp_path / "model.pt"
     assert _fit(problem_dir, tmp_path / "fit", "--method", method, "--penalty", "0.05", "--save", str(model)) == 0

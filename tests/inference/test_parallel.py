@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.distributions import Independent, MultivariateNormal, Normal
+from torch.distributions import Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
 from invae.inference.checkpoints import Checkpointer, ProcessLost
 from invae.inference.estimator import VariationalEB
@@ -30,7 +30,7 @@ def _fresh_noise(shape, like):
     return torch.randn((*shape, *like.shape), dtype=like.dtype, device=like.device)
 
 
-@pytest.mark.parametrize("kind", ["diagonal", "full", "flow"])
+@pytest.mark.parametrize("kind", ["diagonal", "full", "low-rank", "flow"])
 def test_reparameterised_draws_are_rsample_from_the_same_noise(kind):
     torch.manual_seed(1)
     loc, spread = torch.randn(4, 3), torch.rand(4, 3) + 0.5
@@ -38,6 +38,8 @@ def test_reparameterised_draws_are_rsample_from_the_same_noise(kind):
         q = Independent(Normal(loc, spread), 1)
     elif kind == "full":
         q = MultivariateNormal(loc, scale_tril=torch.diag_embed(spread) + torch.randn(4, 3, 3).tril(-1))
+    elif kind == "low-rank":
+        q = LowRankMultivariateNormal(loc, torch.randn(4, 3, 2), spread.square())
     else:
         q = IAFEncoder(2, 3, hidden=(8,), n_steps=2)(torch.randn(4, 2))
     torch.manual_seed(2)
@@ -67,7 +69,8 @@ def test_shards_take_their_rows_of_one_batch_and_of_its_noise():
 def test_a_family_that_draws_its_own_noise_refuses_several_processes():
     estimator = VariationalEB(GaussianGraphicalModel(dim=_P), GaussianLikelihood(LinearOperator(torch.eye(_P)), 1.0),
                               family="mixture")
-    with pytest.raises(ValueError, match="mixture does not fit over several processes; full-covariance, iaf, vae do"):
+    with pytest.raises(ValueError, match="mixture does not fit over several processes; full-covariance, iaf, low-rank, "
+                                         "vae do"):
         estimator._check_parallel(Shard(0, 2, 0, 150, 300))
 
 

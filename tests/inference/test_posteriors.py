@@ -8,8 +8,10 @@ from torch.distributions import (AffineTransform, Independent, MultivariateNorma
 
 from invae import GaussianGraphicalModel, GaussianMixture, linear_gaussian
 from invae.inference.objectives import elbo
-from invae.inference.posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors,
-                                        MixtureEncoder, _scale_tril, marginal_cdf, moments)
+from invae.inference.lambda_steps import expected_statistics
+from invae.inference.posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, LowRankEncoder,
+                                        MeanFieldFactors, MixtureEncoder, _scale_tril, marginal_cdf, moments)
+from invae.inference.reweighting import defensive_draws
 from invae.model.forward import LinearOperator
 from invae.model.likelihoods import NoisePerRowGaussianLikelihood, PoissonLikelihood
 from invae.references.exact import exact_posterior, marginal_log_likelihood, mean_field_optimum, mixture_posterior
@@ -216,6 +218,7 @@ def test_mixture_encoder_starts_with_equal_weights_for_every_x():
 @pytest.mark.parametrize("make", [
     lambda: GaussianEncoder(4, 3, hidden=(8,)),
     lambda: FullCovarianceEncoder(4, 3, hidden=(8,)),
+    lambda: LowRankEncoder(4, 3, hidden=(8,), rank=2),
     lambda: IAFEncoder(4, 3, hidden=(8,)),
     lambda: MeanFieldFactors(7, 3),
 ])
@@ -369,3 +372,56 @@ def test_an_encoder_of_counts_reads_the_priors_covariates_as_they_are():
     assert torch.isfinite(counting(rows).mean).all()
     torch.testing.assert_close(counting(rows).mean, plain(read).mean)
     torch.testing.assert_close(counting(rows).stddev, plain(read).stddev)
+
+
+def _low_rank_q(rng, n=6, p=5, rank=2):
+    """A trained-looking low-rank q: the encoder's output layer randomised."""
+    encoder = LowRankEncoder(3, p, hidden=(8,), rank=rank)
+    with torch.no_grad():
+        encoder.trunk.linear.weight.copy_(0.3 * torch.as_tensor(rng.standard_normal(encoder.trunk.linear.weight.shape)))
+    with torch.no_grad():
+        return encoder, encoder(torch.as_tensor(rng.standard_normal((n, 3))))
+
+
+def test_low_rank_encoder_is_the_gaussian_with_diagonal_plus_low_rank_covariance(rng):
+    from scipy.stats import multivariate_normal
+
+    encoder, q = _low_rank_q(rng)
+    assert encoder.trunk.linear.out_features == 5 * (2 + 2)  # μ, log d, U: p(k + 2)
+    covariance = torch.diag_embed(q.cov_diag) + q.cov_factor @ q.cov_factor.mT  # (n, p, p)
+    z = q.sample((4,))
+    for i in range(len(q.loc)):
+        exact = multivariate_normal(q.loc[i].detach().numpy(), covariance[i].detach().numpy())
+        np.testing.assert_allclose(q.log_prob(z)[:, i].detach().numpy(), exact.logpdf(z[:, i].numpy()), rtol=1e-10)
+        np.testing.assert_allclose(float(q.entropy()[i]), exact.entropy(), rtol=1e-10)
+    np.testing.assert_allclose(moments(q)[1].detach().numpy(),
+                               covariance.diagonal(dim1=-2, dim2=-1).sqrt().detach().numpy(), rtol=1e-12)
+
+
+def test_low_rank_factor_starts_small_and_the_same_for_every_x():
+    torch.manual_seed(0)
+    with torch.no_grad():
+        q = LowRankEncoder(3, 4, hidden=(8,), rank=2)(torch.randn(5, 3))
+    assert torch.equal(q.cov_factor, q.cov_factor[:1].expand_as(q.cov_factor))
+    assert 0 < float(q.cov_factor.abs().max()) < float(q.cov_diag.sqrt().min())  # away from U = 0, below d
+    log_d = 7 * math.tanh(-1 / 7)  # the bounded log d of a raw -1 (_INIT_LOG_STD)
+    torch.testing.assert_close(q.cov_diag, torch.full_like(q.cov_diag, math.exp(2 * log_d)))
+
+
+def test_low_rank_expected_statistics_are_the_average_second_moment(rng):
+    _, q = _low_rank_q(rng)
+    prior = GaussianGraphicalModel(dim=5)
+    covariance = torch.diag_embed(q.cov_diag) + q.cov_factor @ q.cov_factor.mT
+    second = (q.loc[:, :, None] * q.loc[:, None, :] + covariance).mean(0)
+    torch.testing.assert_close(expected_statistics(prior, q)["second_moment"], second.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_low_rank_proposal_widens_its_covariance(rng):
+    _, q = _low_rank_q(rng, n=2000, p=3, rank=1)
+    with torch.no_grad():
+        z, _ = defensive_draws(q, 2, widths=(3.0,))  # 2 draws of q widened 3-fold per row
+        centred = (z - q.loc).reshape(-1, 3)
+    covariance = (torch.diag_embed(q.cov_diag) + q.cov_factor @ q.cov_factor.mT).mean(0)
+    # the draws' covariance about the row means: 9 Σ̄; 4000 draws, sd of an entry ≲ 9 Σ̄ √(2/4000)
+    torch.testing.assert_close(centred.mT @ centred / len(centred), 9 * covariance, rtol=0.15, atol=0.15)
+

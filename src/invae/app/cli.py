@@ -226,7 +226,7 @@ def _fit_run_options(fit: argparse.ArgumentParser) -> None:
                      "statistical rule, docs/methods.md §2.2; em 1e-9)")
     fit.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     fit.add_argument("--workers", type=int, help="K: fit over K processes on this machine, each on its share of "
-                     "the rows (torch.distributed; vae, iaf, full-covariance); the same fit as one process. "
+                     "the rows (torch.distributed; vae, iaf, full-covariance, low-rank); the same fit as one process. "
                      "torchrun runs this command over several machines (docs/cli.md)")
     fit.add_argument("--out", help="results folder (default: invae-out)")
     fit.add_argument("--config", help="TOML file with the same settings; flags override it")

@@ -52,7 +52,7 @@ class VariationalEB(EmpiricalBayesEstimator):
         The prior family with its start values and penalty (e.g. ``GaussianGraphicalModel``).
     likelihood : Likelihood
         The known measurement model ``p(x | z)``.
-    family : {"diagonal", "full-covariance", "iaf", "mixture", "mean-field"}
+    family : {"diagonal", "full-covariance", "low-rank", "iaf", "mixture", "mean-field"}
         ``diagonal``: an amortized encoder x ↦ N(μ(x), diag σ(x)²); ``full-covariance``:
         x ↦ N(μ(x), L(x)L(x)ᵀ); ``iaf``: a diagonal encoder followed by ``flow_steps``
         inverse autoregressive flow steps (docs/methods.md §2.3); ``mixture``: x ↦ a mixture of

@@ -23,7 +23,8 @@ from ..paths.encoder import PathEncoder
 from ..paths.flow import PathIAFEncoder
 from ..paths.prior import PathPrior
 from ..registry import Registry
-from .posteriors import FullCovarianceEncoder, GaussianEncoder, IAFEncoder, MeanFieldFactors, MixtureEncoder
+from .posteriors import (FullCovarianceEncoder, GaussianEncoder, IAFEncoder, LowRankEncoder, MeanFieldFactors,
+                         MixtureEncoder)
 
 __all__ = ["PosteriorFamily", "FAMILIES", "parallel_methods", "posterior_components"]
 
@@ -123,6 +124,9 @@ FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: 
                                          defaults=_FLOW, parallel=True))
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance",
                                                      parallel=True))
+# k = 8 columns of U, at most p (measured: docs/benchmarks.md, "A thousand variables")
+FAMILIES.register("low-rank", PosteriorFamily(_encoder(LowRankEncoder, rank=lambda e: min(e.prior.dim, 8)),
+                                              method="low-rank", parallel=True))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),
                                              method="mixture", defaults=_DRAWN))
 FAMILIES.register("markov", PosteriorFamily(_path_encoder(PathEncoder), method="markov", paths=True,

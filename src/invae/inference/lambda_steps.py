@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
 from ..model.likelihoods import Likelihood
 from ..model.prior import Prior
@@ -210,6 +210,10 @@ def expected_statistics(prior: Prior, q: Distribution, n_draws: int = 8,
         # over (n, p, p) takes 3 × longer on CPU)
         columns = tril.mT.reshape(-1, tril.shape[-1])
         return prior.gaussian_statistics(q.mean, columns.T @ columns / len(tril), covariates=covariates)
+    if isinstance(q, LowRankMultivariateNormal):  # Σ_n (diag d_n² + U_n U_nᵀ), U's columns stacked
+        columns = q.cov_factor.mT.reshape(-1, q.cov_factor.shape[-2])
+        return prior.gaussian_statistics(q.mean, columns.T @ columns / len(q.loc) + torch.diag(q.cov_diag.mean(0)),
+                                         covariates=covariates)
     return prior.statistics(draw(q, (n_draws,), noise), covariates=covariates)
 
 

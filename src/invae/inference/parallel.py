@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, TransformedDistribution
+from torch.distributions import (Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal,
+                                 TransformedDistribution)
 
 from ..model.rows import RowMoments, block_average
 from .checkpoints import ProcessLost
@@ -182,7 +183,8 @@ class ShardNoise:
 
 def reparameterised(q: Distribution, sample_shape: Sequence[int], noise: Noise) -> Tensor:
     """``q.rsample(sample_shape)`` with its standard normal ε from ``noise``: ``μ + σ ∘ ε`` (a
-    Gaussian), ``μ + L ε`` (a full covariance), then a flow's steps, as torch draws them.
+    Gaussian), ``μ + L ε`` (a full covariance), ``μ + U ε_U + d ∘ ε_d`` (low rank), then a
+    flow's steps, as torch draws them.
     q: batch (b,), event (p,)."""
     if isinstance(q, TransformedDistribution):
         z = reparameterised(q.base_dist, sample_shape, noise)
@@ -195,6 +197,9 @@ def reparameterised(q: Distribution, sample_shape: Sequence[int], noise: Noise) 
         return q.loc + noise(sample_shape, q.loc) * q.scale
     if isinstance(q, MultivariateNormal):
         return q.loc + (q.scale_tril @ noise(sample_shape, q.loc).unsqueeze(-1)).squeeze(-1)
+    if isinstance(q, LowRankMultivariateNormal):  # U's noise first, then the diagonal's, as torch draws them
+        columns = noise(sample_shape, q.cov_factor[..., 0, :])
+        return q.loc + (q.cov_factor @ columns.unsqueeze(-1)).squeeze(-1) + q.cov_diag.sqrt() * noise(sample_shape, q.loc)
     raise TypeError(f"a posterior of type {type(q).__name__} does not draw from given noise")
 
 

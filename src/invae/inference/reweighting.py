@@ -25,8 +25,8 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import (Distribution, Independent, MixtureSameFamily, MultivariateNormal, Normal,
-                                 TransformedDistribution)
+from torch.distributions import (Distribution, Independent, LowRankMultivariateNormal, MixtureSameFamily,
+                                 MultivariateNormal, Normal, TransformedDistribution)
 from torch.distributions.utils import _sum_rightmost
 
 from ..model.likelihoods import Likelihood
@@ -43,14 +43,16 @@ WIDTHS = (1.0, 2.0)  # τ of the proposal's components
 
 
 def _widened(q: Distribution, width: float) -> Distribution:
-    """q with its Gaussian noise scaled by ``width`` (Gaussian, full-covariance, mixture and
-    Gauss–Markov path q)."""
+    """q with its Gaussian noise scaled by ``width`` (Gaussian, full-covariance, low-rank, mixture
+    and Gauss–Markov path q)."""
     if isinstance(q, Independent):
         return Independent(_widened(q.base_dist, width), q.reinterpreted_batch_ndims, validate_args=False)
     if isinstance(q, Normal):
         return Normal(q.loc, width * q.scale, validate_args=False)
     if isinstance(q, MultivariateNormal):
         return MultivariateNormal(q.loc, scale_tril=width * q.scale_tril, validate_args=False)
+    if isinstance(q, LowRankMultivariateNormal):
+        return LowRankMultivariateNormal(q.loc, width * q.cov_factor, width**2 * q.cov_diag, validate_args=False)
     if isinstance(q, MixtureSameFamily):
         return MixtureSameFamily(q.mixture_distribution, _widened(q.component_distribution, width),
                                  validate_args=False)
