@@ -124,7 +124,8 @@ FAMILIES.register("iaf", PosteriorFamily(_encoder(IAFEncoder, n_steps=lambda e: 
                                          defaults=_FLOW, parallel=True))
 FAMILIES.register("full-covariance", PosteriorFamily(_encoder(FullCovarianceEncoder), method="full-covariance",
                                                      parallel=True))
-# k = 8 columns of U, at most p (measured: docs/benchmarks.md, "A thousand variables")
+# k = 8 columns of U, at most p: a first choice, not tuned (its time at p = 1000: docs/benchmarks.md,
+# "A thousand variables")
 FAMILIES.register("low-rank", PosteriorFamily(_encoder(LowRankEncoder, rank=lambda e: min(e.prior.dim, 8)),
                                               method="low-rank", parallel=True))
 FAMILIES.register("mixture", PosteriorFamily(_encoder(MixtureEncoder, components=posterior_components),

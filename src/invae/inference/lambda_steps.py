@@ -123,7 +123,7 @@ class BatchStep(LambdaStep):
         return True  # rows drawn with replacement and one fresh draw each, even when batch_size ≥ n
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
-        shard = shard or Shard.whole(len(x), x.device)
+        shard = _all_rows_unless(shard, x)
         index = torch.randint(shard.n, (batch_size,), device=x.device)
         return self._row_average(index, shard, fresh_seed(), lambda rows, noise: prior.statistics(
             draw(posterior(x[rows], rows), (), noise), covariates=split_rows(x[rows], likelihood)[1]))
@@ -139,7 +139,7 @@ class ExpectedStep(LambdaStep):
     default_rows = 65_536
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
-        shard = shard or Shard.whole(len(x), x.device)
+        shard = _all_rows_unless(shard, x)
         index, seed = self._rows(shard.n, seed, x.device)
         return self._row_average(index, shard, seed, lambda rows, noise: expected_statistics(
             prior, posterior(x[rows], rows), self.n_draws, split_rows(x[rows], likelihood)[1], noise=noise))
@@ -154,7 +154,7 @@ class ImportanceStep(LambdaStep):
     default_rows = 1024
 
     def statistics(self, prior, posterior, x, likelihood, batch_size, seed, shard=None):
-        shard = shard or Shard.whole(len(x), x.device)
+        shard = _all_rows_unless(shard, x)
         index, seed = self._rows(shard.n, seed, x.device)
         return self._row_average(index, shard, seed, lambda rows, noise: importance_statistics(
             prior, posterior(x[rows], rows), x[rows], likelihood, self.n_draws, noise=noise))
@@ -244,3 +244,8 @@ def importance_statistics(prior: Prior, q: Distribution, x: Tensor, likelihood: 
     # many dimensions) q's own still number n_draws
     z, weights = importance_draws(q, x, prior, likelihood, n_draws * len(WIDTHS), noise=noise)  # (2S, n, p), (2S, n)
     return prior.statistics(z, weights, covariates=split_rows(x, likelihood)[1])
+
+
+def _all_rows_unless(shard: Shard | None, x: Tensor) -> Shard:
+    """``shard``, or all of x's rows in one process where none is given."""
+    return shard if shard is not None else Shard.whole(len(x), x.device)
